@@ -1,0 +1,392 @@
+//! Trusted discovery of the API server, exactly as `kubeadm join` token discovery does it
+//! (kubernetes/kubernetes `cmd/kubeadm/app/discovery/token/token.go`).
+//!
+//! 1. Read `kube-public/cluster-info` anonymously over TLS that verifies nothing, polling
+//!    (bounded) while the `jws-kubeconfig-<token id>` key is missing, since the bootstrap signer
+//!    adds it some time after the token appears.
+//! 2. Verify the detached JWS over the stored kubeconfig bytes, never re-serialized, with the
+//!    token secret ([`crate::jws`]).
+//! 3. Pin the CA: some certificate in the kubeconfig's CA bundle must match a
+//!    `--discovery-token-ca-cert-hash` ([`crate::pin`]). Without pins, refuse unless the caller
+//!    explicitly chose to skip CA verification.
+//! 4. Fetch cluster-info again over TLS that trusts only that CA bundle, and require the same
+//!    kubeconfig bytes.
+//!
+//! Only then is the API server (the `server:` inside cluster-info) trusted.
+
+use crate::error::{Code, Coded};
+use crate::http::{retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, Target};
+use crate::jws;
+use crate::kubeconfig::Kubeconfig;
+use crate::pin::{certificates_from_pem, CaPin, PinSet};
+use crate::tls;
+use crate::token::BootstrapToken;
+use crate::validate::Endpoint;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The path of cluster-info on any API server.
+pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+/// The ConfigMap key holding the kubeconfig.
+pub const KUBECONFIG_KEY: &str = "kubeconfig";
+/// The prefix of the per-token signature keys.
+pub const JWS_KEY_PREFIX: &str = "jws-kubeconfig-";
+
+/// What discovery needs.
+#[derive(Clone, Debug)]
+pub struct DiscoveryRequest {
+    /// The endpoint to read cluster-info from.
+    pub endpoint: Endpoint,
+    /// The bootstrap token.
+    pub token: BootstrapToken,
+    /// Accepted CA pins.
+    pub pins: PinSet,
+    /// `--discovery-token-unsafe-skip-ca-verification`.
+    pub unsafe_skip_ca_verification: bool,
+    /// How long to keep polling (kubeadm's default is 5 minutes).
+    pub timeout: Duration,
+    /// Per-request limits.
+    pub limits: Limits,
+}
+
+/// The outcome of a successful discovery.
+#[derive(Clone, Debug, Serialize)]
+pub struct Discovered {
+    /// The endpoint that was queried.
+    pub endpoint: Endpoint,
+    /// The API server URL from inside cluster-info (what the kubelet will use).
+    pub api_server: String,
+    /// The pin of the CA certificate that matched (absent when verification was skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_pin: Option<CaPin>,
+    /// The pins of every certificate in the CA bundle.
+    pub ca_bundle_pins: Vec<CaPin>,
+    /// Whether the CA was pinned and the TLS re-fetch succeeded.
+    pub ca_verified: bool,
+    /// The CA bundle (PEM), to write as `/etc/kubernetes/pki/ca.crt`.
+    #[serde(skip)]
+    pub ca_pem: Vec<u8>,
+    /// The CA certificates (DER), for TLS configurations.
+    #[serde(skip)]
+    pub ca_ders: Vec<Vec<u8>>,
+}
+
+/// Why discovery failed. Each has its own code and exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// No pins and no explicit opt-out.
+    #[error("refusing to trust the API server without a CA pin: no --discovery-token-ca-cert-hash was given")]
+    NoPins,
+    /// The endpoint could not be reached before the timeout.
+    #[error("cannot reach the API server at {endpoint} to read cluster-info: {source}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The last error.
+        source: RetryError<HttpError>,
+    },
+    /// cluster-info is missing or not readable anonymously.
+    #[error("cluster-info is not available from {endpoint}: {source}")]
+    NoClusterInfo {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The last error.
+        source: RetryError<HttpError>,
+    },
+    /// No JWS for this token id appeared before the timeout.
+    #[error("token id {token_id:?} is invalid for this cluster or it has expired: cluster-info carries no signature {JWS_KEY_PREFIX}{token_id} (waited {waited:?})")]
+    TokenNotSigning {
+        /// The token id (public).
+        token_id: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The JWS does not verify.
+    #[error("failed to verify the JWS signature of cluster-info for token id {token_id:?}: can't trust this API server")]
+    SignatureMismatch {
+        /// The token id.
+        token_id: String,
+    },
+    /// cluster-info or its kubeconfig is malformed.
+    #[error("cluster-info from {endpoint} is malformed: {reason}")]
+    Malformed {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No CA certificate matches the pins.
+    #[error("none of the cluster's CA certificates matches the given pins: the CA bundle pins to {found}, expected one of {expected}")]
+    PinMismatch {
+        /// Pins of the certificates found.
+        found: PinList,
+        /// Pins given.
+        expected: PinList,
+    },
+    /// The TLS re-fetch that trusts only the pinned CA failed.
+    #[error("the API server at {endpoint} does not present a certificate issued by the pinned cluster CA: {source}")]
+    PinnedTls {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The TLS error.
+        source: HttpError,
+    },
+    /// The pinned re-fetch returned different bytes.
+    #[error("cluster-info changed between the unverified and the pinned fetch from {endpoint}")]
+    Changed {
+        /// The endpoint.
+        endpoint: Endpoint,
+    },
+}
+
+/// Pins, printed comma-separated.
+#[derive(Debug)]
+pub struct PinList(pub Vec<CaPin>);
+
+impl fmt::Display for PinList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&text.join(", "))
+    }
+}
+
+impl Coded for DiscoveryError {
+    fn code(&self) -> Code {
+        match self {
+            DiscoveryError::NoPins => Code::DiscoveryNoPins,
+            DiscoveryError::Unreachable { .. } => Code::DiscoveryUnreachable,
+            DiscoveryError::NoClusterInfo { .. } => Code::DiscoveryNoClusterInfo,
+            DiscoveryError::TokenNotSigning { .. } => Code::DiscoveryTokenNotSigning,
+            DiscoveryError::SignatureMismatch { .. } => Code::DiscoverySignatureMismatch,
+            DiscoveryError::Malformed { .. } => Code::DiscoveryMalformed,
+            DiscoveryError::PinMismatch { .. } => Code::DiscoveryPinMismatch,
+            DiscoveryError::PinnedTls { .. } => Code::DiscoveryPinnedTls,
+            DiscoveryError::Changed { .. } => Code::DiscoveryChanged,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfigMap {
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+/// One poll's failure.
+#[derive(Debug)]
+enum PollError {
+    Http(HttpError),
+    MissingSignature,
+    Malformed(String),
+}
+
+impl fmt::Display for PollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PollError::Http(e) => e.fmt(f),
+            PollError::MissingSignature => f.write_str("cluster-info has no signature for this token yet"),
+            PollError::Malformed(r) => f.write_str(r),
+        }
+    }
+}
+
+impl Retryable for PollError {
+    fn is_transient(&self) -> bool {
+        match self {
+            // kubeadm keeps polling through any error; we stop on what cannot heal (TLS, size,
+            // redirects) but wait out a cluster-info that is not there or not readable yet.
+            PollError::Http(e) => {
+                e.is_transient() || matches!(e.status(), Some(401 | 403 | 404))
+            }
+            PollError::MissingSignature => true,
+            PollError::Malformed(_) => false,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Http(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// Polls cluster-info until it carries a signature for `token_id`; returns (kubeconfig, jws).
+async fn fetch_signed(
+    http: &Http,
+    target: &Target,
+    token_id: &str,
+    timeout: Duration,
+) -> Result<(String, String), RetryError<PollError>> {
+    let key = format!("{JWS_KEY_PREFIX}{token_id}");
+    let policy = RetryPolicy::until(timeout, Duration::from_secs(5));
+    retry(policy, "reading cluster-info", |_| {
+        let key = key.clone();
+        async move {
+            let reply = http.send(Request::get(target)).await.map_err(PollError::Http)?;
+            let cm: ConfigMap = serde_json::from_slice(&reply.body)
+                .map_err(|e| PollError::Malformed(format!("not a ConfigMap: {e}")))?;
+            let kubeconfig = cm
+                .data
+                .get(KUBECONFIG_KEY)
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .ok_or_else(|| PollError::Malformed("it has no kubeconfig key".into()))?;
+            match cm.data.get(&key).filter(|s| !s.is_empty()) {
+                Some(sig) => Ok((kubeconfig, sig.clone())),
+                None => Err(PollError::MissingSignature),
+            }
+        }
+    })
+    .await
+}
+
+fn cluster_info_target(endpoint: &Endpoint) -> Result<Target, url::ParseError> {
+    Ok(Target::public(url::Url::parse(&format!(
+        "{}{CLUSTER_INFO_PATH}",
+        endpoint.https_url()
+    ))?))
+}
+
+/// Runs token discovery.
+pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryError> {
+    if req.pins.is_empty() && !req.unsafe_skip_ca_verification {
+        return Err(DiscoveryError::NoPins);
+    }
+    let endpoint = req.endpoint.clone();
+    let malformed = |reason: String| DiscoveryError::Malformed {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let target = cluster_info_target(&endpoint).map_err(|e| malformed(e.to_string()))?;
+    let token_id = req.token.id().to_owned();
+
+    tracing::info!(endpoint = %endpoint, token_id = %token_id, "reading cluster-info");
+    let insecure = Http::new(tls::danger_unverified(), req.limits).map_err(|e| malformed(e.to_string()))?;
+    let started = std::time::Instant::now();
+    let (kubeconfig, signature) = fetch_signed(&insecure, &target, &token_id, req.timeout)
+        .await
+        .map_err(|e| poll_failure(e, &endpoint, &token_id, started.elapsed()))?;
+
+    if !jws::verify_detached(
+        &signature,
+        kubeconfig.as_bytes(),
+        &token_id,
+        req.token.secret().expose(),
+    ) {
+        return Err(DiscoveryError::SignatureMismatch { token_id });
+    }
+    tracing::info!("cluster-info signature verified with the bootstrap token");
+
+    let info = Kubeconfig::parse(&kubeconfig)
+        .and_then(|k| k.current_cluster())
+        .map_err(|e| malformed(e.to_string()))?;
+    let ca_ders = certificates_from_pem(&info.ca_pem).map_err(|e| malformed(e.to_string()))?;
+    let ca_bundle_pins = ca_ders
+        .iter()
+        .map(|d| CaPin::of_certificate_der(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(e.to_string()))?;
+
+    if req.pins.is_empty() {
+        tracing::warn!(
+            "--discovery-token-unsafe-skip-ca-verification: trusting the API server on the \
+             token's signature alone; anyone holding the token can impersonate it"
+        );
+        return Ok(Discovered {
+            endpoint,
+            api_server: info.server,
+            ca_pin: None,
+            ca_bundle_pins,
+            ca_verified: false,
+            ca_pem: info.ca_pem,
+            ca_ders,
+        });
+    }
+
+    let Some((_, matched)) = req
+        .pins
+        .first_match(&ca_ders)
+        .map_err(|e| malformed(e.to_string()))?
+    else {
+        return Err(DiscoveryError::PinMismatch {
+            found: PinList(ca_bundle_pins),
+            expected: PinList(req.pins.pins().to_vec()),
+        });
+    };
+    tracing::info!(pin = %matched, "cluster CA matches the pin");
+
+    let pinned_tls = tls::trusting_only(&ca_ders).map_err(|e| malformed(e.to_string()))?;
+    let pinned = Http::new(pinned_tls, req.limits).map_err(|e| malformed(e.to_string()))?;
+    let remaining = req.timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+    let (again, _) = match fetch_signed(&pinned, &target, &token_id, remaining).await {
+        Ok(v) => v,
+        Err(RetryError::Fatal(PollError::Http(e @ HttpError::Tls { .. }))) => {
+            return Err(DiscoveryError::PinnedTls {
+                endpoint,
+                source: e,
+            })
+        }
+        Err(e) => return Err(poll_failure(e, &endpoint, &token_id, started.elapsed())),
+    };
+    if again.as_bytes() != kubeconfig.as_bytes() {
+        return Err(DiscoveryError::Changed { endpoint });
+    }
+    tracing::info!(api_server = %info.server, "API server trusted: signature, CA pin and pinned TLS re-fetch all hold");
+    Ok(Discovered {
+        endpoint,
+        api_server: info.server,
+        ca_pin: Some(matched),
+        ca_bundle_pins,
+        ca_verified: true,
+        ca_pem: info.ca_pem,
+        ca_ders,
+    })
+}
+
+fn poll_failure(
+    err: RetryError<PollError>,
+    endpoint: &Endpoint,
+    token_id: &str,
+    waited: Duration,
+) -> DiscoveryError {
+    let endpoint = endpoint.clone();
+    let rewrap = |e: HttpError, exhausted: Option<(u32, Duration)>| match exhausted {
+        Some((attempts, elapsed)) => RetryError::Exhausted {
+            attempts,
+            elapsed,
+            last: e,
+        },
+        None => RetryError::Fatal(e),
+    };
+    let (inner, exhausted) = match err {
+        RetryError::Fatal(e) => (e, None),
+        RetryError::Exhausted {
+            attempts,
+            elapsed,
+            last,
+        } => (last, Some((attempts, elapsed))),
+    };
+    match inner {
+        PollError::MissingSignature => DiscoveryError::TokenNotSigning {
+            token_id: token_id.to_owned(),
+            waited,
+        },
+        PollError::Malformed(reason) => DiscoveryError::Malformed { endpoint, reason },
+        PollError::Http(e @ HttpError::TooLarge { .. }) => DiscoveryError::Malformed {
+            endpoint,
+            reason: e.to_string(),
+        },
+        PollError::Http(e) if matches!(e.status(), Some(401 | 403 | 404)) => {
+            DiscoveryError::NoClusterInfo {
+                endpoint,
+                source: rewrap(e, exhausted),
+            }
+        }
+        PollError::Http(e) => DiscoveryError::Unreachable {
+            endpoint,
+            source: rewrap(e, exhausted),
+        },
+    }
+}

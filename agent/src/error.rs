@@ -1,0 +1,183 @@
+//! Stable error codes, exit codes and fix hints.
+//!
+//! Every failure node-attach reports carries a [`Code`]: a stable identifier for scripts and
+//! callbacks (`discovery.signature-mismatch`), a process exit code, and a plain-language hint.
+//! `docs/exit-codes.md` lists them all; a test keeps that page and this table in step.
+
+use serde::Serialize;
+use std::fmt;
+
+macro_rules! codes {
+    ($( $(#[$doc:meta])* $variant:ident = ($id:literal, $exit:literal, $hint:literal), )*) => {
+        /// A stable failure code.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Code {
+            /// Every code, in documentation order.
+            pub const ALL: &'static [Code] = &[ $( Code::$variant, )* ];
+
+            /// The stable identifier, e.g. `discovery.pin-mismatch`.
+            pub fn id(self) -> &'static str {
+                match self { $( Code::$variant => $id, )* }
+            }
+
+            /// The process exit code.
+            pub fn exit_code(self) -> u8 {
+                match self { $( Code::$variant => $exit, )* }
+            }
+
+            /// What to do about it, in plain language.
+            pub fn hint(self) -> &'static str {
+                match self { $( Code::$variant => $hint, )* }
+            }
+        }
+    };
+}
+
+codes! {
+    /// A bug or an unexpected local condition.
+    Internal = ("internal", 1,
+        "This is a bug in node-attach; rerun with -v and report the output."),
+    /// Bad command line: unknown flag, malformed value, missing input, `join --help`.
+    Usage = ("usage", 2,
+        "Fix the command line as the message says; `node-attach <command> --help` lists the flags."),
+    /// The values endpoint could not be reached or kept failing.
+    ValuesUnreachable = ("values.unreachable", 10,
+        "Check that this machine can reach the values URL (DNS, routes, proxy, firewall) and that the service is up."),
+    /// The control plane refused the openapi token.
+    ValuesRefused = ("values.refused", 11,
+        "The openapi token is unknown, expired or used up: ask the cluster operator for a fresh join command."),
+    /// The values were fetched but are malformed or fail validation.
+    ValuesInvalid = ("values.invalid", 12,
+        "The control plane sent values node-attach cannot use; the message names the field. Fix it on the control plane."),
+    /// The API server endpoint could not be reached within the discovery timeout.
+    DiscoveryUnreachable = ("discovery.unreachable", 20,
+        "Check that this machine reaches the API server endpoint (port 6443 open in security groups, routes, proxy)."),
+    /// cluster-info is missing or anonymous reads of it are forbidden.
+    DiscoveryNoClusterInfo = ("discovery.no-cluster-info", 21,
+        "The kube-public/cluster-info ConfigMap is missing or not readable anonymously; run `kubeadm init phase bootstrap-token` on the control plane."),
+    /// cluster-info carries no signature for this token id.
+    DiscoveryTokenNotSigning = ("discovery.token-not-signing", 22,
+        "No JWS for this token id: the token is expired, deleted, lacks usage-bootstrap-signing, or the signer has not run yet. Create a new token (`kubeadm token create`)."),
+    /// The signature does not verify with this token.
+    DiscoverySignatureMismatch = ("discovery.signature-mismatch", 23,
+        "cluster-info's signature does not match this token: the token secret is wrong, or someone between you and the API server altered the answer. Do not proceed; check the token."),
+    /// No CA certificate in cluster-info matches the given pins.
+    DiscoveryPinMismatch = ("discovery.pin-mismatch", 24,
+        "The cluster's CA does not match any --discovery-token-ca-cert-hash. Check the pin against the real CA; a mismatch can mean you reached the wrong API server."),
+    /// The TLS re-fetch that trusts only the pinned CA failed.
+    DiscoveryPinnedTls = ("discovery.pinned-tls", 25,
+        "The API server's TLS certificate is not issued by the pinned cluster CA (or does not name the endpoint). Check the endpoint; something may be intercepting it."),
+    /// cluster-info changed between the insecure and the pinned fetch.
+    DiscoveryChanged = ("discovery.changed", 26,
+        "cluster-info differed between the two fetches; rerun. If it persists, something is rewriting the answer."),
+    /// cluster-info is malformed.
+    DiscoveryMalformed = ("discovery.malformed", 27,
+        "cluster-info's kubeconfig is malformed; check the ConfigMap on the control plane."),
+    /// Discovery was asked to proceed without a CA pin and without the explicit unsafe flag.
+    DiscoveryNoPins = ("discovery.no-pins", 28,
+        "Pass --discovery-token-ca-cert-hash sha256:<hash> (from the cluster operator), or accept the risk explicitly with --discovery-token-unsafe-skip-ca-verification."),
+}
+
+impl Code {
+    /// Whether a failure with this code is worth retrying later without changing anything.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Code::ValuesUnreachable | Code::DiscoveryUnreachable | Code::DiscoveryChanged
+        )
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+/// An error that knows its stable code.
+pub trait Coded: std::error::Error {
+    /// Its code.
+    fn code(&self) -> Code;
+}
+
+/// A failure as reported to the user: code, message (with causes) and hint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// Stable code.
+    pub code: Code,
+    /// What went wrong, with its causes.
+    pub message: String,
+    /// What to do.
+    pub hint: &'static str,
+}
+
+impl Failure {
+    /// A failure with an explicit code and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            hint: code.hint(),
+        }
+    }
+
+    /// Builds a failure from a coded error, joining the chain of causes.
+    pub fn from_error<E: Coded>(err: &E) -> Failure {
+        Failure::new(err.code(), chain(err))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]\n  hint: {}", self.message, self.code, self.hint)
+    }
+}
+
+/// `err: cause: cause…`, skipping causes whose text the parent already contains.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_and_exit_codes_are_unique() {
+        let ids: HashSet<_> = Code::ALL.iter().map(|c| c.id()).collect();
+        assert_eq!(ids.len(), Code::ALL.len());
+        let exits: HashSet<_> = Code::ALL.iter().map(|c| c.exit_code()).collect();
+        assert_eq!(exits.len(), Code::ALL.len());
+        assert!(Code::ALL.iter().all(|c| c.exit_code() != 0));
+    }
+
+    #[test]
+    fn docs_list_every_code() {
+        let doc = include_str!("../../docs/exit-codes.md");
+        for code in Code::ALL {
+            let row = format!("| {} | `{}` |", code.exit_code(), code.id());
+            assert!(doc.contains(&row), "docs/exit-codes.md lacks the row {row:?}");
+        }
+    }
+}

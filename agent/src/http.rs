@@ -1,0 +1,655 @@
+//! The one HTTP layer: timeouts, a body size cap, no redirects, error classes, and bounded,
+//! jittered retries.
+//!
+//! Every request goes through [`Http::send`], which gives a connect timeout, a whole-request
+//! timeout and a cap on the body read. Redirects are never followed: a 3xx is an error (a
+//! redirect could downgrade to plain http or leave the host we pinned). [`retry`] wraps an
+//! operation with exponential backoff, full jitter, `Retry-After` and an overall deadline, and
+//! retries only errors that can succeed later (connection failures, timeouts, 429, 5xx).
+//!
+//! URLs in errors are the caller's *shown* form ([`Target::shown`]), so a URL carrying a token in
+//! its path never reaches a message.
+
+use crate::secret::Secret;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Per-request limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, body included.
+    pub request_timeout: Duration,
+    /// Largest body read, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// A URL with the form that may be shown in logs and errors.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The real URL.
+    pub url: url::Url,
+    /// What to print instead (secrets replaced).
+    pub shown: String,
+}
+
+impl Target {
+    /// A URL with nothing secret in it.
+    pub fn public(url: url::Url) -> Target {
+        let shown = url.to_string();
+        Target { url, shown }
+    }
+}
+
+/// An HTTP failure. Messages use the shown URL and never include response bodies unscrubbed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// TCP connection failed (refused, unreachable, DNS).
+    #[error("cannot connect to {url}: {detail}")]
+    Connect {
+        /// Shown URL.
+        url: String,
+        /// The OS's reason.
+        detail: String,
+    },
+    /// No answer within the timeout.
+    #[error("no answer from {url} within {timeout:?}")]
+    Timeout {
+        /// Shown URL.
+        url: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The TLS handshake failed: an untrusted or mismatched certificate, usually.
+    #[error("TLS handshake with {url} failed: {detail}")]
+    Tls {
+        /// Shown URL.
+        url: String,
+        /// rustls' reason.
+        detail: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url} answered HTTP {status}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Status {
+        /// Shown URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The server's message (a Kubernetes Status message, or the start of the body).
+        detail: Option<String>,
+        /// The server's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The server tried to redirect; redirects are refused.
+    #[error("{url} answered with a redirect to {location:?}; redirects are refused (a redirect could downgrade to plain http or leave the trusted host): use the final URL directly")]
+    Redirect {
+        /// Shown URL.
+        url: String,
+        /// Where it pointed.
+        location: String,
+    },
+    /// The body exceeded the size cap.
+    #[error("the answer from {url} is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// Shown URL.
+        url: String,
+        /// The cap.
+        limit: usize,
+    },
+    /// Any other client-side failure.
+    #[error("request to {url} failed: {detail}")]
+    Other {
+        /// Shown URL.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl HttpError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HttpError::Connect { .. } | HttpError::Timeout { .. } => true,
+            HttpError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The delay the server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A successful (2xx) answer with its body read in full.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The media type of the body, lowercased, without parameters.
+    pub fn content_type(&self) -> Option<String> {
+        let ct = self.headers.get(reqwest::header::CONTENT_TYPE)?.to_str().ok()?;
+        Some(ct.split(';').next()?.trim().to_ascii_lowercase())
+    }
+}
+
+/// What to send.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// Method.
+    pub method: reqwest::Method,
+    /// Where.
+    pub target: &'a Target,
+    /// Bearer token, sent as a sensitive header.
+    pub bearer: Option<&'a Secret>,
+    /// Accept header.
+    pub accept: &'a str,
+    /// JSON body.
+    pub json: Option<Vec<u8>>,
+    /// Text scrubbed from any server message copied into an error.
+    pub scrub: Vec<&'a Secret>,
+}
+
+impl<'a> Request<'a> {
+    /// A GET accepting JSON.
+    pub fn get(target: &'a Target) -> Request<'a> {
+        Request {
+            method: reqwest::Method::GET,
+            target,
+            bearer: None,
+            accept: "application/json",
+            json: None,
+            scrub: Vec::new(),
+        }
+    }
+}
+
+/// An HTTP client with fixed TLS configuration and limits.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    limits: Limits,
+}
+
+impl Http {
+    /// A client using `tls` and `limits`. Redirects are disabled.
+    pub fn new(tls: rustls::ClientConfig, limits: Limits) -> Result<Http, HttpError> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(limits.connect_timeout)
+            .timeout(limits.request_timeout)
+            .user_agent(concat!("node-attach/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Other {
+                url: String::new(),
+                detail: e.without_url().to_string(),
+            })?;
+        Ok(Http { client, limits })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Sends one request and reads the whole body (up to the cap). Non-2xx answers are errors.
+    pub async fn send(&self, req: Request<'_>) -> Result<Reply, HttpError> {
+        let shown = req.target.shown.clone();
+        let mut builder = self
+            .client
+            .request(req.method.clone(), req.target.url.clone())
+            .header(reqwest::header::ACCEPT, req.accept);
+        if let Some(token) = req.bearer {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| HttpError::Other {
+                    url: shown.clone(),
+                    detail: "the bearer token is not a valid header value".into(),
+                })?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        if let Some(body) = req.json {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let mut response = builder
+            .send()
+            .await
+            .map_err(|e| self.classify(&shown, e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if (300..400).contains(&status) {
+            let location = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            let location = req.scrub.iter().fold(location, |t, s| s.scrub(&t));
+            return Err(HttpError::Redirect {
+                url: shown,
+                location,
+            });
+        }
+        if let Some(len) = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.limits.max_body as u64 {
+                return Err(HttpError::TooLarge {
+                    url: shown,
+                    limit: self.limits.max_body,
+                });
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.classify(&shown, e))?
+        {
+            if body.len() + chunk.len() > self.limits.max_body {
+                return Err(HttpError::TooLarge {
+                    url: shown,
+                    limit: self.limits.max_body,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !(200..300).contains(&status) {
+            let detail = server_message(&body).map(|m| req.scrub.iter().fold(m, |t, s| s.scrub(&t)));
+            return Err(HttpError::Status {
+                url: shown,
+                status,
+                detail,
+                retry_after: parse_retry_after(&headers, SystemTime::now()),
+            });
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+
+    fn classify(&self, shown: &str, err: reqwest::Error) -> HttpError {
+        let url = shown.to_owned();
+        if let Some(detail) = tls_cause(&err) {
+            return HttpError::Tls { url, detail };
+        }
+        if err.is_timeout() {
+            return HttpError::Timeout {
+                url,
+                timeout: self.limits.request_timeout,
+            };
+        }
+        let err = err.without_url();
+        let detail = root_cause(&err);
+        if err.is_connect() {
+            return HttpError::Connect { url, detail };
+        }
+        if err.is_body() || err.is_request() {
+            // A connection dropped mid-answer: worth another try.
+            return HttpError::Connect { url, detail };
+        }
+        HttpError::Other { url, detail }
+    }
+}
+
+/// The message of a Kubernetes `Status` body, or the start of a text body.
+fn server_message(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return Some(m.chars().take(300).collect());
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    (!text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
+fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(tls.to_string());
+            }
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        last = e.to_string();
+        source = e.source();
+    }
+    last
+}
+
+/// `Retry-After` as a delay: delta-seconds or an HTTP date.
+pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// How long to keep trying, and how fast.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// Most attempts in all (including the first).
+    pub max_attempts: u32,
+    /// Give up once this much time has passed since the first attempt.
+    pub deadline: Duration,
+}
+
+impl RetryPolicy {
+    /// A policy bounded by `deadline`, backing off from 250 ms to `max_backoff`.
+    pub fn until(deadline: Duration, max_backoff: Duration) -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(250),
+            max_backoff,
+            max_attempts: 1000,
+            deadline,
+        }
+    }
+}
+
+/// What made [`retry`] stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError<E> {
+    /// The last error was not worth retrying.
+    #[error(transparent)]
+    Fatal(E),
+    /// Transient errors until the deadline or attempt limit.
+    #[error("gave up after {attempts} attempts over {elapsed:?}: {last}")]
+    Exhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last error.
+        last: E,
+    },
+}
+
+impl<E> RetryError<E> {
+    /// The underlying error, whichever way the retries ended.
+    pub fn into_inner(self) -> E {
+        match self {
+            RetryError::Fatal(e) | RetryError::Exhausted { last: e, .. } => e,
+        }
+    }
+
+    /// The underlying error.
+    pub fn inner(&self) -> &E {
+        match self {
+            RetryError::Fatal(e) | RetryError::Exhausted { last: e, .. } => e,
+        }
+    }
+}
+
+/// An error that knows whether a retry may help.
+pub trait Retryable {
+    /// Whether trying again later may succeed.
+    fn is_transient(&self) -> bool;
+    /// The delay the other side asked for, if any.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl Retryable for HttpError {
+    fn is_transient(&self) -> bool {
+        HttpError::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        HttpError::retry_after(self)
+    }
+}
+
+/// Runs `op` until it succeeds, fails fatally, or the policy runs out. Backoff doubles from
+/// `initial_backoff` up to `max_backoff`, each sleep drawn uniformly from [backoff/2, backoff]
+/// (so many nodes booting at once spread out), never shorter than a `Retry-After` and never past
+/// the deadline.
+pub async fn retry<T, E, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, RetryError<E>>
+where
+    E: Retryable + std::fmt::Display,
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    let mut backoff = policy.initial_backoff;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match op(attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.is_transient() => return Err(RetryError::Fatal(e)),
+            Err(e) => e,
+        };
+        let elapsed = start.elapsed();
+        let remaining = policy.deadline.saturating_sub(elapsed);
+        let mut sleep = jitter(backoff);
+        if let Some(asked) = err.retry_after() {
+            sleep = sleep.max(asked);
+        }
+        if attempt >= policy.max_attempts || sleep >= remaining {
+            return Err(RetryError::Exhausted {
+                attempts: attempt,
+                elapsed,
+                last: err,
+            });
+        }
+        tracing::info!(
+            attempt,
+            retry_in_ms = sleep.as_millis() as u64,
+            "{what}: {err}; retrying"
+        );
+        tokio::time::sleep(sleep).await;
+        backoff = (backoff * 2).min(policy.max_backoff);
+    }
+}
+
+/// A delay drawn uniformly from [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = match getrandom::fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => u32::MAX / 2,
+    };
+    let half = d / 2;
+    half + half.mul_f64(f64::from(r) / f64::from(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug)]
+    struct E(bool, Option<Duration>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "e")
+        }
+    }
+    impl Retryable for E {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.1
+        }
+    }
+
+    fn fast(deadline_ms: u64) -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+            max_attempts: 5,
+            deadline: Duration::from_millis(deadline_ms),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn retries_transient_errors_then_succeeds() {
+        let calls = AtomicU32::new(0);
+        let out: Result<u32, _> = retry(fast(5000), "t", |n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 3 {
+                    Err(E(true, None))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.expect("ok"), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fatal_errors_stop_at_once() {
+        let calls = AtomicU32::new(0);
+        let out: Result<(), _> = retry(fast(5000), "t", |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(E(false, None)) }
+        })
+        .await;
+        assert!(matches!(out, Err(RetryError::Fatal(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn attempts_are_bounded() {
+        let out: Result<(), _> = retry(fast(5000), "t", |_| async { Err(E(true, None)) }).await;
+        match out {
+            Err(RetryError::Exhausted { attempts, .. }) => assert_eq!(attempts, 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn retry_after_beyond_the_deadline_stops_early() {
+        let start = Instant::now();
+        let out: Result<(), _> = retry(fast(200), "t", |_| async {
+            Err(E(true, Some(Duration::from_secs(60))))
+        })
+        .await;
+        assert!(matches!(out, Err(RetryError::Exhausted { attempts: 1, .. })));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:47 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(10)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        let s = |status| HttpError::Status {
+            url: "u".into(),
+            status,
+            detail: None,
+            retry_after: None,
+        };
+        assert!(s(429).is_transient());
+        assert!(s(503).is_transient());
+        assert!(s(500).is_transient());
+        assert!(!s(404).is_transient());
+        assert!(!s(403).is_transient());
+        assert!(!HttpError::TooLarge {
+            url: "u".into(),
+            limit: 1
+        }
+        .is_transient());
+    }
+
+    #[test]
+    fn server_messages_are_extracted() {
+        assert_eq!(
+            server_message(br#"{"kind":"Status","message":"configmaps \"x\" not found"}"#)
+                .as_deref(),
+            Some("configmaps \"x\" not found")
+        );
+        assert_eq!(server_message(b"plain\ntext").as_deref(), Some("plain text"));
+        assert_eq!(server_message(b""), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! node-attach turns a plain Linux machine into a Kubernetes worker node, and removes it again.
+//!
+//! The flow of a join: flags, environment and the cluster values fetched with an openapi token
+//! ([`values`]) are merged into one validated [`settings::Settings`]; [`discovery`] establishes
+//! trust in the API server exactly as `kubeadm join` token discovery does ([`jws`], [`pin`]); the
+//! later phases configure the node.
+//!
+//! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
+
+pub mod cli;
+pub mod discovery;
+pub mod duration;
+pub mod error;
+pub mod http;
+pub mod join;
+pub mod jws;
+pub mod kube_version;
+pub mod kubeconfig;
+pub mod logging;
+pub mod pin;
+pub mod report;
+pub mod secret;
+pub mod settings;
+pub mod tls;
+pub mod token;
+pub mod validate;
+pub mod values;

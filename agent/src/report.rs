@@ -1,0 +1,173 @@
+//! Progress and results, for people and for programs.
+//!
+//! In text mode each phase prints one line with its elapsed time (readable in cloud-init's log
+//! as well as on a terminal) and failures go to stderr with their code and hint. With
+//! `--output json` every line on stdout is a JSON object: one per phase event
+//! (`{"phase","status","duration_ms",…}`), then one `{"result":…}` or `{"error":…}`.
+
+use crate::error::Failure;
+use serde::Serialize;
+use std::io::Write;
+use std::time::Instant;
+
+/// How to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// A phase's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Started.
+    Started,
+    /// Finished and changed something.
+    Done,
+    /// Finished; nothing needed changing.
+    Unchanged,
+    /// Deliberately not run.
+    Skipped,
+    /// Failed.
+    Failed,
+}
+
+#[derive(Serialize)]
+struct PhaseEvent<'a> {
+    phase: &'a str,
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+    elapsed_ms: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+}
+
+/// Prints progress lines and the final result.
+pub struct Reporter {
+    format: OutputFormat,
+    start: Instant,
+    out: Box<dyn Write + Send>,
+}
+
+impl Reporter {
+    /// A reporter writing to stdout.
+    pub fn stdout(format: OutputFormat) -> Reporter {
+        Reporter {
+            format,
+            start: Instant::now(),
+            out: Box::new(std::io::stdout()),
+        }
+    }
+
+    /// The output format.
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn line(&mut self, text: &str) {
+        // A closed stdout (a pipe whose reader went away) must not abort a join halfway.
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
+    }
+
+    /// Reports a phase event. `duration` is the phase's own time, if it finished.
+    pub fn phase(&mut self, phase: &str, status: Status, duration: Option<std::time::Duration>, detail: &str) {
+        let elapsed_ms = self.elapsed_ms();
+        match self.format {
+            OutputFormat::Json => {
+                let event = PhaseEvent {
+                    phase,
+                    status,
+                    duration_ms: duration.map(|d| d.as_millis() as u64),
+                    elapsed_ms,
+                    detail,
+                    code: None,
+                };
+                let text = serde_json::to_string(&event).unwrap_or_default();
+                self.line(&text);
+            }
+            OutputFormat::Text => {
+                if status == Status::Started {
+                    return;
+                }
+                let word = match status {
+                    Status::Done => "done",
+                    Status::Unchanged => "unchanged",
+                    Status::Skipped => "skipped",
+                    Status::Failed => "FAILED",
+                    Status::Started => "started",
+                };
+                let took = duration
+                    .map(|d| format!(" ({:.2}s)", d.as_secs_f64()))
+                    .unwrap_or_default();
+                let text = format!(
+                    "[{:>7.2}s] {phase:<12} {word:<9}{}{took}",
+                    elapsed_ms as f64 / 1000.0,
+                    if detail.is_empty() { String::new() } else { format!(" {detail}") },
+                );
+                self.line(&text);
+            }
+        }
+    }
+
+    /// Prints a notice (something the user should know that is not a failure).
+    pub fn notice(&mut self, text: &str) {
+        match self.format {
+            OutputFormat::Json => {
+                let line = serde_json::json!({ "notice": text, "elapsed_ms": self.elapsed_ms() });
+                self.line(&line.to_string());
+            }
+            OutputFormat::Text => self.line(&format!("note: {text}")),
+        }
+    }
+
+    /// Prints the final result: `text` for people, `value` for programs.
+    pub fn result<T: Serialize>(&mut self, value: &T, text: &str) {
+        match self.format {
+            OutputFormat::Json => {
+                let line = serde_json::json!({ "result": value });
+                self.line(&line.to_string());
+            }
+            OutputFormat::Text => {
+                if !text.is_empty() {
+                    self.line(text.trim_end());
+                }
+            }
+        }
+    }
+
+    /// Prints a failure: JSON on stdout, or text on stderr.
+    pub fn failure(&mut self, phase: Option<&str>, failure: &Failure) {
+        match self.format {
+            OutputFormat::Json => {
+                let line = serde_json::json!({
+                    "error": {
+                        "phase": phase,
+                        "code": failure.code,
+                        "exit_code": failure.code.exit_code(),
+                        "message": failure.message,
+                        "hint": failure.hint,
+                    },
+                    "elapsed_ms": self.elapsed_ms(),
+                });
+                self.line(&line.to_string());
+            }
+            OutputFormat::Text => {
+                let mut err = std::io::stderr();
+                let _ = writeln!(err, "error: {failure}");
+            }
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! One validated [`Settings`] value for a join, merged from flags, environment, files and the
+//! cluster values, before anything runs.
+//!
+//! Precedence: an explicit flag (or its environment variable or file) wins over the cluster
+//! values, which win over defaults. Labels and taints are merged (a flag label overrides a value
+//! label of the same key, with a notice). Every conflict or missing input is reported here, with
+//! the flag or field to fix, so a bad command line never leaves a half-configured machine.
+
+use crate::cli::join::JoinArgs;
+use crate::error::{Code, Failure};
+use crate::http::Limits;
+use crate::kube_version::KubeVersion;
+use crate::pin::PinSet;
+use crate::token::BootstrapToken;
+use crate::validate::{
+    check_dns_subdomain, check_node_name, parse_ip_list, push_taint, Endpoint, Labels, Taint,
+};
+use crate::values::{
+    check_identifier, check_package_version, redact_url_path, ClusterValues, KubeletValues,
+    NodeNameMode, RuntimeKind, RuntimeValues,
+};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the node's name is decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeNaming {
+    /// Given with `--node-name`.
+    Explicit(String),
+    /// Derived by a mode once host facts are known.
+    Mode(NodeNameMode),
+}
+
+/// Who performs the kubelet's TLS bootstrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsBootstrapMode {
+    /// node-attach creates the CSR, waits for the certificate and writes kubelet.conf.
+    NodeAttach,
+    /// The kubelet does it with bootstrap-kubelet.conf, as after `kubeadm join`.
+    Kubelet,
+}
+
+/// Timeouts of a join.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Timeouts {
+    /// Fetching values.
+    #[serde(with = "millis")]
+    pub values: Duration,
+    /// Discovery.
+    #[serde(with = "millis")]
+    pub discovery: Duration,
+    /// CSR approval.
+    #[serde(with = "millis")]
+    pub csr: Duration,
+    /// Node registration.
+    #[serde(with = "millis")]
+    pub node_wait: Duration,
+}
+
+mod millis {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// Everything a join needs, validated.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    /// Root prefix of every filesystem effect.
+    pub root: PathBuf,
+    /// Plan only.
+    pub dry_run: bool,
+    /// API server endpoints for discovery, in order.
+    pub endpoints: Vec<Endpoint>,
+    /// Bootstrap token (redacted when printed).
+    #[serde(serialize_with = "redacted")]
+    pub token: BootstrapToken,
+    /// Accepted CA pins.
+    #[serde(serialize_with = "pins")]
+    pub pins: PinSet,
+    /// Trust the API server without a pin.
+    pub unsafe_skip_ca_verification: bool,
+    /// Cluster DNS addresses (empty: take the cluster's kubelet-config).
+    pub cluster_dns: Vec<IpAddr>,
+    /// Cluster domain (None: take the cluster's kubelet-config, else cluster.local).
+    pub cluster_domain: Option<String>,
+    /// Control-plane version, when the values say.
+    pub kubernetes_version: Option<KubeVersion>,
+    /// The runtime to configure.
+    pub runtime: RuntimeKind,
+    /// Runtime details (version, pause image, mirrors).
+    pub runtime_values: RuntimeValues,
+    /// All requested labels (split later into kubelet-set and control-plane-applied).
+    pub labels: Labels,
+    /// Taints to register with.
+    pub taints: Vec<Taint>,
+    /// Autoscaled pool.
+    pub ess: bool,
+    /// Node name rule.
+    pub node_naming: NodeNaming,
+    /// Explicit node IP.
+    pub node_ip: Option<IpAddr>,
+    /// Explicit providerID.
+    pub provider_id: Option<String>,
+    /// Instance id (for names and providerID).
+    pub instance_id: Option<String>,
+    /// Region id.
+    pub region: Option<String>,
+    /// Node pool id.
+    pub node_pool_id: Option<String>,
+    /// Turn swap off.
+    pub disable_swap: bool,
+    /// Kubelet settings from the values and flags.
+    pub kubelet: KubeletValues,
+    /// Where to report the outcome.
+    #[serde(serialize_with = "callback")]
+    pub callback_url: Option<url::Url>,
+    /// Extra CA file for the values URL and callback.
+    pub values_ca_file: Option<PathBuf>,
+    /// Preflight checks downgraded to warnings.
+    pub ignore_preflight_errors: Vec<String>,
+    /// TLS bootstrap mode.
+    pub tls_bootstrap: TlsBootstrapMode,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Per-request limits.
+    #[serde(skip)]
+    pub limits: Limits,
+    /// Things the user should know (ignored compatibility flags, overridden values…).
+    pub notices: Vec<String>,
+}
+
+fn redacted<S: serde::Serializer>(t: &BootstrapToken, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+fn pins<S: serde::Serializer>(p: &PinSet, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(p.pins().len()))?;
+    for pin in p.pins() {
+        seq.serialize_element(pin)?;
+    }
+    seq.end()
+}
+
+fn callback<S: serde::Serializer>(u: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(&redact_url_path(u)),
+        None => s.serialize_none(),
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::new(Code::Usage, message)
+}
+
+fn syntax(e: crate::validate::SyntaxError) -> Failure {
+    usage(e.to_string())
+}
+
+impl Settings {
+    /// Merges the join flags with the (already validated) cluster values.
+    pub fn resolve(
+        args: &JoinArgs,
+        token_from_flags: Option<BootstrapToken>,
+        values: Option<&ClusterValues>,
+    ) -> Result<Settings, Failure> {
+        let mut notices = args.compat.notices();
+        let empty = ClusterValues::empty(crate::values::ValuesFormat::Json);
+        let v = values.unwrap_or(&empty);
+        if !v.ignored_keys.is_empty() {
+            notices.push(format!(
+                "the control plane sent keys this agent does not know, ignored: {}",
+                v.ignored_keys.join(", ")
+            ));
+        }
+
+        let token = token_from_flags
+            .or_else(|| v.bootstrap_token.clone())
+            .ok_or_else(|| {
+                usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file")
+            })?;
+
+        let endpoints = match &args.endpoint {
+            Some(e) => vec![Endpoint::parse("--endpoint", e).map_err(syntax)?],
+            None => v.api_server_endpoints.clone(),
+        };
+        if endpoints.is_empty() {
+            return Err(usage(
+                "no API server endpoint: pass --endpoint HOST:PORT, or --openapi-token so the control plane provides it",
+            ));
+        }
+
+        let pins = if args.pins.ca_cert_hashes.is_empty() {
+            PinSet::new(v.ca_cert_hashes.iter().cloned())
+        } else {
+            PinSet::new(args.pins.ca_cert_hashes.iter().cloned())
+        };
+        if pins.is_empty() && !args.pins.unsafe_skip_ca_verification {
+            return Err(Failure::new(
+                Code::DiscoveryNoPins,
+                "refusing to join without a CA pin: neither --discovery-token-ca-cert-hash nor the cluster values give one",
+            ));
+        }
+
+        let cluster_dns = match &args.cluster_dns {
+            Some(d) => parse_ip_list("--cluster-dns", d).map_err(syntax)?,
+            None => v.cluster_dns.clone(),
+        };
+        let cluster_domain = match &args.cluster_domain {
+            Some(d) => {
+                check_dns_subdomain("--cluster-domain", d).map_err(syntax)?;
+                Some(d.clone())
+            }
+            None => v.cluster_domain.clone(),
+        };
+
+        let mut runtime_values = v.runtime.clone();
+        let flag_runtime = args
+            .runtime
+            .as_deref()
+            .map(|r| RuntimeKind::parse("--runtime", r))
+            .transpose()
+            .map_err(syntax)?;
+        if flag_runtime == Some(RuntimeKind::Containerd) && args.docker_version.is_some() {
+            return Err(usage(
+                "--runtime containerd conflicts with --docker-version; drop one of them",
+            ));
+        }
+        let runtime = flag_runtime
+            .or(args.docker_version.as_ref().map(|_| RuntimeKind::Docker))
+            .or(v.runtime.name)
+            .unwrap_or(RuntimeKind::Containerd);
+        let flag_version = args
+            .runtime_version
+            .clone()
+            .or_else(|| args.docker_version.clone());
+        if let Some(ver) = &flag_version {
+            check_package_version("--runtime-version", ver).map_err(|e| usage(e.to_string()))?;
+            runtime_values.version = Some(ver.clone());
+        } else if v.runtime.name.is_some_and(|n| n != runtime) {
+            // The values' version belongs to another runtime.
+            runtime_values.version = None;
+        }
+        runtime_values.name = Some(runtime);
+
+        let mut labels = v.labels.clone();
+        if let Some(text) = &args.labels {
+            let flag_labels = Labels::parse_list("--labels", text).map_err(syntax)?;
+            for (k, val) in flag_labels.0 {
+                if let Some(old) = labels.0.insert(k.clone(), val.clone()) {
+                    if old != val {
+                        notices.push(format!(
+                            "--labels {k}={val} overrides the cluster values' {k}={old}"
+                        ));
+                    }
+                }
+            }
+        }
+        let mut taints = v.taints.clone();
+        if let Some(text) = &args.taints {
+            for t in Taint::parse_list("--taints", text).map_err(syntax)? {
+                push_taint("--taints", &mut taints, t).map_err(syntax)?;
+            }
+        }
+
+        let node_naming = match &args.node_name {
+            Some(name) => {
+                check_node_name(name).map_err(syntax)?;
+                NodeNaming::Explicit(name.clone())
+            }
+            None => {
+                let mode = match &args.node_name_mode {
+                    Some(m) => NodeNameMode::parse("--node-name-mode", m).map_err(syntax)?,
+                    None => v.node_name_mode.unwrap_or(NodeNameMode::Hostname),
+                };
+                NodeNaming::Mode(mode)
+            }
+        };
+        let node_ip = args
+            .node_ip
+            .as_deref()
+            .map(|ip| {
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| usage(format!("invalid --node-ip {ip:?}: expected an IP address")))
+            })
+            .transpose()?;
+        for (flag, value) in [
+            ("--instance-id", &args.instance_id),
+            ("--region", &args.region),
+        ] {
+            if let Some(val) = value {
+                check_identifier(flag, val).map_err(syntax)?;
+            }
+        }
+        if let Some(p) = &args.provider_id {
+            let ok = !p.is_empty()
+                && p.len() <= 256
+                && p.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            if !ok {
+                return Err(usage(format!(
+                    "invalid --provider-id {p:?}: expected printable characters without quotes, such as cn-hangzhou.i-abc or aws:///us-east-1a/i-123"
+                )));
+            }
+        }
+        if node_naming == NodeNaming::Mode(NodeNameMode::InstanceId) && args.instance_id.is_none() {
+            return Err(usage(
+                "node name mode instanceid needs the instance id: pass --instance-id (and --region), or --node-name",
+            ));
+        }
+
+        let mut kubelet = v.kubelet.clone();
+        if let Some(policy) = &args.cpu_policy {
+            if policy != "none" && policy != "static" {
+                return Err(usage(format!(
+                    "invalid --cpu-policy {policy:?}: expected none or static"
+                )));
+            }
+            kubelet.cpu_manager_policy = Some(policy.clone());
+        }
+
+        let tls_bootstrap = match args.tls_bootstrap.as_str() {
+            "node-attach" => TlsBootstrapMode::NodeAttach,
+            "kubelet" => TlsBootstrapMode::Kubelet,
+            other => {
+                return Err(usage(format!(
+                    "invalid --tls-bootstrap {other:?}: expected node-attach or kubelet"
+                )))
+            }
+        };
+
+        let mut callback_url = v.callback_url.clone();
+        if let Some(u) = &callback_url {
+            if u.scheme() == "http" && !args.allow_insecure_values_url {
+                notices.push(format!(
+                    "not reporting to the callback {}: it is plain http (pass --allow-insecure-values-url to allow)",
+                    redact_url_path(u)
+                ));
+                callback_url = None;
+            }
+        }
+
+        if args.pins.unsafe_skip_ca_verification && pins.is_empty() {
+            notices.push("--discovery-token-unsafe-skip-ca-verification: the API server is trusted on the token's signature alone".into());
+        }
+
+        Ok(Settings {
+            root: args.root.clone(),
+            dry_run: args.dry_run,
+            endpoints,
+            token,
+            pins,
+            unsafe_skip_ca_verification: args.pins.unsafe_skip_ca_verification,
+            cluster_dns,
+            cluster_domain,
+            kubernetes_version: v.kubernetes_version.clone(),
+            runtime,
+            runtime_values,
+            labels,
+            taints,
+            ess: args.ess.or(v.ess).unwrap_or(false),
+            node_naming,
+            node_ip,
+            provider_id: args.provider_id.clone(),
+            instance_id: args.instance_id.clone(),
+            region: args.region.clone(),
+            node_pool_id: v.node_pool_id.clone(),
+            disable_swap: args.disable_swap,
+            kubelet,
+            callback_url,
+            values_ca_file: args.values_ca_file.clone(),
+            ignore_preflight_errors: args.ignore_preflight_errors.clone(),
+            tls_bootstrap,
+            timeouts: Timeouts {
+                values: args.values_timeout,
+                discovery: args.network.discovery_timeout,
+                csr: args.csr_timeout,
+                node_wait: args.node_wait_timeout,
+            },
+            limits: args.network.limits(),
+            notices,
+        })
+    }
+}

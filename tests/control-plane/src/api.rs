@@ -1,0 +1,935 @@
+//! Request handling: routing, authorization, admission (NodeRestriction, CSR validation) and the
+//! API's answers, including `Status` errors, watches and kubectl's `Table` form.
+
+use crate::auth::{authorize, node_may_set_label, Attributes, User};
+use crate::controllers::{detached_jws, is_node_client_cert, pem_to_der, KUBELET_CLIENT_SIGNER};
+use crate::store::{merge_patch, Key, Kind, StoreError};
+use crate::{ClusterInfoFault, RequestRecord, Shared};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Req {
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Accept header.
+    pub accept: String,
+    /// Content-Type header.
+    pub content_type: String,
+    /// Body.
+    pub body: Bytes,
+    /// Authenticated user.
+    pub user: User,
+    /// A bearer token was presented and no authenticator accepted it.
+    pub bad_credentials: bool,
+}
+
+/// An answer.
+pub enum Reply {
+    /// A complete body.
+    Full {
+        /// Status.
+        status: u16,
+        /// Content type.
+        content_type: &'static str,
+        /// Extra headers.
+        headers: Vec<(&'static str, String)>,
+        /// Body.
+        body: Bytes,
+    },
+    /// A watch stream of JSON lines.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl Reply {
+    fn json(status: u16, v: &Value) -> Reply {
+        Reply::Full {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: Bytes::from(v.to_string()),
+        }
+    }
+
+    fn text(status: u16, t: impl Into<String>) -> Reply {
+        Reply::Full {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: Bytes::from(t.into()),
+        }
+    }
+
+    /// The status code (for the request log).
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Full { status, .. } => *status,
+            Reply::Stream(_) => 200,
+        }
+    }
+}
+
+/// A Kubernetes `Status` error.
+pub fn status_error(code: u16, reason: &str, message: &str, details: Option<Value>) -> Reply {
+    let mut v = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    });
+    if let Some(d) = details {
+        v["details"] = d;
+    }
+    Reply::json(code, &v)
+}
+
+fn not_found(kind: Kind, name: &str) -> Reply {
+    let resource = if kind.group().is_empty() {
+        kind.plural().to_owned()
+    } else {
+        format!("{}.{}", kind.plural(), kind.group())
+    };
+    status_error(
+        404,
+        "NotFound",
+        &format!("{resource} \"{name}\" not found"),
+        Some(json!({"name": name, "kind": kind.plural(), "group": kind.group()})),
+    )
+}
+
+fn forbidden(user: &User, a: &Attributes) -> Reply {
+    let what = if let Some(p) = &a.path {
+        format!("User \"{}\" cannot {} path \"{p}\"", user.name, a.verb)
+    } else {
+        let res = if a.group.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}.{}", a.resource, a.group)
+        };
+        let res = if a.subresource.is_empty() { res } else { format!("{res}/{}", a.subresource) };
+        let scope = if a.namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace \"{}\"", a.namespace)
+        };
+        let named = if a.name.is_empty() { String::new() } else { format!(" \"{}\"", a.name) };
+        format!(
+            "{}{named} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+            res, user.name, a.verb, a.resource, a.group
+        )
+    };
+    status_error(403, "Forbidden", &what, None)
+}
+
+fn query_map(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Handles one request and logs it.
+pub fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
+    let reply = route(shared, &req);
+    shared.lock().requests.push(RequestRecord {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        user: req.user.name.clone(),
+        status: reply.status(),
+    });
+    reply
+}
+
+fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    // The values service (anonymous; the openapi token is the key).
+    match segs.as_slice() {
+        ["v1", "values", token] if req.method == "GET" => return values_json(shared, token),
+        ["token", token, "instance", _, "node_info"] if req.method == "GET" => {
+            return values_ack(shared, token)
+        }
+        ["callback", ..] if req.method == "POST" => {
+            shared.lock().callbacks.push(crate::Callback {
+                path: req.path.clone(),
+                body: String::from_utf8_lossy(&req.body).into_owned(),
+            });
+            return Reply::json(200, &json!({"ok": true}));
+        }
+        _ => {}
+    }
+    if req.bad_credentials {
+        return status_error(401, "Unauthorized", "Unauthorized", None);
+    }
+    let non_resource = matches!(
+        segs.as_slice(),
+        [] | ["version"] | ["healthz"] | ["livez"] | ["readyz"] | ["api"] | ["apis"] | ["api", "v1"]
+            | ["apis", _] | ["apis", _, _] | ["openapi", ..]
+    );
+    if non_resource {
+        let a = Attributes {
+            verb: "get".into(),
+            path: Some(req.path.clone()),
+            ..Attributes::default()
+        };
+        if req.method != "GET" {
+            return status_error(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None);
+        }
+        if !authorize(&shared.lock().store, &req.user, &a) {
+            return forbidden(&req.user, &a);
+        }
+        return discovery(shared, &segs);
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+    };
+    if !served(shared, group, version) {
+        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+    }
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (ns.to_string(), tail),
+        _ => (String::new(), rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, "", ""),
+        [p, n] => (*p, *n, ""),
+        [p, n, s] => (*p, *n, *s),
+        _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+    };
+    let Some(kind) = Kind::from_plural(group, plural) else {
+        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+    };
+    if kind.namespaced() && namespace.is_empty() && !(req.method == "GET" && name.is_empty()) {
+        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+    }
+    let query = query_map(&req.query);
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (req.method.as_str(), name.is_empty()) {
+        ("GET", true) if watch => "watch",
+        ("GET", true) => "list",
+        ("GET", false) => "get",
+        ("POST", true) => "create",
+        ("PUT", false) => "update",
+        ("PATCH", false) => "patch",
+        ("DELETE", false) => "delete",
+        _ => return status_error(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None),
+    };
+    let attrs = Attributes {
+        verb: verb.into(),
+        group: group.into(),
+        resource: plural.into(),
+        subresource: sub.into(),
+        namespace: namespace.clone(),
+        name: name.into(),
+        path: None,
+    };
+    if !authorize(&shared.lock().store, &req.user, &attrs) {
+        return forbidden(&req.user, &attrs);
+    }
+    let ctx = Ctx {
+        shared,
+        req,
+        kind,
+        version,
+        namespace,
+        name: name.to_owned(),
+        sub: sub.to_owned(),
+        query,
+    };
+    match verb {
+        "get" => ctx.get(),
+        "list" => ctx.list(),
+        "watch" => ctx.watch(),
+        "create" => ctx.create(),
+        "update" => ctx.update(),
+        "patch" => ctx.patch(),
+        "delete" => ctx.delete(),
+        _ => unreachable!("verbs above"),
+    }
+}
+
+fn served(shared: &Shared, group: &str, version: &str) -> bool {
+    match (group, version) {
+        ("", "v1") | ("rbac.authorization.k8s.io", "v1") => true,
+        ("certificates.k8s.io", "v1") => !shared.options.csr_v1beta1_only,
+        ("certificates.k8s.io", "v1beta1") => true,
+        _ => false,
+    }
+}
+
+fn groups(shared: &Shared) -> Vec<(&'static str, Vec<&'static str>)> {
+    let csr = if shared.options.csr_v1beta1_only { vec!["v1beta1"] } else { vec!["v1", "v1beta1"] };
+    vec![("certificates.k8s.io", csr), ("rbac.authorization.k8s.io", vec!["v1"])]
+}
+
+fn resource_list(shared: &Shared, group: &str, version: &str) -> Value {
+    let mut resources = Vec::new();
+    for kind in Kind::ALL.into_iter().filter(|k| k.group() == group) {
+        resources.push(json!({
+            "name": kind.plural(), "singularName": kind.name().to_lowercase(),
+            "namespaced": kind.namespaced(), "kind": kind.name(),
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "shortNames": kind.short_names(),
+        }));
+        let subs: &[&str] = match kind {
+            Kind::Node => &["status"],
+            Kind::Csr => &["approval", "status"],
+            _ => &[],
+        };
+        for s in subs {
+            resources.push(json!({
+                "name": format!("{}/{s}", kind.plural()), "singularName": "",
+                "namespaced": kind.namespaced(), "kind": kind.name(),
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let _ = shared;
+    json!({
+        "kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") },
+        "resources": resources,
+    })
+}
+
+fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
+    let host = shared.url.trim_start_matches("https://").to_owned();
+    match segs {
+        ["version"] => {
+            let v = shared.options.kubernetes_version.trim_start_matches('v');
+            let mut parts = v.split('.');
+            let major = parts.next().unwrap_or("1");
+            let minor = parts.next().unwrap_or("0");
+            Reply::json(200, &json!({
+                "major": major, "minor": minor, "gitVersion": shared.options.kubernetes_version,
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
+                "platform": "linux/amd64",
+            }))
+        }
+        ["healthz"] | ["livez"] | ["readyz"] => Reply::text(200, "ok"),
+        ["api"] => Reply::json(200, &json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+        })),
+        ["apis"] => {
+            let list: Vec<Value> = groups(shared)
+                .into_iter()
+                .map(|(g, vs)| {
+                    let versions: Vec<Value> = vs
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": g, "versions": versions.clone(), "preferredVersion": versions[0]})
+                })
+                .collect();
+            Reply::json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}))
+        }
+        ["api", "v1"] => Reply::json(200, &resource_list(shared, "", "v1")),
+        ["apis", g] => match groups(shared).into_iter().find(|(name, _)| name == g) {
+            Some((g, vs)) => {
+                let versions: Vec<Value> = vs
+                    .iter()
+                    .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                    .collect();
+                Reply::json(200, &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
+                    "versions": versions.clone(), "preferredVersion": versions[0]}))
+            }
+            None => status_error(404, "NotFound", "the server could not find the requested resource", None),
+        },
+        ["apis", g, v] if served(shared, g, v) && groups(shared).iter().any(|(n, _)| n == g) => {
+            Reply::json(200, &resource_list(shared, g, v))
+        }
+        _ => status_error(404, "NotFound", "the server could not find the requested resource", None),
+    }
+}
+
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    req: &'a Req,
+    kind: Kind,
+    version: &'a str,
+    namespace: String,
+    name: String,
+    sub: String,
+    query: BTreeMap<String, String>,
+}
+
+fn wants_table(accept: &str) -> bool {
+    accept.contains("as=Table")
+}
+
+fn age(obj: &Value) -> String {
+    let Some(ts) = obj["metadata"]["creationTimestamp"].as_str() else {
+        return "<unknown>".into();
+    };
+    let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) else {
+        return "<unknown>".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+fn csr_condition(obj: &Value) -> String {
+    let conds: Vec<String> = obj["status"]["conditions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["type"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut text = if conds.is_empty() { "Pending".to_owned() } else { conds.join(",") };
+    if !obj["status"]["certificate"].is_null() && !conds.is_empty() {
+        text.push_str(",Issued");
+    }
+    text
+}
+
+fn table(kind: Kind, objects: &[Value], rv: u64) -> Value {
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
+    ];
+    let extra: Vec<&str> = match kind {
+        Kind::Csr => vec!["Age", "SignerName", "Requestor", "Condition"],
+        Kind::Node => vec!["Status", "Age"],
+        Kind::Secret => vec!["Type", "Data", "Age"],
+        Kind::ConfigMap => vec!["Data", "Age"],
+        _ => vec!["Age"],
+    };
+    for c in &extra {
+        columns.push(json!({"name": c, "type": "string", "format": "", "description": c, "priority": 0}));
+    }
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            for c in &extra {
+                cells.push(match *c {
+                    "Age" => json!(age(o)),
+                    "SignerName" => o["spec"]["signerName"].clone(),
+                    "Requestor" => o["spec"]["username"].clone(),
+                    "Condition" => json!(csr_condition(o)),
+                    "Type" => o["type"].clone(),
+                    "Data" => json!(o["data"].as_object().map(|m| m.len()).unwrap_or(0)),
+                    "Status" => {
+                        let ready = o["status"]["conditions"].as_array().is_some_and(|a| {
+                            a.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        });
+                        json!(if ready { "Ready" } else { "NotReady" })
+                    }
+                    _ => Value::Null,
+                });
+            }
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()},
+           "columnDefinitions": columns, "rows": rows})
+}
+
+fn label_selector_matches(selector: &str, obj: &Value) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let labels = &obj["metadata"]["labels"];
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim().trim_end_matches('=')].as_str() == Some(v.trim().trim_start_matches('='))
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels[k.trim()].is_null()
+        } else {
+            !labels[term.trim()].is_null()
+        }
+    })
+}
+
+fn field_selector_name(q: &BTreeMap<String, String>) -> Option<String> {
+    q.get("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_owned))
+}
+
+impl Ctx<'_> {
+    fn key(&self) -> Key {
+        Key::new(self.kind, &self.namespace, &self.name)
+    }
+
+    /// The object as served: apiVersion of the requested version, faults applied.
+    fn present(&self, mut obj: Value) -> Value {
+        obj["apiVersion"] = json!(self.kind.api_version(self.version));
+        obj
+    }
+
+    fn answer(&self, obj: Value) -> Reply {
+        if wants_table(&self.req.accept) {
+            let rv = self.shared.lock().store.resource_version();
+            return Reply::json(200, &table(self.kind, &[obj], rv));
+        }
+        Reply::json(200, &self.present(obj))
+    }
+
+    fn get(&self) -> Reply {
+        let obj = self.shared.lock().store.get(&self.key()).cloned();
+        let Some(obj) = obj else {
+            return not_found(self.kind, &self.name);
+        };
+        if self.kind == Kind::ConfigMap && self.namespace == "kube-public" && self.name == "cluster-info" {
+            let fault = self.shared.lock().faults.cluster_info.clone();
+            if let Some(r) = cluster_info_fault(fault, obj.clone()) {
+                return r;
+            }
+        }
+        if !self.sub.is_empty() && !matches!(self.sub.as_str(), "status" | "approval") {
+            return status_error(404, "NotFound", "the server could not find the requested resource", None);
+        }
+        self.answer(obj)
+    }
+
+    fn list(&self) -> Reply {
+        let state = self.shared.lock();
+        let ns = (!self.namespace.is_empty()).then_some(self.namespace.as_str());
+        let name = field_selector_name(&self.query);
+        let selector = self.query.get("labelSelector").cloned().unwrap_or_default();
+        let items: Vec<Value> = state
+            .store
+            .list(self.kind, ns)
+            .into_iter()
+            .filter(|o| name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+            .filter(|o| label_selector_matches(&selector, o))
+            .map(|o| self.present(o.clone()))
+            .collect();
+        let rv = state.store.resource_version();
+        drop(state);
+        if wants_table(&self.req.accept) {
+            return Reply::json(200, &table(self.kind, &items, rv));
+        }
+        Reply::json(200, &json!({
+            "kind": format!("{}List", self.kind.name()),
+            "apiVersion": self.kind.api_version(self.version),
+            "metadata": {"resourceVersion": rv.to_string()},
+            "items": items,
+        }))
+    }
+
+    fn watch(&self) -> Reply {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let state = self.shared.lock();
+        let mut events = state.store.subscribe();
+        let name = field_selector_name(&self.query);
+        let ns = self.namespace.clone();
+        let kind = self.kind;
+        let matches = move |key: &Key| {
+            key.kind == kind
+                && (ns.is_empty() || key.namespace == ns)
+                && name.as_deref().is_none_or(|n| key.name == n)
+        };
+        let since: u64 = self.query.get("resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let mut initial = Vec::new();
+        if since == 0 {
+            for key in state.store.keys(kind) {
+                if matches(&key) {
+                    if let Some(o) = state.store.get(&key) {
+                        initial.push(json!({"type": "ADDED", "object": self.present(o.clone())}));
+                    }
+                }
+            }
+        }
+        drop(state);
+        let timeout = self
+            .query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(1800);
+        let version = self.kind.api_version(self.version);
+        tokio::spawn(async move {
+            for e in initial {
+                if tx.send(Bytes::from(format!("{e}\n"))).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let next = tokio::time::timeout_at(deadline, events.recv()).await;
+                let event = match next {
+                    Err(_) => return,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Err(_)) => return,
+                    Ok(Ok(e)) => e,
+                };
+                if !matches(&event.key) || event.rv <= since {
+                    continue;
+                }
+                let mut obj = event.object;
+                obj["apiVersion"] = json!(version);
+                let line = json!({"type": event.kind, "object": obj});
+                if tx.send(Bytes::from(format!("{line}\n"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Reply::Stream(rx)
+    }
+
+    fn body_json(&self) -> Result<Value, Reply> {
+        serde_json::from_slice(&self.req.body)
+            .map_err(|e| status_error(400, "BadRequest", &format!("the body is not JSON: {e}"), None))
+    }
+
+    fn invalid(&self, message: &str) -> Reply {
+        status_error(
+            422,
+            "Invalid",
+            &format!("{} \"{}\" is invalid: {message}", self.kind.name(), self.name),
+            Some(json!({"name": self.name, "kind": self.kind.name()})),
+        )
+    }
+
+    fn create(&self) -> Reply {
+        let mut obj = match self.body_json() {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let mut name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        if name.is_empty() {
+            if let Some(prefix) = obj["metadata"]["generateName"].as_str() {
+                let mut b = [0u8; 4];
+                getrandom::fill(&mut b).expect("random");
+                name = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b).to_lowercase().replace(['-', '_'], "x"));
+            }
+        }
+        if name.is_empty() {
+            return status_error(422, "Invalid", "metadata.name: Required value", None);
+        }
+        if let Some(ns) = obj["metadata"]["namespace"].as_str() {
+            if !self.namespace.is_empty() && ns != self.namespace {
+                return status_error(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request", None);
+            }
+        }
+        let ctx = Ctx { name: name.clone(), ..self.clone_ctx() };
+        match self.kind {
+            Kind::Csr => {
+                if let Err(r) = ctx.admit_csr(&mut obj) {
+                    return r;
+                }
+            }
+            Kind::Node => {
+                if let Some(node) = self.req.user.node_name() {
+                    if node != name {
+                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""), None);
+                    }
+                    let bad = forbidden_labels(&obj, &Value::Null);
+                    if !bad.is_empty() {
+                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to set the following labels: {}", bad.join(", ")), None);
+                    }
+                }
+            }
+            Kind::Secret => fold_string_data(&mut obj),
+            _ => {}
+        }
+        let result = self.shared.lock().store.create(ctx.key(), obj);
+        match result {
+            Ok(o) => Reply::json(201, &self.present(o)),
+            Err(StoreError::AlreadyExists) => status_error(
+                409,
+                "AlreadyExists",
+                &format!("{} \"{name}\" already exists", self.kind.plural()),
+                Some(json!({"name": name, "kind": self.kind.plural(), "group": self.kind.group()})),
+            ),
+            Err(_) => status_error(500, "InternalError", "store failure", None),
+        }
+    }
+
+    fn clone_ctx(&self) -> Ctx<'_> {
+        Ctx {
+            shared: self.shared,
+            req: self.req,
+            kind: self.kind,
+            version: self.version,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            sub: self.sub.clone(),
+            query: self.query.clone(),
+        }
+    }
+
+    /// The API server's CSR validation and the requester fields it fills in.
+    fn admit_csr(&self, obj: &mut Value) -> Result<(), Reply> {
+        let request = obj["spec"]["request"].as_str().unwrap_or_default();
+        let der = STANDARD
+            .decode(request)
+            .ok()
+            .and_then(|pem| pem_to_der(&pem))
+            .ok_or_else(|| self.invalid("spec.request: Invalid value: \"\": PEM block type must be CERTIFICATE REQUEST"))?;
+        crate::pki::csr_subject(&der).map_err(|e| self.invalid(&format!("spec.request: Invalid value: {e}")))?;
+        if obj["spec"]["usages"].as_array().is_none_or(|a| a.is_empty()) {
+            return Err(self.invalid("spec.usages: Required value"));
+        }
+        if obj["spec"]["signerName"].as_str().unwrap_or_default().is_empty() {
+            if self.version == "v1" {
+                return Err(self.invalid("spec.signerName: Required value"));
+            }
+            // v1beta1 defaulting.
+            let mut probe = obj.clone();
+            probe["spec"]["signerName"] = json!(KUBELET_CLIENT_SIGNER);
+            obj["spec"]["signerName"] = json!(if is_node_client_cert(&probe) {
+                KUBELET_CLIENT_SIGNER
+            } else {
+                "kubernetes.io/legacy-unknown"
+            });
+        }
+        if obj["spec"]["signerName"] == KUBELET_CLIENT_SIGNER && !is_node_client_cert(obj) {
+            return Err(self.invalid(
+                "spec.request: Invalid value: kubernetes.io/kube-apiserver-client-kubelet requires O=system:nodes, CN=system:node:<name>, no SANs, and usages digital signature + client auth (+ key encipherment)",
+            ));
+        }
+        let user = &self.req.user;
+        obj["spec"]["username"] = json!(user.name);
+        obj["spec"]["groups"] = json!(user.groups);
+        obj["spec"]["uid"] = json!("");
+        obj["status"] = json!({});
+        Ok(())
+    }
+
+    fn existing(&self) -> Result<Value, Reply> {
+        self.shared
+            .lock()
+            .store
+            .get(&self.key())
+            .cloned()
+            .ok_or_else(|| not_found(self.kind, &self.name))
+    }
+
+    fn node_restriction(&self, old: &Value, new: &Value) -> Result<(), Reply> {
+        let Some(node) = self.req.user.node_name() else {
+            return Ok(());
+        };
+        if node != self.name {
+            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify node \"{}\"", self.name, self.name), None));
+        }
+        let bad = forbidden_labels(new, old);
+        if !bad.is_empty() {
+            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify labels: {}", self.name, bad.join(", ")), None));
+        }
+        if new["spec"]["taints"] != old["spec"]["taints"] {
+            return Err(status_error(403, "Forbidden", &format!("node \"{node}\" is not allowed to modify taints"), None));
+        }
+        Ok(())
+    }
+
+    fn store_update(&self, obj: Value) -> Reply {
+        let result = self.shared.lock().store.update(self.key(), obj);
+        match result {
+            Ok(o) => self.answer(o),
+            Err(StoreError::Conflict) => status_error(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again", self.kind.plural(), self.name), None),
+            Err(_) => not_found(self.kind, &self.name),
+        }
+    }
+
+    fn update(&self) -> Reply {
+        let old = match self.existing() {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let mut new = match self.body_json() {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        match (self.kind, self.sub.as_str()) {
+            (Kind::Csr, "approval") => {
+                let mut merged = old.clone();
+                merged["status"]["conditions"] = new["status"]["conditions"].clone();
+                merged["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+                new = merged;
+            }
+            (Kind::Csr, "status") | (Kind::Node, "status") => {
+                let mut merged = old.clone();
+                merged["status"] = new["status"].clone();
+                merged["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+                new = merged;
+            }
+            (_, "") => {}
+            _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+        }
+        if self.kind == Kind::Node {
+            if let Err(r) = self.node_restriction(&old, &new) {
+                return r;
+            }
+        }
+        if self.kind == Kind::Secret {
+            fold_string_data(&mut new);
+        }
+        self.store_update(new)
+    }
+
+    fn patch(&self) -> Reply {
+        let old = match self.existing() {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let ct = self.req.content_type.as_str();
+        if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
+            return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"), None);
+        }
+        let patch = match self.body_json() {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let mut new = old.clone();
+        merge_patch(&mut new, &patch);
+        if let Some(m) = new["metadata"].as_object_mut() {
+            if patch["metadata"]["resourceVersion"].is_null() {
+                m.remove("resourceVersion");
+            }
+        }
+        if self.kind == Kind::Node {
+            if let Err(r) = self.node_restriction(&old, &new) {
+                return r;
+            }
+        }
+        self.store_update(new)
+    }
+
+    fn delete(&self) -> Reply {
+        if self.kind == Kind::Node {
+            if let Some(node) = self.req.user.node_name() {
+                if node != self.name {
+                    return status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to delete node \"{}\"", self.name, self.name), None);
+                }
+            }
+        }
+        let result = self.shared.lock().store.delete(&self.key());
+        match result {
+            Ok(o) => Reply::json(200, &self.present(o)),
+            Err(_) => not_found(self.kind, &self.name),
+        }
+    }
+}
+
+/// Labels in `new` that differ from `old` and that a node may not set.
+fn forbidden_labels(new: &Value, old: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for side in [new, old] {
+        if let Some(m) = side["metadata"]["labels"].as_object() {
+            keys.extend(m.keys().cloned());
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| new["metadata"]["labels"][k] != old["metadata"]["labels"][k] && !node_may_set_label(k))
+        .collect()
+}
+
+fn fold_string_data(obj: &mut Value) {
+    if let Some(sd) = obj["stringData"].as_object().cloned() {
+        for (k, v) in sd {
+            obj["data"][k] = json!(STANDARD.encode(v.as_str().unwrap_or_default()));
+        }
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("stringData");
+        }
+    }
+}
+
+fn cluster_info_fault(fault: ClusterInfoFault, mut obj: Value) -> Option<Reply> {
+    let kubeconfig = obj["data"]["kubeconfig"].as_str().unwrap_or_default().to_owned();
+    let sig_keys: Vec<String> = obj["data"]
+        .as_object()
+        .map(|m| m.keys().filter(|k| k.starts_with("jws-kubeconfig-")).cloned().collect())
+        .unwrap_or_default();
+    match fault {
+        ClusterInfoFault::None => return None,
+        ClusterInfoFault::Tamper => {
+            obj["data"]["kubeconfig"] = json!(kubeconfig.replace("server: https://", "server: https://attacker."));
+        }
+        ClusterInfoFault::Reserialize => {
+            obj["data"]["kubeconfig"] = json!(kubeconfig.replace("kind: Config\n", "kind: Config\npreferences: {}\n"));
+        }
+        ClusterInfoFault::WrongKid => {
+            for k in sig_keys {
+                obj["data"][k] = json!(detached_jws(&kubeconfig, "zzzzzz", "0123456789abcdef"));
+            }
+        }
+        ClusterInfoFault::AlgNone => {
+            for k in sig_keys {
+                let id = k.trim_start_matches("jws-kubeconfig-");
+                let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{id}"}}"#));
+                obj["data"][k] = json!(format!("{header}.."));
+            }
+        }
+        ClusterInfoFault::Oversized => {
+            obj["data"]["padding"] = json!("x".repeat(2 * 1024 * 1024 + 10));
+        }
+        ClusterInfoFault::Redirect(to) => {
+            return Some(Reply::Full {
+                status: 302,
+                content_type: "text/plain",
+                headers: vec![("location", to)],
+                body: Bytes::from_static(b"moved"),
+            })
+        }
+    }
+    Some(Reply::json(200, &obj))
+}
+
+fn scripted(shared: &Shared) -> Option<Reply> {
+    let mut state = shared.lock();
+    if let Some(to) = state.faults.values_redirect.clone() {
+        return Some(Reply::Full { status: 302, content_type: "text/plain", headers: vec![("location", to)], body: Bytes::new() });
+    }
+    let s = state.faults.values_script.pop_front()?;
+    let mut headers = Vec::new();
+    if let Some(r) = s.retry_after {
+        headers.push(("retry-after", r));
+    }
+    Some(Reply::Full { status: s.status, content_type: "text/plain", headers, body: Bytes::from(s.body) })
+}
+
+fn values_json(shared: &Shared, token: &str) -> Reply {
+    if let Some(r) = scripted(shared) {
+        return r;
+    }
+    match shared.lock().values.get(token) {
+        Some(e) => Reply::json(200, &e.json),
+        None => status_error(404, "NotFound", "unknown or expired openapi token", None),
+    }
+}
+
+fn values_ack(shared: &Shared, token: &str) -> Reply {
+    if let Some(r) = scripted(shared) {
+        return r;
+    }
+    match shared.lock().values.get(token) {
+        Some(e) => Reply::text(200, e.ack_text.clone()),
+        None => Reply::text(404, "token not found"),
+    }
+}

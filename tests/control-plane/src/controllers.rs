@@ -1,0 +1,264 @@
+//! The kube-controller-manager controllers node joining depends on: `bootstrapsigner`
+//! (cluster-info JWS), `csrapproving` (SubjectAccessReview-based auto-approval of kubelet client
+//! CSRs) and `csrsigning` (signing approved CSRs with the cluster CA).
+
+use crate::auth::{authorize, Attributes, User};
+use crate::store::{Key, Kind};
+use crate::{secret_data, token_expired, Approval, Shared, State};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The kubelet client signer.
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+
+/// Starts the controllers; they run every 50 ms until the runtime stops.
+pub fn spawn(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        loop {
+            {
+                let mut state = shared.lock();
+                sign_cluster_info(&mut state, shared.options.signing_delay);
+                approve_csrs(&mut state);
+                sign_csrs(&mut state, &shared);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// The detached JWS the bootstrap signer computes (cluster-bootstrap `token/jws`).
+pub fn detached_jws(content: &str, id: &str, secret: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{id}"}}"#));
+    let payload = URL_SAFE_NO_PAD.encode(content);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("{header}..{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// `(id, secret)` of every token the signer may sign with (`validateSecretForSigning`).
+fn signing_tokens(state: &mut State, delay: Duration) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for obj in state.store.list(Kind::Secret, Some("kube-system")) {
+        if obj["type"] != "bootstrap.kubernetes.io/token" {
+            continue;
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let Some(id) = name.strip_prefix("bootstrap-token-") else {
+            continue;
+        };
+        if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            continue;
+        }
+        let data = secret_data(obj);
+        let Some(secret) = data.get("token-secret").filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if data.get("token-id").map(String::as_str) != Some(id)
+            || token_expired(&data)
+            || data.get("usage-bootstrap-signing").map(String::as_str) != Some("true")
+        {
+            continue;
+        }
+        let seen = *state.token_seen.entry(id.to_owned()).or_insert(now);
+        if now.duration_since(seen) >= delay {
+            out.push((id.to_owned(), secret.clone()));
+        }
+    }
+    out
+}
+
+/// Recomputes cluster-info's signatures; writes only when they changed.
+pub fn sign_cluster_info(state: &mut State, delay: Duration) {
+    let key = Key::new(Kind::ConfigMap, "kube-public", "cluster-info");
+    let Some(cm) = state.store.get(&key).cloned() else {
+        return;
+    };
+    let Some(content) = cm["data"]["kubeconfig"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let tokens = signing_tokens(state, delay);
+    let mut data = serde_json::Map::new();
+    for (k, v) in cm["data"].as_object().cloned().unwrap_or_default() {
+        if !k.starts_with("jws-kubeconfig-") {
+            data.insert(k, v);
+        }
+    }
+    for (id, secret) in tokens {
+        data.insert(format!("jws-kubeconfig-{id}"), json!(detached_jws(&content, &id, &secret)));
+    }
+    if Value::Object(data.clone()) != cm["data"] {
+        let mut updated = cm;
+        updated["data"] = Value::Object(data);
+        if let Some(m) = updated["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let _ = state.store.update(key, updated);
+    }
+}
+
+fn has_condition(csr: &Value, kind: &str) -> bool {
+    csr["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == kind))
+}
+
+fn add_condition(csr: &mut Value, kind: &str, reason: &str, message: &str) {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    if !csr["status"].is_object() {
+        csr["status"] = json!({});
+    }
+    let conditions = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let mut conditions = conditions;
+    conditions.push(json!({
+        "type": kind, "status": "True", "reason": reason, "message": message,
+        "lastUpdateTime": now, "lastTransitionTime": now,
+    }));
+    csr["status"]["conditions"] = Value::Array(conditions);
+}
+
+/// Subject (CN, O) of the CSR's request, if it parses.
+fn request_subject(csr: &Value) -> Option<(String, Vec<String>, bool)> {
+    let pem_b64 = csr["spec"]["request"].as_str()?;
+    let pem = STANDARD.decode(pem_b64).ok()?;
+    let der = pem_to_der(&pem)?;
+    crate::pki::csr_subject(&der).ok()
+}
+
+/// The DER inside a `CERTIFICATE REQUEST` PEM block.
+pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::{SectionKind, SliceIter};
+    let mut it = SliceIter::<(SectionKind, Vec<u8>)>::new(pem);
+    match it.next()? {
+        Ok((SectionKind::Csr, der)) => Some(der),
+        _ => None,
+    }
+}
+
+fn usages(csr: &Value) -> Vec<String> {
+    let mut u: Vec<String> = csr["spec"]["usages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    u.sort();
+    u
+}
+
+/// Whether the CSR is a kubelet client certificate request (`isNodeClientCert`).
+pub fn is_node_client_cert(csr: &Value) -> bool {
+    if csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER {
+        return false;
+    }
+    let Some((cn, orgs, sans)) = request_subject(csr) else {
+        return false;
+    };
+    let u = usages(csr);
+    let ok_usages = u == ["client auth", "digital signature"]
+        || u == ["client auth", "digital signature", "key encipherment"];
+    orgs == ["system:nodes"] && !sans && cn.starts_with("system:node:") && ok_usages
+}
+
+/// The csrapproving controller: one SubjectAccessReview per recognizer, approve on the first
+/// that is allowed.
+pub fn approve_csrs(state: &mut State) {
+    for key in state.store.keys(Kind::Csr) {
+        let Some(csr) = state.store.get(&key).cloned() else {
+            continue;
+        };
+        if has_condition(&csr, "Approved") || has_condition(&csr, "Denied") || has_condition(&csr, "Failed") {
+            continue;
+        }
+        if !is_node_client_cert(&csr) {
+            continue;
+        }
+        let mut updated = csr.clone();
+        match state.approval {
+            Approval::Pending => continue,
+            Approval::Deny => {
+                add_condition(&mut updated, "Denied", "TestDenied", "denied by the test control plane");
+            }
+            Approval::Auto => {
+                let user = User {
+                    name: csr["spec"]["username"].as_str().unwrap_or_default().to_owned(),
+                    groups: csr["spec"]["groups"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default(),
+                };
+                let cn = request_subject(&csr).map(|s| s.0).unwrap_or_default();
+                let mut recognizers = Vec::new();
+                if user.name == cn {
+                    recognizers.push("selfnodeclient");
+                }
+                recognizers.push("nodeclient");
+                let allowed = recognizers.iter().any(|sub| {
+                    authorize(
+                        &state.store,
+                        &user,
+                        &Attributes {
+                            verb: "create".into(),
+                            group: "certificates.k8s.io".into(),
+                            resource: "certificatesigningrequests".into(),
+                            subresource: (*sub).into(),
+                            ..Attributes::default()
+                        },
+                    )
+                });
+                if !allowed {
+                    continue;
+                }
+                add_condition(
+                    &mut updated,
+                    "Approved",
+                    "AutoApproved",
+                    "Auto approving kubelet client certificate after SubjectAccessReview.",
+                );
+            }
+        }
+        if let Some(m) = updated["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let _ = state.store.update(key, updated);
+    }
+}
+
+/// The csrsigning controller for the kubelet client signer.
+pub fn sign_csrs(state: &mut State, shared: &Shared) {
+    for key in state.store.keys(Kind::Csr) {
+        let Some(csr) = state.store.get(&key).cloned() else {
+            continue;
+        };
+        if !has_condition(&csr, "Approved")
+            || has_condition(&csr, "Failed")
+            || !csr["status"]["certificate"].is_null()
+            || csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER
+        {
+            continue;
+        }
+        let mut updated = csr.clone();
+        let der = csr["spec"]["request"]
+            .as_str()
+            .and_then(|b| STANDARD.decode(b).ok())
+            .and_then(|pem| pem_to_der(&pem));
+        let signed = der
+            .ok_or_else(|| "the request is not a PEM certificate request".to_string())
+            .and_then(|der| shared.ca.sign_client_csr(&der, &usages(&csr), time::Duration::days(365)));
+        match signed {
+            Ok(pem) => updated["status"]["certificate"] = json!(STANDARD.encode(pem)),
+            Err(e) => add_condition(&mut updated, "Failed", "SignerValidationFailure", &e),
+        }
+        if let Some(m) = updated["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let _ = state.store.update(key, updated);
+    }
+}

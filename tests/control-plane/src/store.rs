@@ -1,0 +1,352 @@
+//! Stored API objects with resource versions, and the watch event stream.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use tokio::sync::broadcast;
+
+/// The resources this stand-in serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// core/v1 ConfigMap.
+    ConfigMap,
+    /// core/v1 Secret.
+    Secret,
+    /// core/v1 Node.
+    Node,
+    /// core/v1 Namespace.
+    Namespace,
+    /// certificates.k8s.io CertificateSigningRequest.
+    Csr,
+    /// rbac ClusterRole.
+    ClusterRole,
+    /// rbac ClusterRoleBinding.
+    ClusterRoleBinding,
+    /// rbac Role.
+    Role,
+    /// rbac RoleBinding.
+    RoleBinding,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::Node,
+        Kind::Namespace,
+        Kind::Csr,
+        Kind::ClusterRole,
+        Kind::ClusterRoleBinding,
+        Kind::Role,
+        Kind::RoleBinding,
+    ];
+
+    /// The `kind` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+            Kind::Node => "Node",
+            Kind::Namespace => "Namespace",
+            Kind::Csr => "CertificateSigningRequest",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
+            Kind::Role => "Role",
+            Kind::RoleBinding => "RoleBinding",
+        }
+    }
+
+    /// The URL plural.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
+            Kind::Node => "nodes",
+            Kind::Namespace => "namespaces",
+            Kind::Csr => "certificatesigningrequests",
+            Kind::ClusterRole => "clusterroles",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
+            Kind::Role => "roles",
+            Kind::RoleBinding => "rolebindings",
+        }
+    }
+
+    /// The API group ("" for core).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::ConfigMap | Kind::Secret | Kind::Node | Kind::Namespace => "",
+            Kind::Csr => "certificates.k8s.io",
+            Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => {
+                "rbac.authorization.k8s.io"
+            }
+        }
+    }
+
+    /// Whether objects live in a namespace.
+    pub fn namespaced(self) -> bool {
+        matches!(
+            self,
+            Kind::ConfigMap | Kind::Secret | Kind::Role | Kind::RoleBinding
+        )
+    }
+
+    /// `apiVersion` for a version of the group.
+    pub fn api_version(self, version: &str) -> String {
+        if self.group().is_empty() {
+            version.to_owned()
+        } else {
+            format!("{}/{version}", self.group())
+        }
+    }
+
+    /// The kind serving a (group, plural) pair.
+    pub fn from_plural(group: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.plural() == plural)
+    }
+
+    /// Short names, as kubectl expects them in discovery.
+    pub fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::ConfigMap => &["cm"],
+            Kind::Node => &["no"],
+            Kind::Namespace => &["ns"],
+            Kind::Csr => &["csr"],
+            _ => &[],
+        }
+    }
+}
+
+/// Where an object lives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Its kind.
+    pub kind: Kind,
+    /// Namespace ("" when cluster-scoped).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    /// A key.
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> Key {
+        Key {
+            kind,
+            namespace: if kind.namespaced() { namespace.to_owned() } else { String::new() },
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// A change, as a watch sees it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: &'static str,
+    /// Where.
+    pub key: Key,
+    /// The object after the change (before, for DELETED).
+    pub object: Value,
+    /// Resource version of the change.
+    pub rv: u64,
+}
+
+/// Why a write failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// No such object.
+    NotFound,
+    /// Create of an existing name.
+    AlreadyExists,
+    /// Update with a stale resourceVersion.
+    Conflict,
+}
+
+/// All objects.
+pub struct Store {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    events: broadcast::Sender<Event>,
+    uid_counter: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        let (events, _) = broadcast::channel(4096);
+        Store {
+            objects: BTreeMap::new(),
+            rv: 1000,
+            events,
+            uid_counter: 0,
+        }
+    }
+
+    /// Subscribes to changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The current resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    /// One object.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(key)
+    }
+
+    /// Objects of a kind, optionally in one namespace.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns || !kind.namespaced()))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Keys of a kind.
+    pub fn keys(&self, kind: Kind) -> Vec<Key> {
+        self.objects.keys().filter(|k| k.kind == kind).cloned().collect()
+    }
+
+    fn stamp(&mut self, key: &Key, obj: &mut Value, version: &str) {
+        self.rv += 1;
+        obj["kind"] = json!(key.kind.name());
+        obj["apiVersion"] = json!(key.kind.api_version(version));
+        let meta = &mut obj["metadata"];
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        meta["name"] = json!(key.name);
+        if key.kind.namespaced() {
+            meta["namespace"] = json!(key.namespace);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        meta["resourceVersion"] = json!(self.rv.to_string());
+    }
+
+    fn emit(&self, kind: &'static str, key: &Key, object: &Value) {
+        let _ = self.events.send(Event {
+            kind,
+            key: key.clone(),
+            object: object.clone(),
+            rv: self.rv,
+        });
+    }
+
+    /// Creates an object; fails when the name exists.
+    pub fn create(&mut self, key: Key, mut obj: Value) -> Result<Value, StoreError> {
+        if self.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.stamp(&key, &mut obj, "v1");
+        self.uid_counter += 1;
+        obj["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter));
+        obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+        self.objects.insert(key.clone(), obj.clone());
+        self.emit("ADDED", &key, &obj);
+        Ok(obj)
+    }
+
+    /// Replaces an object. A non-empty `metadata.resourceVersion` in `obj` must match.
+    pub fn update(&mut self, key: Key, mut obj: Value) -> Result<Value, StoreError> {
+        let old = self.objects.get(&key).ok_or(StoreError::NotFound)?;
+        if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
+            if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
+                return Err(StoreError::Conflict);
+            }
+        }
+        obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+        obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+        self.stamp(&key, &mut obj, "v1");
+        self.objects.insert(key.clone(), obj.clone());
+        self.emit("MODIFIED", &key, &obj);
+        Ok(obj)
+    }
+
+    /// Creates or replaces an object, ignoring resource versions (for seeding and controllers).
+    pub fn put(&mut self, key: Key, mut obj: Value) -> Value {
+        if self.objects.contains_key(&key) {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            self.update(key, obj).unwrap_or_else(|_| unreachable!("present, unversioned"))
+        } else {
+            self.create(key, obj).unwrap_or_else(|_| unreachable!("absent"))
+        }
+    }
+
+    /// Deletes an object.
+    pub fn delete(&mut self, key: &Key) -> Result<Value, StoreError> {
+        let obj = self.objects.remove(key).ok_or(StoreError::NotFound)?;
+        self.rv += 1;
+        self.emit("DELETED", key, &obj);
+        Ok(obj)
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap_or_else(|| unreachable!("made an object"));
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_update_conflict_delete() {
+        let mut s = Store::new();
+        let key = Key::new(Kind::ConfigMap, "kube-system", "a");
+        let obj = s.create(key.clone(), json!({"data": {"x": "1"}})).expect("create");
+        assert_eq!(obj["kind"], "ConfigMap");
+        assert_eq!(s.create(key.clone(), json!({})), Err(StoreError::AlreadyExists));
+        let mut stale = obj.clone();
+        stale["metadata"]["resourceVersion"] = json!("1");
+        assert_eq!(s.update(key.clone(), stale).err(), Some(StoreError::Conflict));
+        s.update(key.clone(), obj).expect("fresh update");
+        s.delete(&key).expect("delete");
+        assert_eq!(s.delete(&key).err(), Some(StoreError::NotFound));
+    }
+
+    #[test]
+    fn merge_patch_rules() {
+        let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1]});
+        merge_patch(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
+        assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+    }
+}
