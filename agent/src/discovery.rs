@@ -15,7 +15,9 @@
 //! Only then is the API server (the `server:` inside cluster-info) trusted.
 
 use crate::error::{Code, Coded};
-use crate::http::{retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, Target};
+use crate::http::{
+    retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, Target,
+};
 use crate::jws;
 use crate::kubeconfig::Kubeconfig;
 use crate::pin::{certificates_from_pem, CaPin, PinSet};
@@ -186,7 +188,9 @@ impl fmt::Display for PollError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PollError::Http(e) => e.fmt(f),
-            PollError::MissingSignature => f.write_str("cluster-info has no signature for this token yet"),
+            PollError::MissingSignature => {
+                f.write_str("cluster-info has no signature for this token yet")
+            }
             PollError::Malformed(r) => f.write_str(r),
         }
     }
@@ -197,9 +201,7 @@ impl Retryable for PollError {
         match self {
             // kubeadm keeps polling through any error; we stop on what cannot heal (TLS, size,
             // redirects) but wait out a cluster-info that is not there or not readable yet.
-            PollError::Http(e) => {
-                e.is_transient() || matches!(e.status(), Some(401 | 403 | 404))
-            }
+            PollError::Http(e) => e.is_transient() || matches!(e.status(), Some(401 | 403 | 404)),
             PollError::MissingSignature => true,
             PollError::Malformed(_) => false,
         }
@@ -224,7 +226,10 @@ async fn fetch_signed(
     retry(policy, "reading cluster-info", |_| {
         let key = key.clone();
         async move {
-            let reply = http.send(Request::get(target)).await.map_err(PollError::Http)?;
+            let reply = http
+                .send(Request::get(target))
+                .await
+                .map_err(PollError::Http)?;
             let cm: ConfigMap = serde_json::from_slice(&reply.body)
                 .map_err(|e| PollError::Malformed(format!("not a ConfigMap: {e}")))?;
             let kubeconfig = cm
@@ -263,7 +268,8 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     let token_id = req.token.id().to_owned();
 
     tracing::info!(endpoint = %endpoint, token_id = %token_id, "reading cluster-info");
-    let insecure = Http::new(tls::danger_unverified(), req.limits).map_err(|e| malformed(e.to_string()))?;
+    let insecure =
+        Http::new(tls::danger_unverified(), req.limits).map_err(|e| malformed(e.to_string()))?;
     let started = std::time::Instant::now();
     let (kubeconfig, signature) = fetch_signed(&insecure, &target, &token_id, req.timeout)
         .await
@@ -319,7 +325,10 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
 
     let pinned_tls = tls::trusting_only(&ca_ders).map_err(|e| malformed(e.to_string()))?;
     let pinned = Http::new(pinned_tls, req.limits).map_err(|e| malformed(e.to_string()))?;
-    let remaining = req.timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+    let remaining = req
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
     let (again, _) = match fetch_signed(&pinned, &target, &token_id, remaining).await {
         Ok(v) => v,
         Err(RetryError::Fatal(PollError::Http(e @ HttpError::Tls { .. }))) => {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Parses a duration such as `90s` or `1m30s`; a bare number means seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let form = || format!("invalid duration {text:?}: expected for example 500ms, 30s, 5m, 1h or 1m30s");
+    let form =
+        || format!("invalid duration {text:?}: expected for example 500ms, 30s, 5m, 1h or 1m30s");
     let t = text.trim();
     if t.is_empty() {
         return Err(form());

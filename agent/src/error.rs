@@ -177,7 +177,10 @@ mod tests {
         let doc = include_str!("../../docs/exit-codes.md");
         for code in Code::ALL {
             let row = format!("| {} | `{}` |", code.exit_code(), code.id());
-            assert!(doc.contains(&row), "docs/exit-codes.md lacks the row {row:?}");
+            assert!(
+                doc.contains(&row),
+                "docs/exit-codes.md lacks the row {row:?}"
+            );
         }
     }
 }

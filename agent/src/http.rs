@@ -160,7 +160,11 @@ pub struct Reply {
 impl Reply {
     /// The media type of the body, lowercased, without parameters.
     pub fn content_type(&self) -> Option<String> {
-        let ct = self.headers.get(reqwest::header::CONTENT_TYPE)?.to_str().ok()?;
+        let ct = self
+            .headers
+            .get(reqwest::header::CONTENT_TYPE)?
+            .to_str()
+            .ok()?;
         Some(ct.split(';').next()?.trim().to_ascii_lowercase())
     }
 }
@@ -233,10 +237,12 @@ impl Http {
             .request(req.method.clone(), req.target.url.clone())
             .header(reqwest::header::ACCEPT, req.accept);
         if let Some(token) = req.bearer {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| HttpError::Other {
-                    url: shown.clone(),
-                    detail: "the bearer token is not a valid header value".into(),
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    HttpError::Other {
+                        url: shown.clone(),
+                        detail: "the bearer token is not a valid header value".into(),
+                    }
                 })?;
             value.set_sensitive(true);
             builder = builder.header(AUTHORIZATION, value);
@@ -246,10 +252,7 @@ impl Http {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let mut response = builder
-            .send()
-            .await
-            .map_err(|e| self.classify(&shown, e))?;
+        let mut response = builder.send().await.map_err(|e| self.classify(&shown, e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         if (300..400).contains(&status) {
@@ -293,7 +296,8 @@ impl Http {
             body.extend_from_slice(&chunk);
         }
         if !(200..300).contains(&status) {
-            let detail = server_message(&body).map(|m| req.scrub.iter().fold(m, |t, s| s.scrub(&t)));
+            let detail =
+                server_message(&body).map(|m| req.scrub.iter().fold(m, |t, s| s.scrub(&t)));
             return Err(HttpError::Status {
                 url: shown,
                 status,
@@ -352,19 +356,26 @@ fn server_message(body: &[u8]) -> Option<String> {
 }
 
 fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
+    // io::Error::source() skips the error it wraps, and hyper-rustls wraps rustls' error in an
+    // io::Error inside another io::Error: look inside each io::Error explicitly.
+    fn find(e: &(dyn std::error::Error + 'static), depth: u8) -> Option<String> {
+        if depth > 16 {
+            return None;
+        }
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(tls.to_string());
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find(inner, depth + 1) {
+                return Some(found);
             }
         }
-        source = e.source();
+        e.source().and_then(|s| find(s, depth + 1))
     }
-    None
+    find(err, 0)
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -469,7 +480,11 @@ impl Retryable for HttpError {
 /// `initial_backoff` up to `max_backoff`, each sleep drawn uniformly from [backoff/2, backoff]
 /// (so many nodes booting at once spread out), never shorter than a `Retry-After` and never past
 /// the deadline.
-pub async fn retry<T, E, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, RetryError<E>>
+pub async fn retry<T, E, F, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    mut op: F,
+) -> Result<T, RetryError<E>>
 where
     E: Retryable + std::fmt::Display,
     F: FnMut(u32) -> Fut,
@@ -595,7 +610,10 @@ mod tests {
             Err(E(true, Some(Duration::from_secs(60))))
         })
         .await;
-        assert!(matches!(out, Err(RetryError::Exhausted { attempts: 1, .. })));
+        assert!(matches!(
+            out,
+            Err(RetryError::Exhausted { attempts: 1, .. })
+        ));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
@@ -649,7 +667,10 @@ mod tests {
                 .as_deref(),
             Some("configmaps \"x\" not found")
         );
-        assert_eq!(server_message(b"plain\ntext").as_deref(), Some("plain text"));
+        assert_eq!(
+            server_message(b"plain\ntext").as_deref(),
+            Some("plain text")
+        );
         assert_eq!(server_message(b""), None);
     }
 }

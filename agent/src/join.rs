@@ -26,7 +26,10 @@ pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure>
         reporter.notice(notice);
     }
     let discovered = discover(&settings, reporter).await?;
-    reporter.result(&discovered, &format!("API server {} verified", discovered.api_server));
+    reporter.result(
+        &discovered,
+        &format!("API server {} verified", discovered.api_server),
+    );
     Err(Failure::new(
         Code::Internal,
         "the node configuration phases are not part of this build yet",

@@ -87,23 +87,48 @@ mod tests {
     fn forged_variants_fail() {
         let payload = include_bytes!("../tests/fixtures/upstream/expected-kubeconfig.yaml");
         let good = detached_signature(payload, "123456", "abcdef1234567890");
-        assert!(verify_detached(&good, payload, "123456", "abcdef1234567890"));
+        assert!(verify_detached(
+            &good,
+            payload,
+            "123456",
+            "abcdef1234567890"
+        ));
         // alg none
         let none = format!(
             "{}..",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"123456"}"#)
         );
-        assert!(!verify_detached(&none, payload, "123456", "abcdef1234567890"));
+        assert!(!verify_detached(
+            &none,
+            payload,
+            "123456",
+            "abcdef1234567890"
+        ));
         // signed for another kid
         let other = detached_signature(payload, "654321", "abcdef1234567890");
-        assert!(!verify_detached(&other, payload, "123456", "abcdef1234567890"));
+        assert!(!verify_detached(
+            &other,
+            payload,
+            "123456",
+            "abcdef1234567890"
+        ));
         // the full token as key, as the website wrongly documents
         let full = detached_signature(payload, "123456", "123456.abcdef1234567890");
-        assert!(!verify_detached(&full, payload, "123456", "abcdef1234567890"));
+        assert!(!verify_detached(
+            &full,
+            payload,
+            "123456",
+            "abcdef1234567890"
+        ));
         // a payload re-serialized with one more line
         let mut reserialized = payload.to_vec();
         reserialized.extend_from_slice(b"preferences: {}\n");
-        assert!(!verify_detached(&good, &reserialized, "123456", "abcdef1234567890"));
+        assert!(!verify_detached(
+            &good,
+            &reserialized,
+            "123456",
+            "abcdef1234567890"
+        ));
         // header with whitespace
         let spaced = URL_SAFE_NO_PAD.encode(r#"{"alg": "HS256","kid":"123456"}"#);
         let tag = good.rsplit('.').next().expect("tag");

@@ -35,7 +35,9 @@ impl FromStr for KubeVersion {
         let mut nums = core.split('.');
         let mut next = |required: bool| -> Result<u32, VersionError> {
             match nums.next() {
-                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.len() < 6 => {
+                Some(n)
+                    if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.len() < 6 =>
+                {
                     n.parse().map_err(|_| err())
                 }
                 None if !required => Ok(0),
@@ -63,7 +65,11 @@ impl FromStr for KubeVersion {
 
 impl fmt::Display for KubeVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}.{}.{}{}", self.major, self.minor, self.patch, self.suffix)
+        write!(
+            f,
+            "v{}.{}.{}{}",
+            self.major, self.minor, self.patch, self.suffix
+        )
     }
 }
 

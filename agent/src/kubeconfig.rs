@@ -136,7 +136,11 @@ pub struct User {
     )]
     pub client_certificate_data: Option<String>,
     /// Client key file.
-    #[serde(rename = "client-key", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "client-key",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_key: Option<String>,
     /// Base64 client key.
     #[serde(
@@ -345,7 +349,8 @@ mod tests {
             server: "https://10.0.0.1:6443".into(),
             ca_pem: b"pem".to_vec(),
         };
-        let cfg = Kubeconfig::bootstrap("kubernetes", &info, &Secret::new("abcdef.0123456789abcdef"));
+        let cfg =
+            Kubeconfig::bootstrap("kubernetes", &info, &Secret::new("abcdef.0123456789abcdef"));
         assert_eq!(cfg.current_context, "tls-bootstrap-token-user@kubernetes");
         assert_eq!(cfg.users[0].name, "tls-bootstrap-token-user");
         let kubelet = Kubeconfig::kubelet(&info, "/var/lib/kubelet/pki/kubelet-client-current.pem");

@@ -270,7 +270,10 @@ mod tests {
             .first_match(&certs)
             .expect("parse")
             .is_none());
-        let set = PinSet::new([PUBKEYPIN_HASH.to_uppercase().parse::<CaPin>().expect("upper")]);
+        let set = PinSet::new([PUBKEYPIN_HASH
+            .to_uppercase()
+            .parse::<CaPin>()
+            .expect("upper")]);
         assert!(set.first_match(&certs).expect("parse").is_some());
         assert!(set
             .first_match(&[der(PUBKEYPIN_CERT2)])

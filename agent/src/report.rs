@@ -83,7 +83,13 @@ impl Reporter {
     }
 
     /// Reports a phase event. `duration` is the phase's own time, if it finished.
-    pub fn phase(&mut self, phase: &str, status: Status, duration: Option<std::time::Duration>, detail: &str) {
+    pub fn phase(
+        &mut self,
+        phase: &str,
+        status: Status,
+        duration: Option<std::time::Duration>,
+        detail: &str,
+    ) {
         let elapsed_ms = self.elapsed_ms();
         match self.format {
             OutputFormat::Json => {
@@ -115,7 +121,11 @@ impl Reporter {
                 let text = format!(
                     "[{:>7.2}s] {phase:<12} {word:<9}{}{took}",
                     elapsed_ms as f64 / 1000.0,
-                    if detail.is_empty() { String::new() } else { format!(" {detail}") },
+                    if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {detail}")
+                    },
                 );
                 self.line(&text);
             }

@@ -303,7 +303,8 @@ impl Settings {
         if let Some(p) = &args.provider_id {
             let ok = !p.is_empty()
                 && p.len() <= 256
-                && p.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
             if !ok {
                 return Err(usage(format!(
                     "invalid --provider-id {p:?}: expected printable characters without quotes, such as cn-hangzhou.i-abc or aws:///us-east-1a/i-123"

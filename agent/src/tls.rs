@@ -96,7 +96,9 @@ pub fn system_roots(extra: Option<&Path>) -> Result<ClientConfig, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoSystemRoots(SYSTEM_BUNDLES.join(", ")));
     }
-    Ok(builder().with_root_certificates(roots).with_no_client_auth())
+    Ok(builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn add_pem(roots: &mut RootCertStore, pem: &[u8]) {

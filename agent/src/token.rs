@@ -26,9 +26,7 @@ pub enum TokenError {
         reason: &'static str,
     },
     /// The openapi token has characters that cannot sit in a URL path segment, or a bad length.
-    #[error(
-        "malformed openapi token: {reason}; expected 8 to 512 characters of [A-Za-z0-9._~-]"
-    )]
+    #[error("malformed openapi token: {reason}; expected 8 to 512 characters of [A-Za-z0-9._~-]")]
     MalformedOpenApiToken {
         /// What was wrong, without the token.
         reason: &'static str,

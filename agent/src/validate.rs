@@ -354,14 +354,25 @@ impl Endpoint {
                 .ok_or_else(|| syntax(what, text, form))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| syntax(what, text, form))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| syntax(what, text, form))?,
+                ),
             };
             if h.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(syntax(what, text, "the bracketed host is not an IPv6 address"));
+                return Err(syntax(
+                    what,
+                    text,
+                    "the bracketed host is not an IPv6 address",
+                ));
             }
             (h, port)
         } else if t.matches(':').count() > 1 {
-            return Err(syntax(what, text, "put an IPv6 address in brackets: [ADDR]:PORT"));
+            return Err(syntax(
+                what,
+                text,
+                "put an IPv6 address in brackets: [ADDR]:PORT",
+            ));
         } else {
             match t.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
@@ -517,7 +528,13 @@ mod tests {
             .expect("ok");
         assert_eq!(t[0].to_string(), "dedicated=gpu:NoSchedule");
         assert_eq!(t[1].to_string(), "spot:PreferNoSchedule");
-        for bad in ["a=b", "a=b:Never", ":NoSchedule", "a=b c:NoExecute", "a=b:noschedule"] {
+        for bad in [
+            "a=b",
+            "a=b:Never",
+            ":NoSchedule",
+            "a=b c:NoExecute",
+            "a=b:noschedule",
+        ] {
             assert!(Taint::parse("--taints", bad).is_err(), "{bad}");
         }
         assert!(Taint::parse_list("t", "a=1:NoSchedule,a=2:NoSchedule").is_err());
@@ -528,13 +545,20 @@ mod tests {
     fn endpoints() {
         let e = Endpoint::parse("--endpoint", "192.168.0.80:6443").expect("ok");
         assert_eq!(e.to_string(), "192.168.0.80:6443");
-        assert_eq!(Endpoint::parse("e", "API.example.com").expect("ok").port, 6443);
         assert_eq!(
-            Endpoint::parse("e", "https://10.0.0.1:8443/").expect("ok").https_url(),
+            Endpoint::parse("e", "API.example.com").expect("ok").port,
+            6443
+        );
+        assert_eq!(
+            Endpoint::parse("e", "https://10.0.0.1:8443/")
+                .expect("ok")
+                .https_url(),
             "https://10.0.0.1:8443"
         );
         assert_eq!(
-            Endpoint::parse("e", "[fd00::1]:6443").expect("ok").to_string(),
+            Endpoint::parse("e", "[fd00::1]:6443")
+                .expect("ok")
+                .to_string(),
             "[fd00::1]:6443"
         );
         for bad in [
@@ -555,7 +579,9 @@ mod tests {
     #[test]
     fn ip_lists_and_names() {
         assert_eq!(
-            parse_ip_list("--cluster-dns", "10.96.0.10, fd00::a").expect("ok").len(),
+            parse_ip_list("--cluster-dns", "10.96.0.10, fd00::a")
+                .expect("ok")
+                .len(),
             2
         );
         assert!(parse_ip_list("--cluster-dns", "10.96.0").is_err());

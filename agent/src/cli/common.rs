@@ -92,9 +92,8 @@ impl OpenApiTokenArgs {
 /// Reads the first line of a secret file; warns when others may read it.
 pub fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, Failure> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Failure::new(Code::Usage, format!("{flag} {}: {e}", path.display()))
-    })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::new(Code::Usage, format!("{flag} {}: {e}", path.display())))?;
     if meta.len() > 64 * 1024 {
         return Err(Failure::new(
             Code::Usage,

@@ -49,7 +49,12 @@ pub async fn run(args: DiscoverArgs, reporter: &mut Reporter) -> Result<(), Fail
         limits: args.network.limits(),
     };
     let started = std::time::Instant::now();
-    reporter.phase("discover", Status::Started, None, &request.endpoint.to_string());
+    reporter.phase(
+        "discover",
+        Status::Started,
+        None,
+        &request.endpoint.to_string(),
+    );
     let found = discovery::discover(&request).await.map_err(|e| {
         reporter.phase("discover", Status::Failed, Some(started.elapsed()), "");
         Failure::from_error(&e)
@@ -65,7 +70,10 @@ pub async fn run(args: DiscoverArgs, reporter: &mut Reporter) -> Result<(), Fail
     match &found.ca_pin {
         Some(pin) => {
             let _ = writeln!(text, "CA pin:     {pin}");
-            let _ = writeln!(text, "verified:   JWS signature, CA pin, pinned TLS re-fetch");
+            let _ = writeln!(
+                text,
+                "verified:   JWS signature, CA pin, pinned TLS re-fetch"
+            );
         }
         None => {
             for pin in &found.ca_bundle_pins {

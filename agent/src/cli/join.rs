@@ -202,7 +202,9 @@ impl CompatArgs {
         let mut out = Vec::new();
         let mut note = |given: bool, flag: &str, why: &str| {
             if given {
-                out.push(format!("{flag} is accepted for attach_node.sh compatibility and has no effect: {why}"));
+                out.push(format!(
+                    "{flag} is accepted for attach_node.sh compatibility and has no effect: {why}"
+                ));
             }
         };
         note(
@@ -210,17 +212,57 @@ impl CompatArgs {
             "--auto-fdisk/--disk-device",
             "node-attach never formats or mounts disks; prepare data disks in the image or a pre-script",
         );
-        note(self.node_config.is_some(), "--node-config", "pass kubelet settings through the cluster values");
-        note(self.beta_version.is_some(), "--beta-version", "node-attach downloads no package tarballs");
-        note(self.network.is_some(), "--network", "the CNI plugin is installed by the cluster");
-        note(self.addon_names.is_some(), "--addon-names", "addons are managed by the control plane");
-        note(self.node_port_range.is_some(), "--node-port-range", "the NodePort range is an API server setting");
+        note(
+            self.node_config.is_some(),
+            "--node-config",
+            "pass kubelet settings through the cluster values",
+        );
+        note(
+            self.beta_version.is_some(),
+            "--beta-version",
+            "node-attach downloads no package tarballs",
+        );
+        note(
+            self.network.is_some(),
+            "--network",
+            "the CNI plugin is installed by the cluster",
+        );
+        note(
+            self.addon_names.is_some(),
+            "--addon-names",
+            "addons are managed by the control plane",
+        );
+        note(
+            self.node_port_range.is_some(),
+            "--node-port-range",
+            "the NodePort range is an API server setting",
+        );
         note(self.overwrite_hostname.is_some(), "--overwrite-hostname", "node-attach does not rename the host; the node name is set with --node-name or --node-name-mode");
-        note(self.cluster_type.is_some(), "--cluster-type", "it only selected attach_node.sh code paths");
-        note(self.ip_vlan_enabled.is_some(), "--ip-vlan-enabled", "IPVLAN is configured by the CNI plugin");
-        note(self.kube_version.is_some(), "--kube-version", "the version is read from the API server");
-        note(self.cms_enabled || self.cms_version.is_some(), "--cms-enabled/--cms-version", "monitoring agents are out of scope");
-        note(self.node_cidr_mask.is_some(), "--node-cidr-mask", "pod CIDRs are allocated by the control plane");
+        note(
+            self.cluster_type.is_some(),
+            "--cluster-type",
+            "it only selected attach_node.sh code paths",
+        );
+        note(
+            self.ip_vlan_enabled.is_some(),
+            "--ip-vlan-enabled",
+            "IPVLAN is configured by the CNI plugin",
+        );
+        note(
+            self.kube_version.is_some(),
+            "--kube-version",
+            "the version is read from the API server",
+        );
+        note(
+            self.cms_enabled || self.cms_version.is_some(),
+            "--cms-enabled/--cms-version",
+            "monitoring agents are out of scope",
+        );
+        note(
+            self.node_cidr_mask.is_some(),
+            "--node-cidr-mask",
+            "pod CIDRs are allocated by the control plane",
+        );
         out
     }
 }

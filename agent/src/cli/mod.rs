@@ -16,7 +16,12 @@ use std::ffi::OsString;
 
 /// node-attach: turn a Linux machine into a Kubernetes worker node, and back.
 #[derive(Debug, Parser)]
-#[command(name = "node-attach", version, disable_version_flag = true, propagate_version = true)]
+#[command(
+    name = "node-attach",
+    version,
+    disable_version_flag = true,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -67,10 +72,19 @@ where
     crate::tls::install_provider();
     let mut reporter = Reporter::stdout(cli.output);
     let name = cli.command.name();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            reporter.failure(None, &Failure::new(Code::Internal, format!("cannot start the async runtime: {e}")));
+            reporter.failure(
+                None,
+                &Failure::new(
+                    Code::Internal,
+                    format!("cannot start the async runtime: {e}"),
+                ),
+            );
             return Code::Internal.exit_code();
         }
     };
@@ -156,14 +170,48 @@ mod tests {
     #[test]
     fn every_attach_node_flag_is_accepted() {
         let cli = parse(&[
-            "join", "--openapi-token", "tok-0123456789", "--auto-fdisk", "--disk-device", "/dev/vdb",
-            "--node-config", "x", "--beta-version", "b", "--network", "flannel", "--addon-names",
-            "a,b", "--node-port-range", "30000-32767", "--overwrite-hostname", "true",
-            "--cluster-type", "ManagedKubernetes", "--ip-vlan-enabled", "false", "--kube-version",
-            "1.18.8", "--cms-enabled", "--cms-version", "1.3.7", "--node-cidr-mask", "26",
-            "--cpu-policy", "none", "--disable-swap", "--runtime", "docker", "--runtime-version",
-            "19.03.5", "--node-name-mode", "nodeip", "--taints", "a=b:NoSchedule",
-            "--cluster-domain", "cluster.local",
+            "join",
+            "--openapi-token",
+            "tok-0123456789",
+            "--auto-fdisk",
+            "--disk-device",
+            "/dev/vdb",
+            "--node-config",
+            "x",
+            "--beta-version",
+            "b",
+            "--network",
+            "flannel",
+            "--addon-names",
+            "a,b",
+            "--node-port-range",
+            "30000-32767",
+            "--overwrite-hostname",
+            "true",
+            "--cluster-type",
+            "ManagedKubernetes",
+            "--ip-vlan-enabled",
+            "false",
+            "--kube-version",
+            "1.18.8",
+            "--cms-enabled",
+            "--cms-version",
+            "1.3.7",
+            "--node-cidr-mask",
+            "26",
+            "--cpu-policy",
+            "none",
+            "--disable-swap",
+            "--runtime",
+            "docker",
+            "--runtime-version",
+            "19.03.5",
+            "--node-name-mode",
+            "nodeip",
+            "--taints",
+            "a=b:NoSchedule",
+            "--cluster-domain",
+            "cluster.local",
         ])
         .expect("all flags");
         let Command::Join(args) = cli.command else {
@@ -178,7 +226,13 @@ mod tests {
             &["join", "--bogus"][..],
             &["join", "--ess", "maybe"],
             &["join", "--discovery-token-ca-cert-hash", "md5:00"],
-            &["discover", "--endpoint", "a:b", "--token", "abcdef.0123456789abcdef"],
+            &[
+                "discover",
+                "--endpoint",
+                "a:b",
+                "--token",
+                "abcdef.0123456789abcdef",
+            ],
             &["join", "--discovery-timeout", "soon"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");

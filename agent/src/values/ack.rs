@@ -8,8 +8,8 @@
 //! older agents; a key given twice, or a line that is not `key=value`, refuses the whole answer.
 
 use super::{
-    check_callback, check_identifier, check_package_version, invalid, ClusterValues,
-    NodeNameMode, RuntimeKind, ValuesError, ValuesFormat,
+    check_callback, check_identifier, check_package_version, invalid, ClusterValues, NodeNameMode,
+    RuntimeKind, ValuesError, ValuesFormat,
 };
 use crate::token::BootstrapToken;
 use crate::validate::{parse_ip_list, Endpoint};
@@ -26,10 +26,7 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
         let Some((key, value)) = line.split_once('=') else {
-            return Err(invalid(
-                format!("line {}", n + 1),
-                "expected key=value",
-            ));
+            return Err(invalid(format!("line {}", n + 1), "expected key=value"));
         };
         if key.is_empty()
             || !key
@@ -69,7 +66,17 @@ fn unquote(value: &str) -> Option<&str> {
     let shell = |b: u8| {
         matches!(
             b,
-            b'"' | b'\'' | b'`' | b'$' | b'\\' | b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')'
+            b'"' | b'\''
+                | b'`'
+                | b'$'
+                | b'\\'
+                | b';'
+                | b'&'
+                | b'|'
+                | b'<'
+                | b'>'
+                | b'('
+                | b')'
                 | b'\n'
         )
     };
@@ -106,7 +113,10 @@ fn apply(v: &mut ClusterValues, key: &str, value: &str) -> Result<(), ValuesErro
             v.network = Some(value.to_owned());
         }
         other => {
-            tracing::warn!(key = other, "ignoring an unknown key in the node_info answer");
+            tracing::warn!(
+                key = other,
+                "ignoring an unknown key in the node_info answer"
+            );
             v.ignored_keys.push(other.to_owned());
         }
     }
@@ -162,7 +172,10 @@ mod tests {
             ("cluster_dns=10.0.0", "cluster_dns"),
             ("name_mode=custom", "name_mode"),
             ("docker_version=!!", "docker_version"),
-            ("token=264db1.30bcc2b89969a4ca\ntoken=264db1.30bcc2b89969a4ca", "token"),
+            (
+                "token=264db1.30bcc2b89969a4ca\ntoken=264db1.30bcc2b89969a4ca",
+                "token",
+            ),
             ("just text", "line 1"),
             ("", "body"),
         ] {

@@ -145,7 +145,10 @@ pub struct ClusterValues {
     /// API server endpoints, in order of preference.
     pub api_server_endpoints: Vec<Endpoint>,
     /// The bootstrap token (redacted when printed).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted_token")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_token"
+    )]
     pub bootstrap_token: Option<BootstrapToken>,
     /// CA pins.
     pub ca_cert_hashes: Vec<CaPin>,
@@ -349,7 +352,11 @@ impl ValuesSource {
                 }
             };
             real.push_str(&value);
-            shown.push_str(if public { &value } else { crate::secret::REDACTED });
+            shown.push_str(if public {
+                &value
+            } else {
+                crate::secret::REDACTED
+            });
             rest = &rest[close + 1..];
         }
         real.push_str(rest);
@@ -400,11 +407,12 @@ pub async fn fetch(
     })
     .await
     .map_err(|e| match e {
-        RetryError::Fatal(e @ HttpError::Status { status, .. })
-            if matches!(status, 400 | 401 | 403 | 404 | 410) =>
-        {
-            ValuesError::Refused(e)
-        }
+        RetryError::Fatal(
+            e @ HttpError::Status {
+                status: 400 | 401 | 403 | 404 | 410,
+                ..
+            },
+        ) => ValuesError::Refused(e),
         other => ValuesError::Unreachable(other),
     })?;
     parse(&reply.body, reply.content_type().as_deref())
@@ -415,8 +423,7 @@ pub async fn fetch(
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ClusterValues, ValuesError> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("body", "not UTF-8 text"))?;
     let looks_json = text.trim_start().starts_with('{');
-    if content_type.is_some_and(|c| c == "application/json" || c.ends_with("+json")) || looks_json
-    {
+    if content_type.is_some_and(|c| c == "application/json" || c.ends_with("+json")) || looks_json {
         schema::parse(text)
     } else {
         ack::parse(text)
@@ -428,10 +435,13 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ClusterValues, V
 pub fn check_image(field: &str, image: &str) -> Result<(), ValuesError> {
     let ok = !image.is_empty()
         && image.len() <= 255
+        && image.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b':' | b'_' | b'@' | b'-')
+        })
         && image
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b':' | b'_' | b'@' | b'-'))
-        && image.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -446,9 +456,9 @@ pub fn check_image(field: &str, image: &str) -> Result<(), ValuesError> {
 pub fn check_package_version(field: &str, v: &str) -> Result<(), ValuesError> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b':' | b'-' | b'_'))
+        && v.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b':' | b'-' | b'_')
+        })
         && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
@@ -480,15 +490,18 @@ pub fn check_quantity(field: &str, q: &str, allow_percent: bool) -> Result<(), V
     } else {
         Err(invalid(
             field,
-            format!("{q:?} is not a quantity (for example 100m, 512Mi, 1Gi{})", if allow_percent { " or 10%" } else { "" }),
+            format!(
+                "{q:?} is not a quantity (for example 100m, 512Mi, 1Gi{})",
+                if allow_percent { " or 10%" } else { "" }
+            ),
         ))
     }
 }
 
 /// Validates a URL the node will POST its outcome to. Plain http needs `allow_insecure`.
 pub fn check_callback(field: &str, text: &str) -> Result<url::Url, ValuesError> {
-    let url = url::Url::parse(text.trim())
-        .map_err(|e| invalid(field, format!("not a URL: {e}")))?;
+    let url =
+        url::Url::parse(text.trim()).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
         return Err(invalid(field, "expected an http(s) URL with a host"));
     }
@@ -499,7 +512,8 @@ pub fn check_callback(field: &str, text: &str) -> Result<url::Url, ValuesError> 
 pub fn check_identifier(field: &str, v: &str) -> Result<(), SyntaxError> {
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {

@@ -5,9 +5,9 @@
 //! (a pin, a taint), and silently dropping it would join the node wrongly.
 
 use super::{
-    check_callback, check_identifier, check_image, check_package_version, check_quantity,
-    invalid, ClusterValues, KubeletValues, NodeNameMode, RuntimeKind, RuntimeValues,
-    ValuesError, ValuesFormat,
+    check_callback, check_identifier, check_image, check_package_version, check_quantity, invalid,
+    ClusterValues, KubeletValues, NodeNameMode, RuntimeKind, RuntimeValues, ValuesError,
+    ValuesFormat,
 };
 use crate::pin::CaPin;
 use crate::token::BootstrapToken;
@@ -161,20 +161,17 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         );
     }
     if !doc.cluster_dns.is_empty() {
-        v.cluster_dns =
-            crate::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
+        v.cluster_dns = crate::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
     }
     if let Some(d) = &doc.cluster_domain {
         check_dns_subdomain("clusterDomain", d)?;
         v.cluster_domain = Some(d.clone());
     }
     if let Some(k) = &doc.kubernetes_version {
-        v.kubernetes_version = Some(
-            k.parse()
-                .map_err(|e: crate::kube_version::VersionError| {
-                    invalid("kubernetesVersion", e.to_string())
-                })?,
-        );
+        v.kubernetes_version =
+            Some(k.parse().map_err(|e: crate::kube_version::VersionError| {
+                invalid("kubernetesVersion", e.to_string())
+            })?);
     }
     if let Some(r) = doc.runtime {
         v.runtime = runtime(r)?;
@@ -226,7 +223,10 @@ fn runtime(r: RuntimeDoc) -> Result<RuntimeValues, ValuesError> {
         check_registry_host(&format!("runtime.registryMirrors[{host:?}]"), &host)?;
         for m in &mirrors {
             let u = url::Url::parse(m).map_err(|e| {
-                invalid(format!("runtime.registryMirrors[{host:?}]"), format!("{m:?} is not a URL: {e}"))
+                invalid(
+                    format!("runtime.registryMirrors[{host:?}]"),
+                    format!("{m:?} is not a URL: {e}"),
+                )
             })?;
             if !matches!(u.scheme(), "https" | "http") {
                 return Err(invalid(
@@ -266,7 +266,10 @@ fn kubelet(k: KubeletDoc) -> Result<KubeletValues, ValuesError> {
             if !RESERVABLE.contains(&res.as_str()) {
                 return Err(invalid(
                     format!("{field}.{res}"),
-                    format!("unknown resource; expected one of {}", RESERVABLE.join(", ")),
+                    format!(
+                        "unknown resource; expected one of {}",
+                        RESERVABLE.join(", ")
+                    ),
                 ));
             }
             check_quantity(&format!("{field}.{res}"), q, false)?;
@@ -288,7 +291,10 @@ fn kubelet(k: KubeletDoc) -> Result<KubeletValues, ValuesError> {
     }
     if let Some(p) = &k.cpu_manager_policy {
         if p != "none" && p != "static" {
-            return Err(invalid("kubelet.cpuManagerPolicy", "expected none or static"));
+            return Err(invalid(
+                "kubelet.cpuManagerPolicy",
+                "expected none or static",
+            ));
         }
     }
     Ok(KubeletValues {
@@ -325,7 +331,10 @@ fn check_absolute_path(field: &str, p: &str) -> Result<(), ValuesError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{p:?} is not a clean absolute path")))
+        Err(invalid(
+            field,
+            format!("{p:?} is not a clean absolute path"),
+        ))
     }
 }
 
@@ -391,7 +400,11 @@ mod tests {
         for (field, value, named) in [
             ("apiVersion", r#""node-attach.io/v2""#, "apiVersion"),
             ("kind", r#""Other""#, "kind"),
-            ("apiServerEndpoints", r#"["a b:6443"]"#, "apiServerEndpoints[0]"),
+            (
+                "apiServerEndpoints",
+                r#"["a b:6443"]"#,
+                "apiServerEndpoints[0]",
+            ),
             ("bootstrapToken", r#""abcdef.short""#, "bootstrapToken"),
             ("caCertHashes", r#"["md5:00"]"#, "caCertHashes[0]"),
             ("clusterDNS", r#"["10.96.0"]"#, "clusterDNS"),
@@ -406,8 +419,16 @@ mod tests {
             ("nodeNameMode", r#""weird""#, "nodeNameMode"),
             ("callbackURL", r#""not a url""#, "callbackURL"),
             ("kubelet.maxPods", "0", "kubelet.maxPods"),
-            ("kubelet.systemReserved", r#"{"gpu": "1"}"#, "kubelet.systemReserved.gpu"),
-            ("kubelet.evictionHard", r#"{"memory.available": "lots"}"#, "kubelet.evictionHard.memory.available"),
+            (
+                "kubelet.systemReserved",
+                r#"{"gpu": "1"}"#,
+                "kubelet.systemReserved.gpu",
+            ),
+            (
+                "kubelet.evictionHard",
+                r#"{"memory.available": "lots"}"#,
+                "kubelet.evictionHard.memory.available",
+            ),
             ("nodePoolID", r#""np 1""#, "nodePoolID"),
         ] {
             let err = parse(&with(field, value)).expect_err(field);

@@ -1,1 +1,7 @@
-//! Integration tests: the real binary against the test control plane.
+//! Integration tests: the real `node-attach` binary (and its library) against the test control
+//! plane over real TLS, with the real kubectl and openssl as cross-checks.
+
+mod discover;
+mod kubectl;
+mod support;
+mod values;

@@ -113,13 +113,21 @@ fn forbidden(user: &User, a: &Attributes) -> Reply {
         } else {
             format!("{}.{}", a.resource, a.group)
         };
-        let res = if a.subresource.is_empty() { res } else { format!("{res}/{}", a.subresource) };
+        let res = if a.subresource.is_empty() {
+            res
+        } else {
+            format!("{res}/{}", a.subresource)
+        };
         let scope = if a.namespace.is_empty() {
             "at the cluster scope".to_owned()
         } else {
             format!("in the namespace \"{}\"", a.namespace)
         };
-        let named = if a.name.is_empty() { String::new() } else { format!(" \"{}\"", a.name) };
+        let named = if a.name.is_empty() {
+            String::new()
+        } else {
+            format!(" \"{}\"", a.name)
+        };
         format!(
             "{}{named} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
             res, user.name, a.verb, a.resource, a.group
@@ -170,7 +178,12 @@ pub fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
 }
 
 fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
-    let segs: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = req
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     // The values service (anonymous; the openapi token is the key).
     match segs.as_slice() {
         ["v1", "values", token] if req.method == "GET" => return values_json(shared, token),
@@ -191,8 +204,16 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     }
     let non_resource = matches!(
         segs.as_slice(),
-        [] | ["version"] | ["healthz"] | ["livez"] | ["readyz"] | ["api"] | ["apis"] | ["api", "v1"]
-            | ["apis", _] | ["apis", _, _] | ["openapi", ..]
+        [] | ["version"]
+            | ["healthz"]
+            | ["livez"]
+            | ["readyz"]
+            | ["api"]
+            | ["apis"]
+            | ["api", "v1"]
+            | ["apis", _]
+            | ["apis", _, _]
+            | ["openapi", ..]
     );
     if non_resource {
         let a = Attributes {
@@ -201,7 +222,12 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
             ..Attributes::default()
         };
         if req.method != "GET" {
-            return status_error(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None);
+            return status_error(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+                None,
+            );
         }
         if !authorize(&shared.lock().store, &req.user, &a) {
             return forbidden(&req.user, &a);
@@ -211,10 +237,22 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     let (group, version, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+        _ => {
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            )
+        }
     };
     if !served(shared, group, version) {
-        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+        return status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        );
     }
     let (namespace, rest) = match rest {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (ns.to_string(), tail),
@@ -224,13 +262,30 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         [p] => (*p, "", ""),
         [p, n] => (*p, *n, ""),
         [p, n, s] => (*p, *n, *s),
-        _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+        _ => {
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            )
+        }
     };
     let Some(kind) = Kind::from_plural(group, plural) else {
-        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+        return status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        );
     };
     if kind.namespaced() && namespace.is_empty() && !(req.method == "GET" && name.is_empty()) {
-        return status_error(404, "NotFound", "the server could not find the requested resource", None);
+        return status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        );
     }
     let query = query_map(&req.query);
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -242,7 +297,14 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         ("PUT", false) => "update",
         ("PATCH", false) => "patch",
         ("DELETE", false) => "delete",
-        _ => return status_error(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None),
+        _ => {
+            return status_error(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+                None,
+            )
+        }
     };
     let attrs = Attributes {
         verb: verb.into(),
@@ -288,8 +350,15 @@ fn served(shared: &Shared, group: &str, version: &str) -> bool {
 }
 
 fn groups(shared: &Shared) -> Vec<(&'static str, Vec<&'static str>)> {
-    let csr = if shared.options.csr_v1beta1_only { vec!["v1beta1"] } else { vec!["v1", "v1beta1"] };
-    vec![("certificates.k8s.io", csr), ("rbac.authorization.k8s.io", vec!["v1"])]
+    let csr = if shared.options.csr_v1beta1_only {
+        vec!["v1beta1"]
+    } else {
+        vec!["v1", "v1beta1"]
+    };
+    vec![
+        ("certificates.k8s.io", csr),
+        ("rbac.authorization.k8s.io", vec!["v1"]),
+    ]
 }
 
 fn resource_list(shared: &Shared, group: &str, version: &str) -> Value {
@@ -330,18 +399,24 @@ fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
             let mut parts = v.split('.');
             let major = parts.next().unwrap_or("1");
             let minor = parts.next().unwrap_or("0");
-            Reply::json(200, &json!({
-                "major": major, "minor": minor, "gitVersion": shared.options.kubernetes_version,
-                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
-                "platform": "linux/amd64",
-            }))
+            Reply::json(
+                200,
+                &json!({
+                    "major": major, "minor": minor, "gitVersion": shared.options.kubernetes_version,
+                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
+                    "platform": "linux/amd64",
+                }),
+            )
         }
         ["healthz"] | ["livez"] | ["readyz"] => Reply::text(200, "ok"),
-        ["api"] => Reply::json(200, &json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
-        })),
+        ["api"] => Reply::json(
+            200,
+            &json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+            }),
+        ),
         ["apis"] => {
             let list: Vec<Value> = groups(shared)
                 .into_iter()
@@ -353,7 +428,10 @@ fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
                     json!({"name": g, "versions": versions.clone(), "preferredVersion": versions[0]})
                 })
                 .collect();
-            Reply::json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}))
+            Reply::json(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}),
+            )
         }
         ["api", "v1"] => Reply::json(200, &resource_list(shared, "", "v1")),
         ["apis", g] => match groups(shared).into_iter().find(|(name, _)| name == g) {
@@ -362,15 +440,28 @@ fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
                     .iter()
                     .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
                     .collect();
-                Reply::json(200, &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
-                    "versions": versions.clone(), "preferredVersion": versions[0]}))
+                Reply::json(
+                    200,
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
+                    "versions": versions.clone(), "preferredVersion": versions[0]}),
+                )
             }
-            None => status_error(404, "NotFound", "the server could not find the requested resource", None),
+            None => status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            ),
         },
         ["apis", g, v] if served(shared, g, v) && groups(shared).iter().any(|(n, _)| n == g) => {
             Reply::json(200, &resource_list(shared, g, v))
         }
-        _ => status_error(404, "NotFound", "the server could not find the requested resource", None),
+        _ => status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        ),
     }
 }
 
@@ -393,7 +484,8 @@ fn age(obj: &Value) -> String {
     let Some(ts) = obj["metadata"]["creationTimestamp"].as_str() else {
         return "<unknown>".into();
     };
-    let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) else {
+    let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+    else {
         return "<unknown>".into();
     };
     let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
@@ -407,9 +499,17 @@ fn age(obj: &Value) -> String {
 fn csr_condition(obj: &Value) -> String {
     let conds: Vec<String> = obj["status"]["conditions"]
         .as_array()
-        .map(|a| a.iter().filter_map(|c| c["type"].as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["type"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    let mut text = if conds.is_empty() { "Pending".to_owned() } else { conds.join(",") };
+    let mut text = if conds.is_empty() {
+        "Pending".to_owned()
+    } else {
+        conds.join(",")
+    };
     if !obj["status"]["certificate"].is_null() && !conds.is_empty() {
         text.push_str(",Issued");
     }
@@ -428,7 +528,9 @@ fn table(kind: Kind, objects: &[Value], rv: u64) -> Value {
         _ => vec!["Age"],
     };
     for c in &extra {
-        columns.push(json!({"name": c, "type": "string", "format": "", "description": c, "priority": 0}));
+        columns.push(
+            json!({"name": c, "type": "string", "format": "", "description": c, "priority": 0}),
+        );
     }
     let rows: Vec<Value> = objects
         .iter()
@@ -464,7 +566,8 @@ fn label_selector_matches(selector: &str, obj: &Value) -> bool {
         if let Some((k, v)) = term.split_once("!=") {
             labels[k.trim()].as_str() != Some(v.trim())
         } else if let Some((k, v)) = term.split_once('=') {
-            labels[k.trim().trim_end_matches('=')].as_str() == Some(v.trim().trim_start_matches('='))
+            labels[k.trim().trim_end_matches('=')].as_str()
+                == Some(v.trim().trim_start_matches('='))
         } else if let Some(k) = term.strip_prefix('!') {
             labels[k.trim()].is_null()
         } else {
@@ -502,14 +605,22 @@ impl Ctx<'_> {
         let Some(obj) = obj else {
             return not_found(self.kind, &self.name);
         };
-        if self.kind == Kind::ConfigMap && self.namespace == "kube-public" && self.name == "cluster-info" {
+        if self.kind == Kind::ConfigMap
+            && self.namespace == "kube-public"
+            && self.name == "cluster-info"
+        {
             let fault = self.shared.lock().faults.cluster_info.clone();
             if let Some(r) = cluster_info_fault(fault, obj.clone()) {
                 return r;
             }
         }
         if !self.sub.is_empty() && !matches!(self.sub.as_str(), "status" | "approval") {
-            return status_error(404, "NotFound", "the server could not find the requested resource", None);
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            );
         }
         self.answer(obj)
     }
@@ -532,12 +643,15 @@ impl Ctx<'_> {
         if wants_table(&self.req.accept) {
             return Reply::json(200, &table(self.kind, &items, rv));
         }
-        Reply::json(200, &json!({
-            "kind": format!("{}List", self.kind.name()),
-            "apiVersion": self.kind.api_version(self.version),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }))
+        Reply::json(
+            200,
+            &json!({
+                "kind": format!("{}List", self.kind.name()),
+                "apiVersion": self.kind.api_version(self.version),
+                "metadata": {"resourceVersion": rv.to_string()},
+                "items": items,
+            }),
+        )
     }
 
     fn watch(&self) -> Reply {
@@ -552,7 +666,11 @@ impl Ctx<'_> {
                 && (ns.is_empty() || key.namespace == ns)
                 && name.as_deref().is_none_or(|n| key.name == n)
         };
-        let since: u64 = self.query.get("resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let since: u64 = self
+            .query
+            .get("resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
         let mut initial = Vec::new();
         if since == 0 {
             for key in state.store.keys(kind) {
@@ -600,15 +718,25 @@ impl Ctx<'_> {
     }
 
     fn body_json(&self) -> Result<Value, Reply> {
-        serde_json::from_slice(&self.req.body)
-            .map_err(|e| status_error(400, "BadRequest", &format!("the body is not JSON: {e}"), None))
+        serde_json::from_slice(&self.req.body).map_err(|e| {
+            status_error(
+                400,
+                "BadRequest",
+                &format!("the body is not JSON: {e}"),
+                None,
+            )
+        })
     }
 
     fn invalid(&self, message: &str) -> Reply {
         status_error(
             422,
             "Invalid",
-            &format!("{} \"{}\" is invalid: {message}", self.kind.name(), self.name),
+            &format!(
+                "{} \"{}\" is invalid: {message}",
+                self.kind.name(),
+                self.name
+            ),
             Some(json!({"name": self.name, "kind": self.kind.name()})),
         )
     }
@@ -618,12 +746,21 @@ impl Ctx<'_> {
             Ok(o) => o,
             Err(r) => return r,
         };
-        let mut name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let mut name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if name.is_empty() {
             if let Some(prefix) = obj["metadata"]["generateName"].as_str() {
                 let mut b = [0u8; 4];
                 getrandom::fill(&mut b).expect("random");
-                name = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b).to_lowercase().replace(['-', '_'], "x"));
+                name = format!(
+                    "{prefix}{}",
+                    URL_SAFE_NO_PAD
+                        .encode(b)
+                        .to_lowercase()
+                        .replace(['-', '_'], "x")
+                );
             }
         }
         if name.is_empty() {
@@ -634,7 +771,10 @@ impl Ctx<'_> {
                 return status_error(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request", None);
             }
         }
-        let ctx = Ctx { name: name.clone(), ..self.clone_ctx() };
+        let ctx = Ctx {
+            name: name.clone(),
+            ..self.clone_ctx()
+        };
         match self.kind {
             Kind::Csr => {
                 if let Err(r) = ctx.admit_csr(&mut obj) {
@@ -688,12 +828,24 @@ impl Ctx<'_> {
             .decode(request)
             .ok()
             .and_then(|pem| pem_to_der(&pem))
-            .ok_or_else(|| self.invalid("spec.request: Invalid value: \"\": PEM block type must be CERTIFICATE REQUEST"))?;
-        crate::pki::csr_subject(&der).map_err(|e| self.invalid(&format!("spec.request: Invalid value: {e}")))?;
-        if obj["spec"]["usages"].as_array().is_none_or(|a| a.is_empty()) {
+            .ok_or_else(|| {
+                self.invalid(
+                    "spec.request: Invalid value: \"\": PEM block type must be CERTIFICATE REQUEST",
+                )
+            })?;
+        crate::pki::csr_subject(&der)
+            .map_err(|e| self.invalid(&format!("spec.request: Invalid value: {e}")))?;
+        if obj["spec"]["usages"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        {
             return Err(self.invalid("spec.usages: Required value"));
         }
-        if obj["spec"]["signerName"].as_str().unwrap_or_default().is_empty() {
+        if obj["spec"]["signerName"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
             if self.version == "v1" {
                 return Err(self.invalid("spec.signerName: Required value"));
             }
@@ -740,7 +892,12 @@ impl Ctx<'_> {
             return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify labels: {}", self.name, bad.join(", ")), None));
         }
         if new["spec"]["taints"] != old["spec"]["taints"] {
-            return Err(status_error(403, "Forbidden", &format!("node \"{node}\" is not allowed to modify taints"), None));
+            return Err(status_error(
+                403,
+                "Forbidden",
+                &format!("node \"{node}\" is not allowed to modify taints"),
+                None,
+            ));
         }
         Ok(())
     }
@@ -777,7 +934,14 @@ impl Ctx<'_> {
                 new = merged;
             }
             (_, "") => {}
-            _ => return status_error(404, "NotFound", "the server could not find the requested resource", None),
+            _ => {
+                return status_error(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                    None,
+                )
+            }
         }
         if self.kind == Kind::Node {
             if let Err(r) = self.node_restriction(&old, &new) {
@@ -796,7 +960,9 @@ impl Ctx<'_> {
             Err(r) => return r,
         };
         let ct = self.req.content_type.as_str();
-        if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
+        if !(ct.starts_with("application/merge-patch+json")
+            || ct.starts_with("application/strategic-merge-patch+json"))
+        {
             return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"), None);
         }
         let patch = match self.body_json() {
@@ -845,7 +1011,9 @@ fn forbidden_labels(new: &Value, old: &Value) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter(|k| new["metadata"]["labels"][k] != old["metadata"]["labels"][k] && !node_may_set_label(k))
+        .filter(|k| {
+            new["metadata"]["labels"][k] != old["metadata"]["labels"][k] && !node_may_set_label(k)
+        })
         .collect()
 }
 
@@ -861,18 +1029,28 @@ fn fold_string_data(obj: &mut Value) {
 }
 
 fn cluster_info_fault(fault: ClusterInfoFault, mut obj: Value) -> Option<Reply> {
-    let kubeconfig = obj["data"]["kubeconfig"].as_str().unwrap_or_default().to_owned();
+    let kubeconfig = obj["data"]["kubeconfig"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let sig_keys: Vec<String> = obj["data"]
         .as_object()
-        .map(|m| m.keys().filter(|k| k.starts_with("jws-kubeconfig-")).cloned().collect())
+        .map(|m| {
+            m.keys()
+                .filter(|k| k.starts_with("jws-kubeconfig-"))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     match fault {
         ClusterInfoFault::None => return None,
         ClusterInfoFault::Tamper => {
-            obj["data"]["kubeconfig"] = json!(kubeconfig.replace("server: https://", "server: https://attacker."));
+            obj["data"]["kubeconfig"] =
+                json!(kubeconfig.replace("server: https://", "server: https://attacker."));
         }
         ClusterInfoFault::Reserialize => {
-            obj["data"]["kubeconfig"] = json!(kubeconfig.replace("kind: Config\n", "kind: Config\npreferences: {}\n"));
+            obj["data"]["kubeconfig"] =
+                json!(kubeconfig.replace("kind: Config\n", "kind: Config\npreferences: {}\n"));
         }
         ClusterInfoFault::WrongKid => {
             for k in sig_keys {
@@ -904,14 +1082,24 @@ fn cluster_info_fault(fault: ClusterInfoFault, mut obj: Value) -> Option<Reply> 
 fn scripted(shared: &Shared) -> Option<Reply> {
     let mut state = shared.lock();
     if let Some(to) = state.faults.values_redirect.clone() {
-        return Some(Reply::Full { status: 302, content_type: "text/plain", headers: vec![("location", to)], body: Bytes::new() });
+        return Some(Reply::Full {
+            status: 302,
+            content_type: "text/plain",
+            headers: vec![("location", to)],
+            body: Bytes::new(),
+        });
     }
     let s = state.faults.values_script.pop_front()?;
     let mut headers = Vec::new();
     if let Some(r) = s.retry_after {
         headers.push(("retry-after", r));
     }
-    Some(Reply::Full { status: s.status, content_type: "text/plain", headers, body: Bytes::from(s.body) })
+    Some(Reply::Full {
+        status: s.status,
+        content_type: "text/plain",
+        headers,
+        body: Bytes::from(s.body),
+    })
 }
 
 fn values_json(shared: &Shared, token: &str) -> Reply {

@@ -57,10 +57,18 @@ fn is_token_char(b: u8) -> bool {
 /// `None` means "not authenticated by this authenticator".
 pub fn bootstrap_token(store: &Store, token: &str) -> Option<User> {
     let (id, secret) = token.split_once('.')?;
-    if id.len() != 6 || secret.len() != 16 || !id.bytes().all(is_token_char) || !secret.bytes().all(is_token_char) {
+    if id.len() != 6
+        || secret.len() != 16
+        || !id.bytes().all(is_token_char)
+        || !secret.bytes().all(is_token_char)
+    {
         return None;
     }
-    let obj = store.get(&Key::new(Kind::Secret, "kube-system", &format!("bootstrap-token-{id}")))?;
+    let obj = store.get(&Key::new(
+        Kind::Secret,
+        "kube-system",
+        &format!("bootstrap-token-{id}"),
+    ))?;
     if !obj["metadata"]["deletionTimestamp"].is_null() {
         return None;
     }
@@ -78,20 +86,24 @@ pub fn bootstrap_token(store: &Store, token: &str) -> Option<User> {
     if crate::token_expired(&data) {
         return None;
     }
-    if data.get("usage-bootstrap-authentication").map(String::as_str) != Some("true") {
+    if data
+        .get("usage-bootstrap-authentication")
+        .map(String::as_str)
+        != Some("true")
+    {
         return None;
     }
     let mut groups = vec!["system:bootstrappers".to_owned()];
     if let Some(extra) = data.get("auth-extra-groups") {
         for g in extra.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-            let valid = g
-                .strip_prefix("system:bootstrappers:")
-                .is_some_and(|rest| {
-                    !rest.is_empty()
-                        && rest.len() <= 256
-                        && rest.bytes().all(|b| is_token_char(b) || b == b':' || b == b'-')
-                        && rest.bytes().last().is_some_and(is_token_char)
-                });
+            let valid = g.strip_prefix("system:bootstrappers:").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest.len() <= 256
+                    && rest
+                        .bytes()
+                        .all(|b| is_token_char(b) || b == b':' || b == b'-')
+                    && rest.bytes().last().is_some_and(is_token_char)
+            });
             if !valid {
                 return None;
             }
@@ -143,7 +155,11 @@ fn node_authorizer(user: &User, a: &Attributes) -> bool {
     if user.node_name().is_none() || a.path.is_some() {
         return false;
     }
-    match (a.group.as_str(), a.resource.as_str(), a.subresource.as_str()) {
+    match (
+        a.group.as_str(),
+        a.resource.as_str(),
+        a.subresource.as_str(),
+    ) {
         ("", "nodes", "") => matches!(
             a.verb.as_str(),
             "get" | "list" | "watch" | "create" | "update" | "patch" | "delete"
@@ -212,7 +228,9 @@ fn role_allows(store: &Store, role_ref: &Value, binding_ns: &str, a: &Attributes
 fn rbac(store: &Store, user: &User, a: &Attributes) -> bool {
     for crb in store.list(Kind::ClusterRoleBinding, None) {
         let subjects = crb["subjects"].as_array().cloned().unwrap_or_default();
-        if subjects.iter().any(|s| subject_matches(s, user)) && role_allows(store, &crb["roleRef"], "", a) {
+        if subjects.iter().any(|s| subject_matches(s, user))
+            && role_allows(store, &crb["roleRef"], "", a)
+        {
             return true;
         }
     }

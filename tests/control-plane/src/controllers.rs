@@ -37,7 +37,10 @@ pub fn detached_jws(content: &str, id: &str, secret: &str) -> String {
     let payload = URL_SAFE_NO_PAD.encode(content);
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
     mac.update(format!("{header}.{payload}").as_bytes());
-    format!("{header}..{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{header}..{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// `(id, secret)` of every token the signer may sign with (`validateSecretForSigning`).
@@ -52,7 +55,11 @@ fn signing_tokens(state: &mut State, delay: Duration) -> Vec<(String, String)> {
         let Some(id) = name.strip_prefix("bootstrap-token-") else {
             continue;
         };
-        if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if id.len() != 6
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             continue;
         }
         let data = secret_data(obj);
@@ -90,7 +97,10 @@ pub fn sign_cluster_info(state: &mut State, delay: Duration) {
         }
     }
     for (id, secret) in tokens {
-        data.insert(format!("jws-kubeconfig-{id}"), json!(detached_jws(&content, &id, &secret)));
+        data.insert(
+            format!("jws-kubeconfig-{id}"),
+            json!(detached_jws(&content, &id, &secret)),
+        );
     }
     if Value::Object(data.clone()) != cm["data"] {
         let mut updated = cm;
@@ -112,12 +122,18 @@ fn add_condition(csr: &mut Value, kind: &str, reason: &str, message: &str) {
     let now = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     if !csr["status"].is_object() {
         csr["status"] = json!({});
     }
-    let conditions = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = csr["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut conditions = conditions;
     conditions.push(json!({
         "type": kind, "status": "True", "reason": reason, "message": message,
@@ -147,7 +163,11 @@ pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
 fn usages(csr: &Value) -> Vec<String> {
     let mut u: Vec<String> = csr["spec"]["usages"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     u.sort();
     u
@@ -174,7 +194,10 @@ pub fn approve_csrs(state: &mut State) {
         let Some(csr) = state.store.get(&key).cloned() else {
             continue;
         };
-        if has_condition(&csr, "Approved") || has_condition(&csr, "Denied") || has_condition(&csr, "Failed") {
+        if has_condition(&csr, "Approved")
+            || has_condition(&csr, "Denied")
+            || has_condition(&csr, "Failed")
+        {
             continue;
         }
         if !is_node_client_cert(&csr) {
@@ -184,14 +207,26 @@ pub fn approve_csrs(state: &mut State) {
         match state.approval {
             Approval::Pending => continue,
             Approval::Deny => {
-                add_condition(&mut updated, "Denied", "TestDenied", "denied by the test control plane");
+                add_condition(
+                    &mut updated,
+                    "Denied",
+                    "TestDenied",
+                    "denied by the test control plane",
+                );
             }
             Approval::Auto => {
                 let user = User {
-                    name: csr["spec"]["username"].as_str().unwrap_or_default().to_owned(),
+                    name: csr["spec"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                     groups: csr["spec"]["groups"]
                         .as_array()
-                        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|g| g.as_str().map(str::to_owned))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 };
                 let cn = request_subject(&csr).map(|s| s.0).unwrap_or_default();
@@ -251,7 +286,11 @@ pub fn sign_csrs(state: &mut State, shared: &Shared) {
             .and_then(|pem| pem_to_der(&pem));
         let signed = der
             .ok_or_else(|| "the request is not a PEM certificate request".to_string())
-            .and_then(|der| shared.ca.sign_client_csr(&der, &usages(&csr), time::Duration::days(365)));
+            .and_then(|der| {
+                shared
+                    .ca
+                    .sign_client_csr(&der, &usages(&csr), time::Duration::days(365))
+            });
         match signed {
             Ok(pem) => updated["status"]["certificate"] = json!(STANDARD.encode(pem)),
             Err(e) => add_condition(&mut updated, "Failed", "SignerValidationFailure", &e),

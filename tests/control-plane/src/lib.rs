@@ -235,10 +235,13 @@ pub fn secret_data(obj: &Value) -> BTreeMap<String, String> {
 pub fn token_expired(data: &BTreeMap<String, String>) -> bool {
     match data.get("expiration") {
         None => false,
-        Some(text) => match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
-            Ok(when) => when <= time::OffsetDateTime::now_utc(),
-            Err(_) => true,
-        },
+        Some(text) => {
+            match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            {
+                Ok(when) => when <= time::OffsetDateTime::now_utc(),
+                Err(_) => true,
+            }
+        }
     }
 }
 
@@ -271,7 +274,8 @@ impl TestControlPlane {
     /// Starts the stand-in on a thread of its own.
     pub fn start(options: Options) -> TestControlPlane {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let listener = std::net::TcpListener::bind(options.listen).expect("bind the test control plane");
+        let listener =
+            std::net::TcpListener::bind(options.listen).expect("bind the test control plane");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let host = options
@@ -288,7 +292,11 @@ impl TestControlPlane {
         let foreign_ca = pki::Ca::new("kubernetes");
         let mut store = Store::new();
         seed::seed(&mut store, &options, &url, ca.cert_pem());
-        let admin = ca.issue_client("kubernetes-admin", &["system:masters"], time::Duration::days(365));
+        let admin = ca.issue_client(
+            "kubernetes-admin",
+            &["system:masters"],
+            time::Duration::days(365),
+        );
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 store,
@@ -378,7 +386,9 @@ impl TestControlPlane {
 
     /// Issues a client certificate signed by the cluster CA.
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> pki::Issued {
-        self.shared.ca.issue_client(user, groups, time::Duration::days(1))
+        self.shared
+            .ca
+            .issue_client(user, groups, time::Duration::days(1))
     }
 
     /// Creates a bootstrap-token Secret exactly as kubeadm writes it.
@@ -432,22 +442,39 @@ impl TestControlPlane {
 
     /// One stored object.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
-        self.shared.lock().store.get(&Key::new(kind, namespace, name)).cloned()
+        self.shared
+            .lock()
+            .store
+            .get(&Key::new(kind, namespace, name))
+            .cloned()
     }
 
     /// All stored objects of a kind.
     pub fn list(&self, kind: Kind) -> Vec<Value> {
-        self.shared.lock().store.list(kind, None).into_iter().cloned().collect()
+        self.shared
+            .lock()
+            .store
+            .list(kind, None)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// Creates or replaces an object.
     pub fn put(&self, kind: Kind, namespace: &str, name: &str, obj: Value) {
-        self.shared.lock().store.put(Key::new(kind, namespace, name), obj);
+        self.shared
+            .lock()
+            .store
+            .put(Key::new(kind, namespace, name), obj);
     }
 
     /// Deletes an object, if present.
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
-        let _ = self.shared.lock().store.delete(&Key::new(kind, namespace, name));
+        let _ = self
+            .shared
+            .lock()
+            .store
+            .delete(&Key::new(kind, namespace, name));
     }
 
     /// Changes the faults in force.
@@ -462,7 +489,10 @@ impl TestControlPlane {
 
     /// Registers values under an openapi token.
     pub fn add_values(&self, openapi_token: &str, entry: ValuesEntry) {
-        self.shared.lock().values.insert(openapi_token.into(), entry);
+        self.shared
+            .lock()
+            .values
+            .insert(openapi_token.into(), entry);
     }
 
     /// The request log so far.

@@ -3,8 +3,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 use sha2::{Digest, Sha256};
@@ -136,7 +135,12 @@ impl Ca {
     /// Signs a PKCS#10 request as a client certificate: the subject comes from the request, the
     /// usages from the CSR object (`digital signature`, `key encipherment`, `client auth`), no
     /// SANs, valid `ttl`. Fails when the request's own signature does not verify.
-    pub fn sign_client_csr(&self, csr_der: &[u8], usages: &[String], ttl: Duration) -> Result<String, String> {
+    pub fn sign_client_csr(
+        &self,
+        csr_der: &[u8],
+        usages: &[String],
+        ttl: Duration,
+    ) -> Result<String, String> {
         let der = CertificateSigningRequestDer::from(csr_der.to_vec());
         let mut req = CertificateSigningRequestParams::from_der(&der).map_err(|e| e.to_string())?;
         let now = OffsetDateTime::now_utc();
@@ -153,7 +157,9 @@ impl Ca {
             match u.as_str() {
                 "digital signature" => p.key_usages.push(KeyUsagePurpose::DigitalSignature),
                 "key encipherment" => p.key_usages.push(KeyUsagePurpose::KeyEncipherment),
-                "client auth" => p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth),
+                "client auth" => p
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth),
                 other => return Err(format!("usage {other:?} is not allowed for this signer")),
             }
         }
@@ -200,7 +206,12 @@ pub fn csr_subject(csr_der: &[u8]) -> Result<(String, Vec<String>, bool), String
         .filter_map(|a| a.as_str().ok().map(str::to_owned))
         .collect();
     let has_sans = csr.requested_extensions().is_some_and(|mut exts| {
-        exts.any(|e| matches!(e, x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)))
+        exts.any(|e| {
+            matches!(
+                e,
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)
+            )
+        })
     });
     Ok((cn, orgs, has_sans))
 }

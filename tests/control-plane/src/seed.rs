@@ -49,36 +49,81 @@ fn group(name: &str) -> Value {
 
 /// The API server's own bootstrap policy (the parts node joining touches).
 pub fn builtin_policy(store: &mut Store) {
-    cluster_role(store, "cluster-admin", json!([
-        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-        {"nonResourceURLs": ["*"], "verbs": ["*"]}
-    ]));
-    cluster_binding(store, "cluster-admin", "cluster-admin", json!([group("system:masters")]));
-    cluster_role(store, "system:discovery", json!([
-        {"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}
-    ]));
-    cluster_binding(store, "system:discovery", "system:discovery", json!([group("system:authenticated")]));
-    cluster_role(store, "system:public-info-viewer", json!([
-        {"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}
-    ]));
-    cluster_binding(store, "system:public-info-viewer", "system:public-info-viewer", json!([
-        group("system:authenticated"), group("system:unauthenticated")
-    ]));
-    cluster_role(store, "system:node-bootstrapper", json!([
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list", "watch"]}
-    ]));
-    cluster_role(store, "system:certificates.k8s.io:certificatesigningrequests:nodeclient", json!([
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/nodeclient"], "verbs": ["create"]}
-    ]));
-    cluster_role(store, "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", json!([
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/selfnodeclient"], "verbs": ["create"]}
-    ]));
+    cluster_role(
+        store,
+        "cluster-admin",
+        json!([
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+            {"nonResourceURLs": ["*"], "verbs": ["*"]}
+        ]),
+    );
+    cluster_binding(
+        store,
+        "cluster-admin",
+        "cluster-admin",
+        json!([group("system:masters")]),
+    );
+    cluster_role(
+        store,
+        "system:discovery",
+        json!([
+            {"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}
+        ]),
+    );
+    cluster_binding(
+        store,
+        "system:discovery",
+        "system:discovery",
+        json!([group("system:authenticated")]),
+    );
+    cluster_role(
+        store,
+        "system:public-info-viewer",
+        json!([
+            {"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}
+        ]),
+    );
+    cluster_binding(
+        store,
+        "system:public-info-viewer",
+        "system:public-info-viewer",
+        json!([
+            group("system:authenticated"),
+            group("system:unauthenticated")
+        ]),
+    );
+    cluster_role(
+        store,
+        "system:node-bootstrapper",
+        json!([
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list", "watch"]}
+        ]),
+    );
+    cluster_role(
+        store,
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        json!([
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/nodeclient"], "verbs": ["create"]}
+        ]),
+    );
+    cluster_role(
+        store,
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        json!([
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/selfnodeclient"], "verbs": ["create"]}
+        ]),
+    );
 }
 
 /// The RBAC objects `kubeadm init` creates for joining nodes.
 pub fn kubeadm_rbac(store: &mut Store) {
     let bootstrappers = json!([group(BOOTSTRAP_GROUP)]);
-    cluster_binding(store, "kubeadm:kubelet-bootstrap", "system:node-bootstrapper", bootstrappers.clone());
+    cluster_binding(
+        store,
+        "kubeadm:kubelet-bootstrap",
+        "system:node-bootstrapper",
+        bootstrappers.clone(),
+    );
     cluster_binding(
         store,
         "kubeadm:node-autoapprove-bootstrap",
@@ -91,20 +136,47 @@ pub fn kubeadm_rbac(store: &mut Store) {
         "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
         json!([group("system:nodes")]),
     );
-    cluster_role(store, "kubeadm:get-nodes", json!([
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
-    ]));
-    cluster_binding(store, "kubeadm:get-nodes", "kubeadm:get-nodes", bootstrappers);
+    cluster_role(
+        store,
+        "kubeadm:get-nodes",
+        json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
+        ]),
+    );
+    cluster_binding(
+        store,
+        "kubeadm:get-nodes",
+        "kubeadm:get-nodes",
+        bootstrappers,
+    );
     let readers = json!([group(BOOTSTRAP_GROUP), group("system:nodes")]);
-    role_and_binding(store, "kube-system", "kubeadm:nodes-kubeadm-config", json!([
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubeadm-config"], "verbs": ["get"]}
-    ]), readers.clone());
-    role_and_binding(store, "kube-system", "kubeadm:kubelet-config", json!([
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubelet-config"], "verbs": ["get"]}
-    ]), readers.clone());
-    role_and_binding(store, "kube-public", "kubeadm:bootstrap-signer-clusterinfo", json!([
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}
-    ]), json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]));
+    role_and_binding(
+        store,
+        "kube-system",
+        "kubeadm:nodes-kubeadm-config",
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubeadm-config"], "verbs": ["get"]}
+        ]),
+        readers.clone(),
+    );
+    role_and_binding(
+        store,
+        "kube-system",
+        "kubeadm:kubelet-config",
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubelet-config"], "verbs": ["get"]}
+        ]),
+        readers.clone(),
+    );
+    role_and_binding(
+        store,
+        "kube-public",
+        "kubeadm:bootstrap-signer-clusterinfo",
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}
+        ]),
+        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]),
+    );
 }
 
 /// cluster-info's kubeconfig, serialized as current client-go does (empty cluster name,
@@ -206,7 +278,10 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
         kubeadm_rbac(store);
     }
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        store.put(Key::new(Kind::Namespace, "", ns), json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}));
+        store.put(
+            Key::new(Kind::Namespace, "", ns),
+            json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
+        );
     }
     store.put(
         Key::new(Kind::ConfigMap, "kube-public", "cluster-info"),
@@ -228,9 +303,15 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
     };
     if opts.legacy_kubelet_config_name && opts.kubeadm_rbac {
         // The 1.20-era role name follows the ConfigMap's.
-        role_and_binding(store, "kube-system", &format!("kubeadm:{kubelet_name}"), json!([
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [kubelet_name.clone()], "verbs": ["get"]}
-        ]), json!([group(BOOTSTRAP_GROUP), group("system:nodes")]));
+        role_and_binding(
+            store,
+            "kube-system",
+            &format!("kubeadm:{kubelet_name}"),
+            json!([
+                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [kubelet_name.clone()], "verbs": ["get"]}
+            ]),
+            json!([group(BOOTSTRAP_GROUP), group("system:nodes")]),
+        );
     }
     store.put(
         Key::new(Kind::ConfigMap, "kube-system", &kubelet_name),

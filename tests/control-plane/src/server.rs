@@ -31,7 +31,11 @@ impl ResolvesServerCert for Resolver {
             .shared
             .upgrade()
             .is_some_and(|s| s.lock().faults.foreign_serving_cert);
-        Some(if foreign { self.foreign.clone() } else { self.real.clone() })
+        Some(if foreign {
+            self.foreign.clone()
+        } else {
+            self.real.clone()
+        })
     }
 }
 
@@ -42,16 +46,21 @@ impl std::fmt::Debug for Shared {
 }
 
 fn certified(issued: &crate::pki::Issued) -> Arc<CertifiedKey> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("serving chain");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("serving chain");
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("serving key");
     let provider = rustls::crypto::ring::default_provider();
     Arc::new(CertifiedKey::from_der(chain, key, &provider).expect("certified key"))
 }
 
 fn tls_config(shared: &Arc<Shared>) -> rustls::ServerConfig {
-    let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(shared.options.advertise.iter().cloned());
     let listen_ip = shared.options.listen.ip().to_string();
     if !names.contains(&listen_ip) && !shared.options.listen.ip().is_unspecified() {
@@ -85,13 +94,20 @@ impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
 
 /// Accepts connections until `stop` fires.
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut stop: tokio::sync::oneshot::Receiver<()>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&shared)));
     loop {
         let accepted = tokio::select! {
@@ -102,7 +118,10 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut s
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
                 return;
             };
             let cert_user = tls
@@ -125,9 +144,16 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut s
     }
 }
 
-async fn respond(shared: Arc<Shared>, cert_user: Option<User>, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+async fn respond(
+    shared: Arc<Shared>,
+    cert_user: Option<User>,
+    req: Request<Incoming>,
+) -> Response<BoxBody<Bytes, Infallible>> {
     let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, 8 * 1024 * 1024).collect().await {
+    let body = match http_body_util::Limited::new(body, 8 * 1024 * 1024)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
@@ -159,8 +185,15 @@ async fn respond(shared: Arc<Shared>, cert_user: Option<User>, req: Request<Inco
     };
     let reply = api::handle(&shared, request);
     match reply {
-        Reply::Full { status, content_type, headers, body } => {
-            let mut b = Response::builder().status(status).header("content-type", content_type);
+        Reply::Full {
+            status,
+            content_type,
+            headers,
+            body,
+        } => {
+            let mut b = Response::builder()
+                .status(status)
+                .header("content-type", content_type);
             for (k, v) in headers {
                 b = b.header(k, v);
             }

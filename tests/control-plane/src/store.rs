@@ -134,7 +134,11 @@ impl Key {
     pub fn new(kind: Kind, namespace: &str, name: &str) -> Key {
         Key {
             kind,
-            namespace: if kind.namespaced() { namespace.to_owned() } else { String::new() },
+            namespace: if kind.namespaced() {
+                namespace.to_owned()
+            } else {
+                String::new()
+            },
             name: name.to_owned(),
         }
     }
@@ -217,14 +221,20 @@ impl Store {
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<&Value> {
         self.objects
             .iter()
-            .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns || !kind.namespaced()))
+            .filter(|(k, _)| {
+                k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns || !kind.namespaced())
+            })
             .map(|(_, v)| v)
             .collect()
     }
 
     /// Keys of a kind.
     pub fn keys(&self, kind: Kind) -> Vec<Key> {
-        self.objects.keys().filter(|k| k.kind == kind).cloned().collect()
+        self.objects
+            .keys()
+            .filter(|k| k.kind == kind)
+            .cloned()
+            .collect()
     }
 
     fn stamp(&mut self, key: &Key, obj: &mut Value, version: &str) {
@@ -260,7 +270,8 @@ impl Store {
         }
         self.stamp(&key, &mut obj, "v1");
         self.uid_counter += 1;
-        obj["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter));
+        obj["metadata"]["uid"] =
+            json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter));
         obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
         self.objects.insert(key.clone(), obj.clone());
         self.emit("ADDED", &key, &obj);
@@ -289,9 +300,11 @@ impl Store {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
-            self.update(key, obj).unwrap_or_else(|_| unreachable!("present, unversioned"))
+            self.update(key, obj)
+                .unwrap_or_else(|_| unreachable!("present, unversioned"))
         } else {
-            self.create(key, obj).unwrap_or_else(|_| unreachable!("absent"))
+            self.create(key, obj)
+                .unwrap_or_else(|_| unreachable!("absent"))
         }
     }
 
@@ -311,7 +324,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             if !target.is_object() {
                 *target = json!({});
             }
-            let t = target.as_object_mut().unwrap_or_else(|| unreachable!("made an object"));
+            let t = target
+                .as_object_mut()
+                .unwrap_or_else(|| unreachable!("made an object"));
             for (k, v) in p {
                 if v.is_null() {
                     t.remove(k);
@@ -332,12 +347,20 @@ mod tests {
     fn create_update_conflict_delete() {
         let mut s = Store::new();
         let key = Key::new(Kind::ConfigMap, "kube-system", "a");
-        let obj = s.create(key.clone(), json!({"data": {"x": "1"}})).expect("create");
+        let obj = s
+            .create(key.clone(), json!({"data": {"x": "1"}}))
+            .expect("create");
         assert_eq!(obj["kind"], "ConfigMap");
-        assert_eq!(s.create(key.clone(), json!({})), Err(StoreError::AlreadyExists));
+        assert_eq!(
+            s.create(key.clone(), json!({})),
+            Err(StoreError::AlreadyExists)
+        );
         let mut stale = obj.clone();
         stale["metadata"]["resourceVersion"] = json!("1");
-        assert_eq!(s.update(key.clone(), stale).err(), Some(StoreError::Conflict));
+        assert_eq!(
+            s.update(key.clone(), stale).err(),
+            Some(StoreError::Conflict)
+        );
         s.update(key.clone(), obj).expect("fresh update");
         s.delete(&key).expect("delete");
         assert_eq!(s.delete(&key).err(), Some(StoreError::NotFound));

@@ -39,7 +39,8 @@ fn main() {
             "--token" => tokens.push(value()),
             "--values" => values.push(value()),
             "--signing-delay" => {
-                opts.signing_delay = Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
+                opts.signing_delay =
+                    Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
             "--kubernetes-version" => opts.kubernetes_version = value(),
             "--exit-on-stdin-eof" => stdin_eof = true,
@@ -56,21 +57,36 @@ fn main() {
         let (token, file) = v.split_once('=').unwrap_or_else(|| usage());
         let text = std::fs::read_to_string(file).expect("values file");
         let json: serde_json::Value = serde_json::from_str(&text).expect("values JSON");
-        cp.add_values(token, ValuesEntry { json, ack_text: String::new() });
+        cp.add_values(
+            token,
+            ValuesEntry {
+                json,
+                ack_text: String::new(),
+            },
+        );
     }
     write_atomic(&state_dir.join("ca.crt"), &cp.ca_pem());
     write_atomic(&state_dir.join("admin.conf"), &cp.admin_kubeconfig());
     write_atomic(&state_dir.join("ca.pin"), &format!("{}\n", cp.ca_pin()));
     write_atomic(&state_dir.join("endpoint"), &format!("{}\n", cp.endpoint()));
     write_atomic(&state_dir.join("url"), &format!("{}\n", cp.url()));
-    eprintln!("test-control-plane: serving {} (state in {})", cp.url(), state_dir.display());
+    eprintln!(
+        "test-control-plane: serving {} (state in {})",
+        cp.url(),
+        state_dir.display()
+    );
     if stdin_eof {
         let mut sink = Vec::new();
         let _ = std::io::stdin().read_to_end(&mut sink);
     } else {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
