@@ -80,6 +80,45 @@ codes! {
     /// Discovery was asked to proceed without a CA pin and without the explicit unsafe flag.
     DiscoveryNoPins = ("discovery.no-pins", 28,
         "Pass --discovery-token-ca-cert-hash sha256:<hash> (from the cluster operator), or accept the risk explicitly with --discovery-token-unsafe-skip-ca-verification."),
+    /// A preflight check failed.
+    Preflight = ("preflight", 30,
+        "Fix what the failed check names, or downgrade it with --ignore-preflight-errors=<id> if you know it is harmless."),
+    /// The node's name or IP could not be decided.
+    Identity = ("identity", 31,
+        "Pass --node-name (and --node-ip) explicitly."),
+    /// An autoscaled node without a providerID.
+    NoProviderId = ("identity.no-provider-id", 32,
+        "Pass --provider-id, or --region and --instance-id (on Alibaba Cloud the providerID is <region-id>.<instance-id>)."),
+    /// A Ready Node with this name already exists.
+    NodeExists = ("node.exists", 33,
+        "Another machine is registered under this name: delete that Node (kubectl delete node NAME) if it is gone, or choose another --node-name."),
+    /// The cluster's kubelet or kubeadm configuration could not be read.
+    ClusterConfig = ("cluster.config", 34,
+        "The bootstrap token could not read kube-system/kubelet-config or kubeadm-config: check kubeadm's RBAC rules (kubeadm:kubelet-config, kubeadm:nodes-kubeadm-config)."),
+    /// The container runtime could not be installed, configured or reached.
+    Runtime = ("runtime", 40,
+        "Check the runtime's service (journalctl -u containerd / docker) and the package manager's output."),
+    /// The kubelet's configuration could not be written.
+    KubeletConfig = ("kubelet.config", 41,
+        "Check the cluster's kubelet-config ConfigMap and the values the message names."),
+    /// The kubelet client CSR was denied.
+    CsrDenied = ("bootstrap.csr-denied", 50,
+        "An approver denied the node's certificate request: ask the cluster operator why, then retry with a new token."),
+    /// Nobody approved or signed the kubelet client CSR in time.
+    CsrTimeout = ("bootstrap.csr-timeout", 51,
+        "Nobody approved the CSR: make sure the ClusterRoleBinding kubeadm:node-autoapprove-bootstrap exists (or approve it: kubectl certificate approve NAME), and that the controller manager signs kubelet client CSRs."),
+    /// The TLS bootstrap failed otherwise.
+    Bootstrap = ("bootstrap.failed", 52,
+        "The certificate request or the issued certificate was refused; the message says which check failed."),
+    /// The kubelet could not be started.
+    Start = ("start", 60,
+        "Check `systemctl status kubelet` and `journalctl -u kubelet`."),
+    /// The Node did not appear in the API in time.
+    NodeNotRegistered = ("confirm.node-not-registered", 61,
+        "The kubelet started but did not register: check `journalctl -u kubelet` (cgroup driver, CRI socket, certificates)."),
+    /// A file or the journal could not be written.
+    Filesystem = ("filesystem", 70,
+        "A file could not be written or read as the message says: check disk space, permissions, and that no path is a symlink."),
 }
 
 impl Code {

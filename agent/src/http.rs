@@ -312,6 +312,55 @@ impl Http {
         })
     }
 
+    /// Opens a streaming GET (a watch): returns the response once headers arrived; the caller
+    /// reads chunks. `timeout` bounds the whole stream.
+    pub async fn open_stream(
+        &self,
+        target: &Target,
+        bearer: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, HttpError> {
+        let mut builder = self
+            .client
+            .get(target.url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(timeout);
+        if let Some(token) = bearer {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    HttpError::Other {
+                        url: target.shown.clone(),
+                        detail: "the bearer token is not a valid header value".into(),
+                    }
+                })?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| self.classify(&target.shown, e))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(HttpError::Status {
+                url: target.shown.clone(),
+                status,
+                detail: None,
+                retry_after: None,
+            });
+        }
+        Ok(response)
+    }
+
+    /// Reads the next chunk of a stream, with errors classified like [`Http::send`]'s.
+    pub async fn next_chunk(
+        &self,
+        shown: &str,
+        response: &mut reqwest::Response,
+    ) -> Result<Option<Bytes>, HttpError> {
+        response.chunk().await.map_err(|e| self.classify(shown, e))
+    }
+
     fn classify(&self, shown: &str, err: reqwest::Error) -> HttpError {
         let url = shown.to_owned();
         if let Some(detail) = tls_cause(&err) {

@@ -1,22 +1,129 @@
-//! The join, phase by phase: values → settings → discovery → …
+//! The join, phase by phase:
+//! values → settings → identity → preflight → discover → cluster → host → runtime → kubelet →
+//! bootstrap → start → confirm.
+//!
+//! Every change goes through one [`Applier`], so `--dry-run` prints exactly the steps a real run
+//! takes, the journal records each change before it is made, and a re-run after an interruption
+//! finishes the job without repeating what was done.
 
+use crate::apply::{Applier, ApplyError, Outcome, Step};
+use crate::bootstrap;
 use crate::cli::join::JoinArgs;
 use crate::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
+use crate::effects::fs::Root;
+use crate::effects::Effects;
 use crate::error::{Code, Failure};
-use crate::http::Http;
+use crate::http::{Http, Request, RetryPolicy, Target};
+use crate::identity::{self, Identity};
+use crate::journal::{self, Journal};
+use crate::kube::Kube;
+use crate::kube_version::KubeVersion;
+use crate::kubeconfig::{ClusterInfo, Kubeconfig};
+use crate::kubelet;
+use crate::preflight;
 use crate::report::{Reporter, Status};
-use crate::settings::Settings;
+use crate::runtime;
+use crate::settings::{Settings, TlsBootstrapMode};
 use crate::values::{self, ClusterValues, ValuesSource};
-use std::time::Instant;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where join keeps its summary for `node-attach status`.
+pub const STATE_FILE: &str = "/var/lib/node-attach/state.json";
+/// Kernel modules the kubelet and CNI plugins need.
+pub const MODULES_FILE: &str = "/etc/modules-load.d/node-attach.conf";
+/// Sysctls the kubelet and CNI plugins need.
+pub const SYSCTL_FILE: &str = "/etc/sysctl.d/99-node-attach.conf";
+const SYSCTLS: [(&str, &str); 3] = [
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("net.ipv4.ip_forward", "1"),
+];
+/// Test hook: abort the process (as kill -9 would) right after this phase is journaled.
+pub const CRASH_HOOK: &str = "NODE_ATTACH_TEST_CRASH_AFTER";
+
+/// What `status` and the final report show.
+#[derive(Clone, Debug, Serialize)]
+pub struct JoinSummary {
+    /// Node name.
+    pub node_name: String,
+    /// API server URL.
+    pub api_server: String,
+    /// CA pin that matched.
+    pub ca_pin: Option<String>,
+    /// Runtime in use.
+    pub runtime: String,
+    /// The kubelet's CRI endpoint.
+    pub cri_endpoint: Option<String>,
+    /// Labels the kubelet registers with.
+    pub labels: crate::validate::Labels,
+    /// Labels the kubelet may not set itself: to be applied by the control plane.
+    pub pending_labels: crate::validate::Labels,
+    /// Taints registered with.
+    pub taints: Vec<crate::validate::Taint>,
+    /// providerID.
+    pub provider_id: Option<String>,
+    /// Whether the Node was seen in the API, and Ready.
+    pub registered: bool,
+    /// Ready when last checked.
+    pub ready: bool,
+    /// Client certificate expiry (Unix seconds).
+    pub certificate_expiry: Option<i64>,
+    /// Steps that changed something.
+    pub changed: usize,
+    /// Dry run.
+    pub dry_run: bool,
+    /// Every step.
+    pub steps: Vec<Step>,
+}
+
+struct Phases<'r> {
+    reporter: &'r mut Reporter,
+    current: Option<(String, Instant)>,
+}
+
+impl Phases<'_> {
+    fn begin(&mut self, name: &str) {
+        self.reporter.phase(name, Status::Started, None, "");
+        self.current = Some((name.to_owned(), Instant::now()));
+    }
+    fn end(&mut self, status: Status, detail: &str) {
+        if let Some((name, started)) = self.current.take() {
+            self.reporter
+                .phase(&name, status, Some(started.elapsed()), detail);
+        }
+    }
+    fn fail(&mut self) {
+        self.end(Status::Failed, "");
+    }
+}
+
+fn fs_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::Filesystem, e.to_string())
+}
+
+fn apply_failure(code: Code) -> impl Fn(ApplyError) -> Failure {
+    move |e| match e {
+        ApplyError::Fs(_) | ApplyError::Journal(_) => fs_failure(e),
+        ApplyError::Effect(_) => Failure::new(code, e.to_string()),
+    }
+}
+
+fn crash_hook(phase: &str) {
+    if std::env::var(CRASH_HOOK).is_ok_and(|p| p == phase) {
+        eprintln!("node-attach: {CRASH_HOOK}={phase}: aborting as if killed");
+        std::process::abort();
+    }
+}
 
 /// Runs `node-attach join`.
 pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure> {
     let token = args.token.resolve()?;
     let openapi = args.openapi.resolve()?;
-    if token.is_some() && args.token.token.is_some() {
+    if args.token.token.is_some() && std::env::var_os(crate::cli::common::ENV_TOKEN).is_none() {
         tracing::warn!("the bootstrap token was given on the command line, where other users can read it in the process list; prefer NODE_ATTACH_TOKEN or --token-file");
     }
-
     let values = match openapi {
         Some(openapi) => Some(fetch_values(&args, openapi, reporter).await?),
         None => None,
@@ -25,15 +132,52 @@ pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure>
     for notice in &settings.notices {
         reporter.notice(notice);
     }
-    let discovered = discover(&settings, reporter).await?;
-    reporter.result(
-        &discovered,
-        &format!("API server {} verified", discovered.api_server),
-    );
-    Err(Failure::new(
-        Code::Internal,
-        "the node configuration phases are not part of this build yet",
-    ))
+    let effects = Effects::real(Root::new(&settings.root));
+    let outcome = join(&settings, &effects, reporter).await;
+    if !settings.dry_run {
+        if let Some(url) = &settings.callback_url {
+            report_callback(url, &settings, &outcome).await;
+        }
+    }
+    let summary = outcome?;
+    let text = summary_text(&summary);
+    reporter.result(&summary, &text);
+    Ok(())
+}
+
+fn summary_text(s: &JoinSummary) -> String {
+    let mut t = String::new();
+    if s.dry_run {
+        t.push_str("Plan (dry run; nothing was changed):\n");
+        for step in s.steps.iter().filter(|st| st.outcome != Outcome::Unchanged) {
+            t.push_str(&format!(
+                "  [{}] {} {} ({:?})\n",
+                step.phase, step.kind, step.target, step.outcome
+            ));
+            for line in step.detail.lines().skip(1) {
+                t.push_str(&format!("      {line}\n"));
+            }
+        }
+        return t;
+    }
+    if s.changed == 0 {
+        t.push_str(&format!(
+            "node {} is already joined to {}; nothing changed\n",
+            s.node_name, s.api_server
+        ));
+    } else {
+        t.push_str(&format!(
+            "node {} joined {} ({} changes)\n",
+            s.node_name, s.api_server, s.changed
+        ));
+    }
+    if !s.pending_labels.is_empty() {
+        t.push_str(&format!(
+            "labels for the control plane to apply (the kubelet may not set them): {}\n",
+            s.pending_labels.to_flag_value()
+        ));
+    }
+    t
 }
 
 async fn fetch_values(
@@ -51,10 +195,12 @@ async fn fetch_values(
         allow_insecure: args.allow_insecure_values_url,
     };
     let outcome = async {
+        let target = source.target().map_err(|e| Failure::from_error(&e))?;
         let tls = crate::tls::system_roots(args.values_ca_file.as_deref())
             .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
         let http = Http::new(tls, args.network.limits())
             .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+        tracing::debug!(url = %target.shown, "values URL");
         values::fetch(&http, &source, args.values_timeout)
             .await
             .map_err(|e| Failure::from_error(&e))
@@ -78,9 +224,7 @@ async fn fetch_values(
 }
 
 /// Discovery against each endpoint in turn; an unreachable endpoint moves on to the next.
-pub async fn discover(settings: &Settings, reporter: &mut Reporter) -> Result<Discovered, Failure> {
-    let started = Instant::now();
-    reporter.phase("discover", Status::Started, None, "");
+pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
     let mut last: Option<DiscoveryError> = None;
     for endpoint in &settings.endpoints {
         let request = DiscoveryRequest {
@@ -92,33 +236,735 @@ pub async fn discover(settings: &Settings, reporter: &mut Reporter) -> Result<Di
             limits: settings.limits,
         };
         match discovery::discover(&request).await {
-            Ok(found) => {
-                reporter.phase(
-                    "discover",
-                    Status::Done,
-                    Some(started.elapsed()),
-                    &format!(
-                        "{} trusted ({})",
-                        found.api_server,
-                        found
-                            .ca_pin
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_else(|| "CA not pinned".into())
-                    ),
-                );
-                return Ok(found);
-            }
+            Ok(found) => return Ok(found),
             Err(e @ DiscoveryError::Unreachable { .. }) => last = Some(e),
-            Err(e) => {
-                reporter.phase("discover", Status::Failed, Some(started.elapsed()), "");
-                return Err(Failure::from_error(&e));
-            }
+            Err(e) => return Err(Failure::from_error(&e)),
         }
     }
-    reporter.phase("discover", Status::Failed, Some(started.elapsed()), "");
     Err(match last {
         Some(e) => Failure::from_error(&e),
         None => Failure::new(Code::Usage, "no API server endpoint"),
     })
+}
+
+/// Everything join does after the settings are known.
+pub async fn join(
+    settings: &Settings,
+    effects: &Effects,
+    reporter: &mut Reporter,
+) -> Result<JoinSummary, Failure> {
+    let root = &effects.root;
+    let mut p = Phases {
+        reporter,
+        current: None,
+    };
+    let records = journal::Journal::load(root)
+        .map_err(fs_failure)?
+        .unwrap_or_default();
+    let joined_before = !records.is_empty();
+
+    p.begin("identity");
+    let identity = identity::resolve(settings, &settings.endpoints[0], &identity::hostname())
+        .inspect_err(|_| p.fail())?;
+    p.end(
+        Status::Done,
+        &format!("node {} ({})", identity.node_name, identity.node_ip),
+    );
+
+    p.begin("preflight");
+    let checks = preflight::local(
+        root,
+        effects.host,
+        settings.disable_swap,
+        settings.kubelet.fail_swap_on,
+        joined_before,
+    );
+    let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)
+        .inspect_err(|_| p.fail())?;
+    p.end(
+        Status::Done,
+        &format!("{} checks, {} ignored", checks.len(), warnings.len()),
+    );
+    for w in &warnings {
+        p.reporter.notice(&format!("preflight (ignored): {w}"));
+    }
+
+    p.begin("discover");
+    let found = discover(settings).await.inspect_err(|_| p.fail())?;
+    p.end(
+        Status::Done,
+        &format!(
+            "{} trusted ({})",
+            found.api_server,
+            found
+                .ca_pin
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "CA not pinned".into())
+        ),
+    );
+
+    p.begin("cluster");
+    let token_secret = settings.token.expose_full();
+    let kube = Kube::with_token(
+        &found.api_server,
+        &found.ca_ders,
+        Some(token_secret.clone()),
+        settings.limits,
+    )
+    .map_err(|e| Failure::new(Code::Internal, e.to_string()))
+    .inspect_err(|_| p.fail())?;
+    let cluster = cluster_checks(settings, effects, &kube, &identity, joined_before)
+        .await
+        .inspect_err(|_| p.fail())?;
+    p.end(
+        Status::Done,
+        &format!(
+            "{} (kubelet config from {})",
+            cluster.version, cluster.config.source
+        ),
+    );
+
+    let mut applier = if settings.dry_run {
+        Applier::plan(effects)
+    } else {
+        Applier::apply(effects, Journal::open(root).map_err(fs_failure)?)
+    };
+
+    // host
+    p.begin("host");
+    applier.enter("host").map_err(fs_failure)?;
+    host_phase(&mut applier, settings)
+        .map_err(apply_failure(Code::Preflight))
+        .inspect_err(|_| p.fail())?;
+    finish(&mut applier, &mut p, "host")?;
+
+    // runtime
+    p.begin("runtime");
+    applier.enter("runtime").map_err(fs_failure)?;
+    let package_manager = effects.packages.as_ref().map(|pm| pm.name());
+    let rt = runtime::plan(
+        settings.runtime,
+        &settings.runtime_values,
+        &cluster.version,
+        effects.host,
+        package_manager,
+    );
+    runtime::apply(&mut applier, &rt)
+        .map_err(apply_failure(Code::Runtime))
+        .inspect_err(|_| p.fail())?;
+    finish(&mut applier, &mut p, "runtime")?;
+
+    // kubelet
+    p.begin("kubelet");
+    applier.enter("kubelet").map_err(fs_failure)?;
+    let (own_labels, pending_labels) = labels_for(settings);
+    let kubelet_changed = kubelet_phase(
+        &mut applier,
+        settings,
+        &identity,
+        &found,
+        &cluster,
+        &rt,
+        &own_labels,
+    )
+    .inspect_err(|_| p.fail())?;
+    finish(&mut applier, &mut p, "kubelet")?;
+
+    // bootstrap
+    p.begin("bootstrap");
+    applier.enter("bootstrap").map_err(fs_failure)?;
+    let info = ClusterInfo {
+        server: found.api_server.clone(),
+        ca_pem: found.ca_pem.clone(),
+    };
+    let expiry = bootstrap_phase(
+        &mut applier,
+        settings,
+        &identity,
+        &found,
+        &info,
+        &kube,
+        &cluster.config.cluster_name,
+    )
+    .await
+    .inspect_err(|_| p.fail())?;
+    finish(&mut applier, &mut p, "bootstrap")?;
+
+    // start
+    p.begin("start");
+    applier.enter("start").map_err(fs_failure)?;
+    if kubelet_changed.units {
+        applier
+            .daemon_reload()
+            .map_err(apply_failure(Code::Start))
+            .inspect_err(|_| p.fail())?;
+    }
+    applier
+        .enable("kubelet.service")
+        .map_err(apply_failure(Code::Start))
+        .inspect_err(|_| p.fail())?;
+    applier
+        .start("kubelet.service", kubelet_changed.config)
+        .map_err(apply_failure(Code::Start))
+        .inspect_err(|_| p.fail())?;
+    finish(&mut applier, &mut p, "start")?;
+
+    // confirm
+    p.begin("confirm");
+    applier.enter("confirm").map_err(fs_failure)?;
+    let (registered, ready) = if settings.dry_run {
+        applier.api(
+            &format!("GET /api/v1/nodes/{}", identity.node_name),
+            "wait until the Node is registered",
+            false,
+        );
+        (false, false)
+    } else if settings.timeouts.node_wait.is_zero() {
+        (false, false)
+    } else {
+        confirm(settings, root, &found, &kube, &identity)
+            .await
+            .inspect_err(|_| p.fail())?
+    };
+    let detail = match (registered, ready) {
+        (true, true) => format!("Node {} registered and Ready", identity.node_name),
+        (true, false) => format!(
+            "Node {} registered (not Ready yet: a CNI plugin may still be starting)",
+            identity.node_name
+        ),
+        _ if settings.dry_run => "dry run".to_owned(),
+        _ => "not waited for (--node-wait-timeout 0)".to_owned(),
+    };
+    p.end(
+        if settings.dry_run {
+            Status::Skipped
+        } else {
+            Status::Done
+        },
+        &detail,
+    );
+
+    let mut summary = JoinSummary {
+        node_name: identity.node_name.clone(),
+        api_server: found.api_server.clone(),
+        ca_pin: found.ca_pin.as_ref().map(ToString::to_string),
+        runtime: format!("{:?}", settings.runtime).to_lowercase(),
+        cri_endpoint: rt.endpoint.clone(),
+        labels: own_labels,
+        pending_labels,
+        taints: settings.taints.clone(),
+        provider_id: identity.provider_id.clone(),
+        registered,
+        ready,
+        certificate_expiry: expiry,
+        changed: 0,
+        dry_run: settings.dry_run,
+        steps: Vec::new(),
+    };
+    if !settings.dry_run {
+        applier.enter("done").map_err(fs_failure)?;
+        let state = serde_json::to_vec_pretty(&state_view(&summary)).unwrap_or_default();
+        applier
+            .file(Path::new(STATE_FILE), 0o600, &state, false)
+            .map_err(fs_failure)?;
+        applier.finish("done").map_err(fs_failure)?;
+    }
+    summary.changed = applier
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(s.outcome, Outcome::Changed | Outcome::WouldChange) && s.target != STATE_FILE
+        })
+        .count();
+    summary.steps = applier.steps;
+    Ok(summary)
+}
+
+fn state_view(s: &JoinSummary) -> serde_json::Value {
+    serde_json::json!({
+        "node_name": s.node_name,
+        "api_server": s.api_server,
+        "ca_pin": s.ca_pin,
+        "runtime": s.runtime,
+        "cri_endpoint": s.cri_endpoint,
+        "labels": s.labels,
+        "pending_labels": s.pending_labels,
+        "taints": s.taints,
+        "provider_id": s.provider_id,
+    })
+}
+
+fn finish(applier: &mut Applier<'_>, p: &mut Phases<'_>, name: &str) -> Result<(), Failure> {
+    applier.finish("done").map_err(fs_failure)?;
+    let changed = applier.changes_in_phase();
+    let status = if changed == 0 {
+        Status::Unchanged
+    } else {
+        Status::Done
+    };
+    let verb = if applier.dry_run() {
+        "would change"
+    } else {
+        "changed"
+    };
+    p.end(status, &format!("{changed} {verb}"));
+    if !applier.dry_run() {
+        crash_hook(name);
+    }
+    Ok(())
+}
+
+struct ClusterFacts {
+    version: KubeVersion,
+    config: kubelet::ClusterConfig,
+}
+
+async fn cluster_checks(
+    settings: &Settings,
+    effects: &Effects,
+    kube: &Kube,
+    identity: &Identity,
+    joined_before: bool,
+) -> Result<ClusterFacts, Failure> {
+    let (version, date) = kube.version().await.map_err(|e| {
+        Failure::new(
+            Code::DiscoveryUnreachable,
+            format!("reading the API server's version: {e}"),
+        )
+    })?;
+    let mut checks = Vec::new();
+    if let Some(server_time) = date {
+        let skew = match SystemTime::now().duration_since(server_time) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        checks.push(preflight::Check {
+            id: "clock",
+            ok: skew < Duration::from_secs(300),
+            message: format!("local clock differs from the API server's by {}s", skew.as_secs()),
+            hint: "synchronise the clock (chrony/systemd-timesyncd); certificates are rejected when clocks disagree",
+        });
+    }
+    if effects.host {
+        if let Some(kv) = preflight::kubelet_version() {
+            let skew = kv.kubelet_skew_ok(&version);
+            checks.push(preflight::Check {
+                id: "kubelet-version",
+                ok: skew.is_ok(),
+                message: skew.err().unwrap_or_else(|| format!("kubelet {kv} fits API server {version}")),
+                hint: "install a kubelet no newer than the API server and at most three minor versions older",
+            });
+        }
+    }
+    let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
+    for w in warnings {
+        tracing::warn!("preflight (ignored): {w}");
+    }
+    // kubeadm refuses to join over a Ready Node of the same name (kubernetes PR #81056).
+    let node_path = format!("/api/v1/nodes/{}", identity.node_name);
+    if let Ok(Some(node)) = kube.get(&node_path).await {
+        let ready = node["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if ready
+            && !joined_before
+            && !settings
+                .ignore_preflight_errors
+                .iter()
+                .any(|i| i == "all" || i == "node-exists")
+        {
+            return Err(Failure::new(
+                Code::NodeExists,
+                format!(
+                    "a Ready Node named {:?} already exists in the cluster: another machine uses this name. If that machine is gone, delete the Node (kubectl delete node {}) and rerun; otherwise give this one another name with --node-name",
+                    identity.node_name, identity.node_name
+                ),
+            ));
+        }
+    }
+    let config = kubelet::fetch_cluster_config(kube, &version)
+        .await
+        .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
+    Ok(ClusterFacts { version, config })
+}
+
+fn labels_for(settings: &Settings) -> (crate::validate::Labels, crate::validate::Labels) {
+    let mut labels = settings.labels.clone();
+    if let Some(pool) = &settings.node_pool_id {
+        let _ = labels.insert("node pool", "alibabacloud.com/nodepool-id", pool);
+    }
+    labels.split_by_class()
+}
+
+fn host_phase(applier: &mut Applier<'_>, settings: &Settings) -> Result<(), ApplyError> {
+    if settings.disable_swap {
+        let devices = if applier.effects().host {
+            preflight::active_swap()
+        } else {
+            Vec::new()
+        };
+        applier.swap_off(devices)?;
+        if let Some(fstab) = applier.effects().root.read(Path::new("/etc/fstab"))? {
+            let text = String::from_utf8_lossy(&fstab);
+            let edited = disable_swap_lines(&text);
+            if edited != text {
+                applier.file(Path::new("/etc/fstab"), 0o644, edited.as_bytes(), false)?;
+            }
+        }
+    }
+    applier.file(
+        Path::new(MODULES_FILE),
+        0o644,
+        b"# Written by node-attach; removed by node-attach reset.\noverlay\nbr_netfilter\n",
+        false,
+    )?;
+    for m in ["overlay", "br_netfilter"] {
+        let present = !applier.effects().host || preflight::module_present(m);
+        applier.module(m, present)?;
+    }
+    let mut sysctl = String::from("# Written by node-attach; removed by node-attach reset.\n");
+    for (k, v) in SYSCTLS {
+        sysctl.push_str(&format!("{k} = {v}\n"));
+    }
+    applier.file(Path::new(SYSCTL_FILE), 0o644, sysctl.as_bytes(), false)?;
+    for (k, v) in SYSCTLS {
+        applier.sysctl(k, v)?;
+    }
+    Ok(())
+}
+
+/// Comments out active swap entries of an fstab (`#node-attach# ` prefix, so reset can tell them
+/// apart; the journal keeps the original bytes anyway).
+pub fn disable_swap_lines(fstab: &str) -> String {
+    let mut out = String::new();
+    for line in fstab.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.trim_start().starts_with('#') && fields.len() >= 3 && fields[2] == "swap" {
+            out.push_str("#node-attach# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+struct KubeletChanges {
+    units: bool,
+    config: bool,
+}
+
+fn kubelet_phase(
+    applier: &mut Applier<'_>,
+    settings: &Settings,
+    identity: &Identity,
+    found: &Discovered,
+    cluster: &ClusterFacts,
+    rt: &runtime::RuntimePlan,
+    own_labels: &crate::validate::Labels,
+) -> Result<KubeletChanges, Failure> {
+    let fail = apply_failure(Code::KubeletConfig);
+    let config = kubelet::render_config(&cluster.config.kubelet_yaml, settings, identity)
+        .map_err(|e| Failure::new(Code::KubeletConfig, e.to_string()))?;
+    let flags = kubelet::render_flags(
+        own_labels,
+        &settings.taints,
+        identity,
+        rt.endpoint.as_deref(),
+        &rt.pause_image,
+        &cluster.version,
+    );
+    let mut changed = false;
+    applier
+        .dir(Path::new("/etc/kubernetes/pki"), 0o755)
+        .map_err(&fail)?;
+    applier
+        .dir(Path::new("/etc/kubernetes/manifests"), 0o755)
+        .map_err(&fail)?;
+    changed |= applier
+        .file(Path::new(kubelet::CA_PATH), 0o644, &found.ca_pem, false)
+        .map_err(&fail)?
+        == Outcome::Changed;
+    applier
+        .dir(Path::new("/var/lib/kubelet"), 0o700)
+        .map_err(&fail)?;
+    changed |= applier
+        .file(
+            Path::new(kubelet::CONFIG_PATH),
+            0o644,
+            config.as_bytes(),
+            false,
+        )
+        .map_err(&fail)?
+        == Outcome::Changed;
+    changed |= applier
+        .file(
+            Path::new(kubelet::FLAGS_PATH),
+            0o644,
+            flags.as_bytes(),
+            false,
+        )
+        .map_err(&fail)?
+        == Outcome::Changed;
+    let root = &applier.effects().root;
+    let packaged_unit = kubelet::UNIT_DIRS.iter().any(|d| {
+        let p = PathBuf::from(d).join("kubelet.service");
+        p != Path::new(kubelet::UNIT_PATH) && root.read(&p).ok().flatten().is_some()
+    });
+    let mut units = false;
+    if !packaged_unit {
+        units |= applier
+            .file(
+                Path::new(kubelet::UNIT_PATH),
+                0o644,
+                kubelet::UNIT.as_bytes(),
+                false,
+            )
+            .map_err(&fail)?
+            == Outcome::Changed;
+    }
+    units |= applier
+        .file(
+            Path::new(kubelet::DROPIN_PATH),
+            0o644,
+            kubelet::DROPIN.as_bytes(),
+            false,
+        )
+        .map_err(&fail)?
+        == Outcome::Changed;
+    Ok(KubeletChanges {
+        units,
+        config: changed || units,
+    })
+}
+
+async fn bootstrap_phase(
+    applier: &mut Applier<'_>,
+    settings: &Settings,
+    identity: &Identity,
+    found: &Discovered,
+    info: &ClusterInfo,
+    kube: &Kube,
+    cluster_name: &str,
+) -> Result<Option<i64>, Failure> {
+    let fail = apply_failure(Code::Bootstrap);
+    let root = applier.effects().root.clone();
+    if settings.tls_bootstrap == TlsBootstrapMode::Kubelet {
+        let cfg = Kubeconfig::bootstrap(cluster_name, info, &settings.token.expose_full());
+        applier
+            .file(
+                Path::new(bootstrap::BOOTSTRAP_CONF),
+                0o600,
+                cfg.to_yaml().as_bytes(),
+                true,
+            )
+            .map_err(&fail)?;
+        return Ok(None);
+    }
+    // Already bootstrapped with a certificate that has time left: keep it (the kubelet rotates).
+    let kubelet_conf = Kubeconfig::kubelet(info, bootstrap::CURRENT).to_yaml();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(expiry) = bootstrap::current_expiry(&root) {
+        if expiry > now + 600
+            && root
+                .read(Path::new(bootstrap::KUBELET_CONF))
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            applier
+                .file(
+                    Path::new(bootstrap::KUBELET_CONF),
+                    0o600,
+                    kubelet_conf.as_bytes(),
+                    false,
+                )
+                .map_err(&fail)?;
+            applier
+                .remove_own(Path::new(bootstrap::TMP_KEY))
+                .map_err(&fail)?;
+            return Ok(Some(expiry));
+        }
+    }
+    applier
+        .dir(Path::new(bootstrap::PKI_DIR), 0o755)
+        .map_err(&fail)?;
+    let key = root
+        .read(Path::new(bootstrap::TMP_KEY))
+        .map_err(fs_failure)?;
+    let key = key.as_deref().map(String::from_utf8_lossy);
+    let request = bootstrap::build_request(&identity.node_name, key.as_deref())?;
+    applier
+        .file(
+            Path::new(bootstrap::TMP_KEY),
+            0o600,
+            request.key_pem.as_bytes(),
+            true,
+        )
+        .map_err(&fail)?;
+    let pair_name = bootstrap::pair_file_name(time::OffsetDateTime::now_utc());
+    let pair_path = PathBuf::from(bootstrap::PKI_DIR).join(&pair_name);
+    if applier.dry_run() {
+        applier.api(
+            &format!("POST /apis/certificates.k8s.io/v1/certificatesigningrequests {}", request.name),
+            &format!("CN=system:node:{}, O=system:nodes, signer {}; then watch until approved and signed", identity.node_name, bootstrap::SIGNER),
+            true,
+        );
+        applier
+            .file(&pair_path, 0o600, b"(issued certificate and key)", true)
+            .map_err(&fail)?;
+        applier
+            .symlink(Path::new(bootstrap::CURRENT), &pair_path)
+            .map_err(&fail)?;
+        applier
+            .file(
+                Path::new(bootstrap::KUBELET_CONF),
+                0o600,
+                kubelet_conf.as_bytes(),
+                false,
+            )
+            .map_err(&fail)?;
+        applier
+            .remove_own(Path::new(bootstrap::TMP_KEY))
+            .map_err(&fail)?;
+        return Ok(None);
+    }
+    let version = bootstrap::create(kube, &request).await?;
+    applier.api(
+        &format!("POST certificatesigningrequests {}", request.name),
+        version,
+        true,
+    );
+    let cert = bootstrap::wait_for_certificate(kube, version, &request.name, settings.timeouts.csr)
+        .await?;
+    let expiry =
+        bootstrap::verify_issued(&cert, &request.spki, &identity.node_name, &found.ca_ders)?;
+    let mut pair = cert.clone();
+    if !pair.ends_with(b"\n") {
+        pair.push(b'\n');
+    }
+    pair.extend_from_slice(request.key_pem.as_bytes());
+    applier
+        .file(&pair_path, 0o600, &pair, true)
+        .map_err(&fail)?;
+    applier
+        .symlink(Path::new(bootstrap::CURRENT), &pair_path)
+        .map_err(&fail)?;
+    applier
+        .file(
+            Path::new(bootstrap::KUBELET_CONF),
+            0o600,
+            kubelet_conf.as_bytes(),
+            false,
+        )
+        .map_err(&fail)?;
+    applier
+        .remove_own(Path::new(bootstrap::TMP_KEY))
+        .map_err(&fail)?;
+    Ok(Some(expiry))
+}
+
+async fn confirm(
+    settings: &Settings,
+    root: &Root,
+    found: &Discovered,
+    token_client: &Kube,
+    identity: &Identity,
+) -> Result<(bool, bool), Failure> {
+    let node_client = match root.read(Path::new(bootstrap::CURRENT)) {
+        Ok(Some(pair)) if settings.tls_bootstrap == TlsBootstrapMode::NodeAttach => {
+            Kube::with_certificate(&found.api_server, &found.ca_ders, &pair, settings.limits).ok()
+        }
+        _ => None,
+    };
+    let client = node_client.as_ref().unwrap_or(token_client);
+    let path = format!("/api/v1/nodes/{}", identity.node_name);
+    let deadline = Instant::now() + settings.timeouts.node_wait;
+    let mut registered = false;
+    let ready_deadline = |reg_at: Instant| (reg_at + Duration::from_secs(20)).min(deadline);
+    let mut reg_at = None;
+    while Instant::now() < reg_at.map(ready_deadline).unwrap_or(deadline) {
+        if let Ok(Some(node)) = client.get(&path).await {
+            registered = true;
+            reg_at.get_or_insert_with(Instant::now);
+            let ready = node["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if ready {
+                return Ok((true, true));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if registered {
+        return Ok((true, false));
+    }
+    Err(Failure::new(
+        Code::NodeNotRegistered,
+        format!(
+            "the Node {} did not appear in the API within {:?}",
+            identity.node_name, settings.timeouts.node_wait
+        ),
+    ))
+}
+
+async fn report_callback(
+    url: &url::Url,
+    settings: &Settings,
+    outcome: &Result<JoinSummary, Failure>,
+) {
+    let body = match outcome {
+        Ok(s) => {
+            serde_json::json!({"status": "success", "node": s.node_name, "changed": s.changed})
+        }
+        Err(f) => {
+            serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
+        }
+    };
+    let Ok(tls) = crate::tls::system_roots(settings.values_ca_file.as_deref()) else {
+        tracing::warn!("no CA bundle for the callback; not reporting");
+        return;
+    };
+    let Ok(http) = Http::new(tls, settings.limits) else {
+        return;
+    };
+    let target = Target {
+        url: url.clone(),
+        shown: values::redact_url_path(url),
+    };
+    let sent = crate::http::retry(
+        RetryPolicy::until(Duration::from_secs(20), Duration::from_secs(5)),
+        "reporting to the callback",
+        |_| {
+            let mut req = Request::get(&target);
+            req.method = reqwest::Method::POST;
+            req.json = Some(body.to_string().into_bytes());
+            http.send(req)
+        },
+    )
+    .await;
+    match sent {
+        Ok(_) => tracing::info!(url = %target.shown, "reported the outcome to the callback"),
+        Err(e) => tracing::warn!(
+            "could not report to the callback {}: {}",
+            target.shown,
+            e.inner()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_lines_are_commented_once() {
+        let fstab =
+            "UUID=1 / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n# /old none swap sw 0 0\n";
+        let once = disable_swap_lines(fstab);
+        assert_eq!(once, "UUID=1 / ext4 defaults 0 1\n#node-attach# /swapfile none swap sw 0 0\n# /old none swap sw 0 0\n");
+        assert_eq!(disable_swap_lines(&once), once);
+    }
 }

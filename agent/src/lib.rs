@@ -7,18 +7,27 @@
 //!
 //! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
 
+pub mod apply;
+pub mod bootstrap;
 pub mod cli;
 pub mod discovery;
 pub mod duration;
+pub mod effects;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod join;
+pub mod journal;
 pub mod jws;
+pub mod kube;
 pub mod kube_version;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod logging;
 pub mod pin;
+pub mod preflight;
 pub mod report;
+pub mod runtime;
 pub mod secret;
 pub mod settings;
 pub mod tls;

@@ -1,0 +1,732 @@
+//! Planned steps and their application through the journal.
+//!
+//! Join's phases call one [`Applier`] for every change (files, directories, symlinks, sysctls,
+//! swap, modules, packages, units, API calls). With `--dry-run` it only records a [`Step`] (a
+//! file's step carries its diff; secret files show only their size and mode); otherwise it checks
+//! the current state, journals the change with what undoing it needs, makes it, and confirms it.
+//! A step whose target already holds is `unchanged` and not journaled, which makes re-runs
+//! converge without repeating work.
+
+use crate::effects::fs::{Existing, FsError};
+use crate::effects::{EffectError, Effects};
+use crate::journal::{Change, Journal, JournalError, Prior};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What happened, or would happen, to one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Dry run: it would change.
+    WouldChange,
+    /// It changed.
+    Changed,
+    /// It already held.
+    Unchanged,
+    /// Not done (host step with a root other than `/`).
+    Skipped,
+}
+
+/// One step of a join, for the plan and the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// The phase it belongs to.
+    pub phase: String,
+    /// `file`, `dir`, `symlink`, `remove`, `sysctl`, `module`, `swap-off`, `package`, `unit`,
+    /// `api`.
+    pub kind: &'static str,
+    /// The path, unit, key or API call.
+    pub target: String,
+    /// Mode, value, diff or reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// Outcome.
+    pub outcome: Outcome,
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Filesystem.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Journal.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A host command.
+    #[error(transparent)]
+    Effect(#[from] EffectError),
+}
+
+/// Applies (or plans) steps.
+pub struct Applier<'a> {
+    effects: &'a Effects,
+    journal: Option<Journal>,
+    phase: String,
+    /// Every step so far.
+    pub steps: Vec<Step>,
+}
+
+const SKIP_REASON: &str =
+    "--root is not /: host services, packages and kernel settings are left alone";
+
+fn line_diff(old: &str, new: &str) -> String {
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
+    let mut out = String::new();
+    for l in &old_lines {
+        if !new_lines.contains(l) {
+            out.push_str(&format!("-{l}\n"));
+        }
+    }
+    for l in &new_lines {
+        if !old_lines.contains(l) {
+            out.push_str(&format!("+{l}\n"));
+        }
+    }
+    out
+}
+
+impl<'a> Applier<'a> {
+    /// A dry-run applier: records steps, changes nothing.
+    pub fn plan(effects: &'a Effects) -> Applier<'a> {
+        Applier {
+            effects,
+            journal: None,
+            phase: String::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// An applier that changes things, journaling each change.
+    pub fn apply(effects: &'a Effects, journal: Journal) -> Applier<'a> {
+        Applier {
+            effects,
+            journal: Some(journal),
+            phase: String::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Whether this is a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.journal.is_none()
+    }
+
+    /// The effects in use.
+    pub fn effects(&self) -> &Effects {
+        self.effects
+    }
+
+    /// The journal (None in a dry run).
+    pub fn journal(&mut self) -> Option<&mut Journal> {
+        self.journal.as_mut()
+    }
+
+    /// Starts a phase; marks it in the journal.
+    pub fn enter(&mut self, phase: &str) -> Result<(), ApplyError> {
+        self.phase = phase.to_owned();
+        if let Some(j) = &mut self.journal {
+            j.phase(phase, "started")?;
+        }
+        Ok(())
+    }
+
+    /// Marks the current phase finished.
+    pub fn finish(&mut self, status: &str) -> Result<(), ApplyError> {
+        let phase = self.phase.clone();
+        if let Some(j) = &mut self.journal {
+            j.phase(&phase, status)?;
+        }
+        Ok(())
+    }
+
+    /// Steps of the current phase that changed or would change something.
+    pub fn changes_in_phase(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| {
+                s.phase == self.phase
+                    && matches!(s.outcome, Outcome::Changed | Outcome::WouldChange)
+            })
+            .count()
+    }
+
+    fn record(
+        &mut self,
+        kind: &'static str,
+        target: impl Into<String>,
+        detail: impl Into<String>,
+        outcome: Outcome,
+    ) -> Outcome {
+        self.steps.push(Step {
+            phase: self.phase.clone(),
+            kind,
+            target: target.into(),
+            detail: detail.into(),
+            outcome,
+        });
+        outcome
+    }
+
+    fn journaled<T>(
+        &mut self,
+        change: Change,
+        act: impl FnOnce(&Effects) -> Result<T, ApplyError>,
+    ) -> Result<T, ApplyError> {
+        let journal = self
+            .journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("only called when applying"));
+        let seq = journal.begin(change)?;
+        let out = act(self.effects)?;
+        self.journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"))
+            .done(seq)?;
+        Ok(out)
+    }
+
+    fn skipped(&mut self, kind: &'static str, target: String) -> Result<Outcome, ApplyError> {
+        if let Some(j) = &mut self.journal {
+            let what = format!("{kind} {target}");
+            if !j.knows(|c| matches!(c, Change::Skipped { what: w, .. } if *w == what)) {
+                let seq = j.begin(Change::Skipped {
+                    what,
+                    reason: SKIP_REASON.into(),
+                })?;
+                j.done(seq)?;
+            }
+        }
+        Ok(self.record(kind, target, SKIP_REASON, Outcome::Skipped))
+    }
+
+    /// Ensures a directory (and missing parents) exist, new ones with `mode`.
+    pub fn dir(&mut self, path: &Path, mode: u32) -> Result<Outcome, ApplyError> {
+        let root = &self.effects.root;
+        let mut missing = Vec::new();
+        let mut cur = Some(path);
+        while let Some(p) = cur {
+            if p == Path::new("/") {
+                break;
+            }
+            match root.inspect(p)? {
+                Existing::Absent => missing.push(p.to_path_buf()),
+                _ => break,
+            }
+            cur = p.parent();
+        }
+        if missing.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        for p in missing.into_iter().rev() {
+            let target = p.display().to_string();
+            if self.dry_run() {
+                self.record("dir", target, format!("{mode:o}"), Outcome::WouldChange);
+                continue;
+            }
+            self.journaled(Change::Dir { path: p.clone() }, |fx| {
+                Ok(fx.root.mkdir_all(&p, mode)?)
+            })?;
+            self.record("dir", target, format!("{mode:o}"), Outcome::Changed);
+        }
+        Ok(if self.dry_run() {
+            Outcome::WouldChange
+        } else {
+            Outcome::Changed
+        })
+    }
+
+    /// Writes a file with exactly `mode`; parents are created 0755. `secret` hides the contents
+    /// from the plan.
+    pub fn file(
+        &mut self,
+        path: &Path,
+        mode: u32,
+        bytes: &[u8],
+        secret: bool,
+    ) -> Result<Outcome, ApplyError> {
+        if let Some(parent) = path.parent() {
+            self.dir(parent, 0o755)?;
+        }
+        let existing = self.effects.root.inspect(path)?;
+        let target = path.display().to_string();
+        if let Existing::File {
+            bytes: old,
+            mode: old_mode,
+        } = &existing
+        {
+            if old == bytes && *old_mode == mode {
+                return Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Unchanged));
+            }
+        }
+        if self.dry_run() {
+            let detail = match (&existing, secret) {
+                (_, true) => format!(
+                    "mode {mode:04o}, {} bytes (contents hidden: secret)",
+                    bytes.len()
+                ),
+                (Existing::File { bytes: old, .. }, false) => format!(
+                    "mode {mode:04o}\n{}",
+                    line_diff(
+                        &String::from_utf8_lossy(old),
+                        &String::from_utf8_lossy(bytes)
+                    )
+                ),
+                (_, false) => format!(
+                    "mode {mode:04o} (new)\n{}",
+                    String::from_utf8_lossy(bytes)
+                        .lines()
+                        .map(|l| format!("+{l}\n"))
+                        .collect::<String>()
+                ),
+            };
+            return Ok(self.record("file", target, detail, Outcome::WouldChange));
+        }
+        let journal = self
+            .journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"));
+        let prior = match &existing {
+            Existing::File {
+                bytes: old,
+                mode: old_mode,
+            } if !journal.knows_path(path) => Some(Prior {
+                mode: *old_mode,
+                backup: journal.backup(old)?,
+            }),
+            Existing::Dir | Existing::Symlink(_) | Existing::Other => {
+                return Err(ApplyError::Fs(FsError::Io {
+                    op: "write",
+                    path: target,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a regular file",
+                    ),
+                }))
+            }
+            _ => None,
+        };
+        let p = path.to_path_buf();
+        self.journaled(
+            Change::File {
+                path: p.clone(),
+                prior,
+            },
+            |fx| Ok(fx.root.write_atomic(&p, bytes, mode)?),
+        )?;
+        Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
+    }
+
+    /// Points a symlink at `to` (an absolute target path as seen on the node).
+    pub fn symlink(&mut self, path: &Path, to: &Path) -> Result<Outcome, ApplyError> {
+        let existing = self.effects.root.inspect(path)?;
+        let target = path.display().to_string();
+        let detail = format!("-> {}", to.display());
+        if existing == Existing::Symlink(to.to_path_buf()) {
+            return Ok(self.record("symlink", target, detail, Outcome::Unchanged));
+        }
+        if self.dry_run() {
+            return Ok(self.record("symlink", target, detail, Outcome::WouldChange));
+        }
+        let prior = match existing {
+            Existing::Symlink(old) => Some(old),
+            Existing::Absent => None,
+            _ => {
+                return Err(ApplyError::Fs(FsError::Io {
+                    op: "symlink",
+                    path: target,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a symlink",
+                    ),
+                }))
+            }
+        };
+        let p = path.to_path_buf();
+        let known = self.journal.as_ref().is_some_and(|j| j.knows_path(path));
+        let prior = if known { None } else { prior };
+        self.journaled(
+            Change::Symlink {
+                path: p.clone(),
+                prior,
+            },
+            |fx| Ok(fx.root.symlink_atomic(&p, to)?),
+        )?;
+        Ok(self.record("symlink", target, detail, Outcome::Changed))
+    }
+
+    /// Removes a file join itself wrote earlier (bootstrap material).
+    pub fn remove_own(&mut self, path: &Path) -> Result<Outcome, ApplyError> {
+        let target = path.display().to_string();
+        if self.effects.root.inspect(path)? == Existing::Absent {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.dry_run() {
+            return Ok(self.record("remove", target, "", Outcome::WouldChange));
+        }
+        let p = path.to_path_buf();
+        self.journaled(Change::Removed { path: p.clone() }, |fx| {
+            Ok(fx.root.remove_file(&p).map(drop)?)
+        })?;
+        Ok(self.record("remove", target, "", Outcome::Changed))
+    }
+
+    /// Sets a sysctl at runtime (its persistence is a file in /etc/sysctl.d). A read-only
+    /// /proc/sys is reported, and is fatal only when the value does not already hold.
+    pub fn sysctl(&mut self, key: &str, value: &str) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("sysctl", format!("{key}={value}"));
+        }
+        let proc_path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let current = std::fs::read_to_string(&proc_path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        if current == value {
+            return Ok(self.record("sysctl", format!("{key}={value}"), "", Outcome::Unchanged));
+        }
+        if self.dry_run() {
+            return Ok(self.record(
+                "sysctl",
+                format!("{key}={value}"),
+                format!("now {current:?}"),
+                Outcome::WouldChange,
+            ));
+        }
+        let k = key.to_owned();
+        let v = value.to_owned();
+        self.journaled(Change::Sysctl { key: k.clone(), prior: current.clone() }, move |_| {
+            std::fs::write(&proc_path, format!("{v}\n")).map_err(|e| {
+                ApplyError::Effect(EffectError {
+                    what: format!("setting {k}"),
+                    detail: format!("{e} (is /proc/sys read-only, as in a container? the value is {current:?})"),
+                })
+            })
+        })?;
+        Ok(self.record("sysctl", format!("{key}={value}"), "", Outcome::Changed))
+    }
+
+    /// Loads a kernel module unless it is loaded or built in.
+    pub fn module(&mut self, name: &str, present: bool) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("module", name.to_owned());
+        }
+        if present {
+            return Ok(self.record("module", name, "loaded or built in", Outcome::Unchanged));
+        }
+        if self.dry_run() {
+            return Ok(self.record("module", name, "modprobe", Outcome::WouldChange));
+        }
+        let n = name.to_owned();
+        self.journaled(Change::Module { name: n.clone() }, move |_| {
+            Ok(
+                crate::effects::run_command("modprobe", &[&n], std::time::Duration::from_secs(30))
+                    .map(drop)?,
+            )
+        })?;
+        Ok(self.record("module", name, "modprobe", Outcome::Changed))
+    }
+
+    /// Turns swap off (persistence is the fstab edit, a file step).
+    pub fn swap_off(&mut self, devices: Vec<String>) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("swap-off", devices.join(","));
+        }
+        if devices.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        let target = devices.join(",");
+        if self.dry_run() {
+            return Ok(self.record("swap-off", target, "swapoff -a", Outcome::WouldChange));
+        }
+        self.journaled(Change::SwapOff { devices }, |_| {
+            Ok(
+                crate::effects::run_command(
+                    "swapoff",
+                    &["-a"],
+                    std::time::Duration::from_secs(120),
+                )
+                .map(drop)?,
+            )
+        })?;
+        Ok(self.record("swap-off", target, "swapoff -a", Outcome::Changed))
+    }
+
+    /// Installs a package when it is missing.
+    pub fn package(&mut self, name: &str, version: Option<&str>) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("package", name.to_owned());
+        }
+        let Some(pm) = self.effects.packages.as_ref() else {
+            return Err(ApplyError::Effect(EffectError {
+                what: format!("installing {name}"),
+                detail:
+                    "no supported package manager (apt, dnf, yum) was found; install it by hand"
+                        .into(),
+            }));
+        };
+        if let Some(v) = pm.installed_version(name) {
+            return Ok(self.record(
+                "package",
+                name,
+                format!("installed {v}"),
+                Outcome::Unchanged,
+            ));
+        }
+        let detail = format!(
+            "{} install {name}{}",
+            pm.name(),
+            version.map(|v| format!(" {v}")).unwrap_or_default()
+        );
+        if self.dry_run() {
+            return Ok(self.record("package", name, detail, Outcome::WouldChange));
+        }
+        let manager = pm.name().to_owned();
+        let n = name.to_owned();
+        self.journaled(
+            Change::Package {
+                manager,
+                name: n.clone(),
+            },
+            |fx| {
+                let pm = fx
+                    .packages
+                    .as_ref()
+                    .unwrap_or_else(|| unreachable!("checked above"));
+                Ok(pm.install(&n, version)?)
+            },
+        )?;
+        Ok(self.record("package", name, detail, Outcome::Changed))
+    }
+
+    /// `systemctl daemon-reload`.
+    pub fn daemon_reload(&mut self) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("unit", "daemon-reload".into());
+        }
+        if self.dry_run() {
+            return Ok(self.record("unit", "daemon-reload", "", Outcome::WouldChange));
+        }
+        self.effects.systemd.daemon_reload()?;
+        Ok(self.record("unit", "daemon-reload", "", Outcome::Changed))
+    }
+
+    /// Enables a unit.
+    pub fn enable(&mut self, unit: &str) -> Result<Outcome, ApplyError> {
+        if !self.effects.host {
+            return self.skipped("unit", format!("enable {unit}"));
+        }
+        if self.effects.systemd.is_enabled(unit) {
+            return Ok(self.record("unit", format!("enable {unit}"), "", Outcome::Unchanged));
+        }
+        if self.dry_run() {
+            return Ok(self.record("unit", format!("enable {unit}"), "", Outcome::WouldChange));
+        }
+        let u = unit.to_owned();
+        self.journaled(Change::UnitEnabled { unit: u.clone() }, |fx| {
+            Ok(fx.systemd.enable(&u)?)
+        })?;
+        Ok(self.record("unit", format!("enable {unit}"), "", Outcome::Changed))
+    }
+
+    /// Starts a unit, or restarts it when `restart` (its configuration changed).
+    pub fn start(&mut self, unit: &str, restart: bool) -> Result<Outcome, ApplyError> {
+        let verb = if restart { "restart" } else { "start" };
+        if !self.effects.host {
+            return self.skipped("unit", format!("{verb} {unit}"));
+        }
+        let active = self.effects.systemd.is_active(unit);
+        if active && !restart {
+            return Ok(self.record(
+                "unit",
+                format!("start {unit}"),
+                "active",
+                Outcome::Unchanged,
+            ));
+        }
+        if self.dry_run() {
+            return Ok(self.record("unit", format!("{verb} {unit}"), "", Outcome::WouldChange));
+        }
+        let u = unit.to_owned();
+        self.journaled(
+            Change::UnitStarted {
+                unit: u.clone(),
+                was_active: active,
+            },
+            |fx| {
+                if active {
+                    fx.systemd.restart(&u)?;
+                } else {
+                    fx.systemd.start(&u)?;
+                }
+                Ok(())
+            },
+        )?;
+        Ok(self.record("unit", format!("{verb} {unit}"), "", Outcome::Changed))
+    }
+
+    /// Lists an API call in the plan (the call itself is made by the phase).
+    pub fn api(&mut self, call: &str, detail: &str, changed: bool) {
+        let outcome = match (self.dry_run(), changed) {
+            (true, _) => Outcome::WouldChange,
+            (false, true) => Outcome::Changed,
+            (false, false) => Outcome::Unchanged,
+        };
+        self.record("api", call, detail, outcome);
+    }
+
+    /// Gives the journal back (for the final phase marker).
+    pub fn into_journal(self) -> Option<Journal> {
+        self.journal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::fs::Root;
+    use crate::effects::{ReadyCri, RecordingPackages, RecordingSystemd};
+
+    fn effects(root: &Path, host: bool) -> Effects {
+        Effects {
+            root: Root::new(root),
+            systemd: Box::new(RecordingSystemd::default()),
+            packages: Some(Box::new(RecordingPackages::default())),
+            cri: Box::new(ReadyCri),
+            host,
+        }
+    }
+
+    #[test]
+    fn a_file_is_journaled_once_with_its_original_bytes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("etc")).expect("etc");
+        std::fs::write(tmp.path().join("etc/fstab"), "original\n").expect("fstab");
+        let fx = effects(tmp.path(), false);
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        assert_eq!(
+            a.file(Path::new("/etc/fstab"), 0o644, b"edited\n", false)
+                .expect("write"),
+            Outcome::Changed
+        );
+        assert_eq!(
+            a.file(Path::new("/etc/fstab"), 0o644, b"edited\n", false)
+                .expect("again"),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            a.file(Path::new("/etc/fstab"), 0o644, b"edited twice\n", false)
+                .expect("third"),
+            Outcome::Changed
+        );
+        let j = a.into_journal().expect("journal");
+        let files: Vec<&Change> = j
+            .records()
+            .iter()
+            .filter_map(|r| r.change.as_ref())
+            .filter(|c| matches!(c, Change::File { .. }))
+            .collect();
+        assert_eq!(files.len(), 2);
+        let Change::File {
+            prior: Some(prior), ..
+        } = files[0]
+        else {
+            panic!("first has the prior")
+        };
+        assert_eq!(
+            std::fs::read_to_string(
+                tmp.path()
+                    .join("var/lib/node-attach/backup")
+                    .join(&prior.backup)
+            )
+            .expect("backup"),
+            "original\n"
+        );
+        assert!(
+            matches!(files[1], Change::File { prior: None, .. }),
+            "later writes keep no backup of join's own bytes"
+        );
+    }
+
+    #[test]
+    fn host_steps_are_skipped_under_a_scratch_root() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fx = effects(tmp.path(), false);
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        assert_eq!(
+            a.enable("kubelet.service").expect("enable"),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            a.package("containerd", None).expect("pkg"),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            a.sysctl("net.ipv4.ip_forward", "1").expect("sysctl"),
+            Outcome::Skipped
+        );
+    }
+
+    #[test]
+    fn host_steps_use_the_traits() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fx = effects(tmp.path(), true);
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        assert_eq!(
+            a.package("containerd", Some("1.7")).expect("pkg"),
+            Outcome::Changed
+        );
+        assert_eq!(
+            a.package("containerd", None).expect("pkg"),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            a.enable("kubelet.service").expect("enable"),
+            Outcome::Changed
+        );
+        assert_eq!(
+            a.enable("kubelet.service").expect("enable"),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            a.start("kubelet.service", false).expect("start"),
+            Outcome::Changed
+        );
+        assert_eq!(
+            a.start("kubelet.service", false).expect("start"),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            a.start("kubelet.service", true).expect("restart"),
+            Outcome::Changed
+        );
+    }
+
+    #[test]
+    fn dry_run_changes_nothing_and_hides_secrets() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fx = effects(tmp.path(), false);
+        let mut a = Applier::plan(&fx);
+        a.file(
+            Path::new("/etc/kubernetes/kubelet.conf"),
+            0o600,
+            b"token: s3cret\n",
+            true,
+        )
+        .expect("plan");
+        a.file(
+            Path::new("/etc/sysctl.d/99-k8s.conf"),
+            0o644,
+            b"net.ipv4.ip_forward = 1\n",
+            false,
+        )
+        .expect("plan");
+        assert!(
+            std::fs::read_dir(tmp.path()).expect("ls").next().is_none(),
+            "nothing written"
+        );
+        let text = serde_json::to_string(&a.steps).expect("json");
+        assert!(!text.contains("s3cret"));
+        assert!(text.contains("+net.ipv4.ip_forward = 1"));
+    }
+}

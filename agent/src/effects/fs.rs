@@ -1,0 +1,386 @@
+//! The filesystem under a root prefix.
+//!
+//! Every path node-attach touches is an absolute target path (`/etc/kubernetes/kubelet.conf`)
+//! resolved under [`Root`] (`/` in production, a scratch directory in tests and the demo). A path
+//! whose existing ancestors include a symbolic link is refused, so neither join nor reset can be
+//! steered outside the tree it expects. Writes are atomic: a temporary file in the same directory
+//! gets the exact mode, the bytes and an fsync, then is renamed over the target, and the
+//! directory is fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// A filesystem failure, naming the target path.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The path is not a clean absolute path.
+    #[error("{0}: not a clean absolute path")]
+    BadPath(String),
+    /// An existing ancestor is a symbolic link.
+    #[error("refusing {path}: {link} is a symbolic link; node-attach never follows links out of the tree it manages")]
+    Symlink {
+        /// The target path.
+        path: String,
+        /// The offending ancestor.
+        link: String,
+    },
+    /// An I/O error.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The target path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The root prefix of every filesystem effect.
+#[derive(Clone, Debug)]
+pub struct Root {
+    base: PathBuf,
+}
+
+/// What is at a path now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Nothing.
+    Absent,
+    /// A regular file with these bytes and permission bits.
+    File {
+        /// Contents.
+        bytes: Vec<u8>,
+        /// Permission bits (e.g. 0o644).
+        mode: u32,
+    },
+    /// A directory.
+    Dir,
+    /// A symbolic link to this target.
+    Symlink(PathBuf),
+    /// Something else (socket, device…).
+    Other,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FsError + 'a {
+    move |source| FsError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Root {
+    /// A root at `base` (created if missing).
+    pub fn new(base: impl Into<PathBuf>) -> Root {
+        Root { base: base.into() }
+    }
+
+    /// Whether this is the real root `/`.
+    pub fn is_host(&self) -> bool {
+        self.base == Path::new("/")
+    }
+
+    /// The base directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The real location of an absolute target path, refusing `..` and symlinked ancestors.
+    pub fn resolve(&self, target: &Path) -> Result<PathBuf, FsError> {
+        let shown = target.display().to_string();
+        if !target.is_absolute()
+            || target
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(FsError::BadPath(shown));
+        }
+        let rel = target
+            .strip_prefix("/")
+            .map_err(|_| FsError::BadPath(shown.clone()))?;
+        let mut cur = self.base.clone();
+        let parts: Vec<_> = rel.components().collect();
+        for (i, c) in parts.iter().enumerate() {
+            cur.push(c);
+            if i + 1 == parts.len() {
+                break;
+            }
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(FsError::Symlink {
+                        path: shown,
+                        link: Path::new("/")
+                            .join(cur.strip_prefix(&self.base).unwrap_or(&cur))
+                            .display()
+                            .to_string(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(cur)
+    }
+
+    /// What is at `target` now (a final symlink is reported, not followed).
+    pub fn inspect(&self, target: &Path) -> Result<Existing, FsError> {
+        let real = self.resolve(target)?;
+        let meta = match fs::symlink_metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Absent),
+            Err(e) => return Err(io("inspect", target)(e)),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return Ok(Existing::Symlink(
+                fs::read_link(&real).map_err(io("read link", target))?,
+            ));
+        }
+        if ft.is_dir() {
+            return Ok(Existing::Dir);
+        }
+        if ft.is_file() {
+            let bytes = fs::read(&real).map_err(io("read", target))?;
+            return Ok(Existing::File {
+                bytes,
+                mode: meta.mode() & 0o7777,
+            });
+        }
+        Ok(Existing::Other)
+    }
+
+    /// Reads a file, if present.
+    pub fn read(&self, target: &Path) -> Result<Option<Vec<u8>>, FsError> {
+        match self.inspect(target)? {
+            Existing::File { bytes, .. } => Ok(Some(bytes)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates a directory and its missing parents with `mode`; returns the directories it
+    /// created, outermost first.
+    pub fn mkdir_all(&self, target: &Path, mode: u32) -> Result<Vec<PathBuf>, FsError> {
+        let mut created = Vec::new();
+        let mut missing = Vec::new();
+        let mut cur = Some(target);
+        while let Some(p) = cur {
+            if p == Path::new("/") {
+                break;
+            }
+            match self.inspect(p)? {
+                Existing::Absent => missing.push(p.to_path_buf()),
+                Existing::Dir => break,
+                _ => {
+                    return Err(FsError::Io {
+                        op: "create directory",
+                        path: p.display().to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "exists and is not a directory",
+                        ),
+                    })
+                }
+            }
+            cur = p.parent();
+        }
+        fs::create_dir_all(&self.base).map_err(io("create directory", &self.base))?;
+        for p in missing.into_iter().rev() {
+            let real = self.resolve(&p)?;
+            match fs::create_dir(&real) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create directory", &p)(e)),
+            }
+            fs::set_permissions(&real, fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", &p))?;
+            created.push(p);
+        }
+        Ok(created)
+    }
+
+    /// Writes `bytes` to `target` atomically with exactly `mode`. The parent must exist.
+    pub fn write_atomic(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let mut suffix = [0u8; 6];
+        let _ = getrandom::fill(&mut suffix);
+        let tmp = dir.join(format!(
+            ".{name}.node-attach-{}",
+            suffix
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", target))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", target))?;
+            f.write_all(bytes).map_err(io("write", target))?;
+            f.sync_all().map_err(io("fsync", target))?;
+            fs::rename(&tmp, &real).map_err(io("rename", target))?;
+            sync_dir(dir);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Points `target` at `link_to` atomically (a temporary link renamed into place).
+    pub fn symlink_atomic(&self, target: &Path, link_to: &Path) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        let tmp = real.with_extension("node-attach-updated");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(link_to, &tmp).map_err(io("symlink", target))?;
+        fs::rename(&tmp, &real).map_err(io("rename", target))?;
+        sync_dir(dir);
+        Ok(())
+    }
+
+    /// Sets a file's permission bits.
+    pub fn chmod(&self, target: &Path, mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        fs::set_permissions(&real, fs::Permissions::from_mode(mode)).map_err(io("chmod", target))
+    }
+
+    /// Removes a file or symlink; absent is fine.
+    pub fn remove_file(&self, target: &Path) -> Result<bool, FsError> {
+        let real = self.resolve(target)?;
+        match fs::remove_file(&real) {
+            Ok(()) => {
+                if let Some(dir) = real.parent() {
+                    sync_dir(dir);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("remove", target)(e)),
+        }
+    }
+
+    /// Removes an empty directory; returns false (and leaves it) when it is absent or not empty.
+    pub fn remove_empty_dir(&self, target: &Path) -> Result<bool, FsError> {
+        let real = self.resolve(target)?;
+        match fs::remove_dir(&real) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e)
+                if e.raw_os_error() == Some(39)
+                    || e.kind() == std::io::ErrorKind::DirectoryNotEmpty =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(io("remove directory", target)(e)),
+        }
+    }
+
+    /// Names in a directory (empty when absent).
+    pub fn list_dir(&self, target: &Path) -> Result<Vec<String>, FsError> {
+        let real = self.resolve(target)?;
+        match fs::read_dir(&real) {
+            Ok(rd) => {
+                let mut names: Vec<String> = rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                Ok(names)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io("list", target)(e)),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_with_exact_mode() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/etc/kubernetes"), 0o755)
+            .expect("mkdir");
+        root.write_atomic(Path::new("/etc/kubernetes/kubelet.conf"), b"x", 0o600)
+            .expect("write");
+        assert_eq!(
+            root.inspect(Path::new("/etc/kubernetes/kubelet.conf"))
+                .expect("inspect"),
+            Existing::File {
+                bytes: b"x".to_vec(),
+                mode: 0o600
+            }
+        );
+        root.write_atomic(Path::new("/etc/kubernetes/kubelet.conf"), b"yy", 0o644)
+            .expect("rewrite");
+        assert_eq!(
+            root.inspect(Path::new("/etc/kubernetes/kubelet.conf"))
+                .expect("inspect"),
+            Existing::File {
+                bytes: b"yy".to_vec(),
+                mode: 0o644
+            }
+        );
+        assert_eq!(
+            root.list_dir(Path::new("/etc/kubernetes")).expect("ls"),
+            ["kubelet.conf"]
+        );
+    }
+
+    #[test]
+    fn mkdir_reports_what_it_created() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/etc"), 0o755).expect("etc");
+        let created = root.mkdir_all(Path::new("/etc/a/b"), 0o700).expect("mkdir");
+        assert_eq!(
+            created,
+            [PathBuf::from("/etc/a"), PathBuf::from("/etc/a/b")]
+        );
+        assert!(root
+            .mkdir_all(Path::new("/etc/a/b"), 0o700)
+            .expect("again")
+            .is_empty());
+    }
+
+    #[test]
+    fn symlinked_ancestors_are_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let outside = tempfile::tempdir().expect("outside");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/etc"), 0o755).expect("etc");
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("etc/kubernetes"))
+            .expect("link");
+        let err = root
+            .write_atomic(Path::new("/etc/kubernetes/kubelet.conf"), b"x", 0o600)
+            .expect_err("refused");
+        assert!(matches!(err, FsError::Symlink { .. }), "{err}");
+        assert!(std::fs::read_dir(outside.path())
+            .expect("ls")
+            .next()
+            .is_none());
+        assert!(root.resolve(Path::new("/etc/../x")).is_err());
+        assert!(root.resolve(Path::new("relative")).is_err());
+    }
+}

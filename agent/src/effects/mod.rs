@@ -1,0 +1,510 @@
+//! Every side effect outside the filesystem sits behind a small trait with a real
+//! implementation and a test double: systemd ([`Systemd`]), the OS package manager
+//! ([`Packages`]) and the container runtime's CRI socket ([`Cri`]). The filesystem goes through
+//! [`fs::Root`]. When the root is not `/`, node-attach touches no host service or package: those
+//! steps are journaled as skipped instead.
+
+pub mod fs;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A failed host operation, with the command and its stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct EffectError {
+    /// What was attempted (the command line).
+    pub what: String,
+    /// Why it failed.
+    pub detail: String,
+}
+
+/// Runs a program with a timeout; returns stdout, or an error with stderr.
+pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<String, EffectError> {
+    let what = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| EffectError {
+            what: what.clone(),
+            detail: e.to_string(),
+        })?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(EffectError {
+                    what,
+                    detail: format!("did not finish within {timeout:?}"),
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                return Err(EffectError {
+                    what,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| EffectError {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let detail = stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .chars()
+            .take(400)
+            .collect::<String>();
+        Err(EffectError {
+            what,
+            detail: format!("exit status {}: {detail}", out.status.code().unwrap_or(-1)),
+        })
+    }
+}
+
+/// Finds a program in the usual system directories or PATH.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// systemd, as `systemctl` drives it.
+pub trait Systemd: Send + Sync {
+    /// `systemctl daemon-reload`.
+    fn daemon_reload(&self) -> Result<(), EffectError>;
+    /// Whether the unit is enabled.
+    fn is_enabled(&self, unit: &str) -> bool;
+    /// Whether the unit is active.
+    fn is_active(&self, unit: &str) -> bool;
+    /// `systemctl enable`.
+    fn enable(&self, unit: &str) -> Result<(), EffectError>;
+    /// `systemctl disable`.
+    fn disable(&self, unit: &str) -> Result<(), EffectError>;
+    /// `systemctl start`.
+    fn start(&self, unit: &str) -> Result<(), EffectError>;
+    /// `systemctl restart`.
+    fn restart(&self, unit: &str) -> Result<(), EffectError>;
+    /// `systemctl stop`.
+    fn stop(&self, unit: &str) -> Result<(), EffectError>;
+}
+
+/// The real systemd, through `systemctl`.
+pub struct Systemctl;
+
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Systemctl {
+    fn run(&self, args: &[&str]) -> Result<String, EffectError> {
+        run_command("systemctl", args, SYSTEMCTL_TIMEOUT)
+    }
+}
+
+impl Systemd for Systemctl {
+    fn daemon_reload(&self) -> Result<(), EffectError> {
+        self.run(&["daemon-reload"]).map(drop)
+    }
+    fn is_enabled(&self, unit: &str) -> bool {
+        self.run(&["is-enabled", "--quiet", unit]).is_ok()
+    }
+    fn is_active(&self, unit: &str) -> bool {
+        self.run(&["is-active", "--quiet", unit]).is_ok()
+    }
+    fn enable(&self, unit: &str) -> Result<(), EffectError> {
+        self.run(&["enable", unit]).map(drop)
+    }
+    fn disable(&self, unit: &str) -> Result<(), EffectError> {
+        self.run(&["disable", unit]).map(drop)
+    }
+    fn start(&self, unit: &str) -> Result<(), EffectError> {
+        // --no-block: a unit ordered after cloud-final would otherwise deadlock userdata.
+        self.run(&["start", "--no-block", unit]).map(drop)
+    }
+    fn restart(&self, unit: &str) -> Result<(), EffectError> {
+        self.run(&["restart", "--no-block", unit]).map(drop)
+    }
+    fn stop(&self, unit: &str) -> Result<(), EffectError> {
+        self.run(&["stop", unit]).map(drop)
+    }
+}
+
+/// A systemd double that records calls and keeps unit state in memory.
+#[derive(Default)]
+pub struct RecordingSystemd {
+    /// Calls in order, e.g. `enable kubelet.service`.
+    pub calls: Mutex<Vec<String>>,
+    enabled: Mutex<Vec<String>>,
+    active: Mutex<Vec<String>>,
+}
+
+impl RecordingSystemd {
+    fn record(&self, call: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call);
+    }
+    fn set(list: &Mutex<Vec<String>>, unit: &str, on: bool) {
+        let mut l = list.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|u| u != unit);
+        if on {
+            l.push(unit.to_owned());
+        }
+    }
+}
+
+impl Systemd for RecordingSystemd {
+    fn daemon_reload(&self) -> Result<(), EffectError> {
+        self.record("daemon-reload".into());
+        Ok(())
+    }
+    fn is_enabled(&self, unit: &str) -> bool {
+        self.enabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|u| u == unit)
+    }
+    fn is_active(&self, unit: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|u| u == unit)
+    }
+    fn enable(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("enable {unit}"));
+        Self::set(&self.enabled, unit, true);
+        Ok(())
+    }
+    fn disable(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("disable {unit}"));
+        Self::set(&self.enabled, unit, false);
+        Ok(())
+    }
+    fn start(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("start {unit}"));
+        Self::set(&self.active, unit, true);
+        Ok(())
+    }
+    fn restart(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("restart {unit}"));
+        Self::set(&self.active, unit, true);
+        Ok(())
+    }
+    fn stop(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("stop {unit}"));
+        Self::set(&self.active, unit, false);
+        Ok(())
+    }
+}
+
+/// The OS package manager.
+pub trait Packages: Send + Sync {
+    /// `apt`, `dnf` or `yum`.
+    fn name(&self) -> &'static str;
+    /// The installed version of a package, if installed.
+    fn installed_version(&self, package: &str) -> Option<String>;
+    /// Installs a package (at `version` when given).
+    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError>;
+    /// Removes a package.
+    fn remove(&self, package: &str) -> Result<(), EffectError>;
+}
+
+/// apt (Debian, Ubuntu).
+pub struct Apt;
+/// dnf or yum (RHEL, CentOS, Alibaba Cloud Linux, Fedora).
+pub struct Dnf(&'static str);
+
+const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Packages for Apt {
+    fn name(&self) -> &'static str {
+        "apt"
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        let out = run_command(
+            "dpkg-query",
+            &["-W", "-f", "${Status}\t${Version}", package],
+            Duration::from_secs(30),
+        )
+        .ok()?;
+        let (status, version) = out.split_once('\t')?;
+        status
+            .ends_with(" installed")
+            .then(|| version.trim().to_owned())
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
+        let spec = match version {
+            Some(v) => format!("{package}={v}"),
+            None => package.to_owned(),
+        };
+        if run_command(
+            "apt-get",
+            &["install", "-y", "-q", "--no-install-recommends", &spec],
+            PACKAGE_TIMEOUT,
+        )
+        .is_err()
+        {
+            // The package lists may be missing or stale on a fresh image.
+            run_command("apt-get", &["update", "-q"], PACKAGE_TIMEOUT)?;
+            run_command(
+                "apt-get",
+                &["install", "-y", "-q", "--no-install-recommends", &spec],
+                PACKAGE_TIMEOUT,
+            )?;
+        }
+        Ok(())
+    }
+    fn remove(&self, package: &str) -> Result<(), EffectError> {
+        run_command("apt-get", &["remove", "-y", "-q", package], PACKAGE_TIMEOUT).map(drop)
+    }
+}
+
+impl Packages for Dnf {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        run_command(
+            "rpm",
+            &["-q", "--qf", "%{VERSION}-%{RELEASE}", package],
+            Duration::from_secs(30),
+        )
+        .ok()
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
+        let spec = match version {
+            Some(v) => format!("{package}-{v}"),
+            None => package.to_owned(),
+        };
+        run_command(self.0, &["install", "-y", &spec], PACKAGE_TIMEOUT).map(drop)
+    }
+    fn remove(&self, package: &str) -> Result<(), EffectError> {
+        run_command(self.0, &["remove", "-y", package], PACKAGE_TIMEOUT).map(drop)
+    }
+}
+
+/// The host's package manager, if one is known.
+pub fn detect_packages() -> Option<Box<dyn Packages>> {
+    if which("apt-get").is_some() && which("dpkg-query").is_some() {
+        return Some(Box::new(Apt));
+    }
+    if which("dnf").is_some() {
+        return Some(Box::new(Dnf("dnf")));
+    }
+    if which("yum").is_some() {
+        return Some(Box::new(Dnf("yum")));
+    }
+    None
+}
+
+/// A package manager double: a fixed set of installed packages; installs succeed and are recorded.
+#[derive(Default)]
+pub struct RecordingPackages {
+    /// Installed packages and versions.
+    pub installed: Mutex<Vec<(String, String)>>,
+    /// Calls in order.
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl Packages for RecordingPackages {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(p, _)| p == package)
+            .map(|(_, v)| v.clone())
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("install {package}"));
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((package.to_owned(), version.unwrap_or("1.0").to_owned()));
+        Ok(())
+    }
+    fn remove(&self, package: &str) -> Result<(), EffectError> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("remove {package}"));
+        self.installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, _)| p != package);
+        Ok(())
+    }
+}
+
+/// The container runtime's CRI endpoint.
+pub trait Cri: Send + Sync {
+    /// Waits until a gRPC server answers on the socket, or the timeout passes.
+    fn wait_ready(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError>;
+}
+
+/// The real check: connect to the unix socket and exchange the HTTP/2 connection preface that
+/// every gRPC server (containerd, cri-dockerd) answers with a SETTINGS frame.
+pub struct CriSocket;
+
+impl CriSocket {
+    fn probe(socket: &Path) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        // Client preface, then an empty SETTINGS frame (length 0, type 4, flags 0, stream 0).
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .map_err(|e| e.to_string())?;
+        let mut header = [0u8; 9];
+        s.read_exact(&mut header).map_err(|e| e.to_string())?;
+        if header[3] == 4 {
+            Ok(())
+        } else {
+            Err(format!("unexpected first frame type {}", header[3]))
+        }
+    }
+}
+
+impl Cri for CriSocket {
+    fn wait_ready(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError> {
+        let started = Instant::now();
+        loop {
+            match Self::probe(socket) {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() >= timeout => {
+                    return Err(EffectError {
+                        what: format!("waiting for the CRI socket {}", socket.display()),
+                        detail: format!("no gRPC answer within {timeout:?}: {e}"),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+}
+
+/// A CRI double that is always ready.
+pub struct ReadyCri;
+
+impl Cri for ReadyCri {
+    fn wait_ready(&self, _socket: &Path, _timeout: Duration) -> Result<(), EffectError> {
+        Ok(())
+    }
+}
+
+/// The effects a join or reset may use.
+pub struct Effects {
+    /// The filesystem root.
+    pub root: fs::Root,
+    /// systemd.
+    pub systemd: Box<dyn Systemd>,
+    /// The package manager, if any.
+    pub packages: Option<Box<dyn Packages>>,
+    /// The CRI check.
+    pub cri: Box<dyn Cri>,
+    /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
+    pub host: bool,
+}
+
+impl Effects {
+    /// Real effects for this root. With a root other than `/`, host steps are skipped.
+    pub fn real(root: fs::Root) -> Effects {
+        let host = root.is_host();
+        Effects {
+            root,
+            systemd: Box::new(Systemctl),
+            packages: if host { detect_packages() } else { None },
+            cri: Box::new(CriSocket),
+            host,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_probe_speaks_http2() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sock = dir.path().join("cri.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut preface = [0u8; 24 + 9];
+            c.read_exact(&mut preface).expect("preface");
+            assert!(preface.starts_with(b"PRI * HTTP/2.0"));
+            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).expect("settings");
+        });
+        CriSocket
+            .wait_ready(&sock, Duration::from_secs(5))
+            .expect("ready");
+        server.join().expect("server");
+        let err = CriSocket
+            .wait_ready(&dir.path().join("absent.sock"), Duration::from_millis(300))
+            .expect_err("absent");
+        assert!(err.to_string().contains("no gRPC answer"), "{err}");
+    }
+
+    #[test]
+    fn commands_report_stderr_and_timeouts() {
+        assert_eq!(
+            run_command("sh", &["-c", "echo hi"], Duration::from_secs(5))
+                .expect("ok")
+                .trim(),
+            "hi"
+        );
+        let err = run_command(
+            "sh",
+            &["-c", "echo boom >&2; exit 3"],
+            Duration::from_secs(5),
+        )
+        .expect_err("fails");
+        assert!(err.to_string().contains("exit status 3: boom"), "{err}");
+        let err = run_command("sleep", &["5"], Duration::from_millis(200)).expect_err("slow");
+        assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+}

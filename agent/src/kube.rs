@@ -1,0 +1,225 @@
+//! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
+//! cluster CA, as the bootstrap token or as the node itself.
+
+use crate::http::{Http, HttpError, Limits, Request, Target};
+use crate::kube_version::KubeVersion;
+use crate::secret::Secret;
+use crate::tls;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The HTTP layer failed (includes non-2xx answers).
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The answer is not the JSON expected.
+    #[error("{path}: unexpected answer: {reason}")]
+    Decode {
+        /// API path.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The client could not be built.
+    #[error("cannot build an API client: {0}")]
+    Setup(String),
+}
+
+impl KubeError {
+    /// The HTTP status, if the server answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            KubeError::Http(e) => e.status(),
+            _ => None,
+        }
+    }
+}
+
+/// An API client.
+pub struct Kube {
+    http: Http,
+    server: url::Url,
+    bearer: Option<Secret>,
+}
+
+impl Kube {
+    /// A client for `server`, trusting only `ca_ders`, authenticating with a bearer token.
+    pub fn with_token(
+        server: &str,
+        ca_ders: &[Vec<u8>],
+        token: Option<Secret>,
+        limits: Limits,
+    ) -> Result<Kube, KubeError> {
+        let config = tls::trusting_only(ca_ders).map_err(|e| KubeError::Setup(e.to_string()))?;
+        Kube::build(server, config, token, limits)
+    }
+
+    /// A client authenticating with a client certificate (PEM chain and key).
+    pub fn with_certificate(
+        server: &str,
+        ca_ders: &[Vec<u8>],
+        cert_and_key_pem: &[u8],
+        limits: Limits,
+    ) -> Result<Kube, KubeError> {
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_and_key_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| KubeError::Setup(format!("client certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(cert_and_key_pem)
+            .map_err(|e| KubeError::Setup(format!("client key: {e}")))?;
+        let config = tls::trusting_only_with_identity(ca_ders, chain, key)
+            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        Kube::build(server, config, None, limits)
+    }
+
+    fn build(
+        server: &str,
+        config: rustls::ClientConfig,
+        bearer: Option<Secret>,
+        limits: Limits,
+    ) -> Result<Kube, KubeError> {
+        let server = url::Url::parse(server)
+            .map_err(|e| KubeError::Setup(format!("server URL {server:?}: {e}")))?;
+        let http = Http::new(config, limits).map_err(|e| KubeError::Setup(e.to_string()))?;
+        Ok(Kube {
+            http,
+            server,
+            bearer,
+        })
+    }
+
+    /// The HTTP client (for streams).
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// The bearer token, if any.
+    pub fn bearer(&self) -> Option<&Secret> {
+        self.bearer.as_ref()
+    }
+
+    /// A target for an API path.
+    pub fn target(&self, path: &str) -> Target {
+        let mut url = self.server.clone();
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        url.set_path(p);
+        url.set_query((!q.is_empty()).then_some(q));
+        Target::public(url)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<crate::http::Reply, KubeError> {
+        let target = self.target(path);
+        let mut req = Request::get(&target);
+        req.method = method;
+        req.json = body;
+        req.bearer = self.bearer.as_ref();
+        if let Some(b) = &self.bearer {
+            req.scrub.push(b);
+        }
+        Ok(self.http.send(req).await?)
+    }
+
+    fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
+        serde_json::from_slice(body).map_err(|e| KubeError::Decode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// GET; `None` on 404.
+    pub async fn get(&self, path: &str) -> Result<Option<Value>, KubeError> {
+        match self.call(reqwest::Method::GET, path, None).await {
+            Ok(r) => Ok(Some(Kube::decode(path, &r.body)?)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// POST a JSON object.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
+        let r = self
+            .call(
+                reqwest::Method::POST,
+                path,
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+        Kube::decode(path, &r.body)
+    }
+
+    /// DELETE; `false` when it was already gone.
+    pub async fn delete(&self, path: &str) -> Result<bool, KubeError> {
+        match self.call(reqwest::Method::DELETE, path, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The server's version and its clock (the `Date` header).
+    pub async fn version(&self) -> Result<(KubeVersion, Option<SystemTime>), KubeError> {
+        let r = self.call(reqwest::Method::GET, "/version", None).await?;
+        let v = Kube::decode("/version", &r.body)?;
+        let git = v["gitVersion"].as_str().unwrap_or_default();
+        let version = git.parse::<KubeVersion>().map_err(|e| KubeError::Decode {
+            path: "/version".into(),
+            reason: e.to_string(),
+        })?;
+        let date = r
+            .headers
+            .get(reqwest::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok());
+        Ok((version, date))
+    }
+
+    /// Reads a watch stream, calling `on_event` with each event until it returns `Some`, the
+    /// stream ends, or `timeout` passes.
+    pub async fn watch<T>(
+        &self,
+        path: &str,
+        timeout: Duration,
+        mut on_event: impl FnMut(&str, &Value) -> Option<T>,
+    ) -> Result<Option<T>, KubeError> {
+        let target = self.target(path);
+        let mut response = self
+            .http
+            .open_stream(&target, self.bearer.as_ref(), timeout)
+            .await?;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match self.http.next_chunk(&target.shown, &mut response).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(None),
+                Err(HttpError::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            buf.extend_from_slice(&chunk);
+            if buf.len() > 4 * 1024 * 1024 {
+                return Err(KubeError::Decode {
+                    path: path.into(),
+                    reason: "watch event larger than 4 MiB".into(),
+                });
+            }
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let event = Kube::decode(path, &line)?;
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                if let Some(out) = on_event(&kind, &event["object"]) {
+                    return Ok(Some(out));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! A stand-in for `/usr/bin/kubelet`, because no kubelet binary is packaged on these machines.
+//! It does the part of the kubelet's job that node-attach depends on, the way the kubelet does
+//! it: reads the command line systemd gives it (or, with `--root`, kubeadm-flags.env from a
+//! scratch tree), waits for `--kubeconfig`, and registers the Node with its client certificate
+//! (labels from `--node-labels`, taints from `--register-with-taints`, providerID from the
+//! config file, addresses, a Ready condition), then keeps posting Ready until stopped. It records
+//! its command line and the files it read in `<root>/var/lib/kubelet-standin/record.json`.
+//! It never does TLS bootstrap itself: with only `--bootstrap-kubeconfig` it waits.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Args {
+    root: PathBuf,
+    flags: BTreeMap<String, String>,
+    once: bool,
+    wait: Duration,
+    argv: Vec<String>,
+}
+
+fn parse_args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut flags = BTreeMap::new();
+    let mut root = PathBuf::from("/");
+    let mut once = false;
+    let mut wait = Duration::from_secs(300);
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if a == "--once" {
+            once = true;
+            continue;
+        }
+        let Some(flag) = a.strip_prefix("--") else {
+            continue;
+        };
+        let (k, v) = match flag.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (flag.to_owned(), it.next().cloned().unwrap_or_default()),
+        };
+        match k.as_str() {
+            "root" => root = PathBuf::from(v),
+            "wait-seconds" => wait = Duration::from_secs(v.parse().unwrap_or(300)),
+            _ => {
+                flags.insert(k, v);
+            }
+        }
+    }
+    Args {
+        root,
+        flags,
+        once,
+        wait,
+        argv,
+    }
+}
+
+fn under(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// kubeadm-flags.env's KUBELET_KUBEADM_ARGS, as systemd would expand it.
+fn flags_env(root: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(under(root, "/var/lib/kubelet/kubeadm-flags.env"))
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("KUBELET_KUBEADM_ARGS=") {
+            for arg in v.trim_matches('"').split_whitespace() {
+                if let Some((k, val)) = arg.trim_start_matches("--").split_once('=') {
+                    out.insert(k.to_owned(), val.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads a path inside the root, following a symlink whose target is an absolute node path.
+fn read_in_root(root: &Path, p: &str) -> Option<Vec<u8>> {
+    let real = under(root, p);
+    match std::fs::read_link(&real) {
+        Ok(target) => std::fs::read(under(root, &target.to_string_lossy())).ok(),
+        Err(_) => std::fs::read(real).ok(),
+    }
+}
+
+struct Client {
+    tls: tokio_rustls::TlsConnector,
+    host: String,
+    port: u16,
+}
+
+impl Client {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<(u16, String), String> {
+        let tcp = tokio::net::TcpStream::connect((self.host.trim_matches(['[', ']']), self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(self.host.trim_matches(['[', ']']).to_owned())
+            .map_err(|e| e.to_string())?;
+        let mut tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = body.to_string();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: kubelet-standin\r\nConnection: close\r\n\r\n{body}",
+            self.host, self.port, body.len()
+        );
+        tls.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut resp = Vec::new();
+        let _ = tls.read_to_end(&mut resp).await;
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, text))
+    }
+}
+
+fn client(kubeconfig: &Value, root: &Path) -> Result<Client, String> {
+    let cluster = &kubeconfig["clusters"][0]["cluster"];
+    let user = &kubeconfig["users"][0]["user"];
+    let server = url_parts(cluster["server"].as_str().ok_or("no server")?)?;
+    let ca = STANDARD
+        .decode(
+            cluster["certificate-authority-data"]
+                .as_str()
+                .ok_or("no CA data")?,
+        )
+        .map_err(|e| e.to_string())?;
+    let pair = match user["client-certificate"].as_str() {
+        Some(p) => read_in_root(root, p).ok_or("client certificate unreadable")?,
+        None => {
+            return Err(
+                "no client certificate in the kubeconfig (bootstrap is the kubelet's own job)"
+                    .into(),
+            )
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca).flatten() {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pair).flatten().collect();
+    let key = PrivateKeyDer::from_pem_slice(&pair).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Client {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        host: server.0,
+        port: server.1,
+    })
+}
+
+fn url_parts(server: &str) -> Result<(String, u16), String> {
+    let rest = server
+        .strip_prefix("https://")
+        .ok_or("server is not https")?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or("server has no port")?;
+    Ok((host.to_owned(), port.parse().map_err(|_| "bad port")?))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = parse_args();
+    let root = args.root.clone();
+    let mut flags = args.flags.clone();
+    let kubeconfig_path = flags
+        .get("kubeconfig")
+        .cloned()
+        .unwrap_or_else(|| "/etc/kubernetes/kubelet.conf".into());
+    let config_path = flags
+        .get("config")
+        .cloned()
+        .unwrap_or_else(|| "/var/lib/kubelet/config.yaml".into());
+    let started = Instant::now();
+    let kubeconfig_text = loop {
+        if let Some(b) = read_in_root(&root, &kubeconfig_path) {
+            break String::from_utf8_lossy(&b).into_owned();
+        }
+        if started.elapsed() > args.wait {
+            eprintln!("kubelet-standin: {kubeconfig_path} never appeared");
+            std::process::exit(1);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if root != Path::new("/") {
+        // What systemd would have expanded from the drop-in's EnvironmentFile.
+        for (k, v) in flags_env(&root) {
+            flags.entry(k).or_insert(v);
+        }
+    }
+    let config_text = read_in_root(&root, &config_path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let record_dir = under(&root, "/var/lib/kubelet-standin");
+    let _ = std::fs::create_dir_all(&record_dir);
+    let _ = std::fs::write(
+        record_dir.join("record.json"),
+        serde_json::to_vec_pretty(
+            &json!({"argv": args.argv, "flags": flags, "config": config_text}),
+        )
+        .unwrap_or_default(),
+    );
+    let kubeconfig: Value = serde_yaml_ng::from_str(&kubeconfig_text).unwrap_or(Value::Null);
+    let client = match client(&kubeconfig, &root) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubelet-standin: {e}");
+            std::process::exit(1);
+        }
+    };
+    let config: Value = serde_yaml_ng::from_str(&config_text).unwrap_or(Value::Null);
+    let hostname = nix_hostname();
+    let name = flags
+        .get("hostname-override")
+        .cloned()
+        .unwrap_or(hostname.clone());
+    let mut labels = serde_json::Map::new();
+    labels.insert("kubernetes.io/hostname".into(), json!(name));
+    labels.insert("kubernetes.io/os".into(), json!("linux"));
+    labels.insert(
+        "kubernetes.io/arch".into(),
+        json!(if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        }),
+    );
+    if let Some(l) = flags.get("node-labels") {
+        for kv in l.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            labels.insert(k.into(), json!(v));
+        }
+    }
+    let taints: Vec<Value> = flags
+        .get("register-with-taints")
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|t| {
+                    let (kv, effect) = t.rsplit_once(':').unwrap_or((t, "NoSchedule"));
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    json!({"key": k, "value": v, "effect": effect})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut spec = json!({});
+    if !taints.is_empty() {
+        spec["taints"] = json!(taints);
+    }
+    if let Some(p) = config["providerID"]
+        .as_str()
+        .or(flags.get("provider-id").map(String::as_str))
+    {
+        spec["providerID"] = json!(p);
+    }
+    let ip = flags
+        .get("node-ip")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let status = |now: &str| {
+        json!({
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet-standin is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": hostname}],
+            "nodeInfo": {"kubeletVersion": "v0.0.0-standin", "containerRuntimeVersion": flags.get("container-runtime-endpoint").cloned().unwrap_or_default()},
+        })
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec, "status": status(&now)});
+    match client
+        .request("POST", "/api/v1/nodes", "application/json", &node)
+        .await
+    {
+        Ok((201, _)) => eprintln!("kubelet-standin: registered node {name}"),
+        Ok((409, _)) => eprintln!("kubelet-standin: node {name} already registered"),
+        Ok((code, text)) => {
+            eprintln!(
+                "kubelet-standin: registering {name} failed: HTTP {code}: {}",
+                text.lines().last().unwrap_or("")
+            );
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("kubelet-standin: registering {name} failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    if args.once {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let _ = client
+            .request(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}/status"),
+                "application/merge-patch+json",
+                &json!({"status": status(&now)}),
+            )
+            .await;
+    }
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
