@@ -116,6 +116,9 @@ codes! {
     /// The Node did not appear in the API in time.
     NodeNotRegistered = ("confirm.node-not-registered", 61,
         "The kubelet started but did not register: check `journalctl -u kubelet` (cgroup driver, CRI socket, certificates)."),
+    /// Some reset steps failed or were refused.
+    ResetIncomplete = ("reset.incomplete", 80,
+        "Some steps failed or were refused (listed above): fix what they name (a busy mount, a symlink swapped into a managed path) and run reset again; it is safe to repeat."),
     /// A file or the journal could not be written.
     Filesystem = ("filesystem", 70,
         "A file could not be written or read as the message says: check disk space, permissions, and that no path is a symlink."),

@@ -872,7 +872,7 @@ async fn confirm(
     token_client: &Kube,
     identity: &Identity,
 ) -> Result<(bool, bool), Failure> {
-    let node_client = match root.read(Path::new(bootstrap::CURRENT)) {
+    let node_client = match root.read_following(Path::new(bootstrap::CURRENT)) {
         Ok(Some(pair)) if settings.tls_bootstrap == TlsBootstrapMode::NodeAttach => {
             Kube::with_certificate(&found.api_server, &found.ca_ders, &pair, settings.limits).ok()
         }

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod pin;
 pub mod preflight;
 pub mod report;
+pub mod reset;
 pub mod runtime;
 pub mod secret;
 pub mod settings;

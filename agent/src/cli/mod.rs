@@ -7,6 +7,8 @@
 pub mod common;
 pub mod discover;
 pub mod join;
+pub mod reset;
+pub mod status;
 pub mod version;
 
 use crate::error::{Code, Failure};
@@ -43,6 +45,10 @@ pub enum Command {
     Join(Box<join::JoinArgs>),
     /// Verify an API server like `kubeadm join` token discovery, changing nothing.
     Discover(discover::DiscoverArgs),
+    /// Undo what join did and clean up what the kubelet left.
+    Reset(reset::ResetArgs),
+    /// Show what join did and how the node is doing.
+    Status(status::StatusArgs),
     /// Print the version.
     Version(version::VersionArgs),
 }
@@ -52,6 +58,8 @@ impl Command {
         match self {
             Command::Join(_) => "join",
             Command::Discover(_) => "discover",
+            Command::Reset(_) => "reset",
+            Command::Status(_) => "status",
             Command::Version(_) => "version",
         }
     }
@@ -92,6 +100,8 @@ where
         match cli.command {
             Command::Join(args) => crate::join::run(*args, &mut reporter).await,
             Command::Discover(args) => discover::run(args, &mut reporter).await,
+            Command::Reset(args) => reset::run(args, &mut reporter).await,
+            Command::Status(args) => status::run(args, &mut reporter),
             Command::Version(args) => version::run(args, &mut reporter),
         }
     });

@@ -159,6 +159,16 @@ impl Root {
         }
     }
 
+    /// Reads a file, following a final symlink whose target is an absolute path on the node
+    /// (resolved under the root, like every other path).
+    pub fn read_following(&self, target: &Path) -> Result<Option<Vec<u8>>, FsError> {
+        match self.inspect(target)? {
+            Existing::File { bytes, .. } => Ok(Some(bytes)),
+            Existing::Symlink(to) if to.is_absolute() => self.read(&to),
+            _ => Ok(None),
+        }
+    }
+
     /// Creates a directory and its missing parents with `mode`; returns the directories it
     /// created, outermost first.
     pub fn mkdir_all(&self, target: &Path, mode: u32) -> Result<Vec<PathBuf>, FsError> {

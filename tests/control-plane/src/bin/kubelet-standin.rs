@@ -4,7 +4,8 @@
 //! scratch tree), waits for `--kubeconfig`, and registers the Node with its client certificate
 //! (labels from `--node-labels`, taints from `--register-with-taints`, providerID from the
 //! config file, addresses, a Ready condition), then keeps posting Ready until stopped. It records
-//! its command line and the files it read in `<root>/var/lib/kubelet-standin/record.json`.
+//! its command line and the files it read in `--record FILE` (default, on a real root,
+//! `/var/lib/kubelet-standin/record.json`).
 //! It never does TLS bootstrap itself: with only `--bootstrap-kubeconfig` it waits.
 
 use base64::engine::general_purpose::STANDARD;
@@ -24,6 +25,7 @@ struct Args {
     once: bool,
     wait: Duration,
     argv: Vec<String>,
+    record: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -32,6 +34,7 @@ fn parse_args() -> Args {
     let mut root = PathBuf::from("/");
     let mut once = false;
     let mut wait = Duration::from_secs(300);
+    let mut record = None;
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         if a == "--once" {
@@ -48,10 +51,14 @@ fn parse_args() -> Args {
         match k.as_str() {
             "root" => root = PathBuf::from(v),
             "wait-seconds" => wait = Duration::from_secs(v.parse().unwrap_or(300)),
+            "record" => record = Some(PathBuf::from(v)),
             _ => {
                 flags.insert(k, v);
             }
         }
+    }
+    if record.is_none() && root == Path::new("/") {
+        record = Some(PathBuf::from("/var/lib/kubelet-standin/record.json"));
     }
     Args {
         root,
@@ -59,6 +66,7 @@ fn parse_args() -> Args {
         once,
         wait,
         argv,
+        record,
     }
 }
 
@@ -217,15 +225,13 @@ async fn main() {
     let config_text = read_in_root(&root, &config_path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let record_dir = under(&root, "/var/lib/kubelet-standin");
-    let _ = std::fs::create_dir_all(&record_dir);
-    let _ = std::fs::write(
-        record_dir.join("record.json"),
-        serde_json::to_vec_pretty(
-            &json!({"argv": args.argv, "flags": flags, "config": config_text}),
-        )
-        .unwrap_or_default(),
-    );
+    if let Some(record) = &args.record {
+        if let Some(dir) = record.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let view = json!({"argv": args.argv, "flags": flags, "config": config_text});
+        let _ = std::fs::write(record, serde_json::to_vec_pretty(&view).unwrap_or_default());
+    }
     let kubeconfig: Value = serde_yaml_ng::from_str(&kubeconfig_text).unwrap_or(Value::Null);
     let client = match client(&kubeconfig, &root) {
         Ok(c) => c,

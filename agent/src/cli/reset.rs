@@ -1,0 +1,117 @@
+//! `node-attach reset`: undo what join did (see [`crate::reset`]).
+
+use crate::effects::fs::Root;
+use crate::effects::Effects;
+use crate::error::{Code, Failure};
+use crate::report::{Reporter, Status};
+use crate::reset::{self, ResetOptions};
+use std::path::PathBuf;
+
+/// Return this machine to the state it was in before join.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ResetArgs {
+    /// The root prefix join used.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// List every step and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Delete this node's Node object first, with the node's own credentials (NodeRestriction
+    /// lets a node delete only itself). An unreachable API server is reported, not fatal.
+    #[arg(long)]
+    pub delete_node: bool,
+
+    /// Uninstall the packages join installed.
+    #[arg(long)]
+    pub remove_packages: bool,
+
+    /// Cleanup steps to skip: mounts, containers, kubelet-state, cni, iptables, interfaces.
+    #[arg(long, value_name = "STEPS", value_delimiter = ',')]
+    pub skip: Vec<String>,
+}
+
+const STEPS: &[&str] = &[
+    "mounts",
+    "containers",
+    "kubelet-state",
+    "cni",
+    "iptables",
+    "interfaces",
+    "all",
+];
+
+/// Runs reset and prints its report.
+pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure> {
+    for s in &args.skip {
+        if !STEPS.contains(&s.as_str()) {
+            return Err(Failure::new(
+                Code::Usage,
+                format!(
+                    "invalid --skip {s:?}: expected some of {}",
+                    STEPS.join(", ")
+                ),
+            ));
+        }
+    }
+    let root = Root::new(&args.root);
+    if root.is_host() && !nix::unistd::geteuid().is_root() && !args.dry_run {
+        return Err(Failure::new(
+            Code::Usage,
+            "reset changes the host: run it as root (or --root DIR for a scratch tree)",
+        ));
+    }
+    let fx = Effects::real(root);
+    let opts = ResetOptions {
+        dry_run: args.dry_run,
+        delete_node: args.delete_node,
+        remove_packages: args.remove_packages,
+        skip: args.skip,
+    };
+    let started = std::time::Instant::now();
+    reporter.phase("reset", Status::Started, None, "");
+    let report = reset::run(&fx, &opts).await?;
+    let status = if report.problems > 0 {
+        Status::Failed
+    } else {
+        Status::Done
+    };
+    reporter.phase(
+        "reset",
+        status,
+        Some(started.elapsed()),
+        &format!("{} steps, journal {}", report.steps.len(), report.journal),
+    );
+    if report.journal != "used" {
+        reporter.notice(&format!(
+            "the journal is {}: only the documented Kubernetes paths were cleaned (docs/reset.md)",
+            report.journal
+        ));
+    }
+    let mut text = format!("node: {}\n", report.node);
+    for s in &report.steps {
+        text.push_str(&format!(
+            "  {:<10} {:<8} {}{}\n",
+            s.kind,
+            s.outcome,
+            s.target,
+            if s.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.detail)
+            }
+        ));
+    }
+    reporter.result(&report, &text);
+    if report.problems > 0 {
+        return Err(Failure::new(
+            Code::ResetIncomplete,
+            format!(
+                "{} reset steps failed or were refused; see above",
+                report.problems
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,953 @@
+//! `node-attach reset`: undo exactly what join did, and clean up what the kubelet and the runtime
+//! created while the node ran.
+//!
+//! Order: delete this node's Node with its own credentials (`--delete-node`), stop the kubelet,
+//! unmount everything under /var/lib/kubelet (deepest first, never following a path out of the
+//! tree; a mount that will not go keeps its directory), remove Kubernetes containers, CNI
+//! configuration and state, kube-proxy/CNI iptables chains and CNI interfaces (each its own
+//! step, each skippable), then replay the journal backwards (restore overwritten files byte for
+//! byte with their modes, remove created files and then empty created directories, revert
+//! sysctls, re-enable swap, disable units, remove packages only with `--remove-packages`) and
+//! finally delete the journal. Nothing outside the journal and the documented Kubernetes paths
+//! (`docs/reset.md`) is ever deleted. With no journal, or a damaged one, only the documented
+//! paths are cleaned, and the output says so.
+
+use crate::bootstrap;
+use crate::effects::fs::{Existing, Root};
+use crate::effects::{run_command, Effects};
+use crate::error::{Code, Failure};
+use crate::journal::{self, Change, Journal, JournalError, Record};
+use crate::kube::Kube;
+use crate::kubeconfig::Kubeconfig;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Files in /etc/kubernetes that belong to a joined node (never the directory's other files).
+pub const KUBERNETES_FILES: &[&str] = &[
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+    "/etc/kubernetes/pki/ca.crt",
+];
+/// Directories whose contents are the kubelet's and CNI's state.
+pub const STATE_DIRS: &[&str] = &["/var/lib/kubelet"];
+/// CNI configuration and state.
+pub const CNI_DIRS: &[&str] = &["/etc/cni/net.d", "/var/lib/cni"];
+/// Interfaces CNI plugins and kube-proxy create.
+pub const CNI_INTERFACES: &[&str] = &[
+    "cni0",
+    "flannel.1",
+    "flannel-v6.1",
+    "vxlan.calico",
+    "vxlan-v6.calico",
+    "kube-ipvs0",
+    "nodelocaldns",
+    "cilium_host",
+    "cilium_net",
+    "cilium_vxlan",
+    "weave",
+    "tunl0",
+];
+/// iptables chain prefixes kube-proxy and CNI plugins own.
+pub const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-", "FLANNEL-", "cali-", "CILIUM_"];
+
+/// What reset should do.
+#[derive(Clone, Debug, Default)]
+pub struct ResetOptions {
+    /// Plan only.
+    pub dry_run: bool,
+    /// Delete this node's Node object first.
+    pub delete_node: bool,
+    /// Uninstall packages join installed.
+    pub remove_packages: bool,
+    /// Cleanup steps to skip: mounts, containers, cni, iptables, interfaces, kubelet-state.
+    pub skip: Vec<String>,
+}
+
+/// One reset step.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResetStep {
+    /// Step kind.
+    pub kind: &'static str,
+    /// Path, unit, key…
+    pub target: String,
+    /// done, would-do, skipped, refused, failed.
+    pub outcome: &'static str,
+    /// Why.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// The report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResetReport {
+    /// Whether the journal was used (false: missing or damaged, documented paths only).
+    pub journal: &'static str,
+    /// Node deletion: deleted, absent, skipped (unreachable or not asked).
+    pub node: String,
+    /// Every step.
+    pub steps: Vec<ResetStep>,
+    /// Steps that failed or were refused.
+    pub problems: usize,
+    /// Dry run.
+    pub dry_run: bool,
+}
+
+struct Ctx<'a> {
+    fx: &'a Effects,
+    opts: &'a ResetOptions,
+    steps: Vec<ResetStep>,
+    /// Real directories that still hold a mount and must not be deleted.
+    pinned: Vec<PathBuf>,
+}
+
+impl Ctx<'_> {
+    fn step(
+        &mut self,
+        kind: &'static str,
+        target: impl Into<String>,
+        outcome: &'static str,
+        detail: impl Into<String>,
+    ) {
+        let (target, detail) = (target.into(), detail.into());
+        match outcome {
+            "failed" | "refused" => tracing::warn!("reset {kind} {target}: {outcome}: {detail}"),
+            _ => tracing::info!("reset {kind} {target}: {outcome}"),
+        }
+        self.steps.push(ResetStep {
+            kind,
+            target,
+            outcome,
+            detail,
+        });
+    }
+
+    fn skipped(&self, what: &str) -> bool {
+        self.opts.skip.iter().any(|s| s == what || s == "all")
+    }
+
+    fn host_outcome(&self) -> &'static str {
+        if self.opts.dry_run {
+            "would-do"
+        } else {
+            "done"
+        }
+    }
+}
+
+/// Runs reset.
+pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failure> {
+    let root = &fx.root;
+    let (records, journal_state) = match Journal::load(root) {
+        Ok(Some(r)) => (Some(r), "used"),
+        Ok(None) => (None, "missing"),
+        Err(JournalError::Damaged { line, reason }) => {
+            tracing::warn!("the journal is damaged at line {line} ({reason}): cleaning the documented Kubernetes paths only");
+            (None, "damaged")
+        }
+        Err(e) => return Err(Failure::new(Code::Filesystem, e.to_string())),
+    };
+    let mut ctx = Ctx {
+        fx,
+        opts,
+        steps: Vec::new(),
+        pinned: Vec::new(),
+    };
+
+    let node = if opts.delete_node {
+        delete_node(&mut ctx).await
+    } else {
+        "not asked (--delete-node)".to_owned()
+    };
+
+    // The kubelet first, so nothing is recreated behind our back.
+    if fx.host {
+        if opts.dry_run {
+            ctx.step("unit", "stop kubelet.service", "would-do", "");
+        } else if fx.systemd.is_active("kubelet.service") {
+            match fx.systemd.stop("kubelet.service") {
+                Ok(()) => ctx.step("unit", "stop kubelet.service", "done", ""),
+                Err(e) => ctx.step("unit", "stop kubelet.service", "failed", e.to_string()),
+            }
+        }
+    }
+    if !ctx.skipped("mounts") {
+        unmount_kubelet(&mut ctx);
+    }
+    if !ctx.skipped("containers") {
+        remove_containers(&mut ctx);
+    }
+    if !ctx.skipped("kubelet-state") {
+        for dir in STATE_DIRS {
+            empty_dir(&mut ctx, Path::new(dir));
+        }
+        for f in KUBERNETES_FILES {
+            // Journaled files are restored below; the rest of this list is the kubelet's.
+            if records
+                .as_ref()
+                .is_none_or(|r| !first_records(r).contains_key(Path::new(f)))
+            {
+                remove_path(&mut ctx, Path::new(f), "kubelet-state");
+            }
+        }
+    }
+    if !ctx.skipped("cni") {
+        for dir in CNI_DIRS {
+            empty_dir(&mut ctx, Path::new(dir));
+        }
+    }
+    if !ctx.skipped("iptables") {
+        flush_chains(&mut ctx);
+    }
+    if !ctx.skipped("interfaces") {
+        delete_interfaces(&mut ctx);
+    }
+
+    match &records {
+        Some(r) => replay(&mut ctx, r),
+        None => {
+            ctx.step(
+                "journal",
+                journal::JOURNAL_FILE,
+                "skipped",
+                format!(
+                    "journal {journal_state}: only the documented Kubernetes paths were cleaned"
+                ),
+            );
+        }
+    }
+    remove_state_dir(&mut ctx, records.as_deref());
+
+    let problems = ctx
+        .steps
+        .iter()
+        .filter(|s| matches!(s.outcome, "failed" | "refused"))
+        .count();
+    Ok(ResetReport {
+        journal: journal_state,
+        node,
+        steps: ctx.steps,
+        problems,
+        dry_run: opts.dry_run,
+    })
+}
+
+/// The first record of each path: it holds the state before join.
+fn first_records(records: &[Record]) -> std::collections::HashMap<PathBuf, u64> {
+    let mut out = std::collections::HashMap::new();
+    for r in records.iter().filter(|r| r.event == "begin") {
+        if let Some(
+            Change::File { path, .. } | Change::Symlink { path, .. } | Change::Dir { path },
+        ) = &r.change
+        {
+            out.entry(path.clone()).or_insert(r.seq);
+        }
+    }
+    out
+}
+
+async fn delete_node(ctx: &mut Ctx<'_>) -> String {
+    let root = &ctx.fx.root;
+    let Some(conf) = root.read(Path::new(bootstrap::KUBELET_CONF)).ok().flatten() else {
+        ctx.step(
+            "api",
+            "DELETE node",
+            "skipped",
+            "no /etc/kubernetes/kubelet.conf: no node credentials",
+        );
+        return "skipped: no node credentials".into();
+    };
+    let Some(pair) = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+    else {
+        ctx.step("api", "DELETE node", "skipped", "no client certificate");
+        return "skipped: no client certificate".into();
+    };
+    let name = node_name_of(&pair);
+    let cluster =
+        Kubeconfig::parse(&String::from_utf8_lossy(&conf)).and_then(|k| k.current_cluster());
+    let (Some(name), Ok(cluster)) = (name, cluster) else {
+        ctx.step(
+            "api",
+            "DELETE node",
+            "skipped",
+            "kubelet.conf or the certificate is unreadable",
+        );
+        return "skipped: unreadable credentials".into();
+    };
+    if ctx.opts.dry_run {
+        ctx.step(
+            "api",
+            format!("DELETE /api/v1/nodes/{name}"),
+            "would-do",
+            "as the node itself",
+        );
+        return format!("would delete {name}");
+    }
+    let ca = crate::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
+    let limits = crate::http::Limits {
+        request_timeout: Duration::from_secs(10),
+        ..crate::http::Limits::default()
+    };
+    let outcome = match Kube::with_certificate(&cluster.server, &ca, &pair, limits) {
+        Ok(kube) => kube
+            .delete(&format!("/api/v1/nodes/{name}"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match outcome {
+        Ok(true) => {
+            ctx.step(
+                "api",
+                format!("DELETE /api/v1/nodes/{name}"),
+                "done",
+                "with the node's own credentials",
+            );
+            format!("deleted {name}")
+        }
+        Ok(false) => {
+            ctx.step(
+                "api",
+                format!("DELETE /api/v1/nodes/{name}"),
+                "done",
+                "already absent",
+            );
+            format!("{name} was already absent")
+        }
+        Err(e) => {
+            ctx.step(
+                "api",
+                format!("DELETE /api/v1/nodes/{name}"),
+                "skipped",
+                format!("API server unreachable or refused: {e}"),
+            );
+            format!("skipped: {e}")
+        }
+    }
+}
+
+fn node_name_of(pair: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pair)
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    cn.strip_prefix("system:node:").map(str::to_owned)
+}
+
+/// Mount points under `<root>/var/lib/kubelet/`, deepest first, from /proc/self/mountinfo.
+pub fn kubelet_mounts(root: &Root) -> Vec<PathBuf> {
+    let Ok(base) = root.resolve(Path::new("/var/lib/kubelet")) else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(&base) && m != &base)
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
+}
+
+fn unmount_kubelet(ctx: &mut Ctx<'_>) {
+    for m in kubelet_mounts(&ctx.fx.root) {
+        let shown = m.display().to_string();
+        if ctx.opts.dry_run {
+            ctx.step("unmount", shown, "would-do", "");
+            continue;
+        }
+        match nix::mount::umount2(&m, nix::mount::MntFlags::empty()) {
+            Ok(()) => ctx.step("unmount", shown, "done", ""),
+            Err(e) => {
+                ctx.step(
+                    "unmount",
+                    shown,
+                    "failed",
+                    format!("{e}; its directory is kept"),
+                );
+                ctx.pinned.push(m);
+            }
+        }
+    }
+}
+
+fn remove_containers(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        ctx.step(
+            "containers",
+            "Kubernetes pod sandboxes and containers",
+            "skipped",
+            "--root is not /",
+        );
+        return;
+    }
+    let outcome = ctx.host_outcome();
+    if crate::effects::which("ctr").is_some() {
+        if ctx.opts.dry_run {
+            ctx.step(
+                "containers",
+                "containerd namespace k8s.io",
+                outcome,
+                "ctr -n k8s.io",
+            );
+        } else {
+            let tasks = run_command(
+                "ctr",
+                &["-n", "k8s.io", "tasks", "list", "-q"],
+                Duration::from_secs(30),
+            )
+            .unwrap_or_default();
+            for t in tasks.lines().filter(|t| !t.is_empty()) {
+                let _ = run_command(
+                    "ctr",
+                    &["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", t],
+                    Duration::from_secs(30),
+                );
+                let _ = run_command(
+                    "ctr",
+                    &["-n", "k8s.io", "tasks", "delete", "-f", t],
+                    Duration::from_secs(30),
+                );
+            }
+            let containers = run_command(
+                "ctr",
+                &["-n", "k8s.io", "containers", "list", "-q"],
+                Duration::from_secs(30),
+            )
+            .unwrap_or_default();
+            let n = containers.lines().filter(|c| !c.is_empty()).count();
+            for c in containers.lines().filter(|c| !c.is_empty()) {
+                let _ = run_command(
+                    "ctr",
+                    &["-n", "k8s.io", "containers", "delete", c],
+                    Duration::from_secs(30),
+                );
+            }
+            ctx.step(
+                "containers",
+                "containerd namespace k8s.io",
+                "done",
+                format!("{n} containers"),
+            );
+        }
+    }
+    if crate::effects::which("docker").is_some() && ctx.fx.systemd.is_active("docker.service") {
+        if ctx.opts.dry_run {
+            ctx.step("containers", "docker k8s_* containers", outcome, "");
+        } else {
+            let ids = run_command(
+                "docker",
+                &["ps", "-aq", "--filter", "name=k8s_"],
+                Duration::from_secs(30),
+            )
+            .unwrap_or_default();
+            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().copied());
+                let _ = run_command("docker", &args, Duration::from_secs(120));
+            }
+            ctx.step(
+                "containers",
+                "docker k8s_* containers",
+                "done",
+                format!("{} containers", ids.len()),
+            );
+        }
+    }
+}
+
+/// Removes the contents of a documented directory, never crossing into another filesystem,
+/// never following symlinks, and keeping anything that still holds a mount.
+fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
+    let real = match ctx.fx.root.resolve(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.step(
+                "remove",
+                dir.display().to_string(),
+                "refused",
+                e.to_string(),
+            );
+            return;
+        }
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&real) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let names = ctx.fx.root.list_dir(dir).unwrap_or_default();
+    for name in names {
+        let target = dir.join(&name);
+        let real_child = real.join(&name);
+        if ctx.opts.dry_run {
+            ctx.step("remove", target.display().to_string(), "would-do", "");
+            continue;
+        }
+        match remove_tree(&real_child, meta.dev(), &ctx.pinned) {
+            Ok(true) => ctx.step("remove", target.display().to_string(), "done", ""),
+            Ok(false) => ctx.step(
+                "remove",
+                target.display().to_string(),
+                "failed",
+                "kept: it holds a mount that would not unmount",
+            ),
+            Err(e) => ctx.step(
+                "remove",
+                target.display().to_string(),
+                "failed",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// Removes a tree on device `dev`; returns false when something was kept (a mount).
+fn remove_tree(path: &Path, dev: u64, pinned: &[PathBuf]) -> std::io::Result<bool> {
+    if pinned.iter().any(|p| p.starts_with(path)) {
+        // Remove what we can around the mount, keep the path to it.
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() && !pinned.iter().any(|p| p == path) {
+            let mut all = true;
+            for e in std::fs::read_dir(path)? {
+                all &= remove_tree(&e?.path(), dev, pinned)?;
+            }
+            let _ = all;
+        }
+        return Ok(false);
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        if meta.dev() != dev {
+            return Ok(false);
+        }
+        let mut all = true;
+        for e in std::fs::read_dir(path)? {
+            all &= remove_tree(&e?.path(), dev, pinned)?;
+        }
+        if all {
+            std::fs::remove_dir(path)?;
+        }
+        Ok(all)
+    } else {
+        std::fs::remove_file(path)?;
+        Ok(true)
+    }
+}
+
+fn remove_path(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str) {
+    let shown = path.display().to_string();
+    match ctx.fx.root.inspect(path) {
+        Ok(Existing::Absent) => {}
+        Ok(Existing::File { .. } | Existing::Symlink(_)) => {
+            if ctx.opts.dry_run {
+                ctx.step(kind, shown, "would-do", "");
+            } else {
+                match ctx.fx.root.remove_file(path) {
+                    Ok(_) => ctx.step(kind, shown, "done", ""),
+                    Err(e) => ctx.step(kind, shown, "failed", e.to_string()),
+                }
+            }
+        }
+        Ok(_) => ctx.step(kind, shown, "refused", "not a regular file"),
+        Err(e) => ctx.step(kind, shown, "refused", e.to_string()),
+    }
+}
+
+fn flush_chains(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        ctx.step(
+            "iptables",
+            "kube-proxy and CNI chains",
+            "skipped",
+            "--root is not /",
+        );
+        return;
+    }
+    for (save, tool) in [
+        ("iptables-save", "iptables"),
+        ("ip6tables-save", "ip6tables"),
+    ] {
+        if crate::effects::which(save).is_none() {
+            continue;
+        }
+        let Ok(dump) = run_command(save, &[], Duration::from_secs(60)) else {
+            continue;
+        };
+        let mut table = String::new();
+        let mut chains: Vec<(String, String)> = Vec::new();
+        let mut jumps: Vec<(String, String)> = Vec::new();
+        for line in dump.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.to_owned();
+            } else if let Some(c) = line.strip_prefix(':') {
+                let name = c.split_whitespace().next().unwrap_or_default();
+                if CHAIN_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                    chains.push((table.clone(), name.to_owned()));
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                // Rules in built-in chains that jump into an owned chain.
+                let mut parts = rule.split_whitespace();
+                let chain = parts.next().unwrap_or_default();
+                let target = rule
+                    .split(" -j ")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next())
+                    .unwrap_or_default();
+                if !CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
+                    && CHAIN_PREFIXES.iter().any(|p| target.starts_with(p))
+                {
+                    jumps.push((table.clone(), rule.to_owned()));
+                }
+            }
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        let summary = format!(
+            "{tool}: {} chains ({})",
+            chains.len(),
+            chains
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if ctx.opts.dry_run {
+            ctx.step("iptables", summary, "would-do", "");
+            continue;
+        }
+        for (t, rule) in &jumps {
+            let mut args = vec!["-t", t.as_str(), "-D"];
+            args.extend(rule.split_whitespace());
+            let _ = run_command(tool, &args, Duration::from_secs(30));
+        }
+        for (t, c) in &chains {
+            let _ = run_command(tool, &["-t", t, "-F", c], Duration::from_secs(30));
+        }
+        let mut failed = Vec::new();
+        for (t, c) in &chains {
+            if run_command(tool, &["-t", t, "-X", c], Duration::from_secs(30)).is_err() {
+                failed.push(c.clone());
+            }
+        }
+        if failed.is_empty() {
+            ctx.step("iptables", summary, "done", "");
+        } else {
+            ctx.step(
+                "iptables",
+                summary,
+                "failed",
+                format!("could not delete {}", failed.join(", ")),
+            );
+        }
+    }
+    if crate::effects::which("ipvsadm").is_some() {
+        if ctx.opts.dry_run {
+            ctx.step(
+                "ipvs",
+                "kube-proxy virtual servers",
+                "would-do",
+                "ipvsadm --clear",
+            );
+        } else {
+            match run_command("ipvsadm", &["--clear"], Duration::from_secs(30)) {
+                Ok(_) => ctx.step("ipvs", "kube-proxy virtual servers", "done", ""),
+                Err(e) => ctx.step(
+                    "ipvs",
+                    "kube-proxy virtual servers",
+                    "failed",
+                    e.to_string(),
+                ),
+            }
+        }
+    }
+}
+
+fn delete_interfaces(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        ctx.step("interfaces", "CNI interfaces", "skipped", "--root is not /");
+        return;
+    }
+    for name in CNI_INTERFACES {
+        if !Path::new("/sys/class/net").join(name).exists() {
+            continue;
+        }
+        if ctx.opts.dry_run {
+            ctx.step("interface", *name, "would-do", "");
+            continue;
+        }
+        match run_command("ip", &["link", "delete", name], Duration::from_secs(30)) {
+            Ok(_) => ctx.step("interface", *name, "done", ""),
+            Err(e) => ctx.step("interface", *name, "failed", e.to_string()),
+        }
+    }
+}
+
+fn is_state_path(p: &Path) -> bool {
+    let state = Path::new(journal::STATE_DIR);
+    p == state || p.starts_with(state) || state.starts_with(p)
+}
+
+fn replay(ctx: &mut Ctx<'_>, records: &[Record]) {
+    let firsts = first_records(records);
+    let fx = ctx.fx;
+    let root = &fx.root;
+    let mut seen: HashSet<u64> = HashSet::new();
+    for r in records.iter().rev().filter(|r| r.event == "begin") {
+        if !seen.insert(r.seq) {
+            continue;
+        }
+        let Some(change) = &r.change else { continue };
+        match change {
+            Change::File { path, prior } => {
+                if firsts.get(path) != Some(&r.seq) {
+                    continue;
+                }
+                let shown = path.display().to_string();
+                match prior {
+                    Some(p) => {
+                        let backup = PathBuf::from(journal::BACKUP_DIR).join(&p.backup);
+                        let bytes = match root.read(&backup) {
+                            Ok(Some(b)) => b,
+                            _ => {
+                                ctx.step("restore", shown, "failed", "its backup is missing");
+                                continue;
+                            }
+                        };
+                        if ctx.opts.dry_run {
+                            ctx.step("restore", shown, "would-do", format!("mode {:04o}", p.mode));
+                            continue;
+                        }
+                        match root.inspect(path) {
+                            Ok(Existing::File { .. } | Existing::Absent) => {
+                                match root.write_atomic(path, &bytes, p.mode) {
+                                    Ok(()) => ctx.step(
+                                        "restore",
+                                        shown,
+                                        "done",
+                                        format!("mode {:04o}", p.mode),
+                                    ),
+                                    Err(e) => ctx.step("restore", shown, "refused", e.to_string()),
+                                }
+                            }
+                            Ok(_) => ctx.step(
+                                "restore",
+                                shown,
+                                "refused",
+                                "the path is no longer a regular file",
+                            ),
+                            Err(e) => ctx.step("restore", shown, "refused", e.to_string()),
+                        }
+                    }
+                    None => remove_path(ctx, path, "remove"),
+                }
+            }
+            Change::Symlink { path, prior } => {
+                if firsts.get(path) != Some(&r.seq) {
+                    continue;
+                }
+                let shown = path.display().to_string();
+                match prior {
+                    Some(to) if !ctx.opts.dry_run => match root.symlink_atomic(path, to) {
+                        Ok(()) => {
+                            ctx.step("restore", shown, "done", format!("-> {}", to.display()))
+                        }
+                        Err(e) => ctx.step("restore", shown, "refused", e.to_string()),
+                    },
+                    Some(_) => ctx.step("restore", shown, "would-do", ""),
+                    None => remove_path(ctx, path, "remove"),
+                }
+            }
+            Change::Dir { path } => {
+                if is_state_path(path) || firsts.get(path) != Some(&r.seq) {
+                    continue;
+                }
+                remove_dir(ctx, path);
+            }
+            Change::Removed { .. } | Change::Skipped { .. } => {}
+            Change::Sysctl { key, prior } => {
+                if !fx.host {
+                    continue;
+                }
+                let proc = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+                if ctx.opts.dry_run {
+                    ctx.step("sysctl", format!("{key}={prior}"), "would-do", "");
+                } else {
+                    match std::fs::write(&proc, format!("{prior}\n")) {
+                        Ok(()) => ctx.step("sysctl", format!("{key}={prior}"), "done", ""),
+                        Err(e) => {
+                            ctx.step("sysctl", format!("{key}={prior}"), "failed", e.to_string())
+                        }
+                    }
+                }
+            }
+            Change::Module { name } => {
+                ctx.step("module", name.clone(), "skipped", "left loaded: unloading could break other users; its load-at-boot file is removed");
+            }
+            Change::SwapOff { devices } => {
+                if !fx.host {
+                    continue;
+                }
+                let outcome = ctx.host_outcome();
+                if !ctx.opts.dry_run {
+                    if let Err(e) = run_command("swapon", &["-a"], Duration::from_secs(120)) {
+                        ctx.step("swap-on", devices.join(","), "failed", e.to_string());
+                        continue;
+                    }
+                }
+                ctx.step("swap-on", devices.join(","), outcome, "");
+            }
+            Change::Package { manager, name } => {
+                if !ctx.opts.remove_packages {
+                    ctx.step(
+                        "package",
+                        name.clone(),
+                        "skipped",
+                        "kept (pass --remove-packages to uninstall what join installed)",
+                    );
+                    continue;
+                }
+                let outcome = ctx.host_outcome();
+                let result = if ctx.opts.dry_run {
+                    Ok(())
+                } else {
+                    match &fx.packages {
+                        Some(pm) if pm.name() == manager => {
+                            pm.remove(name).map_err(|e| e.to_string())
+                        }
+                        _ => Err(format!("package manager {manager} is not available")),
+                    }
+                };
+                match result {
+                    Ok(()) => ctx.step(
+                        "package",
+                        name.clone(),
+                        outcome,
+                        format!("{manager} remove"),
+                    ),
+                    Err(e) => ctx.step("package", name.clone(), "failed", e),
+                }
+            }
+            Change::UnitEnabled { unit } => {
+                if !fx.host {
+                    continue;
+                }
+                let outcome = ctx.host_outcome();
+                let result = if ctx.opts.dry_run {
+                    Ok(())
+                } else {
+                    fx.systemd.disable(unit)
+                };
+                match result {
+                    Ok(()) => ctx.step("unit", format!("disable {unit}"), outcome, ""),
+                    Err(e) => ctx.step("unit", format!("disable {unit}"), "failed", e.to_string()),
+                }
+            }
+            Change::UnitStarted { unit, was_active } => {
+                if !fx.host || *was_active {
+                    continue;
+                }
+                let outcome = ctx.host_outcome();
+                let result = if ctx.opts.dry_run {
+                    Ok(())
+                } else {
+                    fx.systemd.stop(unit)
+                };
+                match result {
+                    Ok(()) => ctx.step("unit", format!("stop {unit}"), outcome, ""),
+                    Err(e) => ctx.step("unit", format!("stop {unit}"), "failed", e.to_string()),
+                }
+            }
+        }
+    }
+    if fx.host && !ctx.opts.dry_run && records.iter().any(|r| matches!(&r.change, Some(Change::File { path, .. }) if path.starts_with("/etc/systemd"))) {
+        let _ = fx.systemd.daemon_reload();
+    }
+}
+
+fn remove_dir(ctx: &mut Ctx<'_>, path: &Path) {
+    let shown = path.display().to_string();
+    if ctx.opts.dry_run {
+        ctx.step("remove-dir", shown, "would-do", "if empty");
+        return;
+    }
+    match ctx.fx.root.inspect(path) {
+        Ok(Existing::Dir) => match ctx.fx.root.remove_empty_dir(path) {
+            Ok(true) => ctx.step("remove-dir", shown, "done", ""),
+            Ok(false) => ctx.step(
+                "remove-dir",
+                shown,
+                "skipped",
+                "kept: it holds files node-attach did not make",
+            ),
+            Err(e) => ctx.step("remove-dir", shown, "failed", e.to_string()),
+        },
+        Ok(Existing::Absent) => {}
+        Ok(_) => ctx.step("remove-dir", shown, "refused", "no longer a directory"),
+        Err(e) => ctx.step("remove-dir", shown, "refused", e.to_string()),
+    }
+}
+
+fn remove_state_dir(ctx: &mut Ctx<'_>, records: Option<&[Record]>) {
+    let root = &ctx.fx.root;
+    if ctx.opts.dry_run {
+        ctx.step(
+            "remove",
+            journal::STATE_DIR,
+            "would-do",
+            "the journal, backups and state",
+        );
+        return;
+    }
+    let state = Path::new(journal::STATE_DIR);
+    if let Ok(real) = root.resolve(state) {
+        if std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_dir()) {
+            let dev = std::fs::symlink_metadata(&real)
+                .map(|m| m.dev())
+                .unwrap_or(0);
+            match remove_tree(&real, dev, &[]) {
+                Ok(_) => ctx.step(
+                    "remove",
+                    journal::STATE_DIR,
+                    "done",
+                    "the journal, backups and state",
+                ),
+                Err(e) => ctx.step("remove", journal::STATE_DIR, "failed", e.to_string()),
+            }
+        }
+    }
+    // The directories join created to hold its state (e.g. /var/lib on a scratch root).
+    if let Some(records) = records {
+        let mut dirs: Vec<&PathBuf> = records
+            .iter()
+            .filter(|r| r.event == "begin")
+            .filter_map(|r| match &r.change {
+                Some(Change::Dir { path }) if is_state_path(path) && path != state => Some(path),
+                _ => None,
+            })
+            .collect();
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        dirs.dedup();
+        for d in dirs {
+            remove_dir(ctx, d);
+        }
+    }
+}
