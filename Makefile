@@ -27,7 +27,9 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The integration tests run the workspace binaries (node-attach, kubelet-standin): build them first.
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 ## Fuzz each parser for FUZZ_SECONDS (needs nightly; installs cargo-fuzz if missing). Not in CI.

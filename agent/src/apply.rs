@@ -27,6 +27,13 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Outcome {
+    /// Whether the step changed something (or, in a dry run, would).
+    pub fn changes(self) -> bool {
+        matches!(self, Outcome::Changed | Outcome::WouldChange)
+    }
+}
+
 /// One step of a join, for the plan and the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
@@ -63,6 +70,8 @@ pub struct Applier<'a> {
     effects: &'a Effects,
     journal: Option<Journal>,
     phase: String,
+    /// Paths a dry run has planned to create, so later steps see them as present.
+    planned: std::collections::HashSet<PathBuf>,
     /// Every step so far.
     pub steps: Vec<Step>,
 }
@@ -90,22 +99,52 @@ fn line_diff(old: &str, new: &str) -> String {
 impl<'a> Applier<'a> {
     /// A dry-run applier: records steps, changes nothing.
     pub fn plan(effects: &'a Effects) -> Applier<'a> {
-        Applier {
+        let mut a = Applier {
             effects,
             journal: None,
-            phase: String::new(),
+            phase: "journal".into(),
+            planned: Default::default(),
             steps: Vec::new(),
+        };
+        for (dir, mode) in [
+            ("/var", 0o755),
+            ("/var/lib", 0o755),
+            (crate::journal::STATE_DIR, 0o700),
+            (crate::journal::BACKUP_DIR, 0o700),
+        ] {
+            let p = Path::new(dir);
+            if effects.root.inspect(p).ok() == Some(Existing::Absent) {
+                a.planned.insert(p.to_path_buf());
+                a.record("dir", dir, format!("{mode:o}"), Outcome::WouldChange);
+            }
         }
+        a
     }
 
     /// An applier that changes things, journaling each change.
     pub fn apply(effects: &'a Effects, journal: Journal) -> Applier<'a> {
-        Applier {
+        let created = journal.created.clone();
+        let mut a = Applier {
             effects,
             journal: Some(journal),
-            phase: String::new(),
+            phase: "journal".into(),
+            planned: Default::default(),
             steps: Vec::new(),
+        };
+        for dir in created {
+            let mode = if dir.starts_with(crate::journal::STATE_DIR) {
+                0o700
+            } else {
+                0o755
+            };
+            a.record(
+                "dir",
+                dir.display().to_string(),
+                format!("{mode:o}"),
+                Outcome::Changed,
+            );
         }
+        a
     }
 
     /// Whether this is a dry run.
@@ -207,7 +246,7 @@ impl<'a> Applier<'a> {
         let mut missing = Vec::new();
         let mut cur = Some(path);
         while let Some(p) = cur {
-            if p == Path::new("/") {
+            if p == Path::new("/") || self.planned.contains(p) {
                 break;
             }
             match root.inspect(p)? {
@@ -220,15 +259,18 @@ impl<'a> Applier<'a> {
             return Ok(Outcome::Unchanged);
         }
         for p in missing.into_iter().rev() {
+            // Missing parents get the usual 0755; only the directory asked for gets `mode`.
+            let m = if p == path { mode } else { 0o755 };
             let target = p.display().to_string();
             if self.dry_run() {
-                self.record("dir", target, format!("{mode:o}"), Outcome::WouldChange);
+                self.planned.insert(p.clone());
+                self.record("dir", target, format!("{m:o}"), Outcome::WouldChange);
                 continue;
             }
             self.journaled(Change::Dir { path: p.clone() }, |fx| {
-                Ok(fx.root.mkdir_all(&p, mode)?)
+                Ok(fx.root.mkdir_all(&p, m)?)
             })?;
-            self.record("dir", target, format!("{mode:o}"), Outcome::Changed);
+            self.record("dir", target, format!("{m:o}"), Outcome::Changed);
         }
         Ok(if self.dry_run() {
             Outcome::WouldChange
@@ -281,6 +323,7 @@ impl<'a> Applier<'a> {
                         .collect::<String>()
                 ),
             };
+            self.planned.insert(path.to_path_buf());
             return Ok(self.record("file", target, detail, Outcome::WouldChange));
         }
         let journal = self
@@ -359,7 +402,7 @@ impl<'a> Applier<'a> {
     /// Removes a file join itself wrote earlier (bootstrap material).
     pub fn remove_own(&mut self, path: &Path) -> Result<Outcome, ApplyError> {
         let target = path.display().to_string();
-        if self.effects.root.inspect(path)? == Existing::Absent {
+        if self.effects.root.inspect(path)? == Existing::Absent && !self.planned.contains(path) {
             return Ok(Outcome::Unchanged);
         }
         if self.dry_run() {

@@ -685,7 +685,7 @@ fn kubelet_phase(
     changed |= applier
         .file(Path::new(kubelet::CA_PATH), 0o644, &found.ca_pem, false)
         .map_err(&fail)?
-        == Outcome::Changed;
+        .changes();
     applier
         .dir(Path::new("/var/lib/kubelet"), 0o700)
         .map_err(&fail)?;
@@ -697,7 +697,7 @@ fn kubelet_phase(
             false,
         )
         .map_err(&fail)?
-        == Outcome::Changed;
+        .changes();
     changed |= applier
         .file(
             Path::new(kubelet::FLAGS_PATH),
@@ -706,7 +706,7 @@ fn kubelet_phase(
             false,
         )
         .map_err(&fail)?
-        == Outcome::Changed;
+        .changes();
     let root = &applier.effects().root;
     let packaged_unit = kubelet::UNIT_DIRS.iter().any(|d| {
         let p = PathBuf::from(d).join("kubelet.service");
@@ -722,7 +722,7 @@ fn kubelet_phase(
                 false,
             )
             .map_err(&fail)?
-            == Outcome::Changed;
+            .changes();
     }
     units |= applier
         .file(
@@ -732,7 +732,7 @@ fn kubelet_phase(
             false,
         )
         .map_err(&fail)?
-        == Outcome::Changed;
+        .changes();
     Ok(KubeletChanges {
         units,
         config: changed || units,

@@ -153,6 +153,8 @@ fn now() -> u64 {
 
 /// An open journal, appending.
 pub struct Journal {
+    /// Directories opening the journal created (outermost first).
+    pub created: Vec<PathBuf>,
     root: Root,
     file: std::fs::File,
     next_seq: u64,
@@ -166,7 +168,7 @@ impl Journal {
         let existing = Journal::load(root)?.unwrap_or_default();
         let mut created = root.mkdir_all(Path::new("/var/lib"), 0o755)?;
         created.extend(root.mkdir_all(Path::new(STATE_DIR), 0o700)?);
-        root.mkdir_all(Path::new(BACKUP_DIR), 0o700)?;
+        let backup_created = root.mkdir_all(Path::new(BACKUP_DIR), 0o700)?;
         let real = root.resolve(Path::new(JOURNAL_FILE))?;
         let file = OpenOptions::new()
             .create(true)
@@ -176,6 +178,11 @@ impl Journal {
             .map_err(JournalError::Write)?;
         let next_seq = existing.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         let mut journal = Journal {
+            created: created
+                .iter()
+                .chain(backup_created.iter())
+                .cloned()
+                .collect(),
             root: root.clone(),
             file,
             next_seq,

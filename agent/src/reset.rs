@@ -25,11 +25,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Files in /etc/kubernetes that belong to a joined node (never the directory's other files).
+/// The node's credentials in /etc/kubernetes (never the directory's other files). The kubelet
+/// may write kubelet.conf itself (`--tls-bootstrap=kubelet`), so they are removed even when not
+/// journaled. /etc/kubernetes/pki/ca.crt is only ever restored through the journal: without it,
+/// reset cannot tell whether the file predates join, and leaves it.
 pub const KUBERNETES_FILES: &[&str] = &[
     "/etc/kubernetes/kubelet.conf",
     "/etc/kubernetes/bootstrap-kubelet.conf",
-    "/etc/kubernetes/pki/ca.crt",
 ];
 /// Directories whose contents are the kubelet's and CNI's state.
 pub const STATE_DIRS: &[&str] = &["/var/lib/kubelet"];

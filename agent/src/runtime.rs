@@ -3,7 +3,7 @@
 //! insecure registries, data root), installed through the package manager when missing,
 //! restarted only when its configuration changed, and waited for on its CRI socket.
 
-use crate::apply::{Applier, ApplyError, Outcome};
+use crate::apply::{Applier, ApplyError};
 use crate::kube_version::KubeVersion;
 use crate::values::{RuntimeKind, RuntimeValues};
 use std::path::{Path, PathBuf};
@@ -236,7 +236,7 @@ pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyE
     }
     let mut changed = false;
     for f in &plan.files {
-        changed |= applier.file(&f.path, 0o644, &f.bytes, false)? == Outcome::Changed;
+        changed |= applier.file(&f.path, 0o644, &f.bytes, false)?.changes();
     }
     applier.enable(plan.unit)?;
     applier.start(plan.unit, changed)?;

@@ -2,6 +2,8 @@
 //! plane over real TLS, with the real kubectl and openssl as cross-checks.
 
 mod discover;
+mod join;
 mod kubectl;
+mod reset;
 mod support;
 mod values;

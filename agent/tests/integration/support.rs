@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 pub use test_control_plane::{
-    store::Kind, ClusterInfoFault, Options, Scripted, TestControlPlane, TokenSpec, ValuesEntry,
+    store::Kind, Approval, ClusterInfoFault, Options, Scripted, TestControlPlane, TokenSpec,
+    ValuesEntry,
 };
 
 /// The bootstrap token most tests use.

@@ -1,0 +1,571 @@
+//! `node-attach join` into scratch roots against the test control plane: the three forms from
+//! the field, idempotence, interruption at every phase, file modes, secrets, kubectl with the
+//! bootstrapped kubelet.conf, restricted labels, CSR refusals, and the dry-run plan.
+
+use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// A scratch root with a kubelet stand-in waiting to register the node once join writes its
+/// kubelet.conf.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    standin: Option<std::process::Child>,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node {
+            dir: tempfile::tempdir().expect("tmp"),
+            standin: None,
+        }
+    }
+
+    pub fn root(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    pub fn path(&self, p: &str) -> std::path::PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    /// Starts the kubelet stand-in (once) so the Node registers.
+    pub fn kubelet(&mut self) {
+        if let Some(c) = &mut self.standin {
+            if c.try_wait().ok().flatten().is_none() {
+                return;
+            }
+        }
+        self.standin = Some(
+            std::process::Command::new(standin_binary())
+                .args(["--root", &self.root(), "--once", "--wait-seconds", "60"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("kubelet-standin"),
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.standin {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn standin_binary() -> std::path::PathBuf {
+    let p = binary().with_file_name("kubelet-standin");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// The scale-out form's arguments for a node named `name`.
+pub fn scale_out(cp: &TestControlPlane, node: &Node, name: &str) -> Vec<String> {
+    vec![
+        "join".into(),
+        "--root".into(),
+        node.root(),
+        "--docker-version".into(),
+        "20.10.24".into(),
+        "--token".into(),
+        TOKEN.into(),
+        "--endpoint".into(),
+        cp.endpoint(),
+        "--cluster-dns".into(),
+        "10.96.0.10".into(),
+        "--discovery-token-ca-cert-hash".into(),
+        cp.ca_pin(),
+        "--node-name".into(),
+        name.into(),
+        "--node-wait-timeout".into(),
+        "30s".into(),
+    ]
+}
+
+pub fn join(args: &[String], env: &[(&str, &str)]) -> Run {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_with(&a, env, Duration::from_secs(90));
+    run.expect_no_secret(&[SECRET]);
+    run
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_symlink() {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn node_object(cp: &TestControlPlane, name: &str) -> Option<serde_json::Value> {
+    cp.get(Kind::Node, "", name)
+}
+
+#[test]
+fn scale_out_form_joins_with_docker() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    node.kubelet();
+    let args = scale_out(&cp, &node, "scale-out-1");
+    let mut args2 = args.clone();
+    args2.extend(["--taints".into(), "dedicated=gpu:NoSchedule".into()]);
+    let run = join(&args2, &[]);
+    run.expect_code(0).expect_output("node scale-out-1 joined");
+    let n = node_object(&cp, "scale-out-1").expect("registered");
+    assert_eq!(n["spec"]["taints"][0]["key"], "dedicated");
+    let daemon =
+        std::fs::read_to_string(node.path("/etc/docker/daemon.json")).expect("daemon.json");
+    assert!(daemon.contains("native.cgroupdriver=systemd"));
+    let flags =
+        std::fs::read_to_string(node.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
+    assert!(
+        flags.contains("--container-runtime-endpoint=unix:///run/cri-dockerd.sock"),
+        "{flags}"
+    );
+    assert!(
+        flags.contains("--register-with-taints=dedicated=gpu:NoSchedule"),
+        "{flags}"
+    );
+    // Modes, as the kubelet and kubeadm leave them.
+    for (p, m) in [
+        ("/etc/kubernetes/kubelet.conf", 0o600),
+        ("/etc/kubernetes/pki/ca.crt", 0o644),
+        ("/var/lib/kubelet/config.yaml", 0o644),
+        ("/var/lib/kubelet/kubeadm-flags.env", 0o644),
+        ("/var/lib/kubelet", 0o700),
+        ("/var/lib/node-attach", 0o700),
+        ("/var/lib/node-attach/journal.jsonl", 0o600),
+    ] {
+        assert_eq!(mode(&node.path(p)), m, "{p}");
+    }
+    let pairs: Vec<_> = std::fs::read_dir(node.path("/var/lib/kubelet/pki"))
+        .expect("pki")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.is_symlink())
+        .collect();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    assert_eq!(mode(&pairs[0]), 0o600);
+    let link = std::fs::read_link(node.path("/var/lib/kubelet/pki/kubelet-client-current.pem"))
+        .expect("symlink");
+    assert!(
+        link.to_string_lossy()
+            .starts_with("/var/lib/kubelet/pki/kubelet-client-20"),
+        "{link:?}"
+    );
+    // No bootstrap token anywhere on disk.
+    for f in files_under(node.dir.path()) {
+        let bytes = std::fs::read(&f).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "the token secret is in {}",
+            f.display()
+        );
+    }
+    assert!(!node.path("/etc/kubernetes/bootstrap-kubelet.conf").exists());
+    assert!(!node
+        .path("/var/lib/kubelet/pki/kubelet-client.key.tmp")
+        .exists());
+}
+
+#[test]
+fn a_second_run_changes_nothing() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    node.kubelet();
+    let args = scale_out(&cp, &node, "idempotent-1");
+    join(&args, &[]).expect_code(0);
+    let before = tree_with_bytes(node.dir.path());
+    let csrs = cp.list(Kind::Csr).len();
+    join(&args, &[])
+        .expect_code(0)
+        .expect_output("already joined")
+        .expect_output("nothing changed");
+    assert_eq!(
+        tree_with_bytes(node.dir.path()),
+        before,
+        "a second run changed files"
+    );
+    assert_eq!(
+        cp.list(Kind::Csr).len(),
+        csrs,
+        "a second run created another CSR"
+    );
+}
+
+/// Every path with its mode and bytes (the journal excluded: it grows with phase markers).
+pub fn tree_with_bytes(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).expect("prefix").display().to_string();
+            if rel.ends_with("journal.jsonl") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            let bytes = if meta.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .expect("link")
+                    .display()
+                    .to_string()
+                    .into_bytes()
+            } else if meta.is_file() {
+                std::fs::read(&p).expect("read")
+            } else {
+                stack.push(p.clone());
+                Vec::new()
+            };
+            out.push((rel, meta.permissions().mode() & 0o7777, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn manual_form_takes_every_value_from_the_openapi_token() {
+    let cp = control_plane();
+    cp.add_values(
+        "manual-openapi-token",
+        ValuesEntry {
+            json: serde_json::json!({
+                "apiVersion": "node-attach.io/v1", "kind": "ClusterValues",
+                "apiServerEndpoints": [cp.endpoint()], "bootstrapToken": TOKEN,
+                "caCertHashes": [cp.ca_pin()], "clusterDNS": ["10.96.0.10"],
+                "labels": {"workload_type": "cpu"},
+                "kubelet": {"maxPods": 64},
+            }),
+            ack_text: String::new(),
+        },
+    );
+    let mut node = Node::new();
+    node.kubelet();
+    let ca = write(node.dir.path(), "values-ca.pem", &cp.ca_pem());
+    let values_url = format!("{}/v1/values/{{token}}", cp.url());
+    let run = join(
+        &[
+            "join".into(),
+            "--root".into(),
+            node.root(),
+            "--openapi-token".into(),
+            "manual-openapi-token".into(),
+            "--values-url".into(),
+            values_url,
+            "--values-ca-file".into(),
+            ca.display().to_string(),
+            "--node-name".into(),
+            "manual-1".into(),
+            "--node-wait-timeout".into(),
+            "30s".into(),
+        ],
+        &[],
+    );
+    run.expect_code(0)
+        .expect_output("values")
+        .expect_no_secret(&["manual-openapi-token"]);
+    let config =
+        std::fs::read_to_string(node.path("/var/lib/kubelet/config.yaml")).expect("config");
+    assert!(
+        config.contains("maxPods: 64") && config.contains("cgroupDriver: systemd"),
+        "{config}"
+    );
+    assert!(
+        std::fs::read_to_string(node.path("/etc/containerd/config.toml"))
+            .expect("containerd")
+            .contains("SystemdCgroup = true")
+    );
+    assert_eq!(
+        node_object(&cp, "manual-1").expect("registered")["metadata"]["labels"]["workload_type"],
+        "cpu"
+    );
+}
+
+#[test]
+fn autoscaler_form_splits_restricted_labels_and_requires_a_provider_id() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    let root = node.root();
+    let base = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "join",
+            "--root",
+            &root,
+            "--token",
+            TOKEN,
+            "--endpoint",
+            &cp.endpoint(),
+            "--discovery-token-ca-cert-hash",
+            &cp.ca_pin(),
+            "--node-name",
+            "pool-1",
+            "--ess",
+            "true",
+            "--labels",
+            "k8s.io/cluster-autoscaler=true,workload_type=cpu",
+            "--node-wait-timeout",
+            "30s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    join(&base(&[]), &[])
+        .expect_code(32)
+        .expect_output("providerID");
+    assert!(
+        std::fs::read_dir(node.dir.path())
+            .expect("ls")
+            .next()
+            .is_none(),
+        "a refused join wrote files"
+    );
+    node.kubelet();
+    let run = join(
+        &base(&["--provider-id", "cn-test.i-0123", "--output", "json"]),
+        &[],
+    );
+    let result = run.expect_code(0).json_result();
+    assert_eq!(
+        result["pending_labels"]["k8s.io/cluster-autoscaler"],
+        "true"
+    );
+    assert!(result["labels"].get("k8s.io/cluster-autoscaler").is_none());
+    let flags =
+        std::fs::read_to_string(node.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
+    assert!(
+        flags.contains("--node-labels=workload_type=cpu\"")
+            || flags.contains("--node-labels=workload_type=cpu "),
+        "{flags}"
+    );
+    assert!(!flags.contains("cluster-autoscaler"), "{flags}");
+    let n = node_object(&cp, "pool-1").expect("registered");
+    assert_eq!(n["spec"]["providerID"], "cn-test.i-0123");
+    // The JSON lines carry phase, status and duration.
+    assert!(run
+        .stdout
+        .lines()
+        .any(|l| l.contains("\"phase\":\"bootstrap\"") && l.contains("\"duration_ms\"")));
+}
+
+#[test]
+fn interrupted_at_every_phase_a_rerun_finishes() {
+    let cp = control_plane();
+    for (i, phase) in ["host", "runtime", "kubelet", "bootstrap", "start"]
+        .iter()
+        .enumerate()
+    {
+        let mut node = Node::new();
+        let name = format!("crash-{i}");
+        let args = scale_out(&cp, &node, &name);
+        let crashed = join(&args, &[("NODE_ATTACH_TEST_CRASH_AFTER", phase)]);
+        assert_ne!(crashed.code, 0, "the crash hook did not fire after {phase}");
+        node.kubelet();
+        join(&args, &[]).expect_code(0);
+        let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki"))
+            .expect("pki")
+            .flatten()
+            .filter(|e| !e.path().is_symlink())
+            .count();
+        assert_eq!(pairs, 1, "after a crash in {phase}");
+        assert!(node_object(&cp, &name).is_some());
+        let csrs = cp
+            .list(Kind::Csr)
+            .into_iter()
+            .filter(|c| c["spec"]["username"] == "system:bootstrap:abcdef")
+            .count();
+        assert!(csrs >= 1);
+    }
+}
+
+#[test]
+fn kubectl_uses_the_bootstrapped_kubelet_conf() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    node.kubelet();
+    join(&scale_out(&cp, &node, "kubectl-node"), &[]).expect_code(0);
+    // The kubeconfig names node paths; point them into the scratch root for kubectl here.
+    let conf = std::fs::read_to_string(node.path("/etc/kubernetes/kubelet.conf")).expect("conf");
+    let real_pair = node.path(
+        &std::fs::read_link(node.path("/var/lib/kubelet/pki/kubelet-client-current.pem"))
+            .expect("link")
+            .display()
+            .to_string(),
+    );
+    let rewritten = conf.replace(
+        "/var/lib/kubelet/pki/kubelet-client-current.pem",
+        &real_pair.display().to_string(),
+    );
+    let kc = write(node.dir.path(), "kubelet-test.conf", &rewritten);
+    let (code, out, err) = kubectl(
+        &kc,
+        node.dir.path(),
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.users[0].name} {.contexts[0].context.namespace}",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "default-auth default");
+    let (code, out, err) = kubectl(
+        &kc,
+        node.dir.path(),
+        &["get", "node", "kubectl-node", "-o", "name"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "node/kubectl-node");
+    let (code, _, err) = kubectl(
+        &kc,
+        node.dir.path(),
+        &["get", "secrets", "-n", "kube-system"],
+    );
+    assert_ne!(code, 0, "a node must not read secrets");
+    assert!(err.contains("system:node:kubectl-node"), "{err}");
+}
+
+#[test]
+fn pending_and_denied_csrs_have_their_own_messages() {
+    let cp = control_plane();
+    cp.set_approval(Approval::Pending);
+    let node = Node::new();
+    let mut args = scale_out(&cp, &node, "pending-1");
+    args.extend(["--csr-timeout".into(), "2s".into()]);
+    join(&args, &[])
+        .expect_code(51)
+        .expect_output("kubeadm:node-autoapprove-bootstrap")
+        .expect_output("kubectl certificate approve node-csr-");
+    cp.set_approval(Approval::Deny);
+    let node = Node::new();
+    let args = scale_out(&cp, &node, "denied-1");
+    join(&args, &[]).expect_code(50).expect_output("was denied");
+    // Without the auto-approval binding, CSRs stay pending, as with a real controller manager.
+    cp.set_approval(Approval::Auto);
+    cp.delete(
+        Kind::ClusterRoleBinding,
+        "",
+        "kubeadm:node-autoapprove-bootstrap",
+    );
+    let node = Node::new();
+    let mut args = scale_out(&cp, &node, "unbound-1");
+    args.extend(["--csr-timeout".into(), "2s".into()]);
+    join(&args, &[]).expect_code(51);
+}
+
+#[test]
+fn the_dry_run_plan_lists_what_a_real_run_does() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    std::fs::create_dir_all(node.path("/etc")).expect("etc");
+    std::fs::write(node.path("/etc/fstab"), "/swap none swap sw 0 0\n").expect("fstab");
+    let mut args = scale_out(&cp, &node, "plan-1");
+    args.extend(["--disable-swap".into(), "--output".into(), "json".into()]);
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    let planned = join(&dry, &[]).expect_code(0).json_result();
+    assert_eq!(
+        tree(node.dir.path()),
+        ["etc", "etc/fstab"],
+        "a dry run wrote files"
+    );
+    node.kubelet();
+    let done = join(&args, &[]).expect_code(0).json_result();
+    let norm = |v: &serde_json::Value, want: &[&str]| -> Vec<String> {
+        let mut out: Vec<String> = v["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter(|s| want.contains(&s["outcome"].as_str().unwrap_or_default()))
+            .filter(|s| s["kind"] != "api")
+            .map(|s| {
+                let target = s["target"].as_str().unwrap_or_default();
+                let target = if target.contains("/kubelet-client-20") {
+                    "kubelet-client-<timestamp>.pem"
+                } else {
+                    target
+                };
+                format!("{} {} {}", s["phase"], s["kind"], target)
+            })
+            .filter(|s| !s.contains("state.json"))
+            .collect();
+        out.sort();
+        out
+    };
+    let plan = norm(&planned, &["would-change", "skipped"]);
+    let real = norm(&done, &["changed", "skipped"]);
+    assert_eq!(plan, real);
+    let text = serde_json::to_string(&planned).expect("json");
+    assert!(
+        text.contains("#node-attach# /swap none swap sw 0 0"),
+        "the fstab diff is shown"
+    );
+}
+
+/// Every path under `dir`, relative, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = tree_with_bytes(dir)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn bad_input_writes_nothing() {
+    let cp = control_plane();
+    let node = Node::new();
+    let foreign = cp.foreign_pin();
+    let mut args = scale_out(&cp, &node, "bad-1");
+    let pin_at = args
+        .iter()
+        .position(|a| a == "--discovery-token-ca-cert-hash")
+        .expect("pin flag")
+        + 1;
+    args[pin_at] = foreign;
+    join(&args, &[]).expect_code(24);
+    let mut args = scale_out(&cp, &node, "bad-1");
+    args.extend(["--labels".into(), "bad label=x".into()]);
+    join(&args, &[]).expect_code(2).expect_output("--labels");
+    let mut args = scale_out(&cp, &node, "Bad_Name");
+    args.push("--dry-run".into());
+    join(&args, &[]).expect_code(2).expect_output("node name");
+    assert!(
+        std::fs::read_dir(node.dir.path())
+            .expect("ls")
+            .next()
+            .is_none(),
+        "a refused join wrote files"
+    );
+}
