@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
-use test_control_plane::{ClusterInfoFault, Options, TestControlPlane, TokenSpec};
+use test_control_plane::store::Kind;
+use test_control_plane::{ClusterInfoFault, Options, TestControlPlane, TokenSpec, ValuesEntry};
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 
@@ -124,8 +125,86 @@ fn main() {
         "a CA that does not match the pin is refused (exit 24)",
     );
 
+    step(4, "join a scratch root: values by openapi token → discovery → runtime and kubelet config → CSR → kubelet.conf → Node registered");
+    cp.add_values(
+        "demo-openapi-token",
+        ValuesEntry {
+            json: serde_json::json!({
+                "apiVersion": "node-attach.io/v1", "kind": "ClusterValues",
+                "apiServerEndpoints": [endpoint], "bootstrapToken": TOKEN, "caCertHashes": [pin],
+                "clusterDNS": ["10.96.0.10"], "labels": {"workload_type": "cpu", "k8s.io/cluster-autoscaler": "true"},
+                "taints": ["dedicated=demo:NoSchedule"],
+            }),
+            ack_text: String::new(),
+        },
+    );
+    let root = dir.join("node");
+    std::fs::create_dir_all(root.join("etc")).expect("scratch root");
+    std::fs::write(root.join("etc/fstab"), "UUID=demo / ext4 defaults 0 1\n").expect("fstab");
+    let before = snapshot(&root);
+    let ca_file = dir.join("values-ca.pem");
+    std::fs::write(&ca_file, cp.ca_pem()).expect("ca file");
+    println!("(a kubelet stand-in plays the kubelet: it registers the Node once kubelet.conf exists — no kubelet binary is packaged here)");
+    let mut kubelet = Command::new(node_attach().with_file_name("kubelet-standin"))
+        .args(["--root", &root.display().to_string(), "--once", "--wait-seconds", "60"])
+        .spawn()
+        .expect("kubelet stand-in");
+    let values_url = format!("{}/v1/values/{{token}}", cp.url());
+    let root_arg = root.display().to_string();
+    let ca_arg = ca_file.display().to_string();
+    let status = run(
+        &["join", "--root", &root_arg, "--values-url", &values_url, "--values-ca-file", &ca_arg,
+          "--node-name", "demo-node", "--node-wait-timeout", "30s"],
+        &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
+    );
+    let _ = kubelet.wait();
+    check(status.success(), "the node joined");
+    let node = cp.get(Kind::Node, "", "demo-node");
+    check(node.is_some(), "Node demo-node is registered in the test control plane");
+    if let Some(n) = node {
+        println!("   labels: {}", n["metadata"]["labels"]);
+        println!("   taints: {}", n["spec"]["taints"]);
+    }
+
+    step(5, "join again: idempotent");
+    let status = run(
+        &["join", "--root", &root_arg, "--values-url", &values_url, "--values-ca-file", &ca_arg,
+          "--node-name", "demo-node", "--node-wait-timeout", "30s"],
+        &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
+    );
+    check(status.success(), "nothing changed the second time");
+
+    step(6, "status");
+    run(&["status", "--root", &root_arg], &[]);
+
+    step(7, "reset --delete-node: the node deletes itself and the tree goes back to its pre-join state");
+    let status = run(&["reset", "--root", &root_arg, "--delete-node"], &[]);
+    check(status.success(), "reset finished");
+    check(cp.get(Kind::Node, "", "demo-node").is_none(), "the Node is gone from the API");
+    check(snapshot(&root) == before, "the scratch root equals its pre-join snapshot (paths, modes, bytes)");
+
     cleanup(&dir);
     println!("\n\x1b[1mdemo finished\x1b[0m");
+}
+
+/// Every path under `dir` with its mode and bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            let bytes = if meta.is_file() { std::fs::read(&p).unwrap_or_default() } else { Vec::new() };
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, meta.permissions().mode(), bytes));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn cleanup(dir: &Path) {
