@@ -146,21 +146,41 @@ fn main() {
     std::fs::write(&ca_file, cp.ca_pem()).expect("ca file");
     println!("(a kubelet stand-in plays the kubelet: it registers the Node once kubelet.conf exists — no kubelet binary is packaged here)");
     let mut kubelet = Command::new(node_attach().with_file_name("kubelet-standin"))
-        .args(["--root", &root.display().to_string(), "--once", "--wait-seconds", "60"])
+        .args([
+            "--root",
+            &root.display().to_string(),
+            "--once",
+            "--wait-seconds",
+            "60",
+        ])
         .spawn()
         .expect("kubelet stand-in");
     let values_url = format!("{}/v1/values/{{token}}", cp.url());
     let root_arg = root.display().to_string();
     let ca_arg = ca_file.display().to_string();
     let status = run(
-        &["join", "--root", &root_arg, "--values-url", &values_url, "--values-ca-file", &ca_arg,
-          "--node-name", "demo-node", "--node-wait-timeout", "30s"],
+        &[
+            "join",
+            "--root",
+            &root_arg,
+            "--values-url",
+            &values_url,
+            "--values-ca-file",
+            &ca_arg,
+            "--node-name",
+            "demo-node",
+            "--node-wait-timeout",
+            "30s",
+        ],
         &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
     );
     let _ = kubelet.wait();
     check(status.success(), "the node joined");
     let node = cp.get(Kind::Node, "", "demo-node");
-    check(node.is_some(), "Node demo-node is registered in the test control plane");
+    check(
+        node.is_some(),
+        "Node demo-node is registered in the test control plane",
+    );
     if let Some(n) = node {
         println!("   labels: {}", n["metadata"]["labels"]);
         println!("   taints: {}", n["spec"]["taints"]);
@@ -168,8 +188,19 @@ fn main() {
 
     step(5, "join again: idempotent");
     let status = run(
-        &["join", "--root", &root_arg, "--values-url", &values_url, "--values-ca-file", &ca_arg,
-          "--node-name", "demo-node", "--node-wait-timeout", "30s"],
+        &[
+            "join",
+            "--root",
+            &root_arg,
+            "--values-url",
+            &values_url,
+            "--values-ca-file",
+            &ca_arg,
+            "--node-name",
+            "demo-node",
+            "--node-wait-timeout",
+            "30s",
+        ],
         &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
     );
     check(status.success(), "nothing changed the second time");
@@ -177,11 +208,20 @@ fn main() {
     step(6, "status");
     run(&["status", "--root", &root_arg], &[]);
 
-    step(7, "reset --delete-node: the node deletes itself and the tree goes back to its pre-join state");
+    step(
+        7,
+        "reset --delete-node: the node deletes itself and the tree goes back to its pre-join state",
+    );
     let status = run(&["reset", "--root", &root_arg, "--delete-node"], &[]);
     check(status.success(), "reset finished");
-    check(cp.get(Kind::Node, "", "demo-node").is_none(), "the Node is gone from the API");
-    check(snapshot(&root) == before, "the scratch root equals its pre-join snapshot (paths, modes, bytes)");
+    check(
+        cp.get(Kind::Node, "", "demo-node").is_none(),
+        "the Node is gone from the API",
+    );
+    check(
+        snapshot(&root) == before,
+        "the scratch root equals its pre-join snapshot (paths, modes, bytes)",
+    );
 
     cleanup(&dir);
     println!("\n\x1b[1mdemo finished\x1b[0m");
@@ -196,7 +236,11 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             let meta = std::fs::symlink_metadata(&p).expect("stat");
-            let bytes = if meta.is_file() { std::fs::read(&p).unwrap_or_default() } else { Vec::new() };
+            let bytes = if meta.is_file() {
+                std::fs::read(&p).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             if meta.is_dir() {
                 stack.push(p.clone());
             }
