@@ -119,6 +119,9 @@ codes! {
     /// Some reset steps failed or were refused.
     ResetIncomplete = ("reset.incomplete", 80,
         "Some steps failed or were refused (listed above): fix what they name (a busy mount, a symlink swapped into a managed path) and run reset again; it is safe to repeat."),
+    /// The drain could not finish.
+    DrainFailed = ("reset.drain-failed", 81,
+        "PodDisruptionBudgets (or errors) kept pods on the node: nothing was removed. Rerun with a longer --drain-timeout, or without --drain."),
     /// A file or the journal could not be written.
     Filesystem = ("filesystem", 70,
         "A file could not be written or read as the message says: check disk space, permissions, and that no path is a symlink."),

@@ -182,6 +182,8 @@ pub struct Request<'a> {
     pub accept: &'a str,
     /// JSON body.
     pub json: Option<Vec<u8>>,
+    /// Content type of the body.
+    pub content_type: &'static str,
     /// Text scrubbed from any server message copied into an error.
     pub scrub: Vec<&'a Secret>,
 }
@@ -195,6 +197,7 @@ impl<'a> Request<'a> {
             bearer: None,
             accept: "application/json",
             json: None,
+            content_type: "application/json",
             scrub: Vec::new(),
         }
     }
@@ -249,7 +252,7 @@ impl Http {
         }
         if let Some(body) = req.json {
             builder = builder
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_TYPE, req.content_type)
                 .body(body);
         }
         let mut response = builder.send().await.map_err(|e| self.classify(&shown, e))?;

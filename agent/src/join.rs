@@ -31,6 +31,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Where join keeps its summary for `node-attach status`.
 pub const STATE_FILE: &str = "/var/lib/node-attach/state.json";
+/// Where join keeps the callback (URL and CA file) for reset to report to (0600: the URL may
+/// carry a token in its path).
+pub const CALLBACK_FILE: &str = "/var/lib/node-attach/callback.json";
 /// Kernel modules the kubelet and CNI plugins need.
 pub const MODULES_FILE: &str = "/etc/modules-load.d/node-attach.conf";
 /// Sysctls the kubelet and CNI plugins need.
@@ -468,14 +471,23 @@ pub async fn join(
         applier
             .file(Path::new(STATE_FILE), 0o600, &state, false)
             .map_err(fs_failure)?;
+        if let Some(url) = &settings.callback_url {
+            let cb = serde_json::json!({"url": url.as_str(), "ca_file": settings.values_ca_file});
+            applier
+                .file(
+                    Path::new(CALLBACK_FILE),
+                    0o600,
+                    cb.to_string().as_bytes(),
+                    true,
+                )
+                .map_err(fs_failure)?;
+        }
         applier.finish("done").map_err(fs_failure)?;
     }
     summary.changed = applier
         .steps
         .iter()
-        .filter(|s| {
-            matches!(s.outcome, Outcome::Changed | Outcome::WouldChange) && s.target != STATE_FILE
-        })
+        .filter(|s| s.outcome.changes() && s.target != STATE_FILE && s.target != CALLBACK_FILE)
         .count();
     summary.steps = applier.steps;
     Ok(summary)
@@ -923,11 +935,27 @@ async fn report_callback(
             serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
         }
     };
-    let Ok(tls) = crate::tls::system_roots(settings.values_ca_file.as_deref()) else {
+    post_callback(
+        url,
+        settings.values_ca_file.as_deref(),
+        settings.limits,
+        &body,
+    )
+    .await;
+}
+
+/// POSTs `body` to a callback URL with bounded retries; failures are logged, never fatal.
+pub async fn post_callback(
+    url: &url::Url,
+    ca_file: Option<&Path>,
+    limits: crate::http::Limits,
+    body: &serde_json::Value,
+) {
+    let Ok(tls) = crate::tls::system_roots(ca_file) else {
         tracing::warn!("no CA bundle for the callback; not reporting");
         return;
     };
-    let Ok(http) = Http::new(tls, settings.limits) else {
+    let Ok(http) = Http::new(tls, limits) else {
         return;
     };
     let target = Target {

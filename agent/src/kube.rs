@@ -75,6 +75,42 @@ impl Kube {
         Kube::build(server, config, None, limits)
     }
 
+    /// A client from a kubeconfig (an admin's): inline CA data, and inline client certificate
+    /// data or a token.
+    pub fn from_kubeconfig(text: &str, limits: Limits) -> Result<Kube, KubeError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let cfg = crate::kubeconfig::Kubeconfig::parse(text)
+            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let info = cfg
+            .current_cluster()
+            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let ca = crate::pin::certificates_from_pem(&info.ca_pem)
+            .map_err(|e| KubeError::Setup(format!("the kubeconfig's CA: {e}")))?;
+        let context = cfg.contexts.iter().find(|c| c.name == cfg.current_context);
+        let user = context
+            .and_then(|c| cfg.users.iter().find(|u| u.name == c.context.user))
+            .or(cfg.users.first())
+            .ok_or_else(|| KubeError::Setup("the kubeconfig has no user".into()))?;
+        let decode = |field: &Option<String>, what: &str| -> Result<Vec<u8>, KubeError> {
+            let text = field
+                .as_deref()
+                .ok_or_else(|| KubeError::Setup(format!("the kubeconfig's user has no {what}")))?;
+            b64.decode(text.trim())
+                .map_err(|_| KubeError::Setup(format!("the kubeconfig's {what} is not base64")))
+        };
+        if let Some(token) = &user.user.token {
+            return Kube::with_token(&info.server, &ca, Some(Secret::new(token.clone())), limits);
+        }
+        let mut pair = decode(
+            &user.user.client_certificate_data,
+            "client-certificate-data",
+        )?;
+        pair.push(b'\n');
+        pair.extend(decode(&user.user.client_key_data, "client-key-data")?);
+        Kube::with_certificate(&info.server, &ca, &pair, limits)
+    }
+
     fn build(
         server: &str,
         config: rustls::ClientConfig,
@@ -152,6 +188,18 @@ impl Kube {
                 Some(body.to_string().into_bytes()),
             )
             .await?;
+        Kube::decode(path, &r.body)
+    }
+
+    /// PATCH with a JSON merge patch.
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, KubeError> {
+        let target = self.target(path);
+        let mut req = Request::get(&target);
+        req.method = reqwest::Method::PATCH;
+        req.json = Some(patch.to_string().into_bytes());
+        req.content_type = "application/merge-patch+json";
+        req.bearer = self.bearer.as_ref();
+        let r = self.http.send(req).await?;
         Kube::decode(path, &r.body)
     }
 

@@ -55,6 +55,9 @@ pub const CNI_INTERFACES: &[&str] = &[
 /// iptables chain prefixes kube-proxy and CNI plugins own.
 pub const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-", "FLANNEL-", "cali-", "CILIUM_"];
 
+/// The file that marks a node for removal at shutdown (see node-attach-reset-on-shutdown.service).
+pub const REMOVAL_MARKER: &str = "/var/lib/node-attach/remove-on-shutdown";
+
 /// What reset should do.
 #[derive(Clone, Debug, Default)]
 pub struct ResetOptions {
@@ -66,6 +69,10 @@ pub struct ResetOptions {
     pub remove_packages: bool,
     /// Cleanup steps to skip: mounts, containers, cni, iptables, interfaces, kubelet-state.
     pub skip: Vec<String>,
+    /// Drain the node first with this admin kubeconfig's text.
+    pub drain_kubeconfig: Option<String>,
+    /// How long the drain may take.
+    pub drain_timeout: Duration,
 }
 
 /// One reset step.
@@ -151,6 +158,12 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         }
         Err(e) => return Err(Failure::new(Code::Filesystem, e.to_string())),
     };
+    // Read before the journal's replay removes it.
+    let callback: Option<serde_json::Value> = root
+        .read(Path::new(crate::join::CALLBACK_FILE))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let mut ctx = Ctx {
         fx,
         opts,
@@ -158,6 +171,9 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         pinned: Vec::new(),
     };
 
+    if let Some(admin) = &opts.drain_kubeconfig {
+        drain(&mut ctx, admin).await?;
+    }
     let node = if opts.delete_node {
         delete_node(&mut ctx).await
     } else {
@@ -227,6 +243,17 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         .iter()
         .filter(|s| matches!(s.outcome, "failed" | "refused"))
         .count();
+    if let (Some(cb), false) = (&callback, opts.dry_run) {
+        if let Some(url) = cb["url"].as_str().and_then(|u| url::Url::parse(u).ok()) {
+            let ca = cb["ca_file"].as_str().map(PathBuf::from);
+            let body = serde_json::json!({
+                "status": if problems == 0 { "removed" } else { "reset-incomplete" },
+                "node": node, "problems": problems,
+            });
+            crate::join::post_callback(&url, ca.as_deref(), crate::http::Limits::default(), &body)
+                .await;
+        }
+    }
     Ok(ResetReport {
         journal: journal_state,
         node,
@@ -330,6 +357,112 @@ async fn delete_node(ctx: &mut Ctx<'_>) -> String {
             );
             format!("skipped: {e}")
         }
+    }
+}
+
+/// The node's name, from its client certificate, or from join's state file.
+fn own_node_name(root: &Root) -> Option<String> {
+    if let Some(name) = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+        .and_then(|p| node_name_of(&p))
+    {
+        return Some(name);
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&root.read(Path::new(crate::join::STATE_FILE)).ok()??).ok()?;
+    state["node_name"].as_str().map(str::to_owned)
+}
+
+/// `kubectl drain` with an admin's credentials: cordon, then evict every pod but DaemonSet and
+/// mirror pods through the eviction API (which honours PodDisruptionBudgets: a 429 is retried
+/// until the timeout), then wait until they are gone. A drain that cannot finish stops reset
+/// before anything is removed.
+async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
+    let fail = |m: String| Failure::new(Code::DrainFailed, m);
+    let Some(name) = own_node_name(&ctx.fx.root) else {
+        ctx.step(
+            "drain",
+            "node",
+            "skipped",
+            "the node's name is unknown (no certificate, no state file)",
+        );
+        return Ok(());
+    };
+    if ctx.opts.dry_run {
+        ctx.step(
+            "drain",
+            format!("cordon and evict pods of {name}"),
+            "would-do",
+            "",
+        );
+        return Ok(());
+    }
+    let limits = crate::http::Limits {
+        request_timeout: Duration::from_secs(15),
+        ..crate::http::Limits::default()
+    };
+    let kube =
+        Kube::from_kubeconfig(admin, limits).map_err(|e| fail(format!("--kubeconfig: {e}")))?;
+    kube.merge_patch(
+        &format!("/api/v1/nodes/{name}"),
+        &serde_json::json!({"spec": {"unschedulable": true}}),
+    )
+    .await
+    .map_err(|e| fail(format!("cordoning {name}: {e}")))?;
+    ctx.step("drain", format!("cordon {name}"), "done", "");
+    let deadline = std::time::Instant::now() + ctx.opts.drain_timeout;
+    let list_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
+    loop {
+        let list = kube
+            .get(&list_path)
+            .await
+            .map_err(|e| fail(format!("listing the pods on {name}: {e}")))?
+            .unwrap_or_default();
+        let pods: Vec<serde_json::Value> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                let daemon = p["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet"));
+                let mirror = !p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null();
+                !daemon && !mirror
+            })
+            .collect();
+        if pods.is_empty() {
+            ctx.step("drain", format!("evict pods of {name}"), "done", "");
+            return Ok(());
+        }
+        let mut blocked = Vec::new();
+        for p in &pods {
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
+            let pod = p["metadata"]["name"].as_str().unwrap_or_default();
+            let eviction = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+            match kube
+                .post(
+                    &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
+                    &eviction,
+                )
+                .await
+            {
+                Ok(_) => ctx.step("evict", format!("{ns}/{pod}"), "done", ""),
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) if e.status() == Some(429) => blocked.push(format!("{ns}/{pod}")),
+                Err(e) => return Err(fail(format!("evicting {ns}/{pod}: {e}"))),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(fail(format!(
+                "the drain of {name} did not finish within {:?}: PodDisruptionBudgets still protect {}; nothing was removed. Rerun with a longer --drain-timeout, or without --drain",
+                ctx.opts.drain_timeout,
+                blocked.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

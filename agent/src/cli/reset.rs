@@ -23,6 +23,23 @@ pub struct ResetArgs {
     #[arg(long)]
     pub delete_node: bool,
 
+    /// Drain the node first (cordon, evict honouring PodDisruptionBudgets), with --kubeconfig.
+    #[arg(long, requires = "kubeconfig")]
+    pub drain: bool,
+
+    /// An admin kubeconfig, for --drain.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// How long the drain may take.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::duration::parse)]
+    pub drain_timeout: std::time::Duration,
+
+    /// Do nothing unless the node was marked for removal
+    /// (/var/lib/node-attach/remove-on-shutdown exists); for the shutdown unit.
+    #[arg(long)]
+    pub only_if_marked: bool,
+
     /// Uninstall the packages join installed.
     #[arg(long)]
     pub remove_packages: bool,
@@ -56,18 +73,38 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         }
     }
     let root = Root::new(&args.root);
+    if args.only_if_marked
+        && root
+            .read(std::path::Path::new(crate::reset::REMOVAL_MARKER))
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        reporter.notice(
+            "not marked for removal (no /var/lib/node-attach/remove-on-shutdown): nothing to do",
+        );
+        return Ok(());
+    }
     if root.is_host() && !nix::unistd::geteuid().is_root() && !args.dry_run {
         return Err(Failure::new(
             Code::Usage,
             "reset changes the host: run it as root (or --root DIR for a scratch tree)",
         ));
     }
+    let drain_kubeconfig = match (&args.drain, &args.kubeconfig) {
+        (true, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+            Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display()))
+        })?),
+        _ => None,
+    };
     let fx = Effects::real(root);
     let opts = ResetOptions {
         dry_run: args.dry_run,
         delete_node: args.delete_node,
         remove_packages: args.remove_packages,
         skip: args.skip,
+        drain_kubeconfig,
+        drain_timeout: args.drain_timeout,
     };
     let started = std::time::Instant::now();
     reporter.phase("reset", Status::Started, None, "");

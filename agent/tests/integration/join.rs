@@ -569,3 +569,81 @@ fn bad_input_writes_nothing() {
         "a refused join wrote files"
     );
 }
+
+#[test]
+fn the_outcome_is_reported_to_the_callback_on_success_and_failure() {
+    let cp = control_plane();
+    let values = |callback: &str| ValuesEntry {
+        json: serde_json::json!({
+            "apiVersion": "node-attach.io/v1", "kind": "ClusterValues",
+            "apiServerEndpoints": [cp.endpoint()], "bootstrapToken": TOKEN,
+            "caCertHashes": [cp.ca_pin()], "callbackURL": format!("{}/callback/{callback}", cp.url()),
+        }),
+        ack_text: String::new(),
+    };
+    cp.add_values("callback-token-ok", values("ok-secret-path"));
+    cp.add_values("callback-token-ko", values("ko-secret-path"));
+    let mut node = Node::new();
+    node.kubelet();
+    let ca = write(node.dir.path(), "values-ca.pem", &cp.ca_pem());
+    let args = |token: &str, name: &str, extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "join".into(),
+            "--root".into(),
+            node.root(),
+            "--openapi-token".into(),
+            token.into(),
+            "--values-url".into(),
+            format!("{}/v1/values/{{token}}", cp.url()),
+            "--values-ca-file".into(),
+            ca.display().to_string(),
+            "--node-name".into(),
+            name.into(),
+            "--node-wait-timeout".into(),
+            "30s".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = join(&args("callback-token-ok", "callback-1", &[]), &[]);
+    run.expect_code(0).expect_no_secret(&["ok-secret-path"]);
+    let calls = cp.callbacks();
+    let ok = calls
+        .iter()
+        .find(|c| c.path.ends_with("ok-secret-path"))
+        .expect("success reported");
+    assert!(
+        ok.body.contains("\"status\":\"success\"") && ok.body.contains("callback-1"),
+        "{}",
+        ok.body
+    );
+    // reset reports the removal to the same callback.
+    let reset = run_with(
+        &["reset", "--root", &node.root()],
+        &[],
+        Duration::from_secs(60),
+    );
+    reset.expect_code(0);
+    let removed = cp
+        .callbacks()
+        .into_iter()
+        .filter(|c| c.path.ends_with("ok-secret-path"))
+        .count();
+    assert_eq!(removed, 2, "reset did not report to the callback");
+    cp.set_approval(Approval::Pending);
+    let other = Node::new();
+    let mut a = args("callback-token-ko", "callback-2", &["--csr-timeout", "1s"]);
+    let root_at = a.iter().position(|x| x == "--root").expect("root") + 1;
+    a[root_at] = other.root();
+    join(&a, &[]).expect_code(51);
+    let calls = cp.callbacks();
+    let ko = calls
+        .iter()
+        .find(|c| c.path.ends_with("ko-secret-path"))
+        .expect("failure reported");
+    assert!(
+        ko.body.contains("\"status\":\"failure\"") && ko.body.contains("bootstrap.csr-timeout"),
+        "{}",
+        ko.body
+    );
+}

@@ -6,4 +6,5 @@ mod join;
 mod kubectl;
 mod reset;
 mod support;
+mod units;
 mod values;

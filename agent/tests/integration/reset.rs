@@ -226,3 +226,74 @@ fn mounts_under_var_lib_kubelet_are_unmounted_first() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("unmount"));
     assert!(!node.path("/var/lib/kubelet").exists());
 }
+
+#[test]
+fn drain_honours_pod_disruption_budgets_before_anything_is_removed() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    node.kubelet();
+    join(&scale_out(&cp, &node, "drain-1"), &[]).expect_code(0);
+    let pod = |name: &str, extra: serde_json::Value| {
+        let mut p = serde_json::json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "drain-1"}});
+        test_control_plane::store::merge_patch(&mut p, &extra);
+        cp.put(Kind::Pod, "default", name, p);
+    };
+    pod("web-1", serde_json::json!({}));
+    pod(
+        "agent-1",
+        serde_json::json!({"metadata": {"ownerReferences": [{"kind": "DaemonSet", "name": "agent"}]}}),
+    );
+    let pdb = |allowed: i64| serde_json::json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"selector": {"matchLabels": {"app": "web"}}}, "status": {"disruptionsAllowed": allowed}});
+    cp.put(Kind::Pdb, "default", "web", pdb(0));
+    let admin = write(
+        node.dir.path().parent().expect("tmp"),
+        &format!("admin-{}.conf", std::process::id()),
+        &cp.admin_kubeconfig(),
+    );
+    let admin = admin.display().to_string();
+    let run = reset(
+        &node,
+        &[
+            "--drain",
+            "--kubeconfig",
+            &admin,
+            "--drain-timeout",
+            "2s",
+            "--delete-node",
+        ],
+    );
+    run.expect_code(81)
+        .expect_output("default/web-1")
+        .expect_output("nothing was removed");
+    assert!(
+        node.path("/etc/kubernetes/kubelet.conf").exists(),
+        "a failed drain must not remove anything"
+    );
+    assert!(cp.get(Kind::Node, "", "drain-1").is_some());
+    assert_eq!(
+        cp.get(Kind::Node, "", "drain-1").expect("node")["spec"]["unschedulable"],
+        true,
+        "cordoned"
+    );
+    cp.put(Kind::Pdb, "default", "web", pdb(1));
+    reset(
+        &node,
+        &[
+            "--drain",
+            "--kubeconfig",
+            &admin,
+            "--drain-timeout",
+            "10s",
+            "--delete-node",
+        ],
+    )
+    .expect_code(0)
+    .expect_output("default/web-1");
+    assert!(cp.get(Kind::Pod, "default", "web-1").is_none(), "evicted");
+    assert!(
+        cp.get(Kind::Pod, "default", "agent-1").is_some(),
+        "DaemonSet pods stay"
+    );
+    assert!(cp.get(Kind::Node, "", "drain-1").is_none());
+    let _ = std::fs::remove_file(&admin);
+}

@@ -297,6 +297,7 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         ("PUT", false) => "update",
         ("PATCH", false) => "patch",
         ("DELETE", false) => "delete",
+        ("POST", false) if sub == "eviction" => "create",
         _ => {
             return status_error(
                 405,
@@ -332,6 +333,7 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         "get" => ctx.get(),
         "list" => ctx.list(),
         "watch" => ctx.watch(),
+        "create" if ctx.sub == "eviction" => ctx.evict(),
         "create" => ctx.create(),
         "update" => ctx.update(),
         "patch" => ctx.patch(),
@@ -342,7 +344,7 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
 
 fn served(shared: &Shared, group: &str, version: &str) -> bool {
     match (group, version) {
-        ("", "v1") | ("rbac.authorization.k8s.io", "v1") => true,
+        ("", "v1") | ("rbac.authorization.k8s.io", "v1") | ("policy", "v1") => true,
         ("certificates.k8s.io", "v1") => !shared.options.csr_v1beta1_only,
         ("certificates.k8s.io", "v1beta1") => true,
         _ => false,
@@ -581,6 +583,11 @@ fn field_selector_name(q: &BTreeMap<String, String>) -> Option<String> {
         .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_owned))
 }
 
+fn field_selector_node(q: &BTreeMap<String, String>) -> Option<String> {
+    q.get("fieldSelector")
+        .and_then(|f| f.strip_prefix("spec.nodeName=").map(str::to_owned))
+}
+
 impl Ctx<'_> {
     fn key(&self) -> Key {
         Key::new(self.kind, &self.namespace, &self.name)
@@ -629,12 +636,14 @@ impl Ctx<'_> {
         let state = self.shared.lock();
         let ns = (!self.namespace.is_empty()).then_some(self.namespace.as_str());
         let name = field_selector_name(&self.query);
+        let node = field_selector_node(&self.query);
         let selector = self.query.get("labelSelector").cloned().unwrap_or_default();
         let items: Vec<Value> = state
             .store
             .list(self.kind, ns)
             .into_iter()
             .filter(|o| name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+            .filter(|o| node.as_deref().is_none_or(|n| o["spec"]["nodeName"] == n))
             .filter(|o| label_selector_matches(&selector, o))
             .map(|o| self.present(o.clone()))
             .collect();
@@ -982,6 +991,67 @@ impl Ctx<'_> {
             }
         }
         self.store_update(new)
+    }
+
+    /// The eviction subresource: refused with 429 while a matching PodDisruptionBudget allows
+    /// no disruption, as the API server does.
+    fn evict(&self) -> Reply {
+        if self.kind != Kind::Pod {
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            );
+        }
+        let mut state = self.shared.lock();
+        let Some(pod) = state.store.get(&self.key()).cloned() else {
+            return not_found(self.kind, &self.name);
+        };
+        let labels = pod["metadata"]["labels"].clone();
+        let pdbs: Vec<Value> = state
+            .store
+            .list(Kind::Pdb, Some(&self.namespace))
+            .into_iter()
+            .cloned()
+            .collect();
+        for pdb in pdbs {
+            let wanted = pdb["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let selects = !wanted.is_empty() && wanted.iter().all(|(k, v)| labels[k] == *v);
+            if !selects {
+                continue;
+            }
+            let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+            if allowed <= 0 {
+                return status_error(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    Some(
+                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {} needs more healthy pods", pdb["metadata"]["name"].as_str().unwrap_or_default())}]}),
+                    ),
+                );
+            }
+            let mut updated = pdb.clone();
+            updated["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            if let Some(m) = updated["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            let key = Key::new(
+                Kind::Pdb,
+                &self.namespace,
+                pdb["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            let _ = state.store.update(key, updated);
+        }
+        let _ = state.store.delete(&self.key());
+        Reply::json(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
     }
 
     fn delete(&self) -> Reply {

@@ -25,11 +25,15 @@ pub enum Kind {
     Role,
     /// rbac RoleBinding.
     RoleBinding,
+    /// core/v1 Pod.
+    Pod,
+    /// policy/v1 PodDisruptionBudget.
+    Pdb,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ConfigMap,
         Kind::Secret,
         Kind::Node,
@@ -39,6 +43,8 @@ impl Kind {
         Kind::ClusterRoleBinding,
         Kind::Role,
         Kind::RoleBinding,
+        Kind::Pod,
+        Kind::Pdb,
     ];
 
     /// The `kind` field.
@@ -53,6 +59,8 @@ impl Kind {
             Kind::ClusterRoleBinding => "ClusterRoleBinding",
             Kind::Role => "Role",
             Kind::RoleBinding => "RoleBinding",
+            Kind::Pod => "Pod",
+            Kind::Pdb => "PodDisruptionBudget",
         }
     }
 
@@ -68,13 +76,16 @@ impl Kind {
             Kind::ClusterRoleBinding => "clusterrolebindings",
             Kind::Role => "roles",
             Kind::RoleBinding => "rolebindings",
+            Kind::Pod => "pods",
+            Kind::Pdb => "poddisruptionbudgets",
         }
     }
 
     /// The API group ("" for core).
     pub fn group(self) -> &'static str {
         match self {
-            Kind::ConfigMap | Kind::Secret | Kind::Node | Kind::Namespace => "",
+            Kind::ConfigMap | Kind::Secret | Kind::Node | Kind::Namespace | Kind::Pod => "",
+            Kind::Pdb => "policy",
             Kind::Csr => "certificates.k8s.io",
             Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => {
                 "rbac.authorization.k8s.io"
@@ -86,7 +97,7 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::ConfigMap | Kind::Secret | Kind::Role | Kind::RoleBinding
+            Kind::ConfigMap | Kind::Secret | Kind::Role | Kind::RoleBinding | Kind::Pod | Kind::Pdb
         )
     }
 
@@ -113,6 +124,8 @@ impl Kind {
             Kind::Node => &["no"],
             Kind::Namespace => &["ns"],
             Kind::Csr => &["csr"],
+            Kind::Pod => &["po"],
+            Kind::Pdb => &["pdb"],
             _ => &[],
         }
     }
