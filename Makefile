@@ -42,3 +42,37 @@ fuzz:
 
 clean:
 	$(CARGO) clean
+
+## A fully static x86_64 binary (musl, rustls+ring, LTO, stripped), with its size and a budget.
+STATIC_TARGET ?= x86_64-unknown-linux-musl
+STATIC_BIN := target/$(STATIC_TARGET)/release/node-attach
+STATIC_BUDGET ?= 8388608
+static:
+	@rustup target list --installed | grep -qx $(STATIC_TARGET) || rustup target add $(STATIC_TARGET)
+	@command -v musl-gcc >/dev/null || { echo "musl-gcc is missing: apt-get install musl-tools"; exit 1; }
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --locked --target $(STATIC_TARGET) -p node-attach
+	@size=$$(stat -c %s $(STATIC_BIN)); \
+	  echo "static binary: $(STATIC_BIN): $$size bytes ($$((size / 1024)) KiB; budget $$(($(STATIC_BUDGET) / 1048576)) MiB)"; \
+	  if readelf -d $(STATIC_BIN) | grep -q NEEDED; then echo "error: $(STATIC_BIN) needs shared libraries"; exit 1; fi; \
+	  if [ $$size -gt $(STATIC_BUDGET) ]; then echo "error: over the size budget"; exit 1; fi
+
+## The files any static HTTPS server or object store can serve: attach.sh, binary, digest.
+BASE_URL ?=
+SERVE_DIR ?= dist/serve
+serve: static
+	@[ -n "$(BASE_URL)" ] || { echo "usage: make serve BASE_URL=https://host/path"; exit 1; }
+	mkdir -p $(SERVE_DIR)
+	sed 's#@BASE_URL@#$(BASE_URL)#g' packaging/install.sh > $(SERVE_DIR)/attach.sh
+	cp $(STATIC_BIN) $(SERVE_DIR)/node-attach-linux-amd64
+	cd $(SERVE_DIR) && sha256sum node-attach-linux-amd64 > node-attach-linux-amd64.sha256
+	@ls -l $(SERVE_DIR)
+
+## A .deb with the binary, the units and a default configuration file.
+deb: static
+	packaging/deb/build.sh $(STATIC_BIN) dist
+
+## The end-to-end test: systemd-nspawn + cloud-init + containerd (root only; CI runs it).
+e2e: build static
+	bash tests/e2e/run.sh
+
+.PHONY: static serve deb e2e

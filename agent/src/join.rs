@@ -124,7 +124,8 @@ fn crash_hook(phase: &str) {
 pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure> {
     let token = args.token.resolve()?;
     let openapi = args.openapi.resolve()?;
-    if args.token.token.is_some() && std::env::var_os(crate::cli::common::ENV_TOKEN).is_none() {
+    let in_argv = std::env::args().any(|a| a == "--token" || a.starts_with("--token="));
+    if args.token.token.is_some() && in_argv {
         tracing::warn!("the bootstrap token was given on the command line, where other users can read it in the process list; prefer NODE_ATTACH_TOKEN or --token-file");
     }
     let values = match openapi {

@@ -15,6 +15,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// the values themselves: --token, --endpoint, --cluster-dns and a CA pin.
 #[derive(Clone, Debug, clap::Args)]
 pub struct JoinArgs {
+    /// Read options from this YAML file (keys are the long option names; flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// The openapi token.
     #[command(flatten)]
     pub openapi: OpenApiTokenArgs,

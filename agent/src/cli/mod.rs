@@ -5,6 +5,7 @@
 //! `attach.sh --help` must not look like a successful join).
 
 pub mod common;
+pub mod config;
 pub mod discover;
 pub mod join;
 pub mod reset;
@@ -72,6 +73,13 @@ where
     T: Into<OsString> + Clone,
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let argv = match config::expand(argv) {
+        Ok(a) => a,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            return failure.code.exit_code();
+        }
+    };
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(err) => return parse_error(err, &argv),

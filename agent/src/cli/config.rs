@@ -1,0 +1,166 @@
+//! `join --config FILE`: a YAML file whose keys are join's long option names, for images that
+//! prefer a unit with a config file (`node-attach.service`) to a script. Flags on the command
+//! line win over the file. Values are validated exactly as the flags are; an unknown key is an
+//! unknown flag (exit 2). The file may hold a token: it must not be readable by other users.
+//!
+//! ```yaml
+//! endpoint: 10.0.0.10:6443
+//! token-file: /etc/node-attach/token
+//! discovery-token-ca-cert-hash: [sha256:…]
+//! labels: workload_type=cpu
+//! disable-swap: true
+//! ```
+
+use crate::error::{Code, Failure};
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+
+/// The default configuration file of `node-attach.service`.
+pub const DEFAULT_CONFIG: &str = "/etc/node-attach/config.yaml";
+
+fn usage(m: String) -> Failure {
+    Failure::new(Code::Usage, m)
+}
+
+/// Expands `--config FILE` in a `join` command line into flags (those already given win).
+pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
+    let is_join = argv.get(1).is_some_and(|a| a == "join");
+    let pos = argv
+        .iter()
+        .position(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    let (Some(pos), true) = (pos, is_join) else {
+        return Ok(argv);
+    };
+    let arg = argv[pos].to_string_lossy().into_owned();
+    let (path, consumed) = match arg.strip_prefix("--config=") {
+        Some(p) => (p.to_owned(), 1),
+        None => (
+            argv.get(pos + 1)
+                .map(|p| p.to_string_lossy().into_owned())
+                .ok_or_else(|| usage("--config needs a file".into()))?,
+            2,
+        ),
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| usage(format!("--config {path}: {e}")))?;
+    if meta.mode() & 0o007 != 0 {
+        return Err(usage(format!(
+            "--config {path} is readable by other users and may hold a token: chmod 600 (or 640) it"
+        )));
+    }
+    if meta.len() > 1024 * 1024 {
+        return Err(usage(format!("--config {path}: larger than 1 MiB")));
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| usage(format!("--config {path}: {e}")))?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?;
+    let map = match doc {
+        serde_yaml_ng::Value::Mapping(m) => m,
+        serde_yaml_ng::Value::Null => Default::default(),
+        _ => {
+            return Err(usage(format!(
+                "--config {path}: expected a mapping of option names to values"
+            )))
+        }
+    };
+    let mut out: Vec<OsString> = argv[..pos].to_vec();
+    let rest: Vec<OsString> = argv[pos + consumed..].to_vec();
+    let given = |flag: &str| {
+        argv.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        })
+    };
+    for (k, v) in map {
+        let key = k
+            .as_str()
+            .ok_or_else(|| usage(format!("--config {path}: keys must be option names")))?;
+        if key == "config"
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(usage(format!(
+                "--config {path}: {key:?} is not an option name"
+            )));
+        }
+        let flag = format!("--{key}");
+        if given(&flag) {
+            continue;
+        }
+        let scalar = |v: &serde_yaml_ng::Value| -> Result<String, Failure> {
+            match v {
+                serde_yaml_ng::Value::String(s) => Ok(s.clone()),
+                serde_yaml_ng::Value::Number(n) => Ok(n.to_string()),
+                serde_yaml_ng::Value::Bool(b) => Ok(b.to_string()),
+                _ => Err(usage(format!(
+                    "--config {path}: {key} must be a string, number or boolean"
+                ))),
+            }
+        };
+        match &v {
+            serde_yaml_ng::Value::Bool(true) => out.push(flag.clone().into()),
+            serde_yaml_ng::Value::Bool(false) | serde_yaml_ng::Value::Null => {}
+            serde_yaml_ng::Value::Sequence(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(item)?).into());
+                }
+            }
+            other => out.push(format!("{flag}={}", scalar(other)?).into()),
+        }
+    }
+    out.extend(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn flags_win_and_lists_repeat() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "endpoint: 1.2.3.4:6443\ndisable-swap: true\ness: false\ndiscovery-token-ca-cert-hash: [a, b]\nnode-name: from-file\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let argv: Vec<OsString> = [
+            "node-attach",
+            "join",
+            "--config",
+            p.to_str().expect("utf8"),
+            "--node-name",
+            "from-flag",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out: Vec<String> = expand(argv)
+            .expect("expand")
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(out.contains(&"--endpoint=1.2.3.4:6443".to_owned()));
+        assert!(out.contains(&"--disable-swap".to_owned()));
+        assert!(
+            !out.iter().any(|a| a.starts_with("--ess")),
+            "false booleans are omitted"
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|a| a.starts_with("--discovery-token-ca-cert-hash="))
+                .count(),
+            2
+        );
+        assert!(
+            !out.iter().any(|a| a.contains("from-file")),
+            "the flag wins"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let argv: Vec<OsString> = ["node-attach", "join", "--config", p.to_str().expect("utf8")]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(expand(argv).is_err(), "world-readable config refused");
+    }
+}
