@@ -746,6 +746,21 @@ fn kubelet_phase(
         )
         .map_err(&fail)?
         .changes();
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.to_str().map(str::to_owned))
+    {
+        let unit = kubelet::RESET_UNIT.replace("/usr/local/bin/node-attach", &exe);
+        units |= applier
+            .file(
+                Path::new(kubelet::RESET_UNIT_PATH),
+                0o644,
+                unit.as_bytes(),
+                false,
+            )
+            .map_err(&fail)?
+            .changes();
+    }
     Ok(KubeletChanges {
         units,
         config: changed || units,

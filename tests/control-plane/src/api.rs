@@ -190,6 +190,7 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         ["token", token, "instance", _, "node_info"] if req.method == "GET" => {
             return values_ack(shared, token)
         }
+        ["files", name] if req.method == "GET" => return static_file(shared, name),
         ["callback", ..] if req.method == "POST" => {
             shared.lock().callbacks.push(crate::Callback {
                 path: req.path.clone(),
@@ -1189,5 +1190,24 @@ fn values_ack(shared: &Shared, token: &str) -> Reply {
     match shared.lock().values.get(token) {
         Some(e) => Reply::text(200, e.ack_text.clone()),
         None => Reply::text(404, "token not found"),
+    }
+}
+
+/// A file from the served directory (anonymous, read-only, no subdirectories).
+fn static_file(shared: &Shared, name: &str) -> Reply {
+    let Some(dir) = &shared.options.files_dir else {
+        return Reply::text(404, "no files are served");
+    };
+    if name.starts_with('.') || name.contains('/') {
+        return Reply::text(404, "not found");
+    }
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Reply::Full {
+            status: 200,
+            content_type: "application/octet-stream",
+            headers: Vec::new(),
+            body: Bytes::from(bytes),
+        },
+        Err(_) => Reply::text(404, "not found"),
     }
 }

@@ -58,6 +58,8 @@ pub struct Options {
     pub csr_v1beta1_only: bool,
     /// Cluster DNS in the seeded kubelet-config.
     pub cluster_dns: String,
+    /// A directory served read-only at `/files/` (the e2e test's installer, binaries, digests).
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             legacy_kubelet_config_name: false,
             csr_v1beta1_only: false,
             cluster_dns: "10.96.0.10".into(),
+            files_dir: None,
         }
     }
 }

@@ -28,8 +28,20 @@ struct Args {
     record: Option<PathBuf>,
 }
 
+/// What `kubelet --version` prints: the version in /etc/kubelet-standin.version when present
+/// (the e2e test matches it to the test control plane), else v1.31.2.
+fn print_version() -> ! {
+    let v = std::fs::read_to_string("/etc/kubelet-standin.version")
+        .unwrap_or_else(|_| "v1.31.2".into());
+    println!("Kubernetes {}", v.trim());
+    std::process::exit(0)
+}
+
 fn parse_args() -> Args {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--version") {
+        print_version();
+    }
     let mut flags = BTreeMap::new();
     let mut root = PathBuf::from("/");
     let mut once = false;

@@ -12,6 +12,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: test-control-plane --state-dir DIR [--listen ADDR:PORT] [--advertise HOST]... \
          [--token ID.SECRET]... [--values OPENAPI_TOKEN=FILE.json]... [--signing-delay MS] \
+         [--kubernetes-version V] [--files DIR] \
          [--exit-on-stdin-eof]"
     );
     std::process::exit(2)
@@ -43,6 +44,7 @@ fn main() {
                     Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
             "--kubernetes-version" => opts.kubernetes_version = value(),
+            "--files" => opts.files_dir = Some(PathBuf::from(value())),
             "--exit-on-stdin-eof" => stdin_eof = true,
             _ => usage(),
         }
@@ -55,7 +57,11 @@ fn main() {
     }
     for v in &values {
         let (token, file) = v.split_once('=').unwrap_or_else(|| usage());
-        let text = std::fs::read_to_string(file).expect("values file");
+        // @ENDPOINT@ and @CA_PIN@ are filled in, since they are known only now.
+        let text = std::fs::read_to_string(file)
+            .expect("values file")
+            .replace("@ENDPOINT@", &cp.endpoint())
+            .replace("@CA_PIN@", &cp.ca_pin());
         let json: serde_json::Value = serde_json::from_str(&text).expect("values JSON");
         cp.add_values(
             token,
