@@ -13,8 +13,9 @@ build:
 demo: build
 	./target/debug/demo
 
-## Everything: formatting, lints, unit and integration tests.
-test: lint unit
+## Everything: formatting, lints, unit and integration tests, shell lint, and the end-to-end test
+## (which skips, loudly, when not root).
+test: lint unit shellcheck e2e
 
 lint: fmt-check clippy
 
@@ -26,6 +27,10 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+shellcheck:
+	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
+	shellcheck -S warning tests/e2e/run.sh
 
 # The integration tests run the workspace binaries (node-attach, kubelet-standin): build them first.
 unit:
@@ -75,4 +80,4 @@ deb: static
 e2e: build static
 	bash tests/e2e/run.sh
 
-.PHONY: static serve deb e2e
+.PHONY: static serve deb e2e shellcheck

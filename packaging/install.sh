@@ -24,7 +24,7 @@ say() { printf '%s node-attach-install: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "
 die() { say "error: $*" >&2; exit 1; }
 
 case "$BASE_URL" in
-  @BASE_URL@|"") die "no download location: set NODE_ATTACH_BASE_URL (this copy of install.sh was not published with one)" ;;
+  @*@|"") die "no download location: set NODE_ATTACH_BASE_URL (this copy of install.sh was not published with one)" ;;
   https://*) ;;
   *) die "NODE_ATTACH_BASE_URL must be an https URL (got $BASE_URL)" ;;
 esac
@@ -82,9 +82,10 @@ fi
 FIFO="$WORK/log.fifo"
 mkfifo "$FIFO"
 tee -a "$LOG_DIR/init.log" "$ACK_LOG_DIR/init.log" < "$FIFO" &
-exec > "$FIFO" 2>&1 < /dev/null
+# (stdin stays: with `curl … | bash -s`, the rest of this script is read from it.)
+exec > "$FIFO" 2>&1
 # Both ends are open: the work directory (and the fifo's name) can go before join takes over.
 trap - EXIT INT TERM
 rm -rf "$WORK"
 say "running: node-attach join (flags passed through)"
-exec "$TARGET" join "$@"
+exec "$TARGET" join "$@" < /dev/null

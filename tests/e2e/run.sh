@@ -254,7 +254,7 @@ JSON
 
   stage "form $form: cloud-init runs the one-line install and node-attach join"
   for _ in $(seq 1 720); do
-    [ -f "$groot/var/lib/cloud/data/result.json" ] && break
+    nsenter -t "$leader" -a -- test -f /var/lib/cloud/instance/boot-finished 2>/dev/null && break
     kill -0 "$leader" 2>/dev/null || break
     sleep 0.25
   done
@@ -281,10 +281,14 @@ JSON
   check "kubelet.service is active" guest systemctl -q is-active kubelet
   check "the kubelet stand-in got node-attach's flags" grep -q -- "--node-ip=$guest_ip" "$groot/var/lib/kubelet-standin/record.json"
   check "Node $node is registered" kubectl get node "$node"
-  check "Node $node has the workload_type label" sh -c "kubectl get node $node -o jsonpath='{.metadata.labels.workload_type}' | grep -qx cpu"
   case "$form" in
-    manual-add) check "Node $node has the values' taint" sh -c "kubectl get node $node -o jsonpath='{.spec.taints[0].key}' | grep -qx e2e" ;;
+    scale-out)
+      check "Node $node runs on the flags' values (cluster DNS in its config)" grep -q '10.96.0.10' "$groot/var/lib/kubelet/config.yaml" ;;
+    manual-add)
+      check "Node $node has the values' workload_type label" sh -c "kubectl get node $node -o jsonpath='{.metadata.labels.workload_type}' | grep -qx cpu"
+      check "Node $node has the values' taint" sh -c "kubectl get node $node -o jsonpath='{.spec.taints[0].key}' | grep -qx e2e" ;;
     autoscaler)
+      check "Node $node has the pool's workload_type label" sh -c "kubectl get node $node -o jsonpath='{.metadata.labels.workload_type}' | grep -qx cpu"
       check "Node $node has its providerID" sh -c "kubectl get node $node -o jsonpath='{.spec.providerID}' | grep -qx cn-e2e.i-e2e0001"
       check "the restricted label is reported for the control plane" grep -q 'labels for the control plane to apply.*k8s.io/cluster-autoscaler=true' "$groot/var/log/cloud-init-output.log"
       check "the restricted label was not self-set" sh -c "! kubectl get node $node -o jsonpath='{.metadata.labels}' | grep -q cluster-autoscaler" ;;
@@ -294,17 +298,26 @@ JSON
   check "no token secret in the cloud-init logs" sh -c "! grep -q '$TOKEN_SECRET\|$OPENAPI' $groot/var/log/cloud-init-output.log $groot/var/log/cloud-init.log $groot/var/log/node-attach/init.log"
   check "no token secret left on disk in /etc or /var/lib" sh -c "! grep -rqs '$TOKEN_SECRET' $groot/etc $groot/var/lib/kubelet $groot/var/lib/node-attach"
 
+  if [ "$FAIL" != 0 ]; then
+    log "--- cloud-init-output.log (tail)"
+    tail -n 40 "$groot/var/log/cloud-init-output.log" 2>/dev/null || true
+    log "--- guest processes and logs"
+    guest ps -ef 2>/dev/null | grep -v '\[' | tail -n 25 || true
+    ls -la "$groot/var/log/node-attach" "$groot/var/log/acs" 2>&1 || true
+    cat "$groot/var/log/node-attach/init.log" 2>/dev/null | tail -n 30 || true
+  fi
   # What join recorded, to check reset against the image (the guest's pre-join state).
   cp "$groot/var/lib/node-attach/journal.jsonl" "$RUN/journal.jsonl" 2>/dev/null || true
 
   stage "form $form: systemctl start node-attach-reset"
-  guest systemctl start node-attach-reset || true
+  # A oneshot: systemctl start returns when the reset has run, failing if it failed.
+  check "systemctl start node-attach-reset succeeded" guest systemctl start node-attach-reset
   stage_done
-  check "node-attach-reset.service succeeded" sh -c "nsenter -t $leader -a -- systemctl show -p Result node-attach-reset | grep -qx Result=success"
+  check "the reset unit logged its run" sh -c "nsenter -t $leader -a -- journalctl -u node-attach-reset --no-pager | grep -q 'reset.*done'"
   check "Node $node is gone from the API" sh -c "! kubectl get node $node"
   check "the kubelet is stopped" sh -c "! nsenter -t $leader -a -- systemctl -q is-active kubelet"
   check "the journal is gone" test ! -e "$groot/var/lib/node-attach"
-  python3 - "$RUN/journal.jsonl" "$groot" "$TREE" > "$RUN/reset-check.txt" 2>&1 <<'PY'
+  python3 - "$RUN/journal.jsonl" "$groot" "$TREE" > "$RUN/reset-check.txt" 2>&1 <<'PY' || true
 import json, os, sys
 journal, guest, image = sys.argv[1:4]
 bad = []
@@ -334,8 +347,9 @@ for line in open(journal):
 print("\n".join(bad) or "tree restored")
 sys.exit(1 if bad else 0)
 PY
+  [ -s "$RUN/reset-check.txt" ] || echo "no result" > "$RUN/reset-check.txt"
   check "every path join touched is back to the image's state" grep -qx 'tree restored' "$RUN/reset-check.txt"
-  [ "$FAIL" = 0 ] || { log "reset check: $(cat "$RUN/reset-check.txt")"; log "--- cloud-init-output.log (tail)"; tail -n 40 "$groot/var/log/cloud-init-output.log" 2>/dev/null || true; }
+  [ "$FAIL" = 0 ] || log "reset check: $(cat "$RUN/reset-check.txt")"
 
   stage "form $form: stop"
   cleanup_form
