@@ -128,6 +128,8 @@ pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure>
     if args.token.token.is_some() && in_argv {
         tracing::warn!("the bootstrap token was given on the command line, where other users can read it in the process list; prefer NODE_ATTACH_TOKEN or --token-file");
     }
+    let mut args = args;
+    apply_metadata(&mut args, openapi.is_some(), reporter).await?;
     let values = match openapi {
         Some(openapi) => Some(fetch_values(&args, openapi, reporter).await?),
         None => None,
@@ -146,6 +148,76 @@ pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure>
     let summary = outcome?;
     let text = summary_text(&summary);
     reporter.result(&summary, &text);
+    Ok(())
+}
+
+/// Fills instance id, region, node IP and providerID from the cloud's metadata service when the
+/// flags left them out and join needs them (or a provider was named explicitly).
+async fn apply_metadata(
+    args: &mut JoinArgs,
+    openapi: bool,
+    reporter: &mut Reporter,
+) -> Result<(), Failure> {
+    use crate::metadata::{self, MetadataKind};
+    let template_needs = openapi
+        && ((args.values_url.contains("{region}") && args.region.is_none())
+            || (args.values_url.contains("{instance_id}") && args.instance_id.is_none()));
+    let mode_needs = args.node_name.is_none()
+        && args.node_name_mode.as_deref().is_some_and(|m| {
+            let m = m.to_ascii_lowercase();
+            (m.contains("instance") && (args.instance_id.is_none() || args.region.is_none()))
+                || (m.contains("ip") && args.region.is_none())
+        });
+    let ess_needs = args.ess == Some(true)
+        && args.provider_id.is_none()
+        && (args.instance_id.is_none() || args.region.is_none());
+    let wanted = match args.metadata {
+        MetadataKind::None => false,
+        MetadataKind::Auto => template_needs || mode_needs || ess_needs,
+        MetadataKind::Aliyun | MetadataKind::Aws => true,
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let started = Instant::now();
+    reporter.phase("metadata", Status::Started, None, "");
+    let found = metadata::fetch(args.metadata, args.metadata_endpoint.as_deref())
+        .await
+        .map_err(|e| {
+            reporter.phase("metadata", Status::Failed, Some(started.elapsed()), "");
+            Failure::new(
+                Code::Identity,
+                format!("{e}; pass --instance-id and --region (or --metadata none)"),
+            )
+        })?;
+    let Some(m) = found else {
+        reporter.phase(
+            "metadata",
+            Status::Skipped,
+            Some(started.elapsed()),
+            "no cloud metadata service answered",
+        );
+        return Ok(());
+    };
+    args.instance_id
+        .get_or_insert_with(|| m.instance_id.clone());
+    args.region.get_or_insert_with(|| m.region.clone());
+    if args.node_ip.is_none() {
+        args.node_ip = m.private_ipv4.clone();
+    }
+    args.provider_id.get_or_insert_with(|| m.provider_id());
+    reporter.phase(
+        "metadata",
+        Status::Done,
+        Some(started.elapsed()),
+        &format!(
+            "{} instance {} in {} (providerID {})",
+            m.provider,
+            m.instance_id,
+            m.region,
+            m.provider_id()
+        ),
+    );
     Ok(())
 }
 
@@ -607,6 +679,10 @@ fn labels_for(settings: &Settings) -> (crate::validate::Labels, crate::validate:
     let mut labels = settings.labels.clone();
     if let Some(pool) = &settings.node_pool_id {
         let _ = labels.insert("node pool", "alibabacloud.com/nodepool-id", pool);
+    }
+    if let (true, Some(id)) = (settings.ess, &settings.instance_id) {
+        // What the alicloud autoscaler and ACK's node pools match nodes by.
+        let _ = labels.insert("instance", "alibabacloud.com/instance-id", id);
     }
     labels.split_by_class()
 }

@@ -24,6 +24,7 @@ pub mod kube_version;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod logging;
+pub mod metadata;
 pub mod pin;
 pub mod preflight;
 pub mod report;

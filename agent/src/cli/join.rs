@@ -92,6 +92,15 @@ pub struct JoinArgs {
     #[arg(long, value_name = "POLICY")]
     pub cpu_policy: Option<String>,
 
+    /// Where to learn the instance id, region, private IP and providerID: auto (ask only when
+    /// something is missing; Alibaba Cloud, then AWS, with short timeouts), aliyun, aws, none.
+    #[arg(long, value_enum, default_value_t = crate::metadata::MetadataKind::Auto)]
+    pub metadata: crate::metadata::MetadataKind,
+
+    /// Address of the metadata service (default: the provider's own).
+    #[arg(long, value_name = "URL", hide = true)]
+    pub metadata_endpoint: Option<String>,
+
     /// The instance id, for {instance_id} in --values-url and instanceid naming.
     #[arg(long, value_name = "ID")]
     pub instance_id: Option<String>,

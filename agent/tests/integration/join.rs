@@ -329,6 +329,9 @@ fn autoscaler_form_splits_restricted_labels_and_requires_a_provider_id() {
             "pool-1",
             "--ess",
             "true",
+            // Never probe a real cloud metadata address from a test.
+            "--metadata",
+            "none",
             "--labels",
             "k8s.io/cluster-autoscaler=true,workload_type=cpu",
             "--node-wait-timeout",

@@ -4,6 +4,7 @@
 mod discover;
 mod join;
 mod kubectl;
+mod metadata;
 mod reset;
 mod support;
 mod units;

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod metadata;
 pub mod pki;
 pub mod seed;
 pub mod server;

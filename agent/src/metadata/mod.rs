@@ -1,0 +1,220 @@
+//! Instance metadata: who this machine is on its cloud (instance id, region, zone, private IP,
+//! host name, instance type), behind one interface with one module per provider.
+//!
+//! * [`aliyun`]: ECS metadata at 100.100.100.200, security-hardened mode first (PUT a token,
+//!   then send it on every GET), normal mode as the fallback;
+//! * [`aws`]: EC2 IMDSv2 at 169.254.169.254 (token required);
+//! * `none`: nothing from the cloud; values come from flags.
+//!
+//! `--metadata auto` (the default) asks only when join needs something it was not given (the
+//! values URL's `{region}`/`{instance_id}`, an ACK-style node name, an autoscaled node's
+//! providerID), tries Alibaba Cloud then AWS with short timeouts, and never stalls a machine that
+//! is on neither.
+
+pub mod aliyun;
+pub mod aws;
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// What a provider knows about this instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InstanceMetadata {
+    /// Which provider answered.
+    pub provider: &'static str,
+    /// Instance id.
+    pub instance_id: String,
+    /// Region id.
+    pub region: String,
+    /// Zone id.
+    pub zone: String,
+    /// Private IPv4 address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_ipv4: Option<String>,
+    /// Host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Instance type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+impl InstanceMetadata {
+    /// The providerID in the cloud's exact format: `<region-id>.<instance-id>` on Alibaba Cloud
+    /// (what the cloud controller manager and the alicloud autoscaler read),
+    /// `aws:///<zone>/<instance-id>` on AWS.
+    pub fn provider_id(&self) -> String {
+        match self.provider {
+            "aws" => format!("aws:///{}/{}", self.zone, self.instance_id),
+            _ => format!("{}.{}", self.region, self.instance_id),
+        }
+    }
+}
+
+/// Which provider to ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataKind {
+    /// Try Alibaba Cloud, then AWS, only when something is missing.
+    Auto,
+    /// Alibaba Cloud ECS.
+    Aliyun,
+    /// AWS EC2 (IMDSv2).
+    Aws,
+    /// No cloud metadata.
+    None,
+}
+
+/// Why metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The service did not answer, or answered an error.
+    #[error("{provider} instance metadata at {endpoint}: {detail}")]
+    Unavailable {
+        /// Provider.
+        provider: &'static str,
+        /// Base URL asked.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+    /// An answer failed validation.
+    #[error("{provider} instance metadata: {field} {value:?} is not a valid value")]
+    Invalid {
+        /// Provider.
+        provider: &'static str,
+        /// Which item.
+        field: &'static str,
+        /// What came back (shortened).
+        value: String,
+    },
+}
+
+/// Timeouts of metadata calls.
+#[derive(Clone, Copy, Debug)]
+pub struct MetadataLimits {
+    /// Connect timeout.
+    pub connect: Duration,
+    /// Whole-request timeout.
+    pub request: Duration,
+}
+
+impl MetadataLimits {
+    /// Short limits for auto-detection: a machine without the service answers within a second.
+    pub fn probe() -> MetadataLimits {
+        MetadataLimits {
+            connect: Duration::from_millis(300),
+            request: Duration::from_millis(1000),
+        }
+    }
+
+    /// Limits for a provider named explicitly.
+    pub fn explicit() -> MetadataLimits {
+        MetadataLimits {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A plain-http client for link-local metadata services: no proxy, no redirects, small bodies.
+pub(crate) fn client(limits: MetadataLimits) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(limits.connect)
+        .timeout(limits.request)
+        .build()
+        .map_err(|e| e.without_url().to_string())
+}
+
+/// Reads a small text answer (≤ 4 KiB); `Ok(None)` on 404.
+pub(crate) async fn get_text(
+    client: &reqwest::Client,
+    url: &str,
+    header: Option<(&str, &str)>,
+) -> Result<Option<String>, String> {
+    let mut req = client.get(url);
+    if let Some((k, v)) = header {
+        let mut value = reqwest::header::HeaderValue::from_str(v).map_err(|e| e.to_string())?;
+        value.set_sensitive(true);
+        req = req.header(k, value);
+    }
+    let mut resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Ok(None),
+        s => return Err(format!("HTTP {s}")),
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > 4096 {
+            return Err("answer larger than 4 KiB".into());
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()))
+}
+
+/// Validates an identifier-like answer.
+pub(crate) fn ident(
+    provider: &'static str,
+    field: &'static str,
+    v: Option<String>,
+) -> Result<String, MetadataError> {
+    let v = v.unwrap_or_default();
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(v)
+    } else {
+        Err(MetadataError::Invalid {
+            provider,
+            field,
+            value: v.chars().take(64).collect(),
+        })
+    }
+}
+
+/// Reads metadata from `kind` (for `Auto`, the first provider that answers). `endpoint`
+/// overrides the provider's address (tests, proxies).
+pub async fn fetch(
+    kind: MetadataKind,
+    endpoint: Option<&str>,
+) -> Result<Option<InstanceMetadata>, MetadataError> {
+    match kind {
+        MetadataKind::None => Ok(None),
+        MetadataKind::Aliyun => aliyun::fetch(
+            endpoint.unwrap_or(aliyun::ENDPOINT),
+            MetadataLimits::explicit(),
+        )
+        .await
+        .map(Some),
+        MetadataKind::Aws => aws::fetch(
+            endpoint.unwrap_or(aws::ENDPOINT),
+            MetadataLimits::explicit(),
+        )
+        .await
+        .map(Some),
+        MetadataKind::Auto => {
+            let limits = MetadataLimits::probe();
+            match aliyun::fetch(endpoint.unwrap_or(aliyun::ENDPOINT), limits).await {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) => tracing::info!("no Alibaba Cloud metadata: {e}"),
+            }
+            match aws::fetch(endpoint.unwrap_or(aws::ENDPOINT), limits).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) => {
+                    tracing::info!("no AWS metadata: {e}");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
