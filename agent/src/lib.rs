@@ -34,5 +34,6 @@ pub mod secret;
 pub mod settings;
 pub mod tls;
 pub mod token;
+pub mod tokens;
 pub mod validate;
 pub mod values;

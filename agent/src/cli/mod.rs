@@ -10,6 +10,7 @@ pub mod discover;
 pub mod join;
 pub mod reset;
 pub mod status;
+pub mod token;
 pub mod version;
 
 use crate::error::{Code, Failure};
@@ -50,6 +51,8 @@ pub enum Command {
     Reset(reset::ResetArgs),
     /// Show what join did and how the node is doing.
     Status(status::StatusArgs),
+    /// Manage bootstrap tokens (operators, with an admin kubeconfig).
+    Token(token::TokenArgs),
     /// Print the version.
     Version(version::VersionArgs),
 }
@@ -61,6 +64,7 @@ impl Command {
             Command::Discover(_) => "discover",
             Command::Reset(_) => "reset",
             Command::Status(_) => "status",
+            Command::Token(_) => "token",
             Command::Version(_) => "version",
         }
     }
@@ -110,6 +114,7 @@ where
             Command::Discover(args) => discover::run(args, &mut reporter).await,
             Command::Reset(args) => reset::run(args, &mut reporter).await,
             Command::Status(args) => status::run(args, &mut reporter),
+            Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
         }
     });

@@ -5,6 +5,7 @@ mod discover;
 mod join;
 mod kubectl;
 mod metadata;
+mod operator;
 mod reset;
 mod support;
 mod units;
