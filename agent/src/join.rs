@@ -1021,7 +1021,7 @@ async fn report_callback(
 ) {
     let body = match outcome {
         Ok(s) => {
-            serde_json::json!({"status": "success", "node": s.node_name, "changed": s.changed})
+            serde_json::json!({"status": "success", "node": s.node_name, "provider_id": s.provider_id, "changed": s.changed})
         }
         Err(f) => {
             serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})

@@ -31,6 +31,7 @@ pub mod report;
 pub mod reset;
 pub mod runtime;
 pub mod secret;
+pub mod serve;
 pub mod settings;
 pub mod tls;
 pub mod token;

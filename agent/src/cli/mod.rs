@@ -9,6 +9,7 @@ pub mod config;
 pub mod discover;
 pub mod join;
 pub mod reset;
+pub mod serve;
 pub mod status;
 pub mod token;
 pub mod version;
@@ -51,8 +52,10 @@ pub enum Command {
     Reset(reset::ResetArgs),
     /// Show what join did and how the node is doing.
     Status(status::StatusArgs),
-    /// Manage bootstrap tokens (operators, with an admin kubeconfig).
+    /// Manage bootstrap and openapi tokens (operators, with an admin kubeconfig).
     Token(token::TokenArgs),
+    /// Serve cluster values to nodes by openapi token (the control plane's side).
+    Serve(serve::ServeArgs),
     /// Print the version.
     Version(version::VersionArgs),
 }
@@ -65,6 +68,7 @@ impl Command {
             Command::Reset(_) => "reset",
             Command::Status(_) => "status",
             Command::Token(_) => "token",
+            Command::Serve(_) => "serve",
             Command::Version(_) => "version",
         }
     }
@@ -115,6 +119,7 @@ where
             Command::Reset(args) => reset::run(args, &mut reporter).await,
             Command::Status(args) => status::run(args, &mut reporter),
             Command::Token(args) => token::run(args, &mut reporter).await,
+            Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
         }
     });

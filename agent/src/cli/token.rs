@@ -32,6 +32,9 @@ pub enum TokenAction {
         #[arg(long)]
         show_secret: bool,
     },
+    /// Create an openapi token for `node-attach serve`: bound to a values file, with a TTL and
+    /// a use limit; each use mints a fresh short-lived bootstrap token.
+    Openapi(OpenapiArgs),
     /// Delete a token.
     Delete {
         /// The token id (or the whole ID.SECRET).
@@ -63,6 +66,33 @@ pub struct CreateArgs {
     /// The endpoint nodes should use (default: the kubeconfig's server).
     #[arg(long, value_name = "HOST:PORT")]
     pub endpoint: Option<String>,
+}
+
+/// `token openapi`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OpenapiArgs {
+    /// The cluster values (node-attach.io/v1 ClusterValues JSON; bootstrapToken is minted per
+    /// use and must not be given; endpoint and CA pin default to the kubeconfig's).
+    #[arg(long, value_name = "FILE")]
+    pub values: PathBuf,
+    /// How many nodes may use it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// Time to live.
+    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    pub ttl: Duration,
+    /// Namespace of the values service's Secrets.
+    #[arg(long, default_value = "node-attach")]
+    pub namespace: String,
+    /// The values service's public URL, to print the values URL.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Where attach.sh is served, to print the one-liner.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
 }
 
 /// Userdata forms.
@@ -193,6 +223,69 @@ pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure
                 ));
             }
             reporter.result(&list, &text);
+        }
+        TokenAction::Openapi(o) => {
+            let text = std::fs::read_to_string(&o.values).map_err(|e| {
+                Failure::new(Code::Usage, format!("--values {}: {e}", o.values.display()))
+            })?;
+            let mut values: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Failure::new(Code::Usage, format!("--values: not JSON: {e}")))?;
+            if !values["bootstrapToken"].is_null() {
+                return Err(Failure::new(
+                    Code::Usage,
+                    "--values must not hold a bootstrapToken: one is minted for each use",
+                ));
+            }
+            // Validate as a node would, with a placeholder token.
+            let mut probe = values.clone();
+            probe["bootstrapToken"] = serde_json::json!("abcdef.0123456789abcdef");
+            crate::values::schema::parse(&probe.to_string())
+                .map_err(|e| Failure::new(Code::Usage, format!("--values: {e}")))?;
+            values.as_object_mut().map(|m| m.remove("bootstrapToken"));
+            let token = crate::token::random_token_chars(32)
+                .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+            let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}});
+            if kube
+                .get(&format!("/api/v1/namespaces/{}", o.namespace))
+                .await
+                .map_err(api)?
+                .is_none()
+            {
+                kube.post("/api/v1/namespaces", &ns).await.map_err(api)?;
+            }
+            let record = crate::serve::store::Record {
+                hash: crate::serve::store::token_hash(&token),
+                values,
+                expires: if o.ttl.is_zero() {
+                    0
+                } else {
+                    time::OffsetDateTime::now_utc().unix_timestamp() + o.ttl.as_secs() as i64
+                },
+                uses_left: o.uses,
+                uses: Vec::new(),
+                description: o.description.clone().unwrap_or_default(),
+            };
+            let store = crate::serve::store::Store {
+                kube: &kube,
+                namespace: o.namespace.clone(),
+            };
+            store
+                .create(&record)
+                .await
+                .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
+            let mut text = format!("{token}\n");
+            if let Some(public) = &o.public_url {
+                let values_url = format!("{}/v1/values/{{token}}", public.trim_end_matches('/'));
+                text = match &o.base_url {
+                    Some(base) => format!("curl -fsSL {base}/attach.sh | NODE_ATTACH_OPENAPI_TOKEN='{token}' bash -s -- --values-url '{values_url}'\n"),
+                    None => format!("NODE_ATTACH_OPENAPI_TOKEN='{token}' node-attach join --values-url '{values_url}'\n"),
+                };
+            }
+            let _ = (&pin, &server_endpoint);
+            reporter.result(
+                &serde_json::json!({"token": token, "uses": o.uses, "namespace": o.namespace}),
+                &text,
+            );
         }
         TokenAction::Delete { id } => {
             let id = id.split('.').next().unwrap_or_default().to_owned();

@@ -7,6 +7,7 @@ mod kubectl;
 mod metadata;
 mod operator;
 mod reset;
+mod serve;
 mod support;
 mod units;
 mod values;

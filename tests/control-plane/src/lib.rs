@@ -388,6 +388,11 @@ impl TestControlPlane {
         )
     }
 
+    /// Issues a serving certificate signed by the cluster CA (for test services).
+    pub fn issue_server(&self, names: &[String]) -> pki::Issued {
+        self.shared.ca.issue_server(names)
+    }
+
     /// Issues a client certificate signed by the cluster CA.
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> pki::Issued {
         self.shared

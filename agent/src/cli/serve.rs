@@ -1,0 +1,102 @@
+//! `node-attach serve`: run the values service (see [`crate::serve`]).
+
+use crate::error::{Code, Failure};
+use crate::kube::Kube;
+use crate::report::Reporter;
+use crate::serve::{self, ServeConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Serve cluster values to nodes by openapi token (the control plane's side).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Admin kubeconfig (default: $KUBECONFIG, then /etc/kubernetes/admin.conf).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// Namespace of the openapi token Secrets.
+    #[arg(long, default_value = "node-attach")]
+    pub namespace: String,
+    /// This service's public base URL (callbacks point there), e.g. https://values.example.com.
+    #[arg(long, value_name = "URL")]
+    pub public_url: String,
+    /// Lifetime of the bootstrap token minted for each use.
+    #[arg(long, default_value = "30m", value_parser = crate::duration::parse)]
+    pub bootstrap_ttl: Duration,
+    /// Requests per minute per client address on the anonymous endpoints.
+    #[arg(long, default_value_t = 60)]
+    pub rate_per_minute: u32,
+}
+
+/// Admin client, CA pin and API endpoint from a kubeconfig path (or the defaults).
+pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Failure> {
+    let path = path
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
+    let kube = Kube::from_kubeconfig(&text, crate::http::Limits::default())
+        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?;
+    let info = crate::kubeconfig::Kubeconfig::parse(&text)
+        .and_then(|k| k.current_cluster())
+        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
+    let pin = crate::pin::certificates_from_pem(&info.ca_pem)
+        .ok()
+        .and_then(|c| {
+            c.first()
+                .and_then(|d| crate::pin::CaPin::of_certificate_der(d).ok())
+        })
+        .map(|p| p.to_string())
+        .ok_or_else(|| Failure::new(Code::Usage, "the kubeconfig's CA is unreadable"))?;
+    let endpoint = info
+        .server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((kube, pin, endpoint))
+}
+
+/// Runs the service.
+pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failure> {
+    let (kube, ca_pin, endpoint) = admin_client(&args.kubeconfig)?;
+    let usage = |m: String| Failure::new(Code::Usage, m);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&args.tls_cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| usage(format!("--tls-cert {}: {e}", args.tls_cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&args.tls_key)
+        .map_err(|e| usage(format!("--tls-key {}: {e}", args.tls_key.display())))?;
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| usage(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| usage(format!("the TLS certificate or key: {e}")))?;
+    if !args.public_url.starts_with("https://") {
+        return Err(usage("--public-url must be an https URL".into()));
+    }
+    let cfg = ServeConfig {
+        kube,
+        namespace: args.namespace,
+        endpoint,
+        ca_pin,
+        public_url: args.public_url,
+        bootstrap_ttl: args.bootstrap_ttl,
+        rate_per_minute: args.rate_per_minute,
+    };
+    serve::run(cfg, args.listen, tls)
+        .await
+        .map_err(|e| Failure::new(Code::Internal, e))
+}

@@ -1,0 +1,451 @@
+//! `node-attach serve`: the control plane's values service.
+//!
+//! Nodes `GET /v1/values/{token}` (node-attach's JSON) or
+//! `GET /token/{token}/instance/{id}/node_info` (ACK's key=value text) anonymously with an
+//! openapi token. Each use mints a fresh, short-lived bootstrap token (so no long-lived token sits
+//! in userdata), counted against the openapi token's uses and TTL. Nodes report back with
+//! `POST /v1/callback/{token}`; once a node that used the token has registered (its kubelet CSR
+//! was made with the bootstrap token minted for that use, and its Node's name and providerID
+//! match), the service applies the token's restricted labels (such as
+//! `k8s.io/cluster-autoscaler=true`, which a kubelet may not set) to exactly that Node.
+//!
+//! All state lives in the cluster ([`store`]), so replicas share it and a restart loses nothing.
+//! Per-address rate limits and body limits guard the anonymous endpoints; tokens are compared by
+//! hash in constant time; every use is logged without the token.
+
+pub mod store;
+
+use crate::kube::Kube;
+use crate::token::{BootstrapToken, OpenApiToken};
+use crate::validate::Labels;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{token_hash, Store, StoreError};
+
+/// The service's configuration.
+pub struct ServeConfig {
+    /// Admin client.
+    pub kube: Kube,
+    /// Namespace of the token Secrets.
+    pub namespace: String,
+    /// API server endpoint nodes use (`host:port`).
+    pub endpoint: String,
+    /// The cluster CA's pin.
+    pub ca_pin: String,
+    /// This service's public base URL (for callback URLs).
+    pub public_url: String,
+    /// TTL of minted bootstrap tokens.
+    pub bootstrap_ttl: Duration,
+    /// Requests per minute per client address on the anonymous endpoints.
+    pub rate_per_minute: u32,
+}
+
+struct Limiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    per_minute: f64,
+}
+
+impl Limiter {
+    fn allow(&self, ip: IpAddr) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            b.clear();
+        }
+        let now = Instant::now();
+        let (tokens, last) = b
+            .entry(ip)
+            .or_insert((self.per_minute.clamp(1.0, 10.0), now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0)
+            .min(self.per_minute.max(1.0));
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Service {
+    cfg: ServeConfig,
+    limiter: Limiter,
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "application/json",
+        json!({"kind": "Status", "status": "Failure", "code": status, "message": message})
+            .to_string(),
+    )
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Service {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if !self.limiter.allow(peer.ip()) {
+            tracing::warn!(peer = %peer.ip(), "rate limit exceeded");
+            let mut r = error(429, "too many requests");
+            r.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("10"));
+            return r;
+        }
+        match (req.method().as_str(), segs.as_slice()) {
+            ("GET", ["v1", "values", token]) => {
+                self.values((*token).to_owned(), String::new(), false, peer)
+                    .await
+            }
+            ("GET", ["token", token, "instance", instance, "node_info"]) => {
+                self.values((*token).to_owned(), (*instance).to_owned(), true, peer)
+                    .await
+            }
+            ("POST", ["v1", "callback", token]) => {
+                let token = (*token).to_owned();
+                let body = match http_body_util::Limited::new(req.into_body(), 16 * 1024)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return error(413, "body too large"),
+                };
+                self.callback(token, &body, peer).await
+            }
+            ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
+            _ => error(404, "not found"),
+        }
+    }
+
+    async fn values(
+        &self,
+        token: String,
+        instance: String,
+        ack: bool,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let Ok(parsed) = token.parse::<OpenApiToken>() else {
+            return error(404, "unknown or expired openapi token");
+        };
+        let hash = token_hash(parsed.expose());
+        let short = &hash[..12];
+        if !instance.is_empty() && crate::values::check_identifier("instance", &instance).is_err() {
+            return error(400, "invalid instance id");
+        }
+        let store = Store {
+            kube: &self.cfg.kube,
+            namespace: self.cfg.namespace.clone(),
+        };
+        let Ok(minted) = BootstrapToken::generate() else {
+            return error(500, "no randomness");
+        };
+        let record = match store
+            .take_use(parsed.expose(), minted.id(), &instance, now())
+            .await
+        {
+            Ok(r) => r,
+            Err(e @ (StoreError::Unknown | StoreError::Expired | StoreError::UsedUp)) => {
+                tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
+                let status = if matches!(e, StoreError::Unknown) {
+                    404
+                } else {
+                    410
+                };
+                return error(status, &e.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(token = short, "openapi token lookup failed: {e}");
+                return error(503, "the values service cannot reach the cluster");
+            }
+        };
+        let secret = crate::tokens::secret_for(
+            &crate::tokens::NewToken {
+                token: minted.clone(),
+                ttl: Some(self.cfg.bootstrap_ttl),
+                usages: vec!["signing".into(), "authentication".into()],
+                groups: vec![crate::tokens::DEFAULT_GROUP.into()],
+                description: Some(format!(
+                    "node-attach serve: openapi token {short}, use {}",
+                    record.uses.len()
+                )),
+            },
+            time::OffsetDateTime::now_utc(),
+        );
+        if let Err(e) = self
+            .cfg
+            .kube
+            .post("/api/v1/namespaces/kube-system/secrets", &secret)
+            .await
+        {
+            tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
+            return error(503, "the values service cannot reach the cluster");
+        }
+        tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), uses_left = record.uses_left, "openapi token used");
+        let callback = format!(
+            "{}/v1/callback/{}",
+            self.cfg.public_url.trim_end_matches('/'),
+            parsed.expose()
+        );
+        let mut values = record.values.clone();
+        values["apiVersion"] = json!(crate::values::schema::API_VERSION);
+        values["kind"] = json!(crate::values::schema::KIND);
+        values["bootstrapToken"] = json!(minted.expose_full().expose());
+        values["callbackURL"] = json!(callback);
+        if values["apiServerEndpoints"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        {
+            values["apiServerEndpoints"] = json!([self.cfg.endpoint]);
+        }
+        if values["caCertHashes"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        {
+            values["caCertHashes"] = json!([self.cfg.ca_pin]);
+        }
+        if ack {
+            let mut text = format!(
+                "token={}\nendpoint={}\ncallback_url={callback}\n",
+                minted.expose_full().expose(),
+                values["apiServerEndpoints"][0].as_str().unwrap_or_default()
+            );
+            if let Some(dns) = values["clusterDNS"][0].as_str() {
+                text.push_str(&format!("cluster_dns={dns}\n"));
+            }
+            if let Some(mode) = values["nodeNameMode"].as_str() {
+                text.push_str(&format!("name_mode={mode}\n"));
+            }
+            if values["runtime"]["name"] == "docker" {
+                if let Some(v) = values["runtime"]["version"].as_str() {
+                    text.push_str(&format!("docker_version={v}\n"));
+                }
+            }
+            return reply(200, "text/plain", text);
+        }
+        reply(200, "application/json", values.to_string())
+    }
+
+    async fn callback(
+        &self,
+        token: String,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let Ok(parsed) = token.parse::<OpenApiToken>() else {
+            return error(404, "unknown openapi token");
+        };
+        let short = token_hash(parsed.expose())[..12].to_owned();
+        let report: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let status = report["status"].as_str().unwrap_or("unknown").to_owned();
+        let node = report["node"].as_str().unwrap_or_default().to_owned();
+        tracing::info!(token = %short, peer = %peer.ip(), status = %status, node = %node, code = report["code"].as_str().unwrap_or(""), "node reported");
+        if status != "success" || crate::validate::check_node_name(&node).is_err() {
+            return reply(
+                200,
+                "application/json",
+                json!({"recorded": true}).to_string(),
+            );
+        }
+        let store = Store {
+            kube: &self.cfg.kube,
+            namespace: self.cfg.namespace.clone(),
+        };
+        match self
+            .apply_labels(
+                &store,
+                parsed.expose(),
+                &node,
+                report["provider_id"].as_str(),
+            )
+            .await
+        {
+            Ok(applied) => reply(
+                200,
+                "application/json",
+                json!({"recorded": true, "labels_applied": applied}).to_string(),
+            ),
+            Err(e) => {
+                tracing::warn!(token = %short, node = %node, "restricted labels not applied: {e}");
+                reply(
+                    200,
+                    "application/json",
+                    json!({"recorded": true, "labels_applied": false, "reason": e}).to_string(),
+                )
+            }
+        }
+    }
+
+    /// Applies the token's restricted labels to `node` if, and only if, that node's kubelet
+    /// certificate was requested with a bootstrap token minted for a use of this openapi token.
+    async fn apply_labels(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+        provider_id: Option<&str>,
+    ) -> Result<bool, String> {
+        let (mut record, rv) = store.load(token).await.map_err(|e| e.to_string())?;
+        let labels = Labels(
+            record.values["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        let (_, restricted) = labels.split_by_class();
+        let csrs = self
+            .cfg
+            .kube
+            .get("/apis/certificates.k8s.io/v1/certificatesigningrequests")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let minted: Vec<String> = record
+            .uses
+            .iter()
+            .filter(|u| u.node.is_none())
+            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
+            .collect();
+        let made_by_use = csrs["items"].as_array().into_iter().flatten().find(|c| {
+            minted.iter().any(|m| c["spec"]["username"] == m.as_str())
+                && csr_common_name(c).as_deref() == Some(&format!("system:node:{node}"))
+        });
+        let Some(csr) = made_by_use else {
+            return Err(format!(
+                "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
+            ));
+        };
+        let nobj = self
+            .cfg
+            .kube
+            .get(&format!("/api/v1/nodes/{node}"))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the Node is not registered yet")?;
+        if let Some(p) = provider_id {
+            if nobj["spec"]["providerID"].as_str() != Some(p) {
+                return Err("the Node's providerID does not match the report".into());
+            }
+        }
+        if !restricted.is_empty() {
+            let patch = json!({"metadata": {"labels": restricted.0}});
+            self.cfg
+                .kube
+                .merge_patch(&format!("/api/v1/nodes/{node}"), &patch)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
+        }
+        let requester = csr["spec"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("system:bootstrap:")
+            .to_owned();
+        if let Some(u) = record.uses.iter_mut().find(|u| u.bootstrap_id == requester) {
+            u.node = Some(node.to_owned());
+        }
+        let _ = store.update(&record, &rv).await;
+        Ok(!restricted.is_empty())
+    }
+}
+
+fn csr_common_name(csr: &Value) -> Option<String> {
+    use base64::Engine;
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(csr["spec"]["request"].as_str()?)
+        .ok()?;
+    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&pem).ok()?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .ok()?;
+    let cn = req
+        .certification_request_info
+        .subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
+}
+
+/// Serves until SIGTERM/SIGINT. Prints `listening on ADDR` on stdout once bound.
+pub async fn run(
+    cfg: ServeConfig,
+    listen: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> Result<(), String> {
+    let changes = crate::tokens::ensure_rbac(&cfg.kube, &[crate::tokens::DEFAULT_GROUP.into()])
+        .await
+        .map_err(|e| e.to_string())?;
+    for c in changes {
+        tracing::info!("RBAC: {c}");
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on {addr}");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let per_minute = f64::from(cfg.rate_per_minute.max(1));
+    let service = Arc::new(Service {
+        cfg,
+        limiter: Limiter {
+            buckets: Mutex::new(HashMap::new()),
+            per_minute,
+        },
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+        };
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let svc = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}

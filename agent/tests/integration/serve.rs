@@ -1,0 +1,214 @@
+//! The values service: openapi tokens with a use limit, a fresh bootstrap token per use,
+//! restricted labels applied to exactly the node that used the token, two replicas and a
+//! restart sharing state kept in the cluster.
+
+use crate::join::{join, Node};
+use crate::support::*;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Replica {
+    child: Child,
+    url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica(dir: &std::path::Path, port: u16) -> Replica {
+    let mut child = Command::new(binary())
+        .args(["serve", "--kubeconfig"])
+        .arg(dir.join("admin.conf"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(dir.join("svc.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("svc.key"))
+        .args(["--public-url", &format!("https://127.0.0.1:{port}"), "-v"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("listening line");
+    assert!(first.starts_with("listening on"), "{first}");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let mut err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut buf);
+        sink.lock().expect("lock").push_str(&buf);
+    });
+    Replica {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+        stderr,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_label(cp: &TestControlPlane, node: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if cp
+            .get(Kind::Node, "", node)
+            .is_some_and(|n| n["metadata"]["labels"]["k8s.io/cluster-autoscaler"] == "true")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    let cert = cp.issue_server(&["127.0.0.1".into()]);
+    write(dir.path(), "svc.crt", &cert.cert_pem);
+    write(dir.path(), "svc.key", &cert.key_pem);
+    let ca = write(dir.path(), "ca.pem", &cp.ca_pem());
+    write(
+        dir.path(),
+        "values.json",
+        r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"],
+            "labels": {"workload_type": "cpu", "k8s.io/cluster-autoscaler": "true"}}"#,
+    );
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = replica(dir.path(), pa);
+    let b = replica(dir.path(), pb);
+    let admin = dir.path().join("admin.conf").display().to_string();
+    let values = dir.path().join("values.json").display().to_string();
+    let created = run(&[
+        "token",
+        "openapi",
+        "--kubeconfig",
+        &admin,
+        "--values",
+        &values,
+        "--uses",
+        "2",
+        "--public-url",
+        &a.url,
+    ]);
+    created.expect_code(0);
+    let token = created
+        .stdout
+        .split('\'')
+        .nth(1)
+        .expect("token in the printed command")
+        .to_owned();
+
+    let node_join = |url: &str, name: &str| {
+        let mut node = Node::new();
+        node.kubelet();
+        let args: Vec<String> = [
+            "join",
+            "--root",
+            &node.root(),
+            "--values-url",
+            &format!("{url}/v1/values/{{token}}"),
+            "--values-ca-file",
+            &ca.display().to_string(),
+            "--node-name",
+            name,
+            "--node-wait-timeout",
+            "30s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let run = join(&args, &[("NODE_ATTACH_OPENAPI_TOKEN", &token)]);
+        (node, run)
+    };
+    let (_n1, r1) = node_join(&a.url, "served-1");
+    r1.expect_code(0)
+        .expect_output("k8s.io/cluster-autoscaler=true")
+        .expect_no_secret(&[&token]);
+    assert!(
+        wait_label(&cp, "served-1"),
+        "the service did not apply the restricted label"
+    );
+
+    // Restart replica A; use the other replica: state lives in the cluster.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    a = replica(dir.path(), pa);
+    let (_n2, r2) = node_join(&b.url, "served-2");
+    r2.expect_code(0);
+    assert!(wait_label(&cp, "served-2"));
+    let (_n3, r3) = node_join(&a.url, "served-3");
+    r3.expect_code(11).expect_output("used up");
+
+    // Each use minted its own bootstrap token; the service never logged the openapi token.
+    let minted = cp
+        .list(Kind::Secret)
+        .into_iter()
+        .filter(|s| {
+            s["type"] == "bootstrap.kubernetes.io/token"
+                && s["metadata"]["name"] != "bootstrap-token-abcdef"
+        })
+        .count();
+    assert_eq!(minted, 2);
+    drop(a);
+    drop(b);
+    std::thread::sleep(Duration::from_millis(200));
+    // (the stderr readers finish when the processes exit)
+}
+
+#[test]
+fn the_anonymous_endpoint_is_rate_limited_and_refuses_unknown_tokens() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    let cert = cp.issue_server(&["127.0.0.1".into()]);
+    write(dir.path(), "svc.crt", &cert.cert_pem);
+    write(dir.path(), "svc.key", &cert.key_pem);
+    let port = free_port();
+    let r = replica(dir.path(), port);
+    node_attach::tls::install_provider();
+    let roots = node_attach::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::http::Http::new(
+        node_attach::tls::trusting_only(&roots).expect("tls"),
+        node_attach::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let target = node_attach::http::Target::public(
+            url::Url::parse(&format!("{}/v1/values/unknown-token-0000", r.url)).expect("url"),
+        );
+        let status = match rt.block_on(http.send(node_attach::http::Request::get(&target))) {
+            Ok(_) => 200,
+            Err(e) => e.status().unwrap_or(0),
+        };
+        statuses.push(status);
+    }
+    assert_eq!(statuses[0], 404, "{statuses:?}");
+    assert!(statuses.contains(&429), "no rate limit: {statuses:?}");
+    let log = r.stderr.lock().expect("lock").clone();
+    assert!(!log.contains("unknown-token-0000"), "{log}");
+}
