@@ -915,23 +915,13 @@ async fn bootstrap_phase(
             &format!("CN=system:node:{}, O=system:nodes, signer {}; then watch until approved and signed", identity.node_name, bootstrap::SIGNER),
             true,
         );
-        applier
-            .file(&pair_path, 0o600, b"(issued certificate and key)", true)
-            .map_err(&fail)?;
-        applier
-            .symlink(Path::new(bootstrap::CURRENT), &pair_path)
-            .map_err(&fail)?;
-        applier
-            .file(
-                Path::new(bootstrap::KUBELET_CONF),
-                0o600,
-                kubelet_conf.as_bytes(),
-                false,
-            )
-            .map_err(&fail)?;
-        applier
-            .remove_own(Path::new(bootstrap::TMP_KEY))
-            .map_err(&fail)?;
+        store_pair(
+            applier,
+            &pair_path,
+            b"(issued certificate and key)",
+            &kubelet_conf,
+        )
+        .map_err(&fail)?;
         return Ok(None);
     }
     let version = bootstrap::create(kube, &request).await?;
@@ -949,24 +939,28 @@ async fn bootstrap_phase(
         pair.push(b'\n');
     }
     pair.extend_from_slice(request.key_pem.as_bytes());
-    applier
-        .file(&pair_path, 0o600, &pair, true)
-        .map_err(&fail)?;
-    applier
-        .symlink(Path::new(bootstrap::CURRENT), &pair_path)
-        .map_err(&fail)?;
-    applier
-        .file(
-            Path::new(bootstrap::KUBELET_CONF),
-            0o600,
-            kubelet_conf.as_bytes(),
-            false,
-        )
-        .map_err(&fail)?;
-    applier
-        .remove_own(Path::new(bootstrap::TMP_KEY))
-        .map_err(&fail)?;
+    store_pair(applier, &pair_path, &pair, &kubelet_conf).map_err(&fail)?;
     Ok(Some(expiry))
+}
+
+/// Stores an issued pair the way the kubelet's certificate store does (the pair file 0600, the
+/// `kubelet-client-current.pem` symlink), points kubelet.conf at it, and drops the retry key.
+fn store_pair(
+    applier: &mut Applier<'_>,
+    pair_path: &Path,
+    pair: &[u8],
+    kubelet_conf: &str,
+) -> Result<(), ApplyError> {
+    applier.file(pair_path, 0o600, pair, true)?;
+    applier.symlink(Path::new(bootstrap::CURRENT), pair_path)?;
+    applier.file(
+        Path::new(bootstrap::KUBELET_CONF),
+        0o600,
+        kubelet_conf.as_bytes(),
+        false,
+    )?;
+    applier.remove_own(Path::new(bootstrap::TMP_KEY))?;
+    Ok(())
 }
 
 async fn confirm(

@@ -2,7 +2,6 @@
 
 use crate::error::{Code, Failure};
 use crate::kube::Kube;
-use crate::pin::{certificates_from_pem, CaPin};
 use crate::report::Reporter;
 use crate::token::BootstrapToken;
 use crate::tokens::{self, NewToken, DEFAULT_GROUP};
@@ -105,29 +104,7 @@ pub enum UserdataForm {
 }
 
 fn admin(args: &TokenArgs) -> Result<(Kube, String, String), Failure> {
-    let path = args
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
-    let kube = Kube::from_kubeconfig(&text, crate::http::Limits::default())
-        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?;
-    let info = crate::kubeconfig::Kubeconfig::parse(&text)
-        .and_then(|k| k.current_cluster())
-        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
-    let pin = certificates_from_pem(&info.ca_pem)
-        .ok()
-        .and_then(|c| c.first().and_then(|d| CaPin::of_certificate_der(d).ok()))
-        .map(|p| p.to_string())
-        .ok_or_else(|| Failure::new(Code::Usage, "the kubeconfig's CA is unreadable"))?;
-    let endpoint = info
-        .server
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
-    Ok((kube, pin, endpoint))
+    super::serve::admin_client(&args.kubeconfig)
 }
 
 fn api(e: crate::kube::KubeError) -> Failure {
