@@ -22,7 +22,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 CACHE=${E2E_CACHE:-/var/cache/node-attach-e2e}
-FORMS=${E2E_FORMS:-manual-add scale-out autoscaler}
+# Each userdata form; a .yaml form is the cloud-config variant, delivered as MIME multi-part
+# (the e2e prelude as a shell part, then the cloud-config).
+FORMS=${E2E_FORMS:-manual-add scale-out autoscaler manual-add.yaml}
 BIN=$REPO/target/x86_64-unknown-linux-musl/release/node-attach
 CP_BIN=$REPO/target/debug/test-control-plane
 STANDIN=$REPO/target/debug/kubelet-standin
@@ -123,6 +125,17 @@ flock -u 9
 exec 9>&-
 stage_done "$(du -sh "$TARBALL" | cut -f1) image"
 
+# ------------------------------------------------------------------ the .deb
+stage ".deb package"
+rm -rf "$CACHE/deb-check"
+bash "$REPO/packaging/deb/build.sh" "$BIN" "$CACHE/deb-check" > "$CACHE/deb-check.log" 2>&1 || { cat "$CACHE/deb-check.log"; die "building the .deb failed"; }
+DEB=$(ls "$CACHE"/deb-check/node-attach_*.deb)
+check ".deb holds the binary" sh -c "dpkg-deb --contents '$DEB' | grep -q ' ./usr/bin/node-attach$'"
+check ".deb holds the units" sh -c "dpkg-deb --contents '$DEB' | grep -q 'lib/systemd/system/node-attach-reset.service'"
+check ".deb holds the default config, 0600" sh -c "dpkg-deb --contents '$DEB' | grep -q '^-rw------- .* ./etc/node-attach/config.yaml$'"
+check ".deb units run /usr/bin/node-attach" sh -c "dpkg-deb --fsys-tarfile '$DEB' | tar -xO ./lib/systemd/system/node-attach-reset.service | grep -q 'ExecStart=/usr/bin/node-attach reset'"
+stage_done "$(basename "$DEB")"
+
 # ------------------------------------------------------------------ one form
 CP_PID=""; NSPAWN_PID=""; NETNS=""; RUN=""; CG_DIRS=()
 cleanup_form() {
@@ -152,6 +165,9 @@ run_form() {
   name="na-e2e-$id"
   RUN=$(mktemp -d "$CACHE/run.XXXXXX")
   stage "form $form: network, control plane, seed"
+  # Concurrent runs (a developer's and CI's) must not pick the same /30.
+  exec 8>"$CACHE/.net.lock"
+  flock -w 60 8 || die "cannot lock $CACHE/.net.lock"
   octet=""
   for o in $(seq 200 254); do
     ip -o -4 addr show | grep -qF " 10.213.$o." && continue
@@ -168,6 +184,8 @@ run_form() {
   ip -n "$NETNS" addr add "$guest_ip/30" dev eth0
   ip -n "$NETNS" link set eth0 up
   ip -n "$NETNS" route add default via "$host_ip"
+  flock -u 8
+  exec 8>&-
 
   kube_version=v1.31.2
   case "$form" in scale-out) kube_version=v1.23.17 ;; esac  # docker without cri-dockerd: dockershim era
@@ -191,13 +209,18 @@ JSON
   local pin; pin=$(cat "$RUN/cp/ca.pin")
 
   case "$form" in
+    manual-add.yaml) node=e2e-manual-cc; values_flags="--values-url $base/v1/values/{token} --node-name $node --node-wait-timeout 90s" ;;
     manual-add) node=e2e-manual; values_flags="--values-url $base/v1/values/{token} --node-name $node --node-wait-timeout 90s" ;;
     scale-out) node=e2e-scale-out; values_flags="--node-name $node --node-wait-timeout 90s" ;;
     autoscaler) node=e2e-pool; values_flags="--values-url $base/v1/values/{token} --node-name $node --provider-id cn-e2e.i-e2e0001 --node-wait-timeout 90s" ;;
   esac
   cp "$RUN/cp/ca.crt" "$RUN/seed/ca.crt"
   printf 'instance-id: iid-%s\nlocal-hostname: %s\n' "$name" "$name" > "$RUN/seed/meta-data"
-  {
+  local render=(-e "s#@BASE_URL@#$base/files#g" -e "s#@OPENAPI_TOKEN@#$OPENAPI#g" -e "s#@TOKEN@#$TOKEN#g"
+    -e "s#@ENDPOINT@#$host_ip:6443#g" -e "s#@CLUSTER_DNS@#10.96.0.10#g" -e "s#@CA_PIN@#$pin#g"
+    -e "s#@DOCKER_VERSION@#20.10.24#g" -e "s#@LABELS@#k8s.io/cluster-autoscaler=true,workload_type=cpu#g"
+    -e "s#@EXTRA_FLAGS@#$values_flags#g")
+  prelude() {
     echo '#!/bin/bash'
     echo '# e2e prelude: trust the test CA, install the kubelet stand-in.'
     echo 'set -euo pipefail'
@@ -205,11 +228,20 @@ JSON
     echo 'update-ca-certificates >/dev/null'
     echo "echo $kube_version > /etc/kubelet-standin.version"
     echo "curl -fsS --retry 5 --retry-connrefused $base/files/kubelet -o /usr/bin/kubelet && chmod 0755 /usr/bin/kubelet"
-    sed -e '1d' -e "s#@BASE_URL@#$base/files#g" -e "s#@OPENAPI_TOKEN@#$OPENAPI#g" -e "s#@TOKEN@#$TOKEN#g" \
-        -e "s#@ENDPOINT@#$host_ip:6443#g" -e "s#@CLUSTER_DNS@#10.96.0.10#g" -e "s#@CA_PIN@#$pin#g" \
-        -e "s#@DOCKER_VERSION@#20.10.24#g" -e "s#@LABELS@#k8s.io/cluster-autoscaler=true,workload_type=cpu#g" \
-        -e "s#@EXTRA_FLAGS@#$values_flags#g" "$REPO/packaging/userdata/$form.sh"
-  } > "$RUN/seed/user-data"
+  }
+  case "$form" in
+    *.yaml)
+      {
+        printf 'Content-Type: multipart/mixed; boundary="==E2E=="\nMIME-Version: 1.0\n\n'
+        printf -- '--==E2E==\nContent-Type: text/x-shellscript; charset="us-ascii"\nMIME-Version: 1.0\n\n'
+        prelude
+        printf -- '\n--==E2E==\nContent-Type: text/cloud-config; charset="us-ascii"\nMIME-Version: 1.0\n\n'
+        sed "${render[@]}" "$REPO/packaging/userdata/$form"
+        printf -- '\n--==E2E==--\n'
+      } > "$RUN/seed/user-data" ;;
+    *)
+      { prelude; sed -e '1d' "${render[@]}" "$REPO/packaging/userdata/$form.sh"; } > "$RUN/seed/user-data" ;;
+  esac
   stage_done "host $host_ip, guest $guest_ip, control plane pid $CP_PID ($kube_version)"
 
   stage "form $form: boot (systemd-nspawn, systemd as PID 1)"
@@ -284,7 +316,7 @@ JSON
   case "$form" in
     scale-out)
       check "Node $node runs on the flags' values (cluster DNS in its config)" grep -q '10.96.0.10' "$groot/var/lib/kubelet/config.yaml" ;;
-    manual-add)
+    manual-add*)
       check "Node $node has the values' workload_type label" sh -c "kubectl get node $node -o jsonpath='{.metadata.labels.workload_type}' | grep -qx cpu"
       check "Node $node has the values' taint" sh -c "kubectl get node $node -o jsonpath='{.spec.taints[0].key}' | grep -qx e2e" ;;
     autoscaler)
