@@ -6,7 +6,7 @@
 //! a normal-mode instance), plain GETs are used. Items: `meta-data/instance-id`, `region-id`,
 //! `zone-id`, `private-ipv4`, `hostname`, `instance/instance-type`.
 
-use super::{client, get_text, ident, InstanceMetadata, MetadataError, MetadataLimits};
+use super::{client, InstanceMetadata, MetadataError, MetadataLimits, Session};
 
 /// The metadata service's address.
 pub const ENDPOINT: &str = "http://100.100.100.200";
@@ -47,41 +47,19 @@ pub async fn fetch(
     if token.is_none() {
         tracing::info!("Alibaba Cloud metadata: no session token (normal mode)");
     }
-    let header = token.as_deref().map(|t| (TOKEN_HEADER, t));
-    let get = |item: &'static str| {
-        let http = http.clone();
-        let url = format!("{base}/latest/{item}");
-        async move { get_text(&http, &url, header).await }
+    let s = Session {
+        provider: "aliyun",
+        http,
+        base,
+        header: token.map(|t| (TOKEN_HEADER, t)),
     };
-    let instance_id = ident(
-        "aliyun",
-        "instance-id",
-        get("meta-data/instance-id").await.map_err(unavailable)?,
-    )?;
-    let region = ident(
-        "aliyun",
-        "region-id",
-        get("meta-data/region-id").await.map_err(unavailable)?,
-    )?;
-    let zone = get("meta-data/zone-id")
-        .await
-        .map_err(unavailable)?
-        .unwrap_or_default();
-    let private_ipv4 = get("meta-data/private-ipv4")
-        .await
-        .map_err(unavailable)?
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
-    let hostname = get("meta-data/hostname").await.map_err(unavailable)?;
-    let instance_type = get("meta-data/instance/instance-type")
-        .await
-        .map_err(unavailable)?;
     Ok(InstanceMetadata {
         provider: "aliyun",
-        instance_id,
-        region,
-        zone,
-        private_ipv4,
-        hostname,
-        instance_type,
+        instance_id: s.ident("instance-id", "meta-data/instance-id").await?,
+        region: s.ident("region-id", "meta-data/region-id").await?,
+        zone: s.item("meta-data/zone-id").await?.unwrap_or_default(),
+        private_ipv4: s.ipv4("meta-data/private-ipv4").await?,
+        hostname: s.item("meta-data/hostname").await?,
+        instance_type: s.item("meta-data/instance/instance-type").await?,
     })
 }

@@ -3,7 +3,7 @@
 //! (`X-aws-ec2-metadata-token`). Items: `meta-data/instance-id`, `placement/region`,
 //! `placement/availability-zone`, `local-ipv4`, `local-hostname`, `instance-type`.
 
-use super::{client, get_text, ident, InstanceMetadata, MetadataError, MetadataLimits};
+use super::{client, InstanceMetadata, MetadataError, MetadataLimits, Session};
 
 /// The metadata service's address.
 pub const ENDPOINT: &str = "http://169.254.169.254";
@@ -40,42 +40,26 @@ pub async fn fetch(
     if token.is_empty() || token.len() > 1024 {
         return Err(unavailable("IMDSv2 gave no usable token".into()));
     }
-    let header = Some(("X-aws-ec2-metadata-token", token.as_str()));
-    let get = |item: &'static str| {
-        let http = http.clone();
-        let url = format!("{base}/latest/meta-data/{item}");
-        async move { get_text(&http, &url, header).await }
+    let s = Session {
+        provider: "aws",
+        http,
+        base,
+        header: Some(("X-aws-ec2-metadata-token", token)),
     };
-    let instance_id = ident(
-        "aws",
-        "instance-id",
-        get("instance-id").await.map_err(unavailable)?,
-    )?;
-    let region = ident(
-        "aws",
-        "placement/region",
-        get("placement/region").await.map_err(unavailable)?,
-    )?;
-    let zone = ident(
-        "aws",
-        "placement/availability-zone",
-        get("placement/availability-zone")
-            .await
-            .map_err(unavailable)?,
-    )?;
-    let private_ipv4 = get("local-ipv4")
-        .await
-        .map_err(unavailable)?
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
-    let hostname = get("local-hostname").await.map_err(unavailable)?;
-    let instance_type = get("instance-type").await.map_err(unavailable)?;
     Ok(InstanceMetadata {
         provider: "aws",
-        instance_id,
-        region,
-        zone,
-        private_ipv4,
-        hostname,
-        instance_type,
+        instance_id: s.ident("instance-id", "meta-data/instance-id").await?,
+        region: s
+            .ident("placement/region", "meta-data/placement/region")
+            .await?,
+        zone: s
+            .ident(
+                "placement/availability-zone",
+                "meta-data/placement/availability-zone",
+            )
+            .await?,
+        private_ipv4: s.ipv4("meta-data/local-ipv4").await?,
+        hostname: s.item("meta-data/local-hostname").await?,
+        instance_type: s.item("meta-data/instance-type").await?,
     })
 }

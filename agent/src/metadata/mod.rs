@@ -160,6 +160,50 @@ pub(crate) async fn get_text(
     Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
+/// One conversation with a metadata service: a client, a base URL, and the session token
+/// header when the service gave one.
+pub(crate) struct Session<'a> {
+    pub provider: &'static str,
+    pub http: reqwest::Client,
+    pub base: &'a str,
+    pub header: Option<(&'static str, String)>,
+}
+
+impl Session<'_> {
+    pub(crate) fn unavailable(&self, detail: String) -> MetadataError {
+        MetadataError::Unavailable {
+            provider: self.provider,
+            endpoint: self.base.to_owned(),
+            detail,
+        }
+    }
+
+    /// An optional item under `/latest/`.
+    pub(crate) async fn item(&self, path: &str) -> Result<Option<String>, MetadataError> {
+        let header = self.header.as_ref().map(|(k, v)| (*k, v.as_str()));
+        get_text(&self.http, &format!("{}/latest/{path}", self.base), header)
+            .await
+            .map_err(|d| self.unavailable(d))
+    }
+
+    /// A required identifier item.
+    pub(crate) async fn ident(
+        &self,
+        field: &'static str,
+        path: &str,
+    ) -> Result<String, MetadataError> {
+        ident(self.provider, field, self.item(path).await?)
+    }
+
+    /// An IPv4 address item (dropped when it is not one).
+    pub(crate) async fn ipv4(&self, path: &str) -> Result<Option<String>, MetadataError> {
+        Ok(self
+            .item(path)
+            .await?
+            .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()))
+    }
+}
+
 /// Validates an identifier-like answer.
 pub(crate) fn ident(
     provider: &'static str,

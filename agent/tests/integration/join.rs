@@ -659,17 +659,19 @@ fn older_clusters_versioned_kubelet_config_and_v1beta1_csrs() {
         csr_v1beta1_only: true,
         ..Options::default()
     });
-    assert!(cp.get(Kind::ConfigMap, "kube-system", "kubelet-config-1.18").is_some());
+    assert!(cp
+        .get(Kind::ConfigMap, "kube-system", "kubelet-config-1.18")
+        .is_some());
     let mut node = Node::new();
     node.kubelet();
     let run = join(&scale_out(&cp, &node, "legacy-1"), &[]);
     run.expect_code(0).expect_output("kubelet-config-1.18");
-    let flags = std::fs::read_to_string(node.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
+    let flags =
+        std::fs::read_to_string(node.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
     assert!(flags.contains("--pod-infra-container-image="), "{flags}");
-    assert!(cp
-        .requests()
-        .iter()
-        .any(|r| r.method == "POST" && r.path == "/apis/certificates.k8s.io/v1beta1/certificatesigningrequests" && r.status == 201));
+    assert!(cp.requests().iter().any(|r| r.method == "POST"
+        && r.path == "/apis/certificates.k8s.io/v1beta1/certificatesigningrequests"
+        && r.status == 201));
 }
 
 #[test]
@@ -677,31 +679,60 @@ fn tls_bootstrap_by_the_kubelet_writes_bootstrap_kubelet_conf() {
     let cp = control_plane();
     let node = Node::new();
     let mut args = scale_out(&cp, &node, "kubelet-bootstrap-1");
-    let wait_at = args.iter().position(|a| a == "--node-wait-timeout").expect("flag") + 1;
+    let wait_at = args
+        .iter()
+        .position(|a| a == "--node-wait-timeout")
+        .expect("flag")
+        + 1;
     args[wait_at] = "0".into();
     args.extend(["--tls-bootstrap".into(), "kubelet".into()]);
     join(&args, &[]).expect_code(0);
     let conf = node.path("/etc/kubernetes/bootstrap-kubelet.conf");
     assert_eq!(mode(&conf), 0o600);
-    let (code, out, err) = kubectl(&conf, node.dir.path(), &["config", "view", "-o", "jsonpath={.contexts[0].name} {.clusters[0].cluster.server}"]);
+    let (code, out, err) = kubectl(
+        &conf,
+        node.dir.path(),
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.contexts[0].name} {.clusters[0].cluster.server}",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, format!("tls-bootstrap-token-user@kubernetes {}", cp.url()));
-    assert!(!node.path("/etc/kubernetes/kubelet.conf").exists(), "the kubelet writes kubelet.conf itself");
+    assert_eq!(
+        out,
+        format!("tls-bootstrap-token-user@kubernetes {}", cp.url())
+    );
+    assert!(
+        !node.path("/etc/kubernetes/kubelet.conf").exists(),
+        "the kubelet writes kubelet.conf itself"
+    );
 }
 
 #[test]
 fn status_reports_phase_node_and_certificate() {
     let cp = control_plane();
     let mut node = Node::new();
-    run(&["status", "--root", &node.root()]).expect_code(0).expect_output("not joined");
+    run(&["status", "--root", &node.root()])
+        .expect_code(0)
+        .expect_output("not joined");
     node.kubelet();
     join(&scale_out(&cp, &node, "status-1"), &[]).expect_code(0);
-    let s = run(&["status", "--root", &node.root(), "--output", "json"]).expect_code(0).json_result();
+    let s = run(&["status", "--root", &node.root(), "--output", "json"])
+        .expect_code(0)
+        .json_result();
     assert_eq!(s["joined"], true);
     assert_eq!(s["node"]["node_name"], "status-1");
-    assert!(s["certificate_days_left"].as_i64().is_some_and(|d| d > 300), "{s}");
+    assert!(
+        s["certificate_days_left"].as_i64().is_some_and(|d| d > 300),
+        "{s}"
+    );
     let crashed = Node::new();
     let args = scale_out(&cp, &crashed, "status-2");
     join(&args, &[("NODE_ATTACH_TEST_CRASH_AFTER", "runtime")]);
-    run(&["status", "--root", &crashed.root()]).expect_code(0).expect_output("interrupted").expect_output("runtime");
+    run(&["status", "--root", &crashed.root()])
+        .expect_code(0)
+        .expect_output("interrupted")
+        .expect_output("runtime");
 }

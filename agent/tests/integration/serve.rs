@@ -221,26 +221,56 @@ fn acks_node_info_form_is_served_too() {
     let cert = cp.issue_server(&["127.0.0.1".into()]);
     write(dir.path(), "svc.crt", &cert.cert_pem);
     write(dir.path(), "svc.key", &cert.key_pem);
-    write(dir.path(), "values.json", r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"], "nodeNameMode": "nodeip"}"#);
+    write(
+        dir.path(),
+        "values.json",
+        r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"], "nodeNameMode": "nodeip"}"#,
+    );
     let r = replica(dir.path(), free_port());
     let admin = dir.path().join("admin.conf").display().to_string();
     let values = dir.path().join("values.json").display().to_string();
-    let created = run(&["token", "openapi", "--kubeconfig", &admin, "--values", &values]);
+    let created = run(&[
+        "token",
+        "openapi",
+        "--kubeconfig",
+        &admin,
+        "--values",
+        &values,
+    ]);
     let token = created.expect_code(0).stdout.trim().to_owned();
     node_attach::tls::install_provider();
     let roots = node_attach::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
-    let http = node_attach::http::Http::new(node_attach::tls::trusting_only(&roots).expect("tls"), node_attach::http::Limits::default()).expect("client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let http = node_attach::http::Http::new(
+        node_attach::tls::trusting_only(&roots).expect("tls"),
+        node_attach::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let source = node_attach::values::ValuesSource {
-        template: format!("{}/token/{{token}}/instance/{{instance_id}}/node_info", r.url),
+        template: format!(
+            "{}/token/{{token}}/instance/{{instance_id}}/node_info",
+            r.url
+        ),
         token: token.parse().expect("token"),
         instance_id: Some("i-0001".into()),
         region: None,
         allow_insecure: false,
     };
-    let v = rt.block_on(node_attach::values::fetch(&http, &source, Duration::from_secs(10))).expect("ack values");
+    let v = rt
+        .block_on(node_attach::values::fetch(
+            &http,
+            &source,
+            Duration::from_secs(10),
+        ))
+        .expect("ack values");
     assert_eq!(v.format, node_attach::values::ValuesFormat::AckText);
     assert!(v.bootstrap_token.is_some());
     assert_eq!(v.api_server_endpoints[0].to_string(), cp.endpoint());
-    assert_eq!(v.node_name_mode, Some(node_attach::values::NodeNameMode::NodeIp));
+    assert_eq!(
+        v.node_name_mode,
+        Some(node_attach::values::NodeNameMode::NodeIp)
+    );
 }

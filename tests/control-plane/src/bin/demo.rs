@@ -158,22 +158,25 @@ fn main() {
     let values_url = format!("{}/v1/values/{{token}}", cp.url());
     let root_arg = root.display().to_string();
     let ca_arg = ca_file.display().to_string();
-    let status = run(
-        &[
-            "join",
-            "--root",
-            &root_arg,
-            "--values-url",
-            &values_url,
-            "--values-ca-file",
-            &ca_arg,
-            "--node-name",
-            "demo-node",
-            "--node-wait-timeout",
-            "30s",
-        ],
-        &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
-    );
+    let join_demo = || {
+        run(
+            &[
+                "join",
+                "--root",
+                &root_arg,
+                "--values-url",
+                &values_url,
+                "--values-ca-file",
+                &ca_arg,
+                "--node-name",
+                "demo-node",
+                "--node-wait-timeout",
+                "30s",
+            ],
+            &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
+        )
+    };
+    let status = join_demo();
     let _ = kubelet.wait();
     check(status.success(), "the node joined");
     let node = cp.get(Kind::Node, "", "demo-node");
@@ -187,22 +190,7 @@ fn main() {
     }
 
     step(5, "join again: idempotent");
-    let status = run(
-        &[
-            "join",
-            "--root",
-            &root_arg,
-            "--values-url",
-            &values_url,
-            "--values-ca-file",
-            &ca_arg,
-            "--node-name",
-            "demo-node",
-            "--node-wait-timeout",
-            "30s",
-        ],
-        &[("NODE_ATTACH_OPENAPI_TOKEN", "demo-openapi-token")],
-    );
+    let status = join_demo();
     check(status.success(), "nothing changed the second time");
 
     step(6, "status");
