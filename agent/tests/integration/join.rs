@@ -736,3 +736,34 @@ fn status_reports_phase_node_and_certificate() {
         .expect_output("interrupted")
         .expect_output("runtime");
 }
+
+#[test]
+fn kill_9_at_arbitrary_moments_then_rerun_converges() {
+    // SIGKILL at staggered moments of a join (mid-phase, not only between phases): every rerun
+    // finishes, and reset then restores the pre-join tree.
+    let cp = control_plane();
+    for (i, delay_ms) in [15u64, 40, 70, 110, 160, 230].iter().enumerate() {
+        let mut node = Node::new();
+        std::fs::create_dir_all(node.path("/etc")).expect("etc");
+        std::fs::write(node.path("/etc/fstab"), "/swap none swap sw 0 0\n").expect("fstab");
+        let before = tree_with_bytes(node.dir.path());
+        let mut args = scale_out(&cp, &node, &format!("killed-{i}"));
+        args.push("--disable-swap".into());
+        let mut child = std::process::Command::new(binary())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        node.kubelet();
+        join(&args, &[]).expect_code(0);
+        let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki")).expect("pki").flatten().filter(|e| !e.path().is_symlink()).count();
+        assert_eq!(pairs, 1, "killed after {delay_ms} ms");
+        let reset = run_with(&["reset", "--root", &node.root()], &[], Duration::from_secs(60));
+        reset.expect_code(0);
+        assert_eq!(tree_with_bytes(node.dir.path()), before, "killed after {delay_ms} ms: reset did not restore the tree");
+    }
+}
