@@ -81,3 +81,10 @@ e2e: build static
 	bash tests/e2e/run.sh
 
 .PHONY: static serve deb e2e shellcheck
+
+## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json.
+bench: build static
+	cp $(STATIC_BIN) target/debug/node-attach-static
+	./target/debug/bench --node-attach target/debug/node-attach-static $(BENCH_ARGS)
+
+.PHONY: bench

@@ -760,10 +760,22 @@ fn kill_9_at_arbitrary_moments_then_rerun_converges() {
         let _ = child.wait();
         node.kubelet();
         join(&args, &[]).expect_code(0);
-        let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki")).expect("pki").flatten().filter(|e| !e.path().is_symlink()).count();
+        let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki"))
+            .expect("pki")
+            .flatten()
+            .filter(|e| !e.path().is_symlink())
+            .count();
         assert_eq!(pairs, 1, "killed after {delay_ms} ms");
-        let reset = run_with(&["reset", "--root", &node.root()], &[], Duration::from_secs(60));
+        let reset = run_with(
+            &["reset", "--root", &node.root()],
+            &[],
+            Duration::from_secs(60),
+        );
         reset.expect_code(0);
-        assert_eq!(tree_with_bytes(node.dir.path()), before, "killed after {delay_ms} ms: reset did not restore the tree");
+        assert_eq!(
+            tree_with_bytes(node.dir.path()),
+            before,
+            "killed after {delay_ms} ms: reset did not restore the tree"
+        );
     }
 }
