@@ -503,6 +503,21 @@ pub async fn join(
             .await
             .inspect_err(|_| p.fail())?
     };
+    // As kubeadm does: once the kubelet bootstrapped itself (it wrote kubelet.conf and the Node
+    // registered), the bootstrap kubeconfig and its token leave the disk.
+    if registered
+        && settings.tls_bootstrap == TlsBootstrapMode::Kubelet
+        && effects
+            .root
+            .read(Path::new(bootstrap::KUBELET_CONF))
+            .ok()
+            .flatten()
+            .is_some()
+    {
+        applier
+            .remove_own(Path::new(bootstrap::BOOTSTRAP_CONF))
+            .map_err(fs_failure)?;
+    }
     let detail = match (registered, ready) {
         (true, true) => format!("Node {} registered and Ready", identity.node_name),
         (true, false) => format!(
