@@ -779,3 +779,39 @@ fn kill_9_at_arbitrary_moments_then_rerun_converges() {
         );
     }
 }
+
+#[test]
+fn when_the_kubelet_bootstraps_itself_the_bootstrap_kubeconfig_goes_afterwards() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    let before = tree_with_bytes(node.dir.path());
+    node.kubelet();
+    let mut args = scale_out(&cp, &node, "self-bootstrap-1");
+    args.extend(["--tls-bootstrap".into(), "kubelet".into()]);
+    join(&args, &[]).expect_code(0).expect_output("registered");
+    assert!(
+        !node.path("/etc/kubernetes/bootstrap-kubelet.conf").exists(),
+        "the token stayed on disk"
+    );
+    assert!(node.path("/etc/kubernetes/kubelet.conf").exists());
+    assert!(cp.list(Kind::Csr).iter().any(|c| c["metadata"]["name"]
+        == "node-csr-standin-self-bootstrap-1"
+        && c["spec"]["username"] == "system:bootstrap:abcdef"));
+    for f in files_under(node.dir.path()) {
+        let bytes = std::fs::read(&f).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "the token secret is in {}",
+            f.display()
+        );
+    }
+    // Reset removes what the kubelet made too (documented paths), and the tree is as before.
+    run_with(
+        &["reset", "--root", &node.root(), "--delete-node"],
+        &[],
+        Duration::from_secs(60),
+    )
+    .expect_code(0);
+    assert_eq!(tree_with_bytes(node.dir.path()), before);
+    assert!(cp.get(Kind::Node, "", "self-bootstrap-1").is_none());
+}

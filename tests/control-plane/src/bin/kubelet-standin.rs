@@ -116,6 +116,7 @@ struct Client {
     tls: tokio_rustls::TlsConnector,
     host: String,
     port: u16,
+    bearer: Option<String>,
 }
 
 impl Client {
@@ -137,9 +138,16 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         let body = body.to_string();
+        let auth = self
+            .bearer
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: kubelet-standin\r\nConnection: close\r\n\r\n{body}",
-            self.host, self.port, body.len()
+            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\n{auth}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: kubelet-standin\r\nConnection: close\r\n\r\n{body}",
+            self.host,
+            self.port,
+            body.len()
         );
         tls.write_all(req.as_bytes())
             .await
@@ -191,6 +199,7 @@ fn client(kubeconfig: &Value, root: &Path) -> Result<Client, String> {
         tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         host: server.0,
         port: server.1,
+        bearer: None,
     })
 }
 
@@ -218,9 +227,28 @@ async fn main() {
         .cloned()
         .unwrap_or_else(|| "/var/lib/kubelet/config.yaml".into());
     let started = Instant::now();
+    let bootstrap_path = flags
+        .get("bootstrap-kubeconfig")
+        .cloned()
+        .unwrap_or_else(|| "/etc/kubernetes/bootstrap-kubelet.conf".into());
     let kubeconfig_text = loop {
         if let Some(b) = read_in_root(&root, &kubeconfig_path) {
             break String::from_utf8_lossy(&b).into_owned();
+        }
+        if let Some(b) = read_in_root(&root, &bootstrap_path) {
+            // The kubelet's own TLS bootstrap (--tls-bootstrap=kubelet).
+            if let Err(e) = bootstrap(
+                &root,
+                &String::from_utf8_lossy(&b),
+                &kubeconfig_path,
+                &flags,
+            )
+            .await
+            {
+                eprintln!("kubelet-standin: TLS bootstrap failed: {e}");
+                std::process::exit(1);
+            }
+            continue;
         }
         if started.elapsed() > args.wait {
             eprintln!("kubelet-standin: {kubeconfig_path} never appeared");
@@ -365,4 +393,126 @@ fn nix_hostname() -> String {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase()
+}
+
+/// The kubelet's TLS bootstrap, as the stand-in does it: a key and a CSR made with the bootstrap
+/// token, the issued certificate stored like the kubelet's certificate store, kubelet.conf.
+async fn bootstrap(
+    root: &Path,
+    bootstrap_text: &str,
+    kubeconfig_path: &str,
+    flags: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let cfg: Value = serde_yaml_ng::from_str(bootstrap_text).map_err(|e| e.to_string())?;
+    let cluster = &cfg["clusters"][0]["cluster"];
+    let server = cluster["server"].as_str().ok_or("no server")?.to_owned();
+    let ca_b64 = cluster["certificate-authority-data"]
+        .as_str()
+        .ok_or("no CA")?
+        .to_owned();
+    let token = cfg["users"][0]["user"]["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned();
+    let mut all = flags.clone();
+    if root != Path::new("/") {
+        for (k, v) in flags_env(root) {
+            all.entry(k).or_insert(v);
+        }
+    }
+    let name = all
+        .get("hostname-override")
+        .cloned()
+        .unwrap_or_else(nix_hostname);
+    let ca = STANDARD.decode(&ca_b64).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca).flatten() {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (host, port) = url_parts(&server)?;
+    let client = Client {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        host,
+        port,
+        bearer: Some(token),
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+    dn.push(rcgen::DnType::CommonName, format!("system:node:{name}"));
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| e.to_string())?
+        .pem()
+        .map_err(|e| e.to_string())?;
+    let csr_name = format!("node-csr-standin-{name}");
+    let body = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": csr_name},
+        "spec": {"request": STANDARD.encode(csr), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "client auth"]}});
+    let (code, text) = client
+        .request(
+            "POST",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            "application/json",
+            &body,
+        )
+        .await?;
+    if code != 201 && code != 409 {
+        return Err(format!(
+            "creating the CSR: HTTP {code}: {}",
+            text.lines().last().unwrap_or("")
+        ));
+    }
+    let started = Instant::now();
+    let cert = loop {
+        let (code, text) = client
+            .request(
+                "GET",
+                &format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{csr_name}"),
+                "application/json",
+                &Value::Null,
+            )
+            .await?;
+        let obj: Value = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        if code == 200 {
+            if let Some(c) = obj["status"]["certificate"].as_str() {
+                break STANDARD.decode(c).map_err(|e| e.to_string())?;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the CSR was not signed within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut pair = cert;
+    pair.extend_from_slice(key.serialize_pem().as_bytes());
+    let pki = under(root, "/var/lib/kubelet/pki");
+    std::fs::create_dir_all(&pki).map_err(|e| e.to_string())?;
+    let file = "kubelet-client-standin.pem";
+    std::fs::write(pki.join(file), &pair).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(pki.join(file), std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(pki.join("kubelet-client-current.pem"));
+    std::os::unix::fs::symlink(
+        format!("/var/lib/kubelet/pki/{file}"),
+        pki.join("kubelet-client-current.pem"),
+    )
+    .map_err(|e| e.to_string())?;
+    let conf = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca_b64}\n    server: {server}\n  name: default-cluster\ncontexts:\n- context:\n    cluster: default-cluster\n    namespace: default\n    user: default-auth\n  name: default-context\ncurrent-context: default-context\nusers:\n- name: default-auth\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n"
+    );
+    let target = under(root, kubeconfig_path);
+    std::fs::write(&target, conf).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
