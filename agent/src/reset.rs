@@ -851,6 +851,12 @@ fn replay(ctx: &mut Ctx<'_>, records: &[Record]) {
             continue;
         }
         let Some(change) = &r.change else { continue };
+        if let Change::File { path, .. } | Change::Symlink { path, .. } = change {
+            // A join killed mid-write leaves its temporary file beside the target.
+            if !ctx.opts.dry_run {
+                let _ = root.sweep_temps(path);
+            }
+        }
         match change {
             Change::File { path, prior } => {
                 if firsts.get(path) != Some(&r.seq) {

@@ -210,8 +210,53 @@ impl Root {
         Ok(created)
     }
 
+    /// Removes temporary files an interrupted [`Root::write_atomic`] or
+    /// [`Root::symlink_atomic`] of `target` left beside it (for example after `kill -9`
+    /// between create and rename). Only names this module makes are matched. Returns how
+    /// many were removed.
+    pub fn sweep_temps(&self, target: &Path) -> Result<usize, FsError> {
+        let real = self.resolve(target)?;
+        let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(0);
+        };
+        let write_prefix = format!(".{name}.node-attach-");
+        let link_temp = real
+            .with_extension("node-attach-updated")
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned);
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io("list", target)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(entry_name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let ours = entry_name.strip_prefix(&write_prefix).is_some_and(|rest| {
+                rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())
+            }) || link_temp.as_deref() == Some(entry_name.as_str());
+            // Never follow or descend: only plain files and symlinks we could have made.
+            let kind_ok = entry
+                .file_type()
+                .map(|t| t.is_file() || t.is_symlink())
+                .unwrap_or(false);
+            if ours && kind_ok && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(dir);
+        }
+        Ok(removed)
+    }
+
     /// Writes `bytes` to `target` atomically with exactly `mode`. The parent must exist.
     pub fn write_atomic(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+        self.sweep_temps(target)?;
         let real = self.resolve(target)?;
         let dir = real
             .parent()
@@ -253,8 +298,8 @@ impl Root {
         let dir = real
             .parent()
             .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        self.sweep_temps(target)?;
         let tmp = real.with_extension("node-attach-updated");
-        let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(link_to, &tmp).map_err(io("symlink", target))?;
         fs::rename(&tmp, &real).map_err(io("rename", target))?;
         sync_dir(dir);
@@ -356,6 +401,39 @@ mod tests {
             root.list_dir(Path::new("/etc/kubernetes")).expect("ls"),
             ["kubelet.conf"]
         );
+    }
+
+    #[test]
+    fn temps_left_by_an_interrupted_write_are_swept_and_nothing_else() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/etc"), 0o755).expect("mkdir");
+        let etc = tmp.path().join("etc");
+        for name in [
+            ".fstab.node-attach-0a1b2c3d4e5f",
+            "fstab.node-attach-updated",
+            ".fstab.node-attach-notours",
+            ".hosts.node-attach-0a1b2c3d4e5f",
+            "fstab",
+        ] {
+            std::fs::write(etc.join(name), b"x").expect("seed");
+        }
+        assert_eq!(root.sweep_temps(Path::new("/etc/fstab")).expect("sweep"), 2);
+        let mut left = root.list_dir(Path::new("/etc")).expect("ls");
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".fstab.node-attach-notours",
+                ".hosts.node-attach-0a1b2c3d4e5f",
+                "fstab"
+            ]
+        );
+        root.write_atomic(Path::new("/etc/hosts"), b"127.0.0.1 localhost\n", 0o644)
+            .expect("write");
+        let mut left = root.list_dir(Path::new("/etc")).expect("ls");
+        left.sort();
+        assert_eq!(left, [".fstab.node-attach-notours", "fstab", "hosts"]);
     }
 
     #[test]

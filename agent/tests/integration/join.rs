@@ -758,6 +758,10 @@ fn kill_9_at_arbitrary_moments_then_rerun_converges() {
         std::thread::sleep(Duration::from_millis(*delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        // What a kill between an atomic write's create and its rename leaves behind; the
+        // timing above only sometimes hits that window, so make it certain.
+        std::fs::write(node.path("/etc/.fstab.node-attach-00112233aabb"), "partial")
+            .expect("plant temp");
         node.kubelet();
         join(&args, &[]).expect_code(0);
         let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki"))
