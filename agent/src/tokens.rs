@@ -135,63 +135,34 @@ pub async fn ensure_rbac(kube: &Kube, groups: &[String]) -> Result<Vec<String>, 
     let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
     let cr = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
     let subjects: Vec<Value> = groups.iter().map(|g| group_subject(g)).collect();
-    let binding = |name: &str, role: &str, subjects: Vec<Value>| {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
-    };
-    ensure_binding(
-        kube,
-        crb,
-        "kubeadm:kubelet-bootstrap",
-        binding(
+    let get_nodes = "kubeadm:get-nodes";
+    if kube.get(&format!("{cr}/{get_nodes}")).await?.is_none() {
+        kube.post(cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": get_nodes},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?;
+        log.push(format!("created ClusterRole {get_nodes}"));
+    }
+    for (name, role, subjects) in [
+        (
             "kubeadm:kubelet-bootstrap",
             "system:node-bootstrapper",
             subjects.clone(),
         ),
-        &mut log,
-    )
-    .await?;
-    ensure_binding(
-        kube,
-        crb,
-        "kubeadm:node-autoapprove-bootstrap",
-        binding(
+        (
             "kubeadm:node-autoapprove-bootstrap",
             "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
             subjects.clone(),
         ),
-        &mut log,
-    )
-    .await?;
-    ensure_binding(
-        kube,
-        crb,
-        "kubeadm:node-autoapprove-certificate-rotation",
-        binding(
+        (
             "kubeadm:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
             vec![group_subject("system:nodes")],
         ),
-        &mut log,
-    )
-    .await?;
-    if kube
-        .get(&format!("{cr}/kubeadm:get-nodes"))
-        .await?
-        .is_none()
-    {
-        kube.post(cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kubeadm:get-nodes"},
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?;
-        log.push("created ClusterRole kubeadm:get-nodes".into());
+        (get_nodes, get_nodes, subjects.clone()),
+    ] {
+        let crb_obj = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects});
+        ensure_binding(kube, crb, name, crb_obj, &mut log).await?;
     }
-    ensure_binding(
-        kube,
-        crb,
-        "kubeadm:get-nodes",
-        binding("kubeadm:get-nodes", "kubeadm:get-nodes", subjects.clone()),
-        &mut log,
-    )
-    .await?;
     let mut readers = subjects.clone();
     readers.push(group_subject("system:nodes"));
     for (ns, name, resource_name, subjects) in [
