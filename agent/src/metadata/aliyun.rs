@@ -6,7 +6,7 @@
 //! a normal-mode instance), plain GETs are used. Items: `meta-data/instance-id`, `region-id`,
 //! `zone-id`, `private-ipv4`, `hostname`, `instance/instance-type`.
 
-use super::{client, InstanceMetadata, MetadataError, MetadataLimits, Session};
+use super::{InstanceMetadata, MetadataError, MetadataLimits, Session, TokenAnswer};
 
 /// The metadata service's address.
 pub const ENDPOINT: &str = "http://100.100.100.200";
@@ -18,41 +18,17 @@ pub async fn fetch(
     endpoint: &str,
     limits: MetadataLimits,
 ) -> Result<InstanceMetadata, MetadataError> {
-    let base = endpoint.trim_end_matches('/');
-    let unavailable = |detail: String| MetadataError::Unavailable {
-        provider: "aliyun",
-        endpoint: base.to_owned(),
-        detail,
-    };
-    let http = client(limits).map_err(unavailable)?;
-    // Hardened mode: a session token, kept only in memory.
-    let token = match http
-        .put(format!("{base}/latest/api/token"))
-        .header(TTL_HEADER, "300")
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r
-            .text()
-            .await
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty() && t.len() < 1024),
-        Ok(_) => None,
+    let mut s = Session::open("aliyun", endpoint, limits)?;
+    // Hardened mode: a session token, kept only in memory. Anything but an answer that is
+    // not a connection failure means normal mode.
+    match s.request_token(TTL_HEADER).await {
+        Ok(TokenAnswer::Token(t)) => s.header = Some((TOKEN_HEADER, t)),
+        Ok(_) => tracing::info!("Alibaba Cloud metadata: no session token (normal mode)"),
         Err(e) if e.is_connect() || e.is_timeout() => {
-            return Err(unavailable(e.without_url().to_string()))
+            return Err(s.unavailable(e.without_url().to_string()))
         }
-        Err(_) => None,
-    };
-    if token.is_none() {
-        tracing::info!("Alibaba Cloud metadata: no session token (normal mode)");
+        Err(_) => tracing::info!("Alibaba Cloud metadata: no session token (normal mode)"),
     }
-    let s = Session {
-        provider: "aliyun",
-        http,
-        base,
-        header: token.map(|t| (TOKEN_HEADER, t)),
-    };
     Ok(InstanceMetadata {
         provider: "aliyun",
         instance_id: s.ident("instance-id", "meta-data/instance-id").await?,

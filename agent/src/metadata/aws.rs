@@ -3,7 +3,7 @@
 //! (`X-aws-ec2-metadata-token`). Items: `meta-data/instance-id`, `placement/region`,
 //! `placement/availability-zone`, `local-ipv4`, `local-hostname`, `instance-type`.
 
-use super::{client, InstanceMetadata, MetadataError, MetadataLimits, Session};
+use super::{InstanceMetadata, MetadataError, MetadataLimits, Session, TokenAnswer};
 
 /// The metadata service's address.
 pub const ENDPOINT: &str = "http://169.254.169.254";
@@ -13,39 +13,20 @@ pub async fn fetch(
     endpoint: &str,
     limits: MetadataLimits,
 ) -> Result<InstanceMetadata, MetadataError> {
-    let base = endpoint.trim_end_matches('/');
-    let unavailable = |detail: String| MetadataError::Unavailable {
-        provider: "aws",
-        endpoint: base.to_owned(),
-        detail,
-    };
-    let http = client(limits).map_err(unavailable)?;
-    let resp = http
-        .put(format!("{base}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "300")
-        .send()
+    let mut s = Session::open("aws", endpoint, limits)?;
+    // IMDSv2 only: without a session token there is no answer.
+    let token = match s
+        .request_token("X-aws-ec2-metadata-token-ttl-seconds")
         .await
-        .map_err(|e| unavailable(e.without_url().to_string()))?;
-    if !resp.status().is_success() {
-        return Err(unavailable(format!(
-            "IMDSv2 token request answered HTTP {}",
-            resp.status().as_u16()
-        )));
-    }
-    let token = resp
-        .text()
-        .await
-        .map_err(|e| unavailable(e.without_url().to_string()))?;
-    let token = token.trim().to_owned();
-    if token.is_empty() || token.len() > 1024 {
-        return Err(unavailable("IMDSv2 gave no usable token".into()));
-    }
-    let s = Session {
-        provider: "aws",
-        http,
-        base,
-        header: Some(("X-aws-ec2-metadata-token", token)),
+        .map_err(|e| s.unavailable(e.without_url().to_string()))?
+    {
+        TokenAnswer::Token(t) => t,
+        TokenAnswer::Refused(status) => {
+            return Err(s.unavailable(format!("IMDSv2 token request answered HTTP {status}")))
+        }
+        TokenAnswer::Unusable => return Err(s.unavailable("IMDSv2 gave no usable token".into())),
     };
+    s.header = Some(("X-aws-ec2-metadata-token", token));
     Ok(InstanceMetadata {
         provider: "aws",
         instance_id: s.ident("instance-id", "meta-data/instance-id").await?,

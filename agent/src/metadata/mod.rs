@@ -146,6 +146,11 @@ pub(crate) async fn get_text(
         404 => return Ok(None),
         s => return Err(format!("HTTP {s}")),
     }
+    read_capped(&mut resp, 4096).await.map(Some)
+}
+
+/// Reads a response body of at most `cap` bytes, trimmed; larger answers are refused unread.
+async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<String, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -153,11 +158,21 @@ pub(crate) async fn get_text(
         .map_err(|e| e.without_url().to_string())?
     {
         body.extend_from_slice(&chunk);
-        if body.len() > 4096 {
-            return Err("answer larger than 4 KiB".into());
+        if body.len() > cap {
+            return Err(format!("answer larger than {cap} bytes"));
         }
     }
-    Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()))
+    Ok(String::from_utf8_lossy(&body).trim().to_owned())
+}
+
+/// What a metadata service said to a session-token request (`PUT /latest/api/token`).
+pub(crate) enum TokenAnswer {
+    /// A usable token (kept only in memory).
+    Token(String),
+    /// A non-success status.
+    Refused(u16),
+    /// Success, but an empty, oversized or unreadable body.
+    Unusable,
 }
 
 /// One conversation with a metadata service: a client, a base URL, and the session token
@@ -169,7 +184,48 @@ pub(crate) struct Session<'a> {
     pub header: Option<(&'static str, String)>,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// Starts a conversation with the service at `endpoint`, without a session token yet.
+    pub(crate) fn open(
+        provider: &'static str,
+        endpoint: &'a str,
+        limits: MetadataLimits,
+    ) -> Result<Session<'a>, MetadataError> {
+        let base = endpoint.trim_end_matches('/');
+        let http = client(limits).map_err(|detail| MetadataError::Unavailable {
+            provider,
+            endpoint: base.to_owned(),
+            detail,
+        })?;
+        Ok(Session {
+            provider,
+            http,
+            base,
+            header: None,
+        })
+    }
+
+    /// Asks for a session token valid for five minutes; `ttl_header` is the provider's name
+    /// for the lifetime header. The body is read with a 1 KiB cap.
+    pub(crate) async fn request_token(
+        &self,
+        ttl_header: &'static str,
+    ) -> Result<TokenAnswer, reqwest::Error> {
+        let mut resp = self
+            .http
+            .put(format!("{}/latest/api/token", self.base))
+            .header(ttl_header, "300")
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(TokenAnswer::Refused(resp.status().as_u16()));
+        }
+        Ok(match read_capped(&mut resp, 1024).await {
+            Ok(t) if !t.is_empty() => TokenAnswer::Token(t),
+            _ => TokenAnswer::Unusable,
+        })
+    }
+
     pub(crate) fn unavailable(&self, detail: String) -> MetadataError {
         MetadataError::Unavailable {
             provider: self.provider,

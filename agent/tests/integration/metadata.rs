@@ -97,6 +97,26 @@ fn aws_imdsv2_gives_the_aws_provider_id() {
 }
 
 #[test]
+fn an_oversized_session_token_is_refused_not_used() {
+    let cp = control_plane();
+    let md = MetadataServer::start(MetadataMode::OversizedToken);
+    let node = Node::new();
+    let run = dry_join(
+        &cp,
+        &node,
+        &md,
+        &["--metadata", "aws", "--node-name", "aws-node"],
+    );
+    run.expect_output("no usable token");
+    assert_eq!(run.code, 31, "{}", run.stderr);
+    assert!(
+        md.seen().iter().all(|s| s.method == "PUT"),
+        "a metadata item was read with an unusable token: {:?}",
+        md.seen()
+    );
+}
+
+#[test]
 fn a_silent_service_is_bounded_and_auto_never_stalls() {
     let cp = control_plane();
     let md = MetadataServer::start(MetadataMode::Silent);

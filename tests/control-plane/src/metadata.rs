@@ -16,6 +16,8 @@ pub enum MetadataMode {
     Aws,
     /// Accepts connections and never answers.
     Silent,
+    /// EC2 IMDSv2 whose token answer is 64 KiB (a broken or hostile service).
+    OversizedToken,
 }
 
 /// One request seen.
@@ -70,14 +72,15 @@ impl MetadataServer {
 }
 
 fn answer(mode: MetadataMode, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let aws = mode == MetadataMode::Aws;
+    let aws = matches!(mode, MetadataMode::Aws | MetadataMode::OversizedToken);
     if method == "PUT" && path == "/latest/api/token" {
         return match mode {
             MetadataMode::AliyunNormal => (403, "forbidden".into()),
+            MetadataMode::OversizedToken => (200, "t".repeat(64 * 1024)),
             _ => (200, TOKEN.into()),
         };
     }
-    let needs_token = matches!(mode, MetadataMode::AliyunHardened | MetadataMode::Aws);
+    let needs_token = mode == MetadataMode::AliyunHardened || aws;
     if needs_token && token != Some(TOKEN) {
         return (401, "unauthorized".into());
     }
