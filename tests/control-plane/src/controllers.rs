@@ -119,14 +119,7 @@ fn has_condition(csr: &Value, kind: &str) -> bool {
 }
 
 fn add_condition(csr: &mut Value, kind: &str, reason: &str, message: &str) {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let now = crate::store::now_rfc3339();
     if !csr["status"].is_object() {
         csr["status"] = json!({});
     }

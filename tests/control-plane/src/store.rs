@@ -195,7 +195,8 @@ impl Default for Store {
     }
 }
 
-fn now_rfc3339() -> String {
+/// The current time in whole seconds, RFC 3339 (the API server's timestamp form).
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())

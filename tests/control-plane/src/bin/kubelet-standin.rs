@@ -337,14 +337,7 @@ async fn main() {
             "nodeInfo": {"kubeletVersion": "v0.0.0-standin", "containerRuntimeVersion": flags.get("container-runtime-endpoint").cloned().unwrap_or_default()},
         })
     };
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let now = test_control_plane::store::now_rfc3339();
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec, "status": status(&now)});
     match client
         .request("POST", "/api/v1/nodes", "application/json", &node)
@@ -369,14 +362,7 @@ async fn main() {
     }
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let now = time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
+        let now = test_control_plane::store::now_rfc3339();
         let _ = client
             .request(
                 "PATCH",
