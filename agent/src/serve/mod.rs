@@ -258,7 +258,7 @@ impl Service {
         let report: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
-        tracing::info!(token = %short, peer = %peer.ip(), status = %status, node = %node, code = report["code"].as_str().unwrap_or(""), "node reported");
+        tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), "node reported");
         if status != "success" || crate::validate::check_node_name(&node).is_err() {
             return reply(
                 200,
