@@ -125,6 +125,9 @@ codes! {
     /// A file or the journal could not be written.
     Filesystem = ("filesystem", 70,
         "A file could not be written or read as the message says: check disk space, permissions, and that no path is a symlink."),
+    /// Another join or reset holds the run lock.
+    Busy = ("busy", 71,
+        "Another node-attach join or reset is running on this machine (cloud-init's, a service's or an operator's): wait for it to finish (`node-attach status` shows its phase), then rerun if still needed."),
 }
 
 impl Code {

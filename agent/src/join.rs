@@ -106,6 +106,16 @@ fn fs_failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(Code::Filesystem, e.to_string())
 }
 
+/// Takes the root's run lock, mapping contention to [`Code::Busy`].
+pub(crate) fn lock(
+    root: &crate::effects::fs::Root,
+) -> Result<crate::effects::fs::RootLock, Failure> {
+    root.lock_exclusive().map_err(|e| match e {
+        crate::effects::fs::FsError::Busy(_) => Failure::new(Code::Busy, e.to_string()),
+        other => fs_failure(other),
+    })
+}
+
 fn apply_failure(code: Code) -> impl Fn(ApplyError) -> Failure {
     move |e| match e {
         ApplyError::Fs(_) | ApplyError::Journal(_) => fs_failure(e),
@@ -333,6 +343,12 @@ pub async fn join(
     let mut p = Phases {
         reporter,
         current: None,
+    };
+    // Held to the end: a second join or a reset on this root fails fast with `busy`.
+    let _lock = if settings.dry_run {
+        None
+    } else {
+        Some(lock(root)?)
     };
     let records = journal::Journal::load(root)
         .map_err(fs_failure)?

@@ -149,6 +149,12 @@ impl Ctx<'_> {
 /// Runs reset.
 pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failure> {
     let root = &fx.root;
+    // Held to the end: a join or another reset on this root fails fast with `busy`.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(crate::join::lock(root)?)
+    };
     let (records, journal_state) = match Journal::load(root) {
         Ok(Some(r)) => (Some(r), "used"),
         Ok(None) => (None, "missing"),

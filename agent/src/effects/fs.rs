@@ -26,6 +26,9 @@ pub enum FsError {
         /// The offending ancestor.
         link: String,
     },
+    /// Another process holds the run lock on this root.
+    #[error("another node-attach join or reset is changing {0} right now")]
+    Busy(String),
     /// An I/O error.
     #[error("{op} {path}: {source}")]
     Io {
@@ -42,6 +45,13 @@ pub enum FsError {
 #[derive(Clone, Debug)]
 pub struct Root {
     base: PathBuf,
+}
+
+/// The run lock on a root, held while join or reset changes it; released on drop, and by the
+/// kernel when the process dies in any way (even `kill -9`).
+#[derive(Debug)]
+pub struct RootLock {
+    _flock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// What is at a path now.
@@ -208,6 +218,23 @@ impl Root {
             created.push(p);
         }
         Ok(created)
+    }
+
+    /// Takes the run lock: an exclusive, non-blocking `flock(2)` on the root directory itself,
+    /// so two runs (cloud-init's and an operator's, say) never interleave their changes and
+    /// journal records. Nothing is created for it and nothing is left behind.
+    pub fn lock_exclusive(&self) -> Result<RootLock, FsError> {
+        let shown = self.base.display().to_string();
+        let dir = std::fs::File::open(&self.base).map_err(io("open", &self.base))?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(RootLock { _flock: flock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(FsError::Busy(shown)),
+            Err((_, errno)) => Err(FsError::Io {
+                op: "lock",
+                path: shown,
+                source: errno.into(),
+            }),
+        }
     }
 
     /// Removes temporary files an interrupted [`Root::write_atomic`] or
@@ -434,6 +461,17 @@ mod tests {
         let mut left = root.list_dir(Path::new("/etc")).expect("ls");
         left.sort();
         assert_eq!(left, [".fstab.node-attach-notours", "fstab", "hosts"]);
+    }
+
+    #[test]
+    fn the_run_lock_is_exclusive_until_dropped_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        let held = root.lock_exclusive().expect("first lock");
+        assert!(matches!(root.lock_exclusive(), Err(FsError::Busy(_))));
+        drop(held);
+        let _again = root.lock_exclusive().expect("lock after release");
+        assert!(std::fs::read_dir(tmp.path()).expect("ls").next().is_none());
     }
 
     #[test]

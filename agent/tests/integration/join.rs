@@ -819,3 +819,37 @@ fn when_the_kubelet_bootstraps_itself_the_bootstrap_kubeconfig_goes_afterwards()
     assert_eq!(tree_with_bytes(node.dir.path()), before);
     assert!(cp.get(Kind::Node, "", "self-bootstrap-1").is_none());
 }
+
+#[test]
+fn a_second_run_on_the_same_root_is_refused_while_the_first_holds_the_lock() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    let before = tree_with_bytes(node.dir.path());
+    // Stand in for a join in progress: hold the run lock the way node-attach does.
+    let dir = std::fs::File::open(node.dir.path()).expect("open root");
+    let held = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    let args = scale_out(&cp, &node, "locked-1");
+    join(&args, &[])
+        .expect_code(71)
+        .expect_output("another node-attach join or reset");
+    run_with(
+        &["reset", "--root", &node.root()],
+        &[],
+        Duration::from_secs(60),
+    )
+    .expect_code(71);
+    assert_eq!(
+        tree_with_bytes(node.dir.path()),
+        before,
+        "a refused run changed the tree"
+    );
+    // A dry run changes nothing, so it does not need the lock.
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    join(&dry, &[]).expect_code(0);
+    drop(held);
+    node.kubelet();
+    join(&args, &[]).expect_code(0);
+}
