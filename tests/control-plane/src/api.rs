@@ -78,6 +78,16 @@ impl Reply {
     }
 }
 
+/// The API server's answer for a path it does not serve.
+fn route_not_found() -> Reply {
+    status_error(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        None,
+    )
+}
+
 /// A Kubernetes `Status` error.
 pub fn status_error(code: u16, reason: &str, message: &str, details: Option<Value>) -> Reply {
     let mut v = json!({
@@ -238,22 +248,10 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     let (group, version, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => {
-            return status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            )
-        }
+        _ => return route_not_found(),
     };
     if !served(shared, group, version) {
-        return status_error(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            None,
-        );
+        return route_not_found();
     }
     let (namespace, rest) = match rest {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (ns.to_string(), tail),
@@ -263,30 +261,13 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         [p] => (*p, "", ""),
         [p, n] => (*p, *n, ""),
         [p, n, s] => (*p, *n, *s),
-        _ => {
-            return status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            )
-        }
+        _ => return route_not_found(),
     };
     let Some(kind) = Kind::from_plural(group, plural) else {
-        return status_error(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            None,
-        );
+        return route_not_found();
     };
     if kind.namespaced() && namespace.is_empty() && !(req.method == "GET" && name.is_empty()) {
-        return status_error(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            None,
-        );
+        return route_not_found();
     }
     let query = query_map(&req.query);
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -449,22 +430,12 @@ fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
                     "versions": versions.clone(), "preferredVersion": versions[0]}),
                 )
             }
-            None => status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            ),
+            None => route_not_found(),
         },
         ["apis", g, v] if served(shared, g, v) && groups(shared).iter().any(|(n, _)| n == g) => {
             Reply::json(200, &resource_list(shared, g, v))
         }
-        _ => status_error(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            None,
-        ),
+        _ => route_not_found(),
     }
 }
 
@@ -623,12 +594,7 @@ impl Ctx<'_> {
             }
         }
         if !self.sub.is_empty() && !matches!(self.sub.as_str(), "status" | "approval") {
-            return status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            );
+            return route_not_found();
         }
         self.answer(obj)
     }
@@ -944,14 +910,7 @@ impl Ctx<'_> {
                 new = merged;
             }
             (_, "") => {}
-            _ => {
-                return status_error(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                    None,
-                )
-            }
+            _ => return route_not_found(),
         }
         if self.kind == Kind::Node {
             if let Err(r) = self.node_restriction(&old, &new) {
@@ -998,12 +957,7 @@ impl Ctx<'_> {
     /// no disruption, as the API server does.
     fn evict(&self) -> Reply {
         if self.kind != Kind::Pod {
-            return status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            );
+            return route_not_found();
         }
         let mut state = self.shared.lock();
         let Some(pod) = state.store.get(&self.key()).cloned() else {

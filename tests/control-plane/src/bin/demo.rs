@@ -74,17 +74,20 @@ fn main() {
     println!("cluster CA pin:     {pin}");
     println!("scratch directory:  {}", dir.display());
 
+    let discover = || {
+        run(
+            &[
+                "discover",
+                "--endpoint",
+                &endpoint,
+                "--discovery-token-ca-cert-hash",
+                &pin,
+            ],
+            &[("NODE_ATTACH_TOKEN", TOKEN)],
+        )
+    };
     step(1, "discovery: read cluster-info anonymously, check its JWS with the token, pin the CA, re-fetch over pinned TLS");
-    let status = run(
-        &[
-            "discover",
-            "--endpoint",
-            &endpoint,
-            "--discovery-token-ca-cert-hash",
-            &pin,
-        ],
-        &[("NODE_ATTACH_TOKEN", TOKEN)],
-    );
+    let status = discover();
     check(status.success(), "the API server is trusted");
 
     step(
@@ -92,16 +95,7 @@ fn main() {
         "discovery against a tampered cluster-info (server URL changed after signing)",
     );
     cp.set_faults(|f| f.cluster_info = ClusterInfoFault::Tamper);
-    let status = run(
-        &[
-            "discover",
-            "--endpoint",
-            &endpoint,
-            "--discovery-token-ca-cert-hash",
-            &pin,
-        ],
-        &[("NODE_ATTACH_TOKEN", TOKEN)],
-    );
+    let status = discover();
     check(
         status.code() == Some(23),
         "the tampered answer is refused (exit 23, discovery.signature-mismatch)",
