@@ -243,48 +243,13 @@ impl Root {
     /// many were removed.
     pub fn sweep_temps(&self, target: &Path) -> Result<usize, FsError> {
         let real = self.resolve(target)?;
-        let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str()))
-        else {
-            return Ok(0);
-        };
-        let write_prefix = format!(".{name}.node-attach-");
-        let link_temp = real
-            .with_extension("node-attach-updated")
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned);
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(io("list", target)(e)),
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let Some(entry_name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let ours = entry_name.strip_prefix(&write_prefix).is_some_and(|rest| {
-                rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())
-            }) || link_temp.as_deref() == Some(entry_name.as_str());
-            // Never follow or descend: only plain files and symlinks we could have made.
-            let kind_ok = entry
-                .file_type()
-                .map(|t| t.is_file() || t.is_symlink())
-                .unwrap_or(false);
-            if ours && kind_ok && fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            sync_dir(dir);
-        }
-        Ok(removed)
+        sweep_beside(&real, target)
     }
 
     /// Writes `bytes` to `target` atomically with exactly `mode`. The parent must exist.
     pub fn write_atomic(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
-        self.sweep_temps(target)?;
         let real = self.resolve(target)?;
+        sweep_beside(&real, target)?;
         let dir = real
             .parent()
             .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
@@ -325,7 +290,7 @@ impl Root {
         let dir = real
             .parent()
             .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
-        self.sweep_temps(target)?;
+        sweep_beside(&real, target)?;
         let tmp = real.with_extension("node-attach-updated");
         std::os::unix::fs::symlink(link_to, &tmp).map_err(io("symlink", target))?;
         fs::rename(&tmp, &real).map_err(io("rename", target))?;
@@ -386,6 +351,47 @@ impl Root {
             Err(e) => Err(io("list", target)(e)),
         }
     }
+}
+
+/// Removes the temporary files of interrupted writes of `real` (already resolved); `target` is
+/// the path as the caller named it, for errors.
+fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
+        return Ok(0);
+    };
+    let write_prefix = format!(".{name}.node-attach-");
+    let link_temp = real
+        .with_extension("node-attach-updated")
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned);
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io("list", target)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Some(entry_name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let ours = entry_name
+            .strip_prefix(&write_prefix)
+            .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+            || link_temp.as_deref() == Some(entry_name.as_str());
+        // Never follow or descend: only plain files and symlinks we could have made.
+        let kind_ok = entry
+            .file_type()
+            .map(|t| t.is_file() || t.is_symlink())
+            .unwrap_or(false);
+        if ours && kind_ok && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir);
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) {
