@@ -163,34 +163,38 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (creating if needed) the journal under `root`; records the directories it had to
-    /// create.
+    /// create. A new journal is created together with its missing directories in one rename
+    /// (see [`Root::mkdir_all_staged`]), already holding their records: a crash at any moment
+    /// leaves no directory the journal does not know of.
     pub fn open(root: &Root) -> Result<Journal, JournalError> {
-        let existing = Journal::load(root)?.unwrap_or_default();
-        let mut created = root.mkdir_all(Path::new("/var/lib"), 0o755)?;
-        created.extend(root.mkdir_all(Path::new(STATE_DIR), 0o700)?);
-        let backup_created = root.mkdir_all(Path::new(BACKUP_DIR), 0o700)?;
+        root.sweep_staged(Path::new(BACKUP_DIR))?;
+        let (existing, created) = match Journal::load(root)? {
+            Some(records) => (records, Vec::new()),
+            None => {
+                let created = create(root)?;
+                (Journal::load(root)?.unwrap_or_default(), created)
+            }
+        };
         let real = root.resolve(Path::new(JOURNAL_FILE))?;
         let file = OpenOptions::new()
-            .create(true)
             .append(true)
-            .mode(0o600)
             .open(&real)
             .map_err(JournalError::Write)?;
         let next_seq = existing.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         let mut journal = Journal {
-            created: created
-                .iter()
-                .chain(backup_created.iter())
-                .cloned()
-                .collect(),
+            records: existing,
+            created,
             root: root.clone(),
             file,
             next_seq,
-            records: existing,
         };
-        for dir in created {
-            let seq = journal.begin(Change::Dir { path: dir })?;
+        if root.inspect(Path::new(BACKUP_DIR))? == crate::effects::fs::Existing::Absent {
+            let seq = journal.begin(Change::Dir {
+                path: BACKUP_DIR.into(),
+            })?;
+            journal.root.mkdir_all(Path::new(BACKUP_DIR), 0o700)?;
             journal.done(seq)?;
+            journal.created.push(BACKUP_DIR.into());
         }
         Ok(journal)
     }
@@ -306,6 +310,68 @@ impl Journal {
     }
 }
 
+/// Creates the journal file, and with it every missing directory up to [`BACKUP_DIR`], all
+/// appearing at once; the file already records those directories. Returns them.
+fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
+    let mode_of = |p: &Path| {
+        if p.starts_with(STATE_DIR) {
+            0o700
+        } else {
+            0o755
+        }
+    };
+    let state = Path::new(STATE_DIR);
+    let fill = |staged_state: &Path, created: &[PathBuf]| {
+        let mut lines = Vec::new();
+        for (i, dir) in created.iter().enumerate() {
+            let seq = i as u64 + 1;
+            for event in ["begin", "done"] {
+                let change = (event == "begin").then(|| Change::Dir { path: dir.clone() });
+                let record = Record {
+                    seq,
+                    event: event.into(),
+                    change,
+                    phase: None,
+                    status: None,
+                    at: now(),
+                };
+                lines.extend(serde_json::to_vec(&record).unwrap_or_default());
+                lines.push(b'\n');
+            }
+        }
+        write_new_file(
+            &staged_state.join("journal.jsonl"),
+            &lines,
+            Path::new(JOURNAL_FILE),
+        )
+    };
+    let created = root.mkdir_all_staged(state, mode_of, fill)?;
+    if created.is_empty() {
+        // The state directory was there already (a reset killed before removing it).
+        root.write_atomic(Path::new(JOURNAL_FILE), b"", 0o600)?;
+    }
+    Ok(created)
+}
+
+/// Writes a new 0600 file at a real (already resolved) path, fsynced.
+fn write_new_file(real: &Path, bytes: &[u8], shown: &Path) -> Result<(), FsError> {
+    let fail = |op: &'static str| {
+        move |source| FsError::Io {
+            op,
+            path: shown.display().to_string(),
+            source,
+        }
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(real)
+        .map_err(fail("create"))?;
+    f.write_all(bytes).map_err(fail("write"))?;
+    f.sync_all().map_err(fail("fsync"))
+}
+
 /// The last status recorded for each phase, in the order phases first appeared.
 pub fn phases(records: &[Record]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -355,6 +421,46 @@ mod tests {
         );
         let j = Journal::open(&root).expect("reopen");
         assert!(j.knows_path(Path::new("/var/lib/node-attach")));
+    }
+
+    #[test]
+    fn a_new_journal_appears_with_its_directories_at_once() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        // What an interrupted first open leaves: swept by the next one.
+        std::fs::create_dir_all(tmp.path().join(".var.node-attach-stage-0123456789ab/lib"))
+            .expect("stage");
+        let j = Journal::open(&root).expect("open");
+        let dirs: Vec<_> = j
+            .records()
+            .iter()
+            .filter_map(|r| match &r.change {
+                Some(Change::Dir { path }) => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dirs,
+            ["/var", "/var/lib", STATE_DIR, BACKUP_DIR].map(PathBuf::from)
+        );
+        let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["var"]);
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(tmp.path().join(p))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("var/lib"), 0o755);
+        assert_eq!(mode("var/lib/node-attach"), 0o700);
+        assert_eq!(mode("var/lib/node-attach/journal.jsonl"), 0o600);
     }
 
     #[test]

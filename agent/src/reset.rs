@@ -155,6 +155,12 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
     } else {
         Some(crate::join::lock(root)?)
     };
+    if !opts.dry_run {
+        // A join killed while creating its state directory leaves a staging directory.
+        if let Err(e) = root.sweep_staged(Path::new(journal::BACKUP_DIR)) {
+            tracing::warn!("cannot remove an interrupted join's staging directory: {e}");
+        }
+    }
     let (records, journal_state) = match Journal::load(root) {
         Ok(Some(r)) => (Some(r), "used"),
         Ok(None) => (None, "missing"),

@@ -228,6 +228,9 @@ pub fn plan(
     }
 }
 
+/// The Docker Engine's API socket.
+pub const DOCKER_SOCKET: &str = "/run/docker.sock";
+
 /// Applies the runtime plan: package, files, enable, (re)start when changed, wait for the CRI.
 pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
     applier.package(plan.package, plan.version.as_deref())?;
@@ -244,11 +247,14 @@ pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyE
         applier.enable(unit)?;
         applier.start(unit, changed)?;
     }
-    if applier.effects().host && !applier.dry_run() && plan.endpoint.is_some() {
-        applier
-            .effects()
-            .cri
-            .wait_ready(Path::new(&plan.socket), Duration::from_secs(120))?;
+    if applier.effects().host && !applier.dry_run() {
+        let cri = &applier.effects().cri;
+        if plan.endpoint.is_some() {
+            cri.wait_ready(Path::new(&plan.socket), Duration::from_secs(120))?;
+        } else {
+            // Dockershim: the kubelet talks to docker itself; the daemon must answer first.
+            cri.wait_docker(Path::new(DOCKER_SOCKET), Duration::from_secs(120))?;
+        }
     }
     Ok(())
 }

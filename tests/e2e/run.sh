@@ -45,6 +45,16 @@ check() {
   local desc=$1; shift
   if "$@" >/dev/null 2>&1; then PASS=$((PASS + 1)); log "ok     $desc"; else FAIL=$((FAIL + 1)); log "FAILED $desc"; fi
 }
+# A check of a condition that settles (a unit restarting): polled until it holds or DEADLINE s pass.
+check_within() {
+  local deadline=$1 desc=$2 start; shift 2
+  start=$(date +%s)
+  until "$@" >/dev/null 2>&1; do
+    if [ $(( $(date +%s) - start )) -ge "$deadline" ]; then FAIL=$((FAIL + 1)); log "FAILED $desc (within ${deadline}s)"; return; fi
+    sleep 0.2
+  done
+  PASS=$((PASS + 1)); log "ok     $desc"
+}
 die() { log "error: $*"; exit 1; }
 
 for f in "$BIN" "$CP_BIN" "$STANDIN"; do
@@ -299,18 +309,18 @@ JSON
   check "install log at /var/log/node-attach/init.log" grep -q 'running: node-attach join' "$groot/var/log/node-attach/init.log"
   check "install log also at /var/log/acs/init.log" test -s "$groot/var/log/acs/init.log"
   if [ "$form" = scale-out ]; then
-    check "docker is active" guest systemctl -q is-active docker
+    check_within 30 "docker is active" guest systemctl -q is-active docker
     check "docker uses the systemd cgroup driver" grep -q 'native.cgroupdriver=systemd' "$groot/etc/docker/daemon.json"
     check "docker reports the systemd cgroup driver" sh -c "nsenter -t $leader -a -- docker info 2>/dev/null | grep -q 'Cgroup Driver: systemd'"
   else
-    check "containerd is active" guest systemctl -q is-active containerd
+    check_within 30 "containerd is active" guest systemctl -q is-active containerd
     check "containerd config has SystemdCgroup = true" grep -q 'SystemdCgroup = true' "$groot/etc/containerd/config.toml"
     check "containerd config sets the pause image" grep -q 'sandbox_image = "registry.k8s.io/pause:3.10"' "$groot/etc/containerd/config.toml"
     check "containerd runs that configuration" sh -c "nsenter -t $leader -a -- containerd config dump | grep -q 'SystemdCgroup = true'"
     check "containerd's CRI plugin is ok" sh -c "nsenter -t $leader -a -- ctr plugins ls | awk '\$2==\"cri\"{print \$4}' | grep -qx ok"
   fi
   check "kubelet.service is enabled" guest systemctl -q is-enabled kubelet
-  check "kubelet.service is active" guest systemctl -q is-active kubelet
+  check_within 30 "kubelet.service is active" guest systemctl -q is-active kubelet
   check "the kubelet stand-in got node-attach's flags" grep -q -- "--node-ip=$guest_ip" "$groot/var/lib/kubelet-standin/record.json"
   check "Node $node is registered" kubectl get node "$node"
   case "$form" in

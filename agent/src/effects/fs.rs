@@ -183,6 +183,24 @@ impl Root {
     /// created, outermost first.
     pub fn mkdir_all(&self, target: &Path, mode: u32) -> Result<Vec<PathBuf>, FsError> {
         let mut created = Vec::new();
+        let missing = self.missing_dirs(target)?;
+        fs::create_dir_all(&self.base).map_err(io("create directory", &self.base))?;
+        for p in missing {
+            let real = self.resolve(&p)?;
+            match fs::create_dir(&real) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create directory", &p)(e)),
+            }
+            fs::set_permissions(&real, fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", &p))?;
+            created.push(p);
+        }
+        Ok(created)
+    }
+
+    /// The directories missing on the way to `target`, outermost first (empty when it exists).
+    pub fn missing_dirs(&self, target: &Path) -> Result<Vec<PathBuf>, FsError> {
         let mut missing = Vec::new();
         let mut cur = Some(target);
         while let Some(p) = cur {
@@ -205,19 +223,90 @@ impl Root {
             }
             cur = p.parent();
         }
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// Creates the missing directories up to `target` all at once: they are built under a
+    /// staging name beside the outermost missing one, `fill` gets the staged (real) location of
+    /// `target` to put files in (the journal records its own directories there), and one
+    /// `rename(2)` puts the whole tree in place. A crash leaves either nothing or a staging
+    /// directory that [`Root::sweep_staged`] removes. `mode_of` gives each directory's mode.
+    /// Returns the directories created, outermost first.
+    pub fn mkdir_all_staged(
+        &self,
+        target: &Path,
+        mode_of: impl Fn(&Path) -> u32,
+        fill: impl FnOnce(&Path, &[PathBuf]) -> Result<(), FsError>,
+    ) -> Result<Vec<PathBuf>, FsError> {
+        let missing = self.missing_dirs(target)?;
+        let Some(top) = missing.first() else {
+            return Ok(missing);
+        };
         fs::create_dir_all(&self.base).map_err(io("create directory", &self.base))?;
-        for p in missing.into_iter().rev() {
-            let real = self.resolve(&p)?;
-            match fs::create_dir(&real) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io("create directory", &p)(e)),
+        let real_top = self.resolve(top)?;
+        let stage = staging_name(&real_top)?;
+        let result = (|| {
+            for p in &missing {
+                let rel = p.strip_prefix(top).unwrap_or(Path::new(""));
+                let real = if rel.as_os_str().is_empty() {
+                    stage.clone()
+                } else {
+                    stage.join(rel)
+                };
+                fs::create_dir(&real).map_err(io("create directory", p))?;
+                fs::set_permissions(&real, fs::Permissions::from_mode(mode_of(p)))
+                    .map_err(io("chmod", p))?;
             }
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode))
-                .map_err(io("chmod", &p))?;
-            created.push(p);
+            let rel = target.strip_prefix(top).unwrap_or(Path::new(""));
+            let staged_target = if rel.as_os_str().is_empty() {
+                stage.clone()
+            } else {
+                stage.join(rel)
+            };
+            fill(&staged_target, &missing)?;
+            for p in missing.iter().rev() {
+                let rel = p.strip_prefix(top).unwrap_or(Path::new(""));
+                sync_dir(&stage.join(rel));
+            }
+            fs::rename(&stage, &real_top).map_err(io("rename", top))?;
+            if let Some(parent) = real_top.parent() {
+                sync_dir(parent);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&stage);
         }
-        Ok(created)
+        result.map(|()| missing)
+    }
+
+    /// Removes the staging directories an interrupted [`Root::mkdir_all_staged`] of `target`
+    /// left at any level on its way. Only directories with the staging name pattern go.
+    pub fn sweep_staged(&self, target: &Path) -> Result<usize, FsError> {
+        let mut removed = 0;
+        for ancestor in target.ancestors() {
+            let (Some(parent), Some(name)) = (ancestor.parent(), ancestor.file_name()) else {
+                continue;
+            };
+            let Ok(real_parent) = self.resolve(parent) else {
+                continue;
+            };
+            let prefix = format!(".{}.node-attach-stage-", name.to_string_lossy());
+            let Ok(entries) = fs::read_dir(&real_parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let entry_name = entry.file_name().to_string_lossy().into_owned();
+                let ours = entry_name.strip_prefix(&prefix).is_some_and(is_temp_suffix);
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if ours && is_dir {
+                    fs::remove_dir_all(entry.path()).map_err(io("remove", ancestor))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Takes the run lock: an exclusive, non-blocking `flock(2)` on the root directory itself,
@@ -254,15 +343,7 @@ impl Root {
             .parent()
             .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
         let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let mut suffix = [0u8; 6];
-        let _ = getrandom::fill(&mut suffix);
-        let tmp = dir.join(format!(
-            ".{name}.node-attach-{}",
-            suffix
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ));
+        let tmp = dir.join(format!(".{name}.node-attach-{}", temp_suffix()));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -377,7 +458,7 @@ fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
         };
         let ours = entry_name
             .strip_prefix(&write_prefix)
-            .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+            .is_some_and(is_temp_suffix)
             || link_temp.as_deref() == Some(entry_name.as_str());
         // Never follow or descend: only plain files and symlinks we could have made.
         let kind_ok = entry
@@ -392,6 +473,29 @@ fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
         sync_dir(dir);
     }
     Ok(removed)
+}
+
+/// Twelve random hex digits: the suffix of every temporary name this module makes.
+fn temp_suffix() -> String {
+    let mut suffix = [0u8; 6];
+    let _ = getrandom::fill(&mut suffix);
+    suffix.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_temp_suffix(rest: &str) -> bool {
+    rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `.NAME.node-attach-stage-HEX` beside `real`.
+fn staging_name(real: &Path) -> Result<PathBuf, FsError> {
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return Err(FsError::BadPath(real.display().to_string()));
+    };
+    Ok(dir.join(format!(
+        ".{}.node-attach-stage-{}",
+        name.to_string_lossy(),
+        temp_suffix()
+    )))
 }
 
 fn sync_dir(dir: &Path) {

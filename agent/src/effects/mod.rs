@@ -374,24 +374,33 @@ impl Packages for RecordingPackages {
     }
 }
 
-/// The container runtime's CRI endpoint.
+/// The container runtime's API sockets.
 pub trait Cri: Send + Sync {
     /// Waits until a gRPC server answers on the socket, or the timeout passes.
     fn wait_ready(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError>;
+    /// Waits until the Docker Engine answers `GET /_ping` on its socket (the dockershim era,
+    /// where the kubelet itself talks to docker), or the timeout passes.
+    fn wait_docker(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError>;
 }
 
-/// The real check: connect to the unix socket and exchange the HTTP/2 connection preface that
-/// every gRPC server (containerd, cri-dockerd) answers with a SETTINGS frame.
+/// The real checks: a unix-socket connection and the first bytes of each protocol.
 pub struct CriSocket;
 
 impl CriSocket {
-    fn probe(socket: &Path) -> Result<(), String> {
-        use std::io::{Read, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    fn connect(socket: &Path) -> Result<std::os::unix::net::UnixStream, String> {
+        let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    /// The HTTP/2 connection preface that every gRPC server (containerd, cri-dockerd) answers
+    /// with a SETTINGS frame.
+    fn probe_grpc(socket: &Path) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let mut s = Self::connect(socket)?;
         // Client preface, then an empty SETTINGS frame (length 0, type 4, flags 0, stream 0).
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .map_err(|e| e.to_string())?;
@@ -405,18 +414,35 @@ impl CriSocket {
             Err(format!("unexpected first frame type {}", header[3]))
         }
     }
-}
 
-impl Cri for CriSocket {
-    fn wait_ready(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError> {
+    /// Docker's `GET /_ping`, answered `200 OK` once the daemon serves its API.
+    fn probe_docker(socket: &Path) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let mut s = Self::connect(socket)?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).map_err(|e| e.to_string())?;
+        if head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200" {
+            Ok(())
+        } else {
+            Err(format!("answered {:?}", String::from_utf8_lossy(&head)))
+        }
+    }
+
+    fn poll(
+        what: String,
+        timeout: Duration,
+        probe: impl Fn() -> Result<(), String>,
+    ) -> Result<(), EffectError> {
         let started = Instant::now();
         loop {
-            match Self::probe(socket) {
+            match probe() {
                 Ok(()) => return Ok(()),
                 Err(e) if started.elapsed() >= timeout => {
                     return Err(EffectError {
-                        what: format!("waiting for the CRI socket {}", socket.display()),
-                        detail: format!("no gRPC answer within {timeout:?}: {e}"),
+                        what,
+                        detail: format!("no answer within {timeout:?}: {e}"),
                     })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(250)),
@@ -425,11 +451,27 @@ impl Cri for CriSocket {
     }
 }
 
+impl Cri for CriSocket {
+    fn wait_ready(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError> {
+        let what = format!("waiting for the CRI socket {}", socket.display());
+        Self::poll(what, timeout, || Self::probe_grpc(socket))
+    }
+
+    fn wait_docker(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError> {
+        let what = format!("waiting for the Docker Engine on {}", socket.display());
+        Self::poll(what, timeout, || Self::probe_docker(socket))
+    }
+}
+
 /// A CRI double that is always ready.
 pub struct ReadyCri;
 
 impl Cri for ReadyCri {
     fn wait_ready(&self, _socket: &Path, _timeout: Duration) -> Result<(), EffectError> {
+        Ok(())
+    }
+
+    fn wait_docker(&self, _socket: &Path, _timeout: Duration) -> Result<(), EffectError> {
         Ok(())
     }
 }
@@ -486,7 +528,31 @@ mod tests {
         let err = CriSocket
             .wait_ready(&dir.path().join("absent.sock"), Duration::from_millis(300))
             .expect_err("absent");
-        assert!(err.to_string().contains("no gRPC answer"), "{err}");
+        assert!(err.to_string().contains("no answer within"), "{err}");
+    }
+
+    #[test]
+    fn docker_probe_wants_a_200_ping() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sock = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for answer in [
+                "HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                "HTTP/1.1 200 OK\r\n\r\nOK",
+            ] {
+                let (mut c, _) = listener.accept().expect("accept");
+                let mut request = [0u8; 16];
+                c.read_exact(&mut request).expect("request");
+                assert!(request.starts_with(b"GET /_ping "));
+                c.write_all(answer.as_bytes()).expect("answer");
+            }
+        });
+        CriSocket
+            .wait_docker(&sock, Duration::from_secs(5))
+            .expect("ready after one 503");
+        server.join().expect("server");
     }
 
     #[test]

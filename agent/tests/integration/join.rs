@@ -762,6 +762,11 @@ fn kill_9_at_arbitrary_moments_then_rerun_converges() {
         // timing above only sometimes hits that window, so make it certain.
         std::fs::write(node.path("/etc/.fstab.node-attach-00112233aabb"), "partial")
             .expect("plant temp");
+        // And what a kill inside the journal's own first creation leaves: a staging directory.
+        if !node.path("/var").exists() {
+            std::fs::create_dir_all(node.path("/.var.node-attach-stage-00112233aabb/lib"))
+                .expect("plant stage");
+        }
         node.kubelet();
         join(&args, &[]).expect_code(0);
         let pairs = std::fs::read_dir(node.path("/var/lib/kubelet/pki"))

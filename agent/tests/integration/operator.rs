@@ -99,6 +99,10 @@ fn token_create_join_list_delete() {
     run(&["token", "delete", "--kubeconfig", &admin, &token[..6]])
         .expect_code(0)
         .expect_output("deleted");
+    assert!(
+        cp.wait_unsigned(&token[..6], Duration::from_secs(10)),
+        "the bootstrap signer did not remove the deleted token's signature"
+    );
     let pin = cp.ca_pin();
     let ep = cp.endpoint();
     run_with(

@@ -436,17 +436,29 @@ impl TestControlPlane {
 
     /// Waits until cluster-info carries a signature for `token_id`.
     pub fn wait_signed(&self, token_id: &str, timeout: Duration) -> bool {
+        self.wait_signature(token_id, true, timeout)
+    }
+
+    /// Waits until the bootstrap signer has removed the token's signature (it does so
+    /// asynchronously after the token Secret is deleted, as the real one does).
+    pub fn wait_unsigned(&self, token_id: &str, timeout: Duration) -> bool {
+        self.wait_signature(token_id, false, timeout)
+    }
+
+    fn wait_signature(&self, token_id: &str, present: bool, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if self
+        loop {
+            let signed = self
                 .get(Kind::ConfigMap, "kube-public", "cluster-info")
-                .is_some_and(|cm| !cm["data"][format!("jws-kubeconfig-{token_id}")].is_null())
-            {
+                .is_some_and(|cm| !cm["data"][format!("jws-kubeconfig-{token_id}")].is_null());
+            if signed == present {
                 return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
     }
 
     /// One stored object.
