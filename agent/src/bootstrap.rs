@@ -1,19 +1,34 @@
 //! TLS bootstrap done by node-attach itself, exactly as the kubelet does it
 //! (kubernetes `pkg/kubelet/certificate/bootstrap/bootstrap.go`): an ECDSA P-256 key, a CSR with
-//! O=system:nodes, CN=system:node:<name> and no SANs, usages digital signature + client auth,
-//! signer `kubernetes.io/kube-apiserver-client-kubelet`, the deterministic `node-csr-<digest>`
-//! name (so a retry reuses the same object), `v1` with a `v1beta1` fallback; then a watch until
-//! it is approved and signed, checks that the certificate chains to the pinned CA and matches the
-//! key, and the kubelet certificate store's layout (`kubelet-client-<timestamp>.pem` and the
-//! `kubelet-client-current.pem` symlink) with `/etc/kubernetes/kubelet.conf` pointing at it.
+//! O=system:nodes, CN=system:node:<name> and no SANs, signer
+//! `kubernetes.io/kube-apiserver-client-kubelet`, the deterministic `node-csr-<digest>` name (so
+//! a retry reuses the same object), then a watch until it is approved and signed, checks that the
+//! certificate chains to the pinned CA and matches the key, and the kubelet certificate store's
+//! layout (`kubelet-client-<timestamp>.pem` and the `kubelet-client-current.pem` symlink) with
+//! `/etc/kubernetes/kubelet.conf` pointing at it.
+//!
+//! What depends on the API server's version, as upstream does it:
+//! - **usages**: before 1.25 the csrapproving controller and the kubelet-client signer want
+//!   `key encipherment` besides `digital signature` and `client auth`
+//!   (`pkg/apis/certificates/helpers.go` `IsKubeletClientCSR` at v1.20.2; relaxed by
+//!   kubernetes#111061 for 1.25), so older clusters get the three usages the kubelet of that era
+//!   sent, and the digested name covers the same list;
+//! - **API version**: `certificates.k8s.io/v1` from 1.19, `v1beta1` before it (still tried on a
+//!   404, for servers that misreport their version).
+//!
+//! The wait survives a dropped watch as client-go's `util/certificate/csr` does with
+//! `UntilWithSync`: on a stream error or end, the object is read again (its UID must be the one
+//! created) and watched again from its resourceVersion, until the deadline.
 
+use crate::compat;
 use crate::error::{Code, Failure};
 use crate::kube::Kube;
+use crate::kube_version::KubeVersion;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512_256};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The kubelet's client certificate store.
 pub const PKI_DIR: &str = "/var/lib/kubelet/pki";
@@ -27,8 +42,10 @@ pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 pub const BOOTSTRAP_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
 /// The kubelet client signer.
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-/// Usages for an ECDSA key, in the kubelet's order.
+/// Usages for an ECDSA key from 1.25, in the kubelet's order.
 pub const USAGES: [&str; 2] = ["digital signature", "client auth"];
+/// Usages before 1.25, when the approver and the signer also wanted `key encipherment`.
+pub const LEGACY_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
 
 /// A key and its CSR.
 pub struct Request {
@@ -40,6 +57,8 @@ pub struct Request {
     pub csr_pem: String,
     /// The deterministic object name.
     pub name: String,
+    /// The usages asked for (and digested into the name).
+    pub usages: &'static [&'static str],
 }
 
 /// The kubelet's `digestedName`: base64url(SHA-512/256(enc(spki)|enc(CN)|enc(O)…|enc(usage)…|)).
@@ -60,8 +79,12 @@ pub fn digested_name(spki: &[u8], cn: &str, orgs: &[&str], usages: &[&str]) -> S
     format!("node-csr-{}", URL_SAFE_NO_PAD.encode(h.finalize()))
 }
 
-/// Builds the CSR for `node` with `key_pem` (generating a key when None).
-pub fn build_request(node: &str, key_pem: Option<&str>) -> Result<Request, Failure> {
+/// Builds the CSR for `node` with `key_pem` (generating a key when None), asking for `usages`.
+pub fn build_request(
+    node: &str,
+    key_pem: Option<&str>,
+    usages: &'static [&'static str],
+) -> Result<Request, Failure> {
     let fail = |e: rcgen::Error| {
         Failure::new(
             Code::Bootstrap,
@@ -86,13 +109,14 @@ pub fn build_request(node: &str, key_pem: Option<&str>) -> Result<Request, Failu
         &spki,
         &format!("system:node:{node}"),
         &["system:nodes"],
-        &USAGES,
+        usages,
     );
     Ok(Request {
         key_pem: key.serialize_pem(),
         spki,
         csr_pem,
         name,
+        usages,
     })
 }
 
@@ -104,7 +128,7 @@ fn csr_object(req: &Request, api_version: &str) -> Value {
         "spec": {
             "request": STANDARD.encode(&req.csr_pem),
             "signerName": SIGNER,
-            "usages": USAGES,
+            "usages": req.usages,
         },
     })
 }
@@ -113,41 +137,46 @@ fn bootstrap_fail(message: String) -> Failure {
     Failure::new(Code::Bootstrap, message)
 }
 
-/// Creates the CSR (v1, or v1beta1 on a cluster without v1); reuses an existing object of the
-/// same name when it asks for the same key. Returns the API group-version used.
-pub async fn create(kube: &Kube, req: &Request) -> Result<&'static str, Failure> {
-    for version in ["v1", "v1beta1"] {
-        let path = format!("/apis/certificates.k8s.io/{version}/certificatesigningrequests");
-        match kube
-            .post(
-                &path,
-                &csr_object(req, &format!("certificates.k8s.io/{version}")),
-            )
-            .await
-        {
-            Ok(_) => return Ok(version),
+/// A CSR as created (or found): where it lives and which object it is.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The certificates.k8s.io version used.
+    pub version: &'static str,
+    /// The object's UID: a CSR of the same name recreated by someone else is not ours.
+    pub uid: String,
+    /// Where a watch starts.
+    pub resource_version: String,
+}
+
+impl Created {
+    fn from_object(version: &'static str, obj: &Value) -> Created {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Created {
+            version,
+            uid: text(&obj["metadata"]["uid"]),
+            resource_version: text(&obj["metadata"]["resourceVersion"]),
+        }
+    }
+}
+
+fn csr_collection(version: &str) -> String {
+    format!("/apis/certificates.k8s.io/{version}/certificatesigningrequests")
+}
+
+/// Creates the CSR with the version's API (trying v1beta1 if v1 answers 404); reuses an
+/// existing object of the same name when it asks for the same key and signer.
+pub async fn create(kube: &Kube, req: &Request, server: &KubeVersion) -> Result<Created, Failure> {
+    let versions: &[&'static str] = match compat::csr_api_version(server) {
+        "v1" => &["v1", "v1beta1"],
+        _ => &["v1beta1"],
+    };
+    for &version in versions {
+        let path = csr_collection(version);
+        let object = csr_object(req, &format!("certificates.k8s.io/{version}"));
+        match kube.post(&path, &object).await {
+            Ok(obj) => return Ok(Created::from_object(version, &obj)),
             Err(e) if e.status() == Some(404) && version == "v1" => continue,
-            Err(e) if e.status() == Some(409) => {
-                let existing = kube
-                    .get(&format!("{path}/{}", req.name))
-                    .await
-                    .map_err(|e| {
-                        bootstrap_fail(format!("reading the existing CSR {}: {e}", req.name))
-                    })?
-                    .ok_or_else(|| bootstrap_fail(format!("the CSR {} vanished", req.name)))?;
-                let same_key = existing["spec"]["request"]
-                    .as_str()
-                    .and_then(|b| STANDARD.decode(b).ok())
-                    .and_then(|pem| spki_of_csr_pem(&pem))
-                    .is_some_and(|spki| spki == req.spki);
-                if !same_key || existing["spec"]["signerName"] != SIGNER {
-                    return Err(bootstrap_fail(format!(
-                        "a CSR named {} exists for another key or signer; delete it (kubectl delete csr {}) and retry",
-                        req.name, req.name
-                    )));
-                }
-                return Ok(version);
-            }
+            Err(e) if e.status() == Some(409) => return reuse(kube, req, version).await,
             Err(e) => {
                 return Err(bootstrap_fail(format!(
                     "creating the CSR {}: {e}",
@@ -161,6 +190,29 @@ pub async fn create(kube: &Kube, req: &Request) -> Result<&'static str, Failure>
     ))
 }
 
+/// A CSR of our name exists (an earlier run): it is ours when it asks for our key and for the
+/// kubelet signer (clusters before 1.18 store no signerName: absent counts as the kubelet's).
+async fn reuse(kube: &Kube, req: &Request, version: &'static str) -> Result<Created, Failure> {
+    let existing = kube
+        .get(&format!("{}/{}", csr_collection(version), req.name))
+        .await
+        .map_err(|e| bootstrap_fail(format!("reading the existing CSR {}: {e}", req.name)))?
+        .ok_or_else(|| bootstrap_fail(format!("the CSR {} vanished", req.name)))?;
+    let same_key = existing["spec"]["request"]
+        .as_str()
+        .and_then(|b| STANDARD.decode(b).ok())
+        .and_then(|pem| spki_of_csr_pem(&pem))
+        .is_some_and(|spki| spki == req.spki);
+    let signer = &existing["spec"]["signerName"];
+    if !same_key || !(signer.is_null() || signer == SIGNER) {
+        return Err(bootstrap_fail(format!(
+            "a CSR named {} exists for another key or signer; delete it (kubectl delete csr {}) and retry",
+            req.name, req.name
+        )));
+    }
+    Ok(Created::from_object(version, &existing))
+}
+
 fn spki_of_csr_pem(pem: &[u8]) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
@@ -171,91 +223,178 @@ fn spki_of_csr_pem(pem: &[u8]) -> Option<Vec<u8>> {
     Some(csr.certification_request_info.subject_pki.raw.to_vec())
 }
 
-/// Watches the CSR until it is approved and signed; returns the certificate PEM.
+/// Where a CSR stands.
+enum Verdict {
+    Issued(Vec<u8>),
+    Denied(String),
+    Failed(String),
+    Deleted,
+    /// The watch must be restarted from a fresh read (410 Gone and other ERROR events).
+    Resync,
+    Pending,
+}
+
+fn verdict(obj: &Value) -> Verdict {
+    let conditions = obj["status"]["conditions"].as_array();
+    for c in conditions.into_iter().flatten() {
+        let why = format!(
+            "{}: {}",
+            c["reason"].as_str().unwrap_or("no reason"),
+            c["message"].as_str().unwrap_or("")
+        );
+        match c["type"].as_str() {
+            Some("Denied") => return Verdict::Denied(why),
+            Some("Failed") => return Verdict::Failed(why),
+            _ => {}
+        }
+    }
+    let approved = conditions.is_some_and(|c| c.iter().any(|c| c["type"] == "Approved"));
+    match obj["status"]["certificate"]
+        .as_str()
+        .and_then(|b| STANDARD.decode(b).ok())
+    {
+        Some(cert) if approved && !cert.is_empty() => Verdict::Issued(cert),
+        _ => Verdict::Pending,
+    }
+}
+
+fn deleted_while_waiting(name: &str) -> Failure {
+    bootstrap_fail(format!(
+        "the certificate signing request {name} was deleted while waiting"
+    ))
+}
+
+fn conclude(name: &str, v: Verdict) -> Option<Result<Vec<u8>, Failure>> {
+    match v {
+        Verdict::Issued(cert) => Some(Ok(cert)),
+        Verdict::Denied(why) => Some(Err(Failure::new(
+            Code::CsrDenied,
+            format!("the certificate signing request {name} was denied ({why})"),
+        ))),
+        Verdict::Failed(why) => Some(Err(bootstrap_fail(format!(
+            "the signer failed the certificate signing request {name} ({why})"
+        )))),
+        Verdict::Deleted => Some(Err(deleted_while_waiting(name))),
+        Verdict::Resync | Verdict::Pending => None,
+    }
+}
+
+/// Waits until the CSR is approved and signed; returns the certificate PEM. A dropped or
+/// expired watch is followed by a fresh read and a new watch, until `timeout`.
 pub async fn wait_for_certificate(
     kube: &Kube,
-    version: &str,
+    created: &Created,
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<u8>, Failure> {
-    let path = format!(
-        "/apis/certificates.k8s.io/{version}/certificatesigningrequests?watch=true&fieldSelector=metadata.name%3D{name}&timeoutSeconds={}",
-        timeout.as_secs().max(1)
-    );
-    enum Outcome {
-        Issued(Vec<u8>),
-        Denied(String),
-        Failed(String),
-        Deleted,
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let remaining = timeout.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
-            break;
+    let deadline = Instant::now() + timeout;
+    let object_path = format!("{}/{name}", csr_collection(created.version));
+    let mut resource_version = created.resource_version.clone();
+    let mut backoff = Duration::from_millis(200);
+    while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+        let mut path = format!(
+            "{}?watch=true&fieldSelector=metadata.name%3D{name}&timeoutSeconds={}",
+            csr_collection(created.version),
+            remaining.as_secs().max(1)
+        );
+        if !resource_version.is_empty() {
+            path.push_str(&format!("&resourceVersion={resource_version}"));
         }
-        let result = kube
-            .watch(&path, remaining, |kind, obj| {
-                if kind == "DELETED" {
-                    return Some(Outcome::Deleted);
-                }
-                let conditions = obj["status"]["conditions"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                for c in &conditions {
-                    let why = format!(
-                        "{}: {}",
-                        c["reason"].as_str().unwrap_or("no reason"),
-                        c["message"].as_str().unwrap_or("")
-                    );
-                    match c["type"].as_str() {
-                        Some("Denied") => return Some(Outcome::Denied(why)),
-                        Some("Failed") => return Some(Outcome::Failed(why)),
-                        _ => {}
+        let watched = kube
+            .watch(&path, remaining, |kind, obj| match kind {
+                "DELETED" => Some(Verdict::Deleted),
+                "ERROR" => Some(Verdict::Resync),
+                _ => {
+                    if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
+                        resource_version = rv.to_owned();
+                    }
+                    match verdict(obj) {
+                        Verdict::Pending => None,
+                        v => Some(v),
                     }
                 }
-                let approved = conditions.iter().any(|c| c["type"] == "Approved");
-                match obj["status"]["certificate"]
-                    .as_str()
-                    .and_then(|b| STANDARD.decode(b).ok())
-                {
-                    Some(cert) if approved && !cert.is_empty() => Some(Outcome::Issued(cert)),
-                    _ => None,
-                }
             })
-            .await
-            .map_err(|e| bootstrap_fail(format!("watching the CSR {name}: {e}")))?;
-        match result {
-            Some(Outcome::Issued(cert)) => return Ok(cert),
-            Some(Outcome::Denied(why)) => {
-                return Err(Failure::new(
-                    Code::CsrDenied,
-                    format!("the certificate signing request {name} was denied ({why})"),
-                ))
+            .await;
+        match watched {
+            Ok(Some(v)) => {
+                if let Some(done) = conclude(name, v) {
+                    return done;
+                }
             }
-            Some(Outcome::Failed(why)) => {
-                return Err(bootstrap_fail(format!(
-                    "the signer failed the certificate signing request {name} ({why})"
-                )))
-            }
-            Some(Outcome::Deleted) => {
-                return Err(bootstrap_fail(format!(
-                    "the certificate signing request {name} was deleted while waiting"
-                )))
-            }
-            None => {
-                // The stream ended early (server-side timeout): watch again until our deadline.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Ok(None) => {}
+            Err(e) => tracing::info!("the watch on the CSR {name} ended ({e}); reading it again"),
         }
+        // Resync, as UntilWithSync does: read the object, check it is still ours, go on.
+        match kube.get(&object_path).await {
+            Ok(Some(obj)) => {
+                let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+                if !created.uid.is_empty() && uid != created.uid {
+                    return Err(bootstrap_fail(format!(
+                        "the certificate signing request {name} was deleted and recreated by someone else while waiting"
+                    )));
+                }
+                if let Some(done) = conclude(name, verdict(&obj)) {
+                    return done;
+                }
+                resource_version = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            Ok(None) => return Err(deleted_while_waiting(name)),
+            Err(e) if e.is_transient() => {
+                tracing::info!("reading the CSR {name}: {e}; retrying")
+            }
+            Err(e) => return Err(bootstrap_fail(format!("reading the CSR {name}: {e}"))),
+        }
+        let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    let cause = diagnose(kube, &object_path).await;
     Err(Failure::new(
         Code::CsrTimeout,
         format!(
-            "the certificate signing request {name} was not approved and signed within {timeout:?}. Nobody approved it: auto-approval needs the ClusterRoleBinding kubeadm:node-autoapprove-bootstrap (ClusterRole system:certificates.k8s.io:certificatesigningrequests:nodeclient bound to the token's group, system:bootstrappers:kubeadm:default-node-token for kubeadm tokens); or approve it by hand: kubectl certificate approve {name}"
+            "the certificate signing request {name} was not approved and signed within {timeout:?}: {cause}"
         ),
     ))
+}
+
+/// Why a CSR is still waiting, asked of the API server itself (one read of the CSR, and a
+/// SelfSubjectAccessReview of the permission the csrapproving controller checks).
+async fn diagnose(kube: &Kube, object_path: &str) -> String {
+    let name = object_path.rsplit('/').next().unwrap_or_default();
+    if let Ok(Some(obj)) = kube.get(object_path).await {
+        let approved = obj["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Approved"));
+        if approved {
+            return "it was approved, but no certificate was issued: the kube-controller-manager's csrsigning controller is not running or has no signing key (--cluster-signing-cert-file, --cluster-signing-key-file)".into();
+        }
+    }
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "group": "certificates.k8s.io",
+            "resource": "certificatesigningrequests",
+            "subresource": "nodeclient",
+            "verb": "create",
+        }},
+    });
+    let allowed = kube
+        .post(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            &review,
+        )
+        .await
+        .ok()
+        .and_then(|r| r["status"]["allowed"].as_bool());
+    match allowed {
+        Some(true) => format!("the token may have its node CSRs auto-approved (RBAC is in place), but nobody approved this one: the kube-controller-manager's csrapproving controller is not running or not enabled (--controllers), or it rejected the request; approve it by hand to proceed: kubectl certificate approve {name}"),
+        Some(false) => format!("the token's groups may not have node CSRs auto-approved: bind the ClusterRole system:certificates.k8s.io:certificatesigningrequests:nodeclient to the token's group (kubeadm's ClusterRoleBinding kubeadm:node-autoapprove-bootstrap, group system:bootstrappers:kubeadm:default-node-token; node-attach token create makes it), or approve it by hand: kubectl certificate approve {name}"),
+        None => format!("nobody approved it; approve it by hand (kubectl certificate approve {name}) or check that auto-approval is set up (kubeadm:node-autoapprove-bootstrap)"),
+    }
 }
 
 /// Checks an issued certificate: parses, chains to one of `ca_ders`, carries our key, names the
@@ -339,14 +478,16 @@ mod tests {
 
     #[test]
     fn request_has_the_kubelet_shape() {
-        let req = build_request("node-1", None).expect("csr");
+        let req = build_request("node-1", None, &USAGES).expect("csr");
         assert!(req.name.starts_with("node-csr-"));
         assert_eq!(req.name.len(), "node-csr-".len() + 43);
-        let again = build_request("node-1", Some(&req.key_pem)).expect("same key");
+        let again = build_request("node-1", Some(&req.key_pem), &USAGES).expect("same key");
         assert_eq!(
             again.name, req.name,
             "the same key gives the same object name"
         );
+        let legacy = build_request("node-1", Some(&req.key_pem), &LEGACY_USAGES).expect("legacy");
+        assert_ne!(legacy.name, req.name, "the name digests the usages");
         assert_eq!(
             spki_of_csr_pem(req.csr_pem.as_bytes()).expect("spki"),
             req.spki

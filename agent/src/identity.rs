@@ -16,6 +16,9 @@ pub struct Identity {
     pub hostname: String,
     /// The node's IP address.
     pub node_ip: IpAddr,
+    /// The other family's address on a dual-stack node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_ip: Option<IpAddr>,
     /// providerID, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_id: Option<String>,
@@ -58,8 +61,8 @@ pub fn resolve(
     endpoint: &Endpoint,
     hostname: &str,
 ) -> Result<Identity, Failure> {
-    let node_ip = match settings.node_ip {
-        Some(ip) => ip,
+    let node_ip = match settings.node_ips.first() {
+        Some(ip) => *ip,
         None => route_source(endpoint).ok_or_else(|| {
             fail(format!(
                 "cannot tell which local address reaches {endpoint}; pass --node-ip"
@@ -119,8 +122,19 @@ pub fn resolve(
         node_name,
         hostname: hostname.to_owned(),
         node_ip,
+        secondary_ip: settings.node_ips.get(1).copied(),
         provider_id,
     })
+}
+
+impl Identity {
+    /// The kubelet's `--node-ip` value: the address, or the dual-stack pair.
+    pub fn node_ip_flag(&self) -> String {
+        match self.secondary_ip {
+            Some(second) => format!("{},{second}", self.node_ip),
+            None => self.node_ip.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -439,6 +439,10 @@ pub async fn join(
         settings.runtime,
         &settings.runtime_values,
         &cluster.version,
+        &crate::compat::pause_image(
+            cluster.config.image_repository.as_deref(),
+            &cluster.config.version,
+        ),
         effects.host,
         package_manager,
     );
@@ -477,7 +481,7 @@ pub async fn join(
         &found,
         &info,
         &kube,
-        &cluster.config.cluster_name,
+        &cluster,
     )
     .await
     .inspect_err(|_| p.fail())?;
@@ -632,8 +636,30 @@ fn finish(applier: &mut Applier<'_>, p: &mut Phases<'_>, name: &str) -> Result<(
 }
 
 struct ClusterFacts {
+    /// The API server's version.
     version: KubeVersion,
+    /// The installed kubelet's version, when there is one to ask.
+    kubelet_version: Option<KubeVersion>,
     config: kubelet::ClusterConfig,
+}
+
+/// What the kubelet configuration needs to know of the host: systemd-resolved, whose stub
+/// resolver pods cannot use.
+fn kubelet_host_facts(effects: &Effects) -> kubelet::HostFacts {
+    let stub = effects
+        .root
+        .read_following(Path::new("/etc/resolv.conf"))
+        .ok()
+        .flatten()
+        .is_some_and(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["nameserver", "127.0.0.53"])
+        });
+    let resolved = stub || (effects.host && effects.systemd.is_active("systemd-resolved.service"));
+    kubelet::HostFacts {
+        resolv_conf: resolved.then(|| kubelet::RESOLVED_RESOLV_CONF.to_owned()),
+    }
 }
 
 async fn cluster_checks(
@@ -650,6 +676,11 @@ async fn cluster_checks(
         )
     })?;
     let mut checks = Vec::new();
+    let kubelet_version = if effects.host {
+        preflight::kubelet_version()
+    } else {
+        None
+    };
     if let Some(server_time) = date {
         let skew = match SystemTime::now().duration_since(server_time) {
             Ok(d) => d,
@@ -663,7 +694,7 @@ async fn cluster_checks(
         });
     }
     if effects.host {
-        if let Some(kv) = preflight::kubelet_version() {
+        if let Some(kv) = &kubelet_version {
             let skew = kv.kubelet_skew_ok(&version);
             checks.push(preflight::Check {
                 id: "kubelet-version",
@@ -703,7 +734,11 @@ async fn cluster_checks(
     let config = kubelet::fetch_cluster_config(kube, &version)
         .await
         .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
-    Ok(ClusterFacts { version, config })
+    Ok(ClusterFacts {
+        version,
+        kubelet_version,
+        config,
+    })
 }
 
 fn labels_for(settings: &Settings) -> (crate::validate::Labels, crate::validate::Labels) {
@@ -785,16 +820,21 @@ fn kubelet_phase(
     own_labels: &crate::validate::Labels,
 ) -> Result<KubeletChanges, Failure> {
     let fail = apply_failure(Code::KubeletConfig);
-    let config = kubelet::render_config(&cluster.config.kubelet_yaml, settings, identity)
+    let host = kubelet_host_facts(applier.effects());
+    let config = kubelet::render_config(&cluster.config, settings, identity, &host)
         .map_err(|e| Failure::new(Code::KubeletConfig, e.to_string()))?;
-    let flags = kubelet::render_flags(
-        own_labels,
-        &settings.taints,
+    let kubelet_version = cluster
+        .kubelet_version
+        .clone()
+        .unwrap_or_else(|| cluster.version.clone());
+    let flags = kubelet::render_flags(&kubelet::FlagInputs {
+        labels: own_labels,
+        taints: &settings.taints,
         identity,
-        rt.endpoint.as_deref(),
-        &rt.pause_image,
-        &cluster.version,
-    );
+        endpoint: rt.endpoint.as_deref(),
+        pause_image: &rt.pause_image,
+        kubelet: &kubelet_version,
+    });
     let mut changed = false;
     applier
         .dir(Path::new("/etc/kubernetes/pki"), 0o755)
@@ -881,8 +921,9 @@ async fn bootstrap_phase(
     found: &Discovered,
     info: &ClusterInfo,
     kube: &Kube,
-    cluster_name: &str,
+    cluster: &ClusterFacts,
 ) -> Result<Option<i64>, Failure> {
+    let (cluster_name, server) = (cluster.config.cluster_name.as_str(), &cluster.version);
     let fail = apply_failure(Code::Bootstrap);
     let root = applier.effects().root.clone();
     if settings.tls_bootstrap == TlsBootstrapMode::Kubelet {
@@ -929,7 +970,8 @@ async fn bootstrap_phase(
         .read(Path::new(bootstrap::TMP_KEY))
         .map_err(fs_failure)?;
     let key = key.as_deref().map(String::from_utf8_lossy);
-    let request = bootstrap::build_request(&identity.node_name, key.as_deref())?;
+    let usages = crate::compat::csr_usages(server);
+    let request = bootstrap::build_request(&identity.node_name, key.as_deref(), usages)?;
     applier
         .file(
             Path::new(bootstrap::TMP_KEY),
@@ -955,14 +997,15 @@ async fn bootstrap_phase(
         .map_err(&fail)?;
         return Ok(None);
     }
-    let version = bootstrap::create(kube, &request).await?;
+    let created = bootstrap::create(kube, &request, server).await?;
     applier.api(
         &format!("POST certificatesigningrequests {}", request.name),
-        version,
+        created.version,
         true,
     );
-    let cert = bootstrap::wait_for_certificate(kube, version, &request.name, settings.timeouts.csr)
-        .await?;
+    let cert =
+        bootstrap::wait_for_certificate(kube, &created, &request.name, settings.timeouts.csr)
+            .await?;
     let expiry =
         bootstrap::verify_issued(&cert, &request.spki, &identity.node_name, &found.ca_ders)?;
     let mut pair = cert.clone();

@@ -36,6 +36,11 @@ impl KubeError {
             _ => None,
         }
     }
+
+    /// Whether trying again later may succeed (connection failures, timeouts, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KubeError::Http(e) if e.is_transient())
+    }
 }
 
 /// An API client.

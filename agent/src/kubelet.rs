@@ -40,12 +40,18 @@ pub const DROPIN: &str = include_str!("../../systemd/10-kubeadm.conf");
 /// What the cluster says about kubelets.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// The `kubelet` key of the kubelet ConfigMap (YAML).
-    pub kubelet_yaml: String,
+    /// The `kubelet` key of the kubelet ConfigMap, parsed (a mapping).
+    pub kubelet: Mapping,
     /// Which ConfigMap it came from.
     pub source: String,
     /// `clusterName` from kubeadm's ClusterConfiguration (default `kubernetes`).
     pub cluster_name: String,
+    /// The cluster's Kubernetes version (`kubernetesVersion`, else the API server's).
+    pub version: KubeVersion,
+    /// `imageRepository`, when kubeadm-config names one.
+    pub image_repository: Option<String>,
+    /// `certificatesDir` (kubeadm's default `/etc/kubernetes/pki`).
+    pub certificates_dir: String,
 }
 
 /// Why the cluster's configuration could not be read.
@@ -57,13 +63,16 @@ pub enum ClusterConfigError {
         /// What was being read.
         what: String,
         /// The error.
+        #[source]
         source: KubeError,
     },
-    /// Neither kubelet ConfigMap exists.
-    #[error("the cluster has neither kube-system/kubelet-config nor kube-system/{legacy}")]
+    /// Neither kubelet ConfigMap could be read.
+    #[error("the cluster's kubelet configuration could not be read: {tried}. A kubeadm cluster of this version keeps kube-system/{expected} readable by bootstrap tokens (Role and RoleBinding kubeadm:{expected}); recreate it with `kubeadm init phase upload-config kubelet`")]
     Missing {
-        /// The versioned name tried.
-        legacy: String,
+        /// What each name answered.
+        tried: String,
+        /// The name a cluster of this version should have.
+        expected: String,
     },
     /// The YAML is unusable.
     #[error("{what} is not valid YAML: {reason}")]
@@ -75,65 +84,177 @@ pub enum ClusterConfigError {
     },
 }
 
-/// Reads kubeadm-config and kubelet-config (falling back to `kubelet-config-<major>.<minor>`,
-/// as clusters before 1.24 name it) with the bootstrap token.
+/// The ClusterConfiguration fields join uses.
+struct KubeadmFacts {
+    cluster_name: String,
+    version: Option<KubeVersion>,
+    image_repository: Option<String>,
+    certificates_dir: String,
+}
+
+fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, ClusterConfigError> {
+    let mut facts = KubeadmFacts {
+        cluster_name: "kubernetes".into(),
+        version: None,
+        image_repository: None,
+        certificates_dir: DEFAULT_CERTIFICATES_DIR.into(),
+    };
+    let Some(text) = cm.and_then(|cm| cm["data"]["ClusterConfiguration"].as_str()) else {
+        return Ok(facts);
+    };
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ClusterConfigError::Yaml {
+        what: "kubeadm-config ClusterConfiguration".into(),
+        reason: e.to_string(),
+    })?;
+    let field = |k: &str| doc.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if let Some(n) = field("clusterName") {
+        facts.cluster_name = n.to_owned();
+    }
+    facts.version = field("kubernetesVersion").and_then(|v| v.parse().ok());
+    facts.image_repository = field("imageRepository").map(str::to_owned);
+    if let Some(d) = field("certificatesDir") {
+        facts.certificates_dir = d.trim_end_matches('/').to_owned();
+    }
+    Ok(facts)
+}
+
+/// kubeadm's default certificatesDir.
+pub const DEFAULT_CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
+
+/// Reads kubeadm-config and the kubelet ConfigMap of the cluster's version with the bootstrap
+/// token: the name kubeadm of that version made first, the other on 403 or 404 (see
+/// [`crate::compat::kubelet_config_names`]). Both documents are parsed here, before join
+/// changes anything.
 pub async fn fetch_cluster_config(
     kube: &Kube,
     server: &KubeVersion,
 ) -> Result<ClusterConfig, ClusterConfigError> {
-    let api = |what: &str| {
-        let what = what.to_owned();
-        move |source| ClusterConfigError::Api { what, source }
-    };
-    let kubeadm = kube
+    let kubeadm = match kube
         .get("/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
         .await
-        .map_err(api("kube-system/kubeadm-config"))?;
-    let mut cluster_name = "kubernetes".to_owned();
-    let mut version = server.clone();
-    if let Some(cm) = &kubeadm {
-        if let Some(text) = cm["data"]["ClusterConfiguration"].as_str() {
-            let doc: Value =
-                serde_yaml_ng::from_str(text).map_err(|e| ClusterConfigError::Yaml {
-                    what: "kubeadm-config ClusterConfiguration".into(),
-                    reason: e.to_string(),
-                })?;
-            if let Some(n) = doc.get("clusterName").and_then(Value::as_str) {
-                cluster_name = n.to_owned();
-            }
-            if let Some(v) = doc
-                .get("kubernetesVersion")
-                .and_then(Value::as_str)
-                .and_then(|v| v.parse().ok())
-            {
-                version = v;
-            }
+    {
+        Ok(cm) => cm,
+        // Not a kubeadm cluster, or one that keeps it from bootstrap tokens: defaults apply.
+        Err(e) if e.status() == Some(403) => None,
+        Err(source) => {
+            return Err(ClusterConfigError::Api {
+                what: "kube-system/kubeadm-config".into(),
+                source,
+            })
         }
-    }
-    let legacy = format!("kubelet-config-{}.{}", version.major, version.minor);
-    for name in ["kubelet-config", legacy.as_str()] {
+    };
+    let facts = kubeadm_facts(kubeadm.as_ref())?;
+    let version = facts.version.clone().unwrap_or_else(|| server.clone());
+    let names = crate::compat::kubelet_config_names(&version);
+    let mut tried = Vec::new();
+    for name in &names {
         let path = format!("/api/v1/namespaces/kube-system/configmaps/{name}");
-        if let Some(cm) = kube
-            .get(&path)
-            .await
-            .map_err(api(&format!("kube-system/{name}")))?
-        {
-            let yaml = cm["data"]["kubelet"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            return Ok(ClusterConfig {
-                kubelet_yaml: yaml,
-                source: format!("kube-system/{name}"),
-                cluster_name,
-            });
+        match kube.get(&path).await {
+            Ok(Some(cm)) => {
+                let yaml = cm["data"]["kubelet"].as_str().unwrap_or_default();
+                return Ok(ClusterConfig {
+                    kubelet: parse_kubelet_yaml(yaml)?,
+                    source: format!("kube-system/{name}"),
+                    cluster_name: facts.cluster_name,
+                    version,
+                    image_repository: facts.image_repository,
+                    certificates_dir: facts.certificates_dir,
+                });
+            }
+            Ok(None) => tried.push(format!("{name}: not found")),
+            Err(e) if e.status() == Some(403) => tried.push(format!("{name}: forbidden")),
+            Err(source) => {
+                return Err(ClusterConfigError::Api {
+                    what: format!("kube-system/{name}"),
+                    source,
+                })
+            }
         }
     }
-    Err(ClusterConfigError::Missing { legacy })
+    Err(ClusterConfigError::Missing {
+        tried: tried.join(", "),
+        expected: names[0].clone(),
+    })
 }
+
+/// The `kubelet` document of the ConfigMap as a mapping (empty when blank).
+pub fn parse_kubelet_yaml(yaml: &str) -> Result<Mapping, ClusterConfigError> {
+    let what = || "the cluster's kubelet configuration".to_owned();
+    if yaml.trim().is_empty() {
+        return Ok(Mapping::new());
+    }
+    match serde_yaml_ng::from_str::<Value>(yaml) {
+        Ok(Value::Mapping(m)) => Ok(m),
+        Ok(_) => Err(ClusterConfigError::Yaml {
+            what: what(),
+            reason: "not a mapping".into(),
+        }),
+        Err(e) => Err(ClusterConfigError::Yaml {
+            what: what(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Host facts the kubelet configuration depends on.
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    /// The resolv.conf the kubelet should hand to pods with `dnsPolicy: Default`:
+    /// `/run/systemd/resolve/resolv.conf` under systemd-resolved, whose stub
+    /// (`127.0.0.53`) pods cannot reach (kubeadm's `mutateResolverConfig`).
+    pub resolv_conf: Option<String>,
+}
+
+/// systemd-resolved's real upstream list.
+pub const RESOLVED_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
 
 fn set(map: &mut Mapping, key: &str, value: Value) {
     map.insert(Value::String(key.to_owned()), value);
+}
+
+fn set_default(map: &mut Mapping, key: &str, value: Value) {
+    if !map.contains_key(key) {
+        set(map, key, value);
+    }
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).unwrap_or(Value::Null)
+}
+
+/// kubeadm's defaults for fields a sparse ConfigMap leaves out. The CA the kubelet checks
+/// client certificates with is the one join writes ([`CA_PATH`]): a cluster whose
+/// `certificatesDir` is elsewhere names `<certificatesDir>/ca.crt`, which is rewritten.
+fn fill_kubeadm_defaults(map: &mut Mapping, certificates_dir: &str) {
+    set_default(
+        map,
+        "staticPodPath",
+        Value::String("/etc/kubernetes/manifests".into()),
+    );
+    set_default(map, "healthzBindAddress", Value::String("127.0.0.1".into()));
+    set_default(map, "healthzPort", Value::Number(10248.into()));
+    set_default(
+        map,
+        "authorization",
+        yaml("mode: Webhook\nwebhook:\n  cacheAuthorizedTTL: 5m0s\n  cacheUnauthorizedTTL: 30s\n"),
+    );
+    let auth = map
+        .entry(Value::String("authentication".into()))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Value::Mapping(auth) = auth {
+        set_default(auth, "anonymous", yaml("enabled: false\n"));
+        set_default(auth, "webhook", yaml("enabled: true\ncacheTTL: 2m0s\n"));
+        let x509 = auth
+            .entry(Value::String("x509".into()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if let Value::Mapping(x509) = x509 {
+            let cluster_ca = format!("{certificates_dir}/ca.crt");
+            let current = x509.get("clientCAFile").and_then(Value::as_str);
+            if current.is_none_or(|c| c == cluster_ca) {
+                set(x509, "clientCAFile", Value::String(CA_PATH.into()));
+            }
+        }
+    }
 }
 
 fn string_map(m: &std::collections::BTreeMap<String, String>) -> Value {
@@ -144,26 +265,25 @@ fn string_map(m: &std::collections::BTreeMap<String, String>) -> Value {
     Value::Mapping(out)
 }
 
-/// The cluster's KubeletConfiguration with node-local settings merged in.
+/// The cluster's KubeletConfiguration with node-local settings merged in, and kubeadm's
+/// defaults filled where a sparse ConfigMap leaves them out (kubeadm `componentconfigs`
+/// `kubeletConfig.Default`): without them the kubelet would serve anonymous, unauthorised
+/// requests.
 pub fn render_config(
-    cluster_yaml: &str,
+    cluster: &ClusterConfig,
     settings: &Settings,
     identity: &Identity,
+    host: &HostFacts,
 ) -> Result<String, ClusterConfigError> {
-    let doc: Value = if cluster_yaml.trim().is_empty() {
-        Value::Mapping(Mapping::new())
-    } else {
-        serde_yaml_ng::from_str(cluster_yaml).map_err(|e| ClusterConfigError::Yaml {
-            what: "the cluster's kubelet configuration".into(),
-            reason: e.to_string(),
-        })?
-    };
-    let Value::Mapping(mut map) = doc else {
-        return Err(ClusterConfigError::Yaml {
-            what: "the cluster's kubelet configuration".into(),
-            reason: "not a mapping".into(),
-        });
-    };
+    let mut map = cluster.kubelet.clone();
+    fill_kubeadm_defaults(&mut map, &cluster.certificates_dir);
+    if let Some(r) = &host.resolv_conf {
+        // Unset, or the kubelet's own default that kubeadm before 1.21 overrode by flag.
+        let current = map.get("resolvConf").and_then(Value::as_str);
+        if current.is_none_or(|c| c == "/etc/resolv.conf") {
+            set(&mut map, "resolvConf", Value::String(r.clone()));
+        }
+    }
     set(
         &mut map,
         "apiVersion",
@@ -232,31 +352,48 @@ fn go_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// `KUBELET_KUBEADM_ARGS="--k=v …"`, arguments sorted by name as kubeadm writes them.
-pub fn render_flags(
-    own_labels: &Labels,
-    taints: &[Taint],
-    identity: &Identity,
-    endpoint: Option<&str>,
-    pause_image: &str,
-    server: &KubeVersion,
-) -> String {
+/// What the flags file is made of.
+pub struct FlagInputs<'a> {
+    /// Labels the kubelet registers with.
+    pub labels: &'a Labels,
+    /// Taints it registers with.
+    pub taints: &'a [Taint],
+    /// The node's name, IP and hostname.
+    pub identity: &'a Identity,
+    /// The CRI endpoint (None: docker through the kubelet's dockershim).
+    pub endpoint: Option<&'a str>,
+    /// The sandbox image.
+    pub pause_image: &'a str,
+    /// The kubelet's version (flags come and go with it).
+    pub kubelet: &'a KubeVersion,
+}
+
+/// `KUBELET_KUBEADM_ARGS="--k=v …"`, arguments sorted by name as kubeadm writes them, with the
+/// flags the kubelet's version needs ([`crate::compat::KubeletFlagGates`]).
+pub fn render_flags(f: &FlagInputs<'_>) -> String {
+    let gates = crate::compat::KubeletFlagGates::for_kubelet(f.kubelet, f.endpoint.is_none());
     let mut args: Vec<(String, String)> = Vec::new();
-    if let Some(e) = endpoint {
+    if let Some(e) = f.endpoint {
         args.push(("container-runtime-endpoint".into(), e.to_owned()));
     }
-    if identity.node_name != identity.hostname {
-        args.push(("hostname-override".into(), identity.node_name.clone()));
+    if gates.container_runtime_remote {
+        args.push(("container-runtime".into(), "remote".into()));
     }
-    args.push(("node-ip".into(), identity.node_ip.to_string()));
-    if !own_labels.is_empty() {
-        args.push(("node-labels".into(), own_labels.to_flag_value()));
+    if gates.network_plugin_cni {
+        args.push(("network-plugin".into(), "cni".into()));
     }
-    if server.minor_key() < (1, 27) {
-        args.push(("pod-infra-container-image".into(), pause_image.to_owned()));
+    if f.identity.node_name != f.identity.hostname {
+        args.push(("hostname-override".into(), f.identity.node_name.clone()));
     }
-    if !taints.is_empty() {
-        let t: Vec<String> = taints.iter().map(ToString::to_string).collect();
+    args.push(("node-ip".into(), f.identity.node_ip_flag()));
+    if !f.labels.is_empty() {
+        args.push(("node-labels".into(), f.labels.to_flag_value()));
+    }
+    if gates.pod_infra_container_image {
+        args.push(("pod-infra-container-image".into(), f.pause_image.to_owned()));
+    }
+    if !f.taints.is_empty() {
+        let t: Vec<String> = f.taints.iter().map(ToString::to_string).collect();
         args.push(("register-with-taints".into(), t.join(",")));
     }
     args.sort();
@@ -273,6 +410,7 @@ mod tests {
             node_name: "cn-test.10.0.0.5".into(),
             hostname: "vm-1".into(),
             node_ip: "10.0.0.5".parse().expect("ip"),
+            secondary_ip: None,
             provider_id: Some("cn-test.i-abc".into()),
         }
     }
@@ -282,26 +420,130 @@ mod tests {
         let labels =
             Labels::parse_list("l", "workload_type=cpu,node.kubernetes.io/pool=a").expect("labels");
         let taints = Taint::parse_list("t", "dedicated=gpu:NoSchedule").expect("taints");
-        let flags = render_flags(
-            &labels,
-            &taints,
-            &identity(),
-            Some("unix:///run/containerd/containerd.sock"),
-            "p:1",
-            &"v1.31.0".parse().expect("v"),
-        );
+        let id = identity();
+        let new: KubeVersion = "v1.31.0".parse().expect("v");
+        let flags = render_flags(&FlagInputs {
+            labels: &labels,
+            taints: &taints,
+            identity: &id,
+            endpoint: Some("unix:///run/containerd/containerd.sock"),
+            pause_image: "p:1",
+            kubelet: &new,
+        });
         assert_eq!(
             flags,
             "KUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///run/containerd/containerd.sock --hostname-override=cn-test.10.0.0.5 --node-ip=10.0.0.5 --node-labels=node.kubernetes.io/pool=a,workload_type=cpu --register-with-taints=dedicated=gpu:NoSchedule\"\n"
         );
-        let old = render_flags(
-            &Labels::default(),
-            &[],
-            &identity(),
-            None,
-            "p:1",
-            &"v1.20.0".parse().expect("v"),
+    }
+
+    #[test]
+    fn kubelets_before_1_24_get_the_runtime_flags_they_need() {
+        let id = identity();
+        let old: KubeVersion = "v1.20.2".parse().expect("v");
+        let none = Labels::default();
+        let inputs = |endpoint| FlagInputs {
+            labels: &none,
+            taints: &[],
+            identity: &id,
+            endpoint,
+            pause_image: "k8s.gcr.io/pause:3.2",
+            kubelet: &old,
+        };
+        let containerd = render_flags(&inputs(Some("unix:///run/containerd/containerd.sock")));
+        assert!(
+            containerd.contains("--container-runtime=remote "),
+            "{containerd}"
         );
-        assert!(old.contains("--pod-infra-container-image=p:1"), "{old}");
+        assert!(!containerd.contains("network-plugin"), "{containerd}");
+        assert!(containerd.contains("--pod-infra-container-image=k8s.gcr.io/pause:3.2"));
+        let docker = render_flags(&inputs(None));
+        assert!(docker.contains("--network-plugin=cni"), "{docker}");
+        assert!(!docker.contains("container-runtime"), "{docker}");
+    }
+
+    fn cluster(kubelet: &str, certificates_dir: &str) -> ClusterConfig {
+        ClusterConfig {
+            kubelet: parse_kubelet_yaml(kubelet).expect("yaml"),
+            source: "kube-system/kubelet-config-1.20".into(),
+            cluster_name: "kubernetes".into(),
+            version: "v1.20.2".parse().expect("v"),
+            image_repository: None,
+            certificates_dir: certificates_dir.into(),
+        }
+    }
+
+    #[test]
+    fn sparse_configs_get_kubeadm_defaults_and_our_ca_path() {
+        let settings = crate::settings::tests::minimal();
+        let host = HostFacts::default();
+        let text = render_config(
+            &cluster("", DEFAULT_CERTIFICATES_DIR),
+            &settings,
+            &identity(),
+            &host,
+        )
+        .expect("render");
+        let doc: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        assert_eq!(
+            doc["authentication"]["anonymous"]["enabled"],
+            Value::Bool(false)
+        );
+        assert_eq!(
+            doc["authentication"]["webhook"]["enabled"],
+            Value::Bool(true)
+        );
+        assert_eq!(
+            doc["authorization"]["mode"],
+            Value::String("Webhook".into())
+        );
+        assert_eq!(
+            doc["authentication"]["x509"]["clientCAFile"],
+            Value::String(CA_PATH.into())
+        );
+        // A cluster with another certificatesDir: the CA path is where join writes it.
+        let elsewhere = cluster(
+            "authentication:\n  x509:\n    clientCAFile: /srv/pki/ca.crt\n  anonymous:\n    enabled: true\n",
+            "/srv/pki",
+        );
+        let doc: Value = serde_yaml_ng::from_str(
+            &render_config(&elsewhere, &settings, &identity(), &host).expect("render"),
+        )
+        .expect("yaml");
+        assert_eq!(
+            doc["authentication"]["x509"]["clientCAFile"],
+            Value::String(CA_PATH.into())
+        );
+        assert_eq!(
+            doc["authentication"]["anonymous"]["enabled"],
+            Value::Bool(true),
+            "what the cluster says stays"
+        );
+    }
+
+    #[test]
+    fn systemd_resolved_hosts_get_its_real_resolv_conf() {
+        let settings = crate::settings::tests::minimal();
+        let host = HostFacts {
+            resolv_conf: Some(RESOLVED_RESOLV_CONF.into()),
+        };
+        for given in ["", "resolvConf: /etc/resolv.conf\n"] {
+            let text = render_config(
+                &cluster(given, DEFAULT_CERTIFICATES_DIR),
+                &settings,
+                &identity(),
+                &host,
+            )
+            .expect("render");
+            assert!(
+                text.contains("resolvConf: /run/systemd/resolve/resolv.conf"),
+                "{text}"
+            );
+        }
+        let custom = cluster(
+            "resolvConf: /etc/k8s-resolv.conf\n",
+            DEFAULT_CERTIFICATES_DIR,
+        );
+        let text = render_config(&custom, &settings, &identity(), &host).expect("render");
+        assert!(text.contains("resolvConf: /etc/k8s-resolv.conf"), "{text}");
     }
 }

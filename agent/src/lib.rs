@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod bootstrap;
 pub mod cli;
+pub mod compat;
 pub mod discovery;
 pub mod duration;
 pub mod effects;

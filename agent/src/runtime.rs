@@ -9,9 +9,6 @@ use crate::values::{RuntimeKind, RuntimeValues};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The sandbox image when the values name none (kubeadm's default for current releases).
-pub const DEFAULT_PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
-
 /// One file the runtime needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeFile {
@@ -151,18 +148,21 @@ pub fn containerd_major() -> u32 {
         .unwrap_or(1)
 }
 
-/// Works out the runtime's files and endpoints for this cluster.
+/// Works out the runtime's files and endpoints for this cluster. `cluster_pause` is the
+/// sandbox image of the cluster's kubeadm version and image repository, used when the values
+/// name none.
 pub fn plan(
     kind: RuntimeKind,
     values: &RuntimeValues,
     server: &KubeVersion,
+    cluster_pause: &str,
     host: bool,
     package_manager: Option<&str>,
 ) -> RuntimePlan {
     let pause = values
         .pause_image
         .clone()
-        .unwrap_or_else(|| DEFAULT_PAUSE_IMAGE.to_owned());
+        .unwrap_or_else(|| cluster_pause.to_owned());
     match kind {
         RuntimeKind::Containerd => {
             let major = if host { containerd_major() } else { 1 };
@@ -275,12 +275,13 @@ mod tests {
             RuntimeKind::Containerd,
             &v,
             &"v1.31.0".parse().expect("v"),
+            "registry.k8s.io/pause:3.10",
             false,
             None,
         );
         let cfg = String::from_utf8(p.files[0].bytes.clone()).expect("utf8");
         assert!(cfg.contains("SystemdCgroup = true"));
-        assert!(cfg.contains(&format!("sandbox_image = \"{DEFAULT_PAUSE_IMAGE}\"")));
+        assert!(cfg.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""));
         assert_eq!(p.files.len(), 3);
         let insecure = String::from_utf8(p.files[1].bytes.clone()).expect("utf8");
         assert!(
@@ -303,6 +304,7 @@ mod tests {
             RuntimeKind::Docker,
             &v,
             &"v1.24.0".parse().expect("v"),
+            "p:1",
             false,
             Some("apt"),
         );
@@ -312,6 +314,7 @@ mod tests {
             RuntimeKind::Docker,
             &v,
             &"v1.20.11".parse().expect("v"),
+            "p:1",
             false,
             Some("dnf"),
         );

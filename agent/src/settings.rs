@@ -104,8 +104,8 @@ pub struct Settings {
     pub ess: bool,
     /// Node name rule.
     pub node_naming: NodeNaming,
-    /// Explicit node IP.
-    pub node_ip: Option<IpAddr>,
+    /// Explicit node IPs: one address, or an IPv4 and IPv6 pair for dual-stack clusters.
+    pub node_ips: Vec<IpAddr>,
     /// Explicit providerID.
     pub provider_id: Option<String>,
     /// Instance id (for names and providerID).
@@ -162,6 +162,25 @@ fn usage(message: impl Into<String>) -> Failure {
 
 fn syntax(e: crate::validate::SyntaxError) -> Failure {
     usage(e.to_string())
+}
+
+/// `--node-ip`: one address, or two of different families (`10.0.0.5,fd00::5`), as the
+/// kubelet's own flag takes them.
+fn parse_node_ips(text: &str) -> Result<Vec<IpAddr>, Failure> {
+    let bad = || {
+        usage(format!(
+            "invalid --node-ip {text:?}: expected an IP address, or an IPv4 and an IPv6 address separated by a comma"
+        ))
+    };
+    let ips = text
+        .split(',')
+        .map(|p| p.trim().parse::<IpAddr>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    match ips.as_slice() {
+        [_] => Ok(ips),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok(ips),
+        _ => Err(bad()),
+    }
 }
 
 impl Settings {
@@ -283,15 +302,10 @@ impl Settings {
                 NodeNaming::Mode(mode)
             }
         };
-        let node_ip = args
-            .node_ip
-            .as_deref()
-            .map(|ip| {
-                ip.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| usage(format!("invalid --node-ip {ip:?}: expected an IP address")))
-            })
-            .transpose()?;
+        let node_ips = match args.node_ip.as_deref() {
+            Some(text) => parse_node_ips(text)?,
+            None => Vec::new(),
+        };
         for (flag, value) in [
             ("--instance-id", &args.instance_id),
             ("--region", &args.region),
@@ -368,7 +382,7 @@ impl Settings {
             taints,
             ess: args.ess.or(v.ess).unwrap_or(false),
             node_naming,
-            node_ip,
+            node_ips,
             provider_id: args.provider_id.clone(),
             instance_id: args.instance_id.clone(),
             region: args.region.clone(),
@@ -388,5 +402,167 @@ impl Settings {
             limits: args.network.limits(),
             notices,
         })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn args(extra: &[&str]) -> JoinArgs {
+        let mut argv = vec!["node-attach", "join"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("flags").command {
+            Command::Join(a) => *a,
+            _ => panic!("join"),
+        }
+    }
+
+    fn values(json: &str) -> ClusterValues {
+        crate::values::parse(json.as_bytes(), Some("application/json")).expect("values")
+    }
+
+    fn token() -> Option<BootstrapToken> {
+        "abcdef.0123456789abcdef".parse().ok()
+    }
+
+    /// Settings from the fewest flags a scale-out join takes.
+    pub fn minimal() -> Settings {
+        let a = args(&[
+            "--endpoint",
+            "10.0.0.1:6443",
+            "--discovery-token-ca-cert-hash",
+            PIN,
+        ]);
+        Settings::resolve(&a, token(), None).expect("settings")
+    }
+
+    const VALUES: &str = r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues",
+        "apiServerEndpoints": ["10.9.9.9:6443"], "caCertHashes": ["sha256:1111111111111111111111111111111111111111111111111111111111111111"],
+        "bootstrapToken": "zyxwvu.0123456789abcdef", "clusterDNS": ["10.96.0.10"],
+        "labels": {"workload_type": "gpu", "team": "a"}, "runtime": {"name": "docker", "version": "20.10.24"}}"#;
+
+    #[test]
+    fn flags_win_over_values_which_win_over_defaults() {
+        struct Case {
+            flags: &'static [&'static str],
+            check: fn(&Settings) -> bool,
+            what: &'static str,
+        }
+        let cases = [
+            Case {
+                flags: &[],
+                check: |s| s.endpoints[0].to_string() == "10.9.9.9:6443",
+                what: "endpoint from values",
+            },
+            Case {
+                flags: &["--endpoint", "10.0.0.1:6443"],
+                check: |s| s.endpoints.len() == 1 && s.endpoints[0].to_string() == "10.0.0.1:6443",
+                what: "endpoint flag wins",
+            },
+            Case {
+                flags: &[],
+                check: |s| s.cluster_dns == ["10.96.0.10".parse::<IpAddr>().expect("ip")],
+                what: "DNS from values",
+            },
+            Case {
+                flags: &["--cluster-dns", "10.0.0.10"],
+                check: |s| s.cluster_dns == ["10.0.0.10".parse::<IpAddr>().expect("ip")],
+                what: "DNS flag wins",
+            },
+            Case {
+                flags: &[],
+                check: |s| {
+                    s.runtime == RuntimeKind::Docker
+                        && s.runtime_values.version.as_deref() == Some("20.10.24")
+                },
+                what: "runtime from values",
+            },
+            Case {
+                flags: &["--runtime", "containerd"],
+                check: |s| {
+                    s.runtime == RuntimeKind::Containerd && s.runtime_values.version.is_none()
+                },
+                what: "runtime flag wins and drops the other runtime's version",
+            },
+            Case {
+                flags: &["--labels", "workload_type=cpu"],
+                check: |s| {
+                    s.labels.0.get("workload_type").map(String::as_str) == Some("cpu")
+                        && s.labels.0.contains_key("team")
+                        && s.notices.iter().any(|n| n.contains("overrides"))
+                },
+                what: "label flag overrides one key, with a notice",
+            },
+            Case {
+                flags: &["--discovery-token-ca-cert-hash", PIN],
+                check: |s| s.pins.pins().len() == 1 && s.pins.pins()[0].to_string() == PIN,
+                what: "pin flag replaces the values' pins",
+            },
+            Case {
+                flags: &["--node-ip", "10.0.0.5,fd00::5"],
+                check: |s| s.node_ips.len() == 2,
+                what: "dual-stack node IPs",
+            },
+        ];
+        let v = values(VALUES);
+        for c in cases {
+            let s = Settings::resolve(&args(c.flags), None, Some(&v)).expect(c.what);
+            assert!((c.check)(&s), "{}", c.what);
+        }
+        // The flag token wins over the values' token.
+        let s = Settings::resolve(&args(&[]), token(), Some(&v)).expect("token");
+        assert_eq!(s.token.id(), "abcdef");
+    }
+
+    #[test]
+    fn missing_or_conflicting_inputs_are_refused_before_anything_runs() {
+        let cases: [(&[&str], &str); 5] = [
+            (&["--endpoint", "10.0.0.1:6443"], "CA pin"),
+            (&["--discovery-token-ca-cert-hash", PIN], "endpoint"),
+            (
+                &[
+                    "--endpoint",
+                    "10.0.0.1:6443",
+                    "--discovery-token-ca-cert-hash",
+                    PIN,
+                    "--runtime",
+                    "containerd",
+                    "--docker-version",
+                    "20.10",
+                ],
+                "conflicts",
+            ),
+            (
+                &[
+                    "--endpoint",
+                    "10.0.0.1:6443",
+                    "--discovery-token-ca-cert-hash",
+                    PIN,
+                    "--node-ip",
+                    "10.0.0.5,10.0.0.6",
+                ],
+                "--node-ip",
+            ),
+            (
+                &[
+                    "--endpoint",
+                    "10.0.0.1:6443",
+                    "--discovery-token-ca-cert-hash",
+                    PIN,
+                    "--tls-bootstrap",
+                    "later",
+                ],
+                "--tls-bootstrap",
+            ),
+        ];
+        for (flags, expect) in cases {
+            let err = Settings::resolve(&args(flags), token(), None).expect_err(expect);
+            assert!(err.message.contains(expect), "{flags:?}: {}", err.message);
+        }
     }
 }

@@ -648,12 +648,35 @@ impl Ctx<'_> {
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
         let mut initial = Vec::new();
+        let mut replayed = since;
+        let mut expired = false;
         if since == 0 {
             for key in state.store.keys(kind) {
                 if matches(&key) {
                     if let Some(o) = state.store.get(&key) {
                         initial.push(json!({"type": "ADDED", "object": self.present(o.clone())}));
                     }
+                }
+            }
+            replayed = state.store.resource_version();
+        } else {
+            // As the watch cache does: what changed after `since`, then live events.
+            match state.store.events_since(since) {
+                Ok(missed) => {
+                    for e in missed.into_iter().filter(|e| matches(&e.key)) {
+                        let mut obj = e.object;
+                        obj["apiVersion"] = json!(self.kind.api_version(self.version));
+                        initial.push(json!({"type": e.kind, "object": obj}));
+                    }
+                    replayed = state.store.resource_version();
+                }
+                Err(crate::store::TooOld) => {
+                    // The real API server sends this one event and ends the stream.
+                    expired = true;
+                    initial.push(json!({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("too old resource version: {since}"),
+                        "reason": "Expired", "code": 410}}));
                 }
             }
         }
@@ -670,6 +693,9 @@ impl Ctx<'_> {
                     return;
                 }
             }
+            if expired {
+                return;
+            }
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
             loop {
                 let next = tokio::time::timeout_at(deadline, events.recv()).await;
@@ -679,7 +705,7 @@ impl Ctx<'_> {
                     Ok(Err(_)) => return,
                     Ok(Ok(e)) => e,
                 };
-                if !matches(&event.key) || event.rv <= since {
+                if !matches(&event.key) || event.rv <= replayed {
                     continue;
                 }
                 let mut obj = event.object;

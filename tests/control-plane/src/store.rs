@@ -186,8 +186,18 @@ pub struct Store {
     objects: BTreeMap<Key, Value>,
     rv: u64,
     events: broadcast::Sender<Event>,
+    /// Recent changes, oldest first, so a watch from a resourceVersion replays what it missed
+    /// (the API server's watch cache); older ones answer 410 Gone.
+    history: std::collections::VecDeque<Event>,
     uid_counter: u64,
 }
+
+/// How many changes the history keeps (the real watch cache keeps a bounded window too).
+pub const HISTORY: usize = 8192;
+
+/// A watch asked for changes older than the history keeps (the API server answers 410).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooOld;
 
 impl Default for Store {
     fn default() -> Self {
@@ -212,6 +222,7 @@ impl Store {
             objects: BTreeMap::new(),
             rv: 1000,
             events,
+            history: std::collections::VecDeque::new(),
             uid_counter: 0,
         }
     }
@@ -268,13 +279,32 @@ impl Store {
         meta["resourceVersion"] = json!(self.rv.to_string());
     }
 
-    fn emit(&self, kind: &'static str, key: &Key, object: &Value) {
-        let _ = self.events.send(Event {
+    fn emit(&mut self, kind: &'static str, key: &Key, object: &Value) {
+        let event = Event {
             kind,
             key: key.clone(),
             object: object.clone(),
             rv: self.rv,
-        });
+        };
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event.clone());
+        let _ = self.events.send(event);
+    }
+
+    /// The changes after resourceVersion `since`, oldest first; [`TooOld`] when the history no
+    /// longer reaches back that far.
+    pub fn events_since(&self, since: u64) -> Result<Vec<Event>, TooOld> {
+        match self.history.front() {
+            Some(first) if first.rv > since + 1 && self.history.len() == HISTORY => Err(TooOld),
+            _ => Ok(self
+                .history
+                .iter()
+                .filter(|e| e.rv > since)
+                .cloned()
+                .collect()),
+        }
     }
 
     /// Creates an object; fails when the name exists.

@@ -1,0 +1,199 @@
+//! What changes with the Kubernetes version, in one place: every behaviour node-attach picks by
+//! the API server's (or the kubelet's) version, with the upstream change it follows.
+//! `docs/upstream-versions.md` holds the evidence (files and PRs at exact tags).
+
+use crate::kube_version::KubeVersion;
+
+/// The usages a kubelet client CSR must ask for: before 1.25 the csrapproving controller and
+/// the kubelet-client signer want `key encipherment` too (`pkg/apis/certificates/helpers.go`
+/// `IsKubeletClientCSR` at v1.20.2; relaxed for ECDSA keys by kubernetes#111061 in 1.25).
+pub fn csr_usages(server: &KubeVersion) -> &'static [&'static str] {
+    if server.minor_key() < (1, 25) {
+        &crate::bootstrap::LEGACY_USAGES
+    } else {
+        &crate::bootstrap::USAGES
+    }
+}
+
+/// The certificates.k8s.io version to create CSRs with: `v1` from 1.19, `v1beta1` before.
+pub fn csr_api_version(server: &KubeVersion) -> &'static str {
+    if server.minor_key() < (1, 19) {
+        "v1beta1"
+    } else {
+        "v1"
+    }
+}
+
+/// The name of the kubelet ConfigMap a cluster of this version keeps, and the other one to try.
+/// kubeadm named it `kubelet-config-1.X` until the `UnversionedKubeletConfigMap` gate went on by
+/// default in 1.24 (kubeadm `cmd/kubeadm/app/constants`, kubernetes#105741); a bootstrap token may
+/// read only the one its cluster made, so the other answers 403, not 404.
+pub fn kubelet_config_names(cluster: &KubeVersion) -> [String; 2] {
+    let versioned = format!("kubelet-config-{}.{}", cluster.major, cluster.minor);
+    let unversioned = "kubelet-config".to_owned();
+    if cluster.minor_key() < (1, 24) {
+        [versioned, unversioned]
+    } else {
+        [unversioned, versioned]
+    }
+}
+
+/// The pause image tag kubeadm of this minor version uses (`constants.PauseVersion`).
+pub fn pause_version(cluster: &KubeVersion) -> &'static str {
+    match cluster.minor_key() {
+        (1, 0..=17) => "3.1",
+        (1, 18..=20) => "3.2",
+        (1, 21) => "3.4.1",
+        (1, 22) => "3.5",
+        (1, 23) => "3.6",
+        (1, 24) => "3.7",
+        (1, 25) => "3.8",
+        (1, 26..=30) => "3.9",
+        _ => "3.10",
+    }
+}
+
+/// kubeadm's default `imageRepository` for this version: `k8s.gcr.io` until the move to
+/// `registry.k8s.io` (kubeadm 1.25, kubernetes#109938).
+pub fn default_image_repository(cluster: &KubeVersion) -> &'static str {
+    if cluster.minor_key() < (1, 25) {
+        "k8s.gcr.io"
+    } else {
+        "registry.k8s.io"
+    }
+}
+
+/// The sandbox image a kubeadm cluster of this version runs: `<imageRepository>/pause:<tag>`
+/// (kubeadm `cmd/kubeadm/app/images` `GetPauseImage`).
+pub fn pause_image(image_repository: Option<&str>, cluster: &KubeVersion) -> String {
+    let repo = image_repository
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| default_image_repository(cluster));
+    format!("{repo}/pause:{}", pause_version(cluster))
+}
+
+/// Kubelet flags whose need depends on the kubelet's version (kubeadm
+/// `cmd/kubeadm/app/phases/kubelet/flags.go` `buildKubeletArgMap` at each release).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KubeletFlagGates {
+    /// `--container-runtime=remote`: before 1.24 a kubelet without it runs dockershim (even on
+    /// containerd's socket); the flag is gone in 1.27.
+    pub container_runtime_remote: bool,
+    /// `--network-plugin=cni`: the dockershim's network plugin, removed with it in 1.24.
+    pub network_plugin_cni: bool,
+    /// `--pod-infra-container-image`: the sandbox image, until 1.27 (later only for image GC).
+    pub pod_infra_container_image: bool,
+}
+
+impl KubeletFlagGates {
+    /// The gates for a kubelet of version `kubelet`; `dockershim` when docker is the runtime
+    /// through the kubelet's built-in shim (no CRI endpoint).
+    pub fn for_kubelet(kubelet: &KubeVersion, dockershim: bool) -> KubeletFlagGates {
+        let before_124 = kubelet.minor_key() < (1, 24);
+        KubeletFlagGates {
+            container_runtime_remote: before_124 && !dockershim,
+            network_plugin_cni: before_124 && dockershim,
+            pod_infra_container_image: kubelet.minor_key() < (1, 27),
+        }
+    }
+}
+
+/// The Node annotation kubeadm join writes with the CRI socket
+/// (`kubeadm.alpha.kubernetes.io/cri-socket`, `patchnode.AnnotateCRISocket`); `kubeadm upgrade
+/// node` reads it.
+pub const CRI_SOCKET_ANNOTATION: &str = "kubeadm.alpha.kubernetes.io/cri-socket";
+
+/// The annotation's value as kubeadm of this version writes it: a bare path before 1.24, a
+/// `unix://` URL from then on (kubernetes#107295).
+pub fn cri_socket_annotation_value(endpoint: &str, cluster: &KubeVersion) -> String {
+    if cluster.minor_key() < (1, 24) {
+        endpoint.trim_start_matches("unix://").to_owned()
+    } else if endpoint.starts_with("unix://") {
+        endpoint.to_owned()
+    } else {
+        format!("unix://{endpoint}")
+    }
+}
+
+/// The eviction API group-version: `policy/v1` from 1.22, `policy/v1beta1` before.
+pub fn eviction_version(cluster: &KubeVersion) -> &'static str {
+    if cluster.minor_key() < (1, 22) {
+        "policy/v1beta1"
+    } else {
+        "policy/v1"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> KubeVersion {
+        s.parse().expect("version")
+    }
+
+    #[test]
+    fn csr_usages_and_api_follow_the_server() {
+        assert_eq!(csr_usages(&v("v1.20.2")).len(), 3);
+        assert_eq!(csr_usages(&v("v1.24.17")).len(), 3);
+        assert_eq!(
+            csr_usages(&v("v1.25.0")),
+            ["digital signature", "client auth"]
+        );
+        assert_eq!(csr_api_version(&v("v1.18.20")), "v1beta1");
+        assert_eq!(csr_api_version(&v("v1.19.0")), "v1");
+    }
+
+    #[test]
+    fn kubelet_config_name_follows_the_cluster() {
+        assert_eq!(
+            kubelet_config_names(&v("v1.20.2")),
+            ["kubelet-config-1.20", "kubelet-config"]
+        );
+        assert_eq!(
+            kubelet_config_names(&v("v1.24.0")),
+            ["kubelet-config", "kubelet-config-1.24"]
+        );
+    }
+
+    #[test]
+    fn pause_image_from_repository_and_version() {
+        assert_eq!(pause_image(None, &v("v1.20.2")), "k8s.gcr.io/pause:3.2");
+        assert_eq!(
+            pause_image(Some("registry.cn-hangzhou.aliyuncs.com/acs/"), &v("1.12.6")),
+            "registry.cn-hangzhou.aliyuncs.com/acs/pause:3.1"
+        );
+        assert_eq!(
+            pause_image(None, &v("v1.31.2")),
+            "registry.k8s.io/pause:3.10"
+        );
+    }
+
+    #[test]
+    fn kubelet_flags_by_version() {
+        let old = KubeletFlagGates::for_kubelet(&v("v1.20.2"), false);
+        assert!(old.container_runtime_remote && !old.network_plugin_cni);
+        let docker = KubeletFlagGates::for_kubelet(&v("v1.20.2"), true);
+        assert!(!docker.container_runtime_remote && docker.network_plugin_cni);
+        let new = KubeletFlagGates::for_kubelet(&v("v1.31.0"), false);
+        assert_eq!(
+            new,
+            KubeletFlagGates {
+                container_runtime_remote: false,
+                network_plugin_cni: false,
+                pod_infra_container_image: false
+            }
+        );
+    }
+
+    #[test]
+    fn cri_socket_annotation_shape() {
+        let e = "unix:///run/containerd/containerd.sock";
+        assert_eq!(
+            cri_socket_annotation_value(e, &v("v1.20.2")),
+            "/run/containerd/containerd.sock"
+        );
+        assert_eq!(cri_socket_annotation_value(e, &v("v1.28.0")), e);
+    }
+}
