@@ -157,6 +157,17 @@ impl<'a> Applier<'a> {
         self.effects
     }
 
+    /// What `path` held before join: the journal's backup when join already changed it, the
+    /// file as it is otherwise.
+    pub fn original(&self, path: &Path) -> Result<Option<Vec<u8>>, ApplyError> {
+        if let Some(j) = &self.journal {
+            if let Some(before) = j.original(path)? {
+                return Ok(before);
+            }
+        }
+        Ok(self.effects.root.read(path)?)
+    }
+
     /// The journal (None in a dry run).
     pub fn journal(&mut self) -> Option<&mut Journal> {
         self.journal.as_mut()

@@ -49,17 +49,26 @@ pub fn pause_version(cluster: &KubeVersion) -> &'static str {
         (1, 24) => "3.7",
         (1, 25) => "3.8",
         (1, 26..=30) => "3.9",
-        _ => "3.10",
+        (1, 31..=33) => "3.10",
+        _ => "3.10.1",
     }
 }
 
 /// kubeadm's default `imageRepository` for this version: `k8s.gcr.io` until the move to
-/// `registry.k8s.io` (kubeadm 1.25, kubernetes#109938).
+/// `registry.k8s.io` (kubeadm 1.25, kubernetes#109938), backported to 1.23.15 (#113393) and to
+/// late 1.22 and 1.24 patches (#113388, #113395; 1.22.17 and 1.24.9 taken here).
 pub fn default_image_repository(cluster: &KubeVersion) -> &'static str {
-    if cluster.minor_key() < (1, 25) {
-        "k8s.gcr.io"
-    } else {
+    let moved = match cluster.minor_key() {
+        (1, 0..=21) => false,
+        (1, 22) => cluster.patch >= 17,
+        (1, 23) => cluster.patch >= 15,
+        (1, 24) => cluster.patch >= 9,
+        _ => true,
+    };
+    if moved {
         "registry.k8s.io"
+    } else {
+        "k8s.gcr.io"
     }
 }
 
@@ -103,6 +112,12 @@ impl KubeletFlagGates {
 /// (`kubeadm.alpha.kubernetes.io/cri-socket`, `patchnode.AnnotateCRISocket`); `kubeadm upgrade
 /// node` reads it.
 pub const CRI_SOCKET_ANNOTATION: &str = "kubeadm.alpha.kubernetes.io/cri-socket";
+
+/// Whether kubeadm join of this version annotates the Node with its CRI socket: up to 1.33;
+/// from 1.34 the `NodeLocalCRISocket` gate keeps the socket in the node's own files.
+pub fn writes_cri_socket_annotation(cluster: &KubeVersion) -> bool {
+    cluster.minor_key() < (1, 34)
+}
 
 /// The annotation's value as kubeadm of this version writes it: a bare path before 1.24, a
 /// `unix://` URL from then on (kubernetes#107295).

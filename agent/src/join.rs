@@ -435,6 +435,15 @@ pub async fn join(
     p.begin("runtime");
     applier.enter("runtime").map_err(fs_failure)?;
     let package_manager = effects.packages.as_ref().map(|pm| pm.name());
+    let originals = runtime::Originals {
+        containerd: applier
+            .original(Path::new(runtime::CONTAINERD_CONFIG))
+            .map_err(fs_failure)?,
+        docker: applier
+            .original(Path::new(runtime::DOCKER_CONFIG))
+            .map_err(fs_failure)?,
+    };
+    let installed = effects.host.then(runtime::containerd_version);
     let rt = runtime::plan(
         settings.runtime,
         &settings.runtime_values,
@@ -443,9 +452,13 @@ pub async fn join(
             cluster.config.image_repository.as_deref(),
             &cluster.config.version,
         ),
-        effects.host,
+        installed,
+        &originals,
         package_manager,
     );
+    for notice in &rt.notices {
+        p.reporter.notice(notice);
+    }
     runtime::apply(&mut applier, &rt)
         .map_err(apply_failure(Code::Runtime))
         .inspect_err(|_| p.fail())?;
@@ -509,6 +522,11 @@ pub async fn join(
     // confirm
     p.begin("confirm");
     applier.enter("confirm").map_err(fs_failure)?;
+    if settings.tls_bootstrap == TlsBootstrapMode::Kubelet && !settings.dry_run {
+        finish_kubelet_bootstrap(&mut applier, settings.timeouts.csr)
+            .await
+            .inspect_err(|_| p.fail())?;
+    }
     let (registered, ready) = if settings.dry_run {
         applier.api(
             &format!("GET /api/v1/nodes/{}", identity.node_name),
@@ -523,20 +541,12 @@ pub async fn join(
             .await
             .inspect_err(|_| p.fail())?
     };
-    // As kubeadm does: once the kubelet bootstrapped itself (it wrote kubelet.conf and the Node
-    // registered), the bootstrap kubeconfig and its token leave the disk.
-    if registered
-        && settings.tls_bootstrap == TlsBootstrapMode::Kubelet
-        && effects
-            .root
-            .read(Path::new(bootstrap::KUBELET_CONF))
-            .ok()
-            .flatten()
-            .is_some()
-    {
-        applier
-            .remove_own(Path::new(bootstrap::BOOTSTRAP_CONF))
-            .map_err(fs_failure)?;
+    if registered && crate::compat::writes_cri_socket_annotation(&cluster.config.version) {
+        let endpoint = rt
+            .endpoint
+            .as_deref()
+            .unwrap_or(runtime::DOCKERSHIM_ENDPOINT);
+        annotate_cri_socket(settings, root, &found, &identity, endpoint, &cluster).await;
     }
     let detail = match (registered, ready) {
         (true, true) => format!("Node {} registered and Ready", identity.node_name),
@@ -656,9 +666,9 @@ fn kubelet_host_facts(effects: &Effects) -> kubelet::HostFacts {
                 .lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["nameserver", "127.0.0.53"])
         });
-    let resolved = stub || (effects.host && effects.systemd.is_active("systemd-resolved.service"));
     kubelet::HostFacts {
-        resolv_conf: resolved.then(|| kubelet::RESOLVED_RESOLV_CONF.to_owned()),
+        systemd_resolved: stub
+            || (effects.host && effects.systemd.is_active("systemd-resolved.service")),
     }
 }
 
@@ -1037,6 +1047,82 @@ fn store_pair(
     Ok(())
 }
 
+/// With `--tls-bootstrap=kubelet`, as kubeadm's kubelet-start phase does: waits until the
+/// kubelet has finished its own TLS bootstrap (it writes kubelet.conf), then removes
+/// bootstrap-kubelet.conf and the token in it. When the kubelet does not finish in time the
+/// token leaves the disk all the same, and join fails.
+async fn finish_kubelet_bootstrap(
+    applier: &mut Applier<'_>,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let root = applier.effects().root.clone();
+    let deadline = Instant::now() + timeout;
+    let bootstrapped = loop {
+        if root
+            .read(Path::new(bootstrap::KUBELET_CONF))
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    applier
+        .remove_own(Path::new(bootstrap::BOOTSTRAP_CONF))
+        .map_err(fs_failure)?;
+    if bootstrapped {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Code::CsrTimeout,
+        format!(
+            "the kubelet did not finish its TLS bootstrap within {timeout:?} (no {}); the bootstrap kubeconfig was removed. Look at the kubelet's log (journalctl -u kubelet) and at the cluster's CSRs (kubectl get csr)",
+            bootstrap::KUBELET_CONF
+        ),
+    ))
+}
+
+/// Annotates the Node with its CRI socket as `kubeadm join` does (`kubeadm upgrade node` reads
+/// it), with the node's own credentials. Best effort: a failure is logged, the join stands.
+async fn annotate_cri_socket(
+    settings: &Settings,
+    root: &Root,
+    found: &Discovered,
+    identity: &Identity,
+    endpoint: &str,
+    cluster: &ClusterFacts,
+) {
+    use crate::compat::{cri_socket_annotation_value, CRI_SOCKET_ANNOTATION};
+    let Some(pair) = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+    else {
+        return;
+    };
+    let value = cri_socket_annotation_value(endpoint, &cluster.config.version);
+    let patch = serde_json::json!({"metadata": {"annotations": {CRI_SOCKET_ANNOTATION: value}}});
+    let path = format!("/api/v1/nodes/{}", identity.node_name);
+    let outcome =
+        match Kube::with_certificate(&found.api_server, &found.ca_ders, &pair, settings.limits) {
+            Ok(node) => node
+                .merge_patch(&path, &patch)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+    if let Err(e) = outcome {
+        tracing::warn!(
+            "could not annotate the Node with its CRI socket ({CRI_SOCKET_ANNOTATION}): {e}"
+        );
+    }
+}
+
 async fn confirm(
     settings: &Settings,
     root: &Root,
@@ -1045,7 +1131,7 @@ async fn confirm(
     identity: &Identity,
 ) -> Result<(bool, bool), Failure> {
     let node_client = match root.read_following(Path::new(bootstrap::CURRENT)) {
-        Ok(Some(pair)) if settings.tls_bootstrap == TlsBootstrapMode::NodeAttach => {
+        Ok(Some(pair)) => {
             Kube::with_certificate(&found.api_server, &found.ca_ders, &pair, settings.limits).ok()
         }
         _ => None,

@@ -301,6 +301,23 @@ impl Journal {
         })
     }
 
+    /// The bytes `path` held before join first changed it: `Some(None)` when join created it,
+    /// `None` when the journal has no record of it.
+    pub fn original(&self, path: &Path) -> Result<Option<Option<Vec<u8>>>, JournalError> {
+        let first = self.records.iter().find_map(|r| match &r.change {
+            Some(Change::File { path: p, prior }) if p == path => Some(prior.clone()),
+            _ => None,
+        });
+        match first {
+            None => Ok(None),
+            Some(None) => Ok(Some(None)),
+            Some(Some(prior)) => {
+                let backup = PathBuf::from(BACKUP_DIR).join(&prior.backup);
+                Ok(Some(self.root.read(&backup)?))
+            }
+        }
+    }
+
     /// Whether a unit change of this kind is already recorded.
     pub fn knows(&self, want: impl Fn(&Change) -> bool) -> bool {
         self.records

@@ -100,11 +100,13 @@ impl KubeVersion {
                  newer than the API server"
             ));
         }
+        // Three minors from API server 1.28 (KEP-3935), but never a kubelet older than 1.25.
         let allowed = if server.minor >= 28 { 3 } else { 2 };
-        if server.minor - self.minor > allowed {
+        if server.minor - self.minor > allowed || (server.minor >= 28 && self.minor < 25) {
             return Err(format!(
-                "kubelet {self} is more than {allowed} minor versions older than the API server \
-                 {server}"
+                "kubelet {self} is too old for the API server {server}: the skew policy allows \
+                 kubelets up to {allowed} minor versions older (and from API server 1.28, none \
+                 older than 1.25), never newer"
             ));
         }
         Ok(())
@@ -136,5 +138,9 @@ mod tests {
         assert!(v("1.32.0").kubelet_skew_ok(&v("1.31.5")).is_err());
         assert!(v("1.18.0").kubelet_skew_ok(&v("1.20.0")).is_ok());
         assert!(v("1.17.0").kubelet_skew_ok(&v("1.20.0")).is_err());
+        assert!(
+            v("1.24.9").kubelet_skew_ok(&v("1.28.0")).is_err(),
+            "never older than 1.25 from 1.28"
+        );
     }
 }

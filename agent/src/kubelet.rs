@@ -199,10 +199,10 @@ pub fn parse_kubelet_yaml(yaml: &str) -> Result<Mapping, ClusterConfigError> {
 /// Host facts the kubelet configuration depends on.
 #[derive(Clone, Debug, Default)]
 pub struct HostFacts {
-    /// The resolv.conf the kubelet should hand to pods with `dnsPolicy: Default`:
-    /// `/run/systemd/resolve/resolv.conf` under systemd-resolved, whose stub
-    /// (`127.0.0.53`) pods cannot reach (kubeadm's `mutateResolverConfig`).
-    pub resolv_conf: Option<String>,
+    /// Whether systemd-resolved serves this host: its stub (`127.0.0.53`) is unreachable from
+    /// pods, so the kubelet hands them `/run/systemd/resolve/resolv.conf` instead (kubeadm's
+    /// `mutateResolverConfig`).
+    pub systemd_resolved: bool,
 }
 
 /// systemd-resolved's real upstream list.
@@ -220,6 +220,24 @@ fn set_default(map: &mut Mapping, key: &str, value: Value) {
 
 fn yaml(text: &str) -> Value {
     serde_yaml_ng::from_str(text).unwrap_or(Value::Null)
+}
+
+/// `resolvConf` for this node. kubeadm up to 1.30 bakes the control-plane node's choice into
+/// the ConfigMap (1.19 to 1.30) or sets it by flag (before 1.19); from 1.31 it decides per
+/// node. node-attach always decides per node: the systemd-resolved file when resolved runs
+/// here and the ConfigMap names the kubelet's default or nothing, `/etc/resolv.conf` when the
+/// ConfigMap names resolved's file on a node without it. Anything else the cluster chose stays.
+fn resolv_conf_for_this_node(map: &mut Mapping, host: &HostFacts) {
+    let current = map
+        .get("resolvConf")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let wanted = match (current.as_deref(), host.systemd_resolved) {
+        (None | Some("/etc/resolv.conf"), true) => RESOLVED_RESOLV_CONF,
+        (Some(RESOLVED_RESOLV_CONF), false) => "/etc/resolv.conf",
+        _ => return,
+    };
+    set(map, "resolvConf", Value::String(wanted.into()));
 }
 
 /// kubeadm's defaults for fields a sparse ConfigMap leaves out. The CA the kubelet checks
@@ -277,13 +295,7 @@ pub fn render_config(
 ) -> Result<String, ClusterConfigError> {
     let mut map = cluster.kubelet.clone();
     fill_kubeadm_defaults(&mut map, &cluster.certificates_dir);
-    if let Some(r) = &host.resolv_conf {
-        // Unset, or the kubelet's own default that kubeadm before 1.21 overrode by flag.
-        let current = map.get("resolvConf").and_then(Value::as_str);
-        if current.is_none_or(|c| c == "/etc/resolv.conf") {
-            set(&mut map, "resolvConf", Value::String(r.clone()));
-        }
-    }
+    resolv_conf_for_this_node(&mut map, host);
     set(
         &mut map,
         "apiVersion",
@@ -524,7 +536,7 @@ mod tests {
     fn systemd_resolved_hosts_get_its_real_resolv_conf() {
         let settings = crate::settings::tests::minimal();
         let host = HostFacts {
-            resolv_conf: Some(RESOLVED_RESOLV_CONF.into()),
+            systemd_resolved: true,
         };
         for given in ["", "resolvConf: /etc/resolv.conf\n"] {
             let text = render_config(

@@ -675,7 +675,9 @@ fn older_clusters_versioned_kubelet_config_and_v1beta1_csrs() {
 }
 
 #[test]
-fn tls_bootstrap_by_the_kubelet_writes_bootstrap_kubelet_conf() {
+fn tls_bootstrap_by_the_kubelet_never_leaves_the_bootstrap_kubeconfig() {
+    // No kubelet runs: join writes bootstrap-kubelet.conf (checked with kubectl while join
+    // waits), the kubelet never finishes, and join fails with the token gone from the disk.
     let cp = control_plane();
     let node = Node::new();
     let mut args = scale_out(&cp, &node, "kubelet-bootstrap-1");
@@ -685,12 +687,38 @@ fn tls_bootstrap_by_the_kubelet_writes_bootstrap_kubelet_conf() {
         .expect("flag")
         + 1;
     args[wait_at] = "0".into();
-    args.extend(["--tls-bootstrap".into(), "kubelet".into()]);
-    join(&args, &[]).expect_code(0);
+    args.extend(["--tls-bootstrap", "kubelet", "--csr-timeout", "10s"].map(String::from));
     let conf = node.path("/etc/kubernetes/bootstrap-kubelet.conf");
-    assert_eq!(mode(&conf), 0o600);
+    let copy = node.dir.path().with_extension("bootstrap-copy.conf");
+    let watcher = {
+        let (conf, copy) = (conf.clone(), copy.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(bytes) = std::fs::read(&conf) {
+                    let mode = mode(&conf);
+                    std::fs::write(&copy, bytes).expect("copy");
+                    return Some(mode);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            None
+        })
+    };
+    let run = join(&args, &[]);
+    run.expect_code(51)
+        .expect_output("did not finish its TLS bootstrap");
+    assert_eq!(
+        watcher.join().expect("watcher"),
+        Some(0o600),
+        "written 0600 while join waited"
+    );
+    assert!(
+        !conf.exists(),
+        "the bootstrap kubeconfig (and its token) stayed on disk"
+    );
     let (code, out, err) = kubectl(
-        &conf,
+        &copy,
         node.dir.path(),
         &[
             "config",
@@ -699,6 +727,7 @@ fn tls_bootstrap_by_the_kubelet_writes_bootstrap_kubelet_conf() {
             "jsonpath={.contexts[0].name} {.clusters[0].cluster.server}",
         ],
     );
+    let _ = std::fs::remove_file(&copy);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,

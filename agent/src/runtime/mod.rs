@@ -1,7 +1,11 @@
 //! The container runtime: containerd (default) or docker (with cri-dockerd from Kubernetes
 //! 1.24), configured for the kubelet (systemd cgroup driver, sandbox image, registry mirrors,
-//! insecure registries, data root), installed through the package manager when missing,
-//! restarted only when its configuration changed, and waited for on its CRI socket.
+//! insecure registries, data root) by merging into the machine's own configuration
+//! ([`containerd`], [`docker`]), installed through the package manager when missing, restarted
+//! only when its configuration changed, and waited for on its API socket.
+
+pub mod containerd;
+pub mod docker;
 
 use crate::apply::{Applier, ApplyError};
 use crate::kube_version::KubeVersion;
@@ -39,6 +43,31 @@ pub struct RuntimePlan {
     pub pause_image: String,
     /// Configuration files.
     pub files: Vec<RuntimeFile>,
+    /// What the user should know (a configuration that had to be replaced).
+    pub notices: Vec<String>,
+}
+
+/// One `hosts.toml` per registry with mirrors or plain-http access, under `dir`.
+fn hosts_files(dir: &str, values: &RuntimeValues) -> Vec<RuntimeFile> {
+    let mut registries: Vec<&String> = values.registry_mirrors.keys().collect();
+    registries.extend(values.insecure_registries.iter());
+    registries.sort();
+    registries.dedup();
+    registries
+        .into_iter()
+        .map(|reg| {
+            let mirrors = values
+                .registry_mirrors
+                .get(reg)
+                .cloned()
+                .unwrap_or_default();
+            let insecure = values.insecure_registries.contains(reg);
+            RuntimeFile {
+                path: PathBuf::from(dir).join(reg).join("hosts.toml"),
+                bytes: hosts_toml(reg, &mirrors, insecure).into_bytes(),
+            }
+        })
+        .collect()
 }
 
 fn toml_str(s: &str) -> String {
@@ -73,80 +102,42 @@ fn hosts_toml(registry: &str, mirrors: &[String], insecure: bool) -> String {
     out
 }
 
-/// containerd's config.toml: format version 2 for containerd 1.x, 3 for 2.x.
-pub fn containerd_config(values: &RuntimeValues, pause: &str, major: u32) -> String {
-    let mut out =
-        String::from("# Written by node-attach for the kubelet; restored by node-attach reset.\n");
-    if major >= 2 {
-        out.push_str("version = 3\n");
-        if let Some(root) = &values.data_root {
-            out.push_str(&format!("root = {}\n", toml_str(root)));
-        }
-        out.push_str(&format!(
-            "\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = {}\n",
-            toml_str(pause)
-        ));
-        out.push_str("\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = \"/etc/containerd/certs.d\"\n");
-        out.push_str("\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n");
-        out.push_str("\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n");
-    } else {
-        out.push_str("version = 2\n");
-        if let Some(root) = &values.data_root {
-            out.push_str(&format!("root = {}\n", toml_str(root)));
-        }
-        out.push_str(&format!(
-            "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {}\n",
-            toml_str(pause)
-        ));
-        out.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n");
-        out.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n");
-        out.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n");
-    }
-    out
+/// The installed containerd's version (1.6 when it cannot be asked: Debian bookworm's).
+pub fn containerd_version() -> containerd::ContainerdVersion {
+    let out = crate::effects::run_command("containerd", &["--version"], Duration::from_secs(10))
+        .unwrap_or_default();
+    parse_containerd_version(&out).unwrap_or(containerd::ContainerdVersion { major: 1, minor: 6 })
 }
 
-/// Docker's daemon.json.
-pub fn docker_daemon_json(values: &RuntimeValues) -> String {
-    let mirrors: Vec<&String> = values
-        .registry_mirrors
-        .iter()
-        .filter(|(host, _)| *host == "docker.io")
-        .flat_map(|(_, m)| m)
-        .collect();
-    let mut doc = serde_json::json!({
-        "exec-opts": ["native.cgroupdriver=systemd"],
-        "log-driver": "json-file",
-        "log-opts": {"max-size": "100m", "max-file": "5"},
-        "storage-driver": "overlay2",
-    });
-    if !mirrors.is_empty() {
-        doc["registry-mirrors"] = serde_json::json!(mirrors);
-    }
-    if !values.insecure_registries.is_empty() {
-        doc["insecure-registries"] = serde_json::json!(values.insecure_registries);
-    }
-    if let Some(root) = &values.data_root {
-        doc["data-root"] = serde_json::json!(root);
-    }
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    text.push('\n');
-    text
+/// `containerd github.com/containerd/containerd 1.6.20~ds1 …` or `… v2.0.0 …` → (major, minor).
+fn parse_containerd_version(out: &str) -> Option<containerd::ContainerdVersion> {
+    let word = out.split_whitespace().find(|w| {
+        let w = w.trim_start_matches('v');
+        w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.')
+    })?;
+    let mut parts = word.trim_start_matches('v').split(['.', '~', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some(containerd::ContainerdVersion { major, minor })
 }
 
-/// The installed containerd's major version (1 when unknown).
-pub fn containerd_major() -> u32 {
-    crate::effects::run_command("containerd", &["--version"], Duration::from_secs(10))
-        .ok()
-        .and_then(|out| {
-            out.split_whitespace()
-                .find(|w| {
-                    w.chars().next().is_some_and(|c| c.is_ascii_digit()) || w.starts_with('v')
-                })
-                .map(|w| w.trim_start_matches('v').to_owned())
-        })
-        .and_then(|v| v.split('.').next().and_then(|m| m.parse().ok()))
-        .unwrap_or(1)
+/// The runtime configuration files as they were before join (from the journal's backup when
+/// join already changed them), which the plan merges into.
+#[derive(Clone, Debug, Default)]
+pub struct Originals {
+    /// /etc/containerd/config.toml.
+    pub containerd: Option<Vec<u8>>,
+    /// /etc/docker/daemon.json.
+    pub docker: Option<Vec<u8>>,
 }
+
+/// The kubelet's built-in dockershim socket (before 1.24), as kubeadm names it.
+pub const DOCKERSHIM_ENDPOINT: &str = "unix:///var/run/dockershim.sock";
+
+/// containerd's configuration file.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// Docker's configuration file.
+pub const DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
 
 /// Works out the runtime's files and endpoints for this cluster. `cluster_pause` is the
 /// sandbox image of the cluster's kubeadm version and image repository, used when the values
@@ -156,7 +147,8 @@ pub fn plan(
     values: &RuntimeValues,
     server: &KubeVersion,
     cluster_pause: &str,
-    host: bool,
+    installed: Option<containerd::ContainerdVersion>,
+    originals: &Originals,
     package_manager: Option<&str>,
 ) -> RuntimePlan {
     let pause = values
@@ -165,28 +157,15 @@ pub fn plan(
         .unwrap_or_else(|| cluster_pause.to_owned());
     match kind {
         RuntimeKind::Containerd => {
-            let major = if host { containerd_major() } else { 1 };
+            let version = installed.unwrap_or(containerd::ContainerdVersion { major: 1, minor: 6 });
+            let merged =
+                containerd::merge(originals.containerd.as_deref(), values, &pause, version);
             let mut files = vec![RuntimeFile {
-                path: "/etc/containerd/config.toml".into(),
-                bytes: containerd_config(values, &pause, major).into_bytes(),
+                path: CONTAINERD_CONFIG.into(),
+                bytes: merged.bytes,
             }];
-            let mut registries: Vec<&String> = values.registry_mirrors.keys().collect();
-            registries.extend(values.insecure_registries.iter());
-            registries.sort();
-            registries.dedup();
-            for reg in registries {
-                let mirrors = values
-                    .registry_mirrors
-                    .get(reg)
-                    .cloned()
-                    .unwrap_or_default();
-                let insecure = values.insecure_registries.contains(reg);
-                files.push(RuntimeFile {
-                    path: PathBuf::from("/etc/containerd/certs.d")
-                        .join(reg)
-                        .join("hosts.toml"),
-                    bytes: hosts_toml(reg, &mirrors, insecure).into_bytes(),
-                });
+            if let containerd::Registries::HostsDir(dir) = &merged.registries {
+                files.extend(hosts_files(dir, values));
             }
             RuntimePlan {
                 kind,
@@ -198,10 +177,12 @@ pub fn plan(
                 endpoint: Some("unix:///run/containerd/containerd.sock".into()),
                 pause_image: pause,
                 files,
+                notices: merged.notice.into_iter().collect(),
             }
         }
         RuntimeKind::Docker => {
             let dockershim = server.minor_key() < (1, 24);
+            let merged = docker::merge(originals.docker.as_deref(), values);
             RuntimePlan {
                 kind,
                 package: if package_manager == Some("apt") {
@@ -220,9 +201,10 @@ pub fn plan(
                 endpoint: (!dockershim).then(|| "unix:///run/cri-dockerd.sock".to_owned()),
                 pause_image: pause,
                 files: vec![RuntimeFile {
-                    path: "/etc/docker/daemon.json".into(),
-                    bytes: docker_daemon_json(values).into_bytes(),
+                    path: DOCKER_CONFIG.into(),
+                    bytes: merged.bytes,
                 }],
+                notices: merged.notice.into_iter().collect(),
             }
         }
     }
@@ -276,7 +258,8 @@ mod tests {
             &v,
             &"v1.31.0".parse().expect("v"),
             "registry.k8s.io/pause:3.10",
-            false,
+            None,
+            &Originals::default(),
             None,
         );
         let cfg = String::from_utf8(p.files[0].bytes.clone()).expect("utf8");
@@ -294,7 +277,16 @@ mod tests {
             mirror.contains("[host.\"https://mirror.example.com\"]"),
             "{mirror}"
         );
-        assert!(containerd_config(&v, "p:1", 2).contains("version = 3"));
+        assert_eq!(
+            parse_containerd_version(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1"
+            ),
+            Some(containerd::ContainerdVersion { major: 1, minor: 6 })
+        );
+        assert_eq!(
+            parse_containerd_version("containerd containerd.io v2.0.4 1a43cb6"),
+            Some(containerd::ContainerdVersion { major: 2, minor: 0 })
+        );
     }
 
     #[test]
@@ -305,7 +297,8 @@ mod tests {
             &v,
             &"v1.24.0".parse().expect("v"),
             "p:1",
-            false,
+            None,
+            &Originals::default(),
             Some("apt"),
         );
         assert_eq!(new.shim, Some(("cri-dockerd", "cri-docker.service")));
@@ -315,7 +308,8 @@ mod tests {
             &v,
             &"v1.20.11".parse().expect("v"),
             "p:1",
-            false,
+            None,
+            &Originals::default(),
             Some("dnf"),
         );
         assert_eq!(old.shim, None);
