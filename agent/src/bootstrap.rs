@@ -146,15 +146,18 @@ pub struct Created {
     pub uid: String,
     /// Where a watch starts.
     pub resource_version: String,
+    /// The object as the API server returned it (an earlier run's may be issued already).
+    object: Value,
 }
 
 impl Created {
-    fn from_object(version: &'static str, obj: &Value) -> Created {
+    fn from_object(version: &'static str, obj: Value) -> Created {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         Created {
             version,
             uid: text(&obj["metadata"]["uid"]),
             resource_version: text(&obj["metadata"]["resourceVersion"]),
+            object: obj,
         }
     }
 }
@@ -174,7 +177,7 @@ pub async fn create(kube: &Kube, req: &Request, server: &KubeVersion) -> Result<
         let path = csr_collection(version);
         let object = csr_object(req, &format!("certificates.k8s.io/{version}"));
         match kube.post(&path, &object).await {
-            Ok(obj) => return Ok(Created::from_object(version, &obj)),
+            Ok(obj) => return Ok(Created::from_object(version, obj)),
             Err(e) if e.status() == Some(404) && version == "v1" => continue,
             Err(e) if e.status() == Some(409) => return reuse(kube, req, version).await,
             Err(e) => {
@@ -210,7 +213,7 @@ async fn reuse(kube: &Kube, req: &Request, version: &'static str) -> Result<Crea
             req.name, req.name
         )));
     }
-    Ok(Created::from_object(version, &existing))
+    Ok(Created::from_object(version, existing))
 }
 
 fn spki_of_csr_pem(pem: &[u8]) -> Option<Vec<u8>> {
@@ -222,6 +225,9 @@ fn spki_of_csr_pem(pem: &[u8]) -> Option<Vec<u8>> {
             .ok()?;
     Some(csr.certification_request_info.subject_pki.raw.to_vec())
 }
+
+/// The longest one watch runs before the CSR is read again.
+const WATCH_PERIOD: Duration = Duration::from_secs(30);
 
 /// Where a CSR stands.
 enum Verdict {
@@ -287,11 +293,17 @@ pub async fn wait_for_certificate(
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<u8>, Failure> {
+    // An earlier run's CSR may have been approved and signed while nobody watched.
+    if let Some(done) = conclude(name, verdict(&created.object)) {
+        return done;
+    }
     let deadline = Instant::now() + timeout;
     let object_path = format!("{}/{name}", csr_collection(created.version));
     let mut resource_version = created.resource_version.clone();
     let mut backoff = Duration::from_millis(200);
-    while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        // Bounded, so a watch that silently misses an event costs at most one period.
+        let remaining = left.min(WATCH_PERIOD);
         let mut path = format!(
             "{}?watch=true&fieldSelector=metadata.name%3D{name}&timeoutSeconds={}",
             csr_collection(created.version),

@@ -25,17 +25,30 @@ pub fn csr_api_version(server: &KubeVersion) -> &'static str {
 }
 
 /// The name of the kubelet ConfigMap a cluster of this version keeps, and the other one to try.
-/// kubeadm named it `kubelet-config-1.X` until the `UnversionedKubeletConfigMap` gate went on by
-/// default in 1.24 (kubeadm `cmd/kubeadm/app/constants`, kubernetes#105741); a bootstrap token may
-/// read only the one its cluster made, so the other answers 403, not 404.
-pub fn kubelet_config_names(cluster: &KubeVersion) -> [String; 2] {
+/// kubeadm named it `kubelet-config-1.X` until the `UnversionedKubeletConfigMap` gate (alpha in
+/// 1.23, on by default in 1.24, locked in 1.25: kubernetes#105741, #108027, #110327); `gate`
+/// is the gate as the cluster's ClusterConfiguration sets it. A bootstrap token may read only
+/// the one its cluster made, so the other answers 403, not 404.
+pub fn kubelet_config_names(cluster: &KubeVersion, gate: Option<bool>) -> [String; 2] {
     let versioned = format!("kubelet-config-{}.{}", cluster.major, cluster.minor);
     let unversioned = "kubelet-config".to_owned();
-    if cluster.minor_key() < (1, 24) {
-        [versioned, unversioned]
-    } else {
+    let use_unversioned = match cluster.minor_key() {
+        (1, 0..=22) => false,
+        (1, 23) => gate == Some(true),
+        (1, 24) => gate != Some(false),
+        _ => true,
+    };
+    if use_unversioned {
         [unversioned, versioned]
+    } else {
+        [versioned, unversioned]
     }
+}
+
+/// Whether kubeadm of this version binds bootstrap tokens to `kubeadm:get-nodes` (from 1.18,
+/// kubernetes#81056, for the "a Ready Node of this name exists" check).
+pub fn has_get_nodes_role(cluster: &KubeVersion) -> bool {
+    cluster.minor_key() >= (1, 18)
 }
 
 /// The pause image tag kubeadm of this minor version uses (`constants.PauseVersion`).
@@ -163,12 +176,24 @@ mod tests {
     #[test]
     fn kubelet_config_name_follows_the_cluster() {
         assert_eq!(
-            kubelet_config_names(&v("v1.20.2")),
+            kubelet_config_names(&v("v1.20.2"), None),
             ["kubelet-config-1.20", "kubelet-config"]
         );
         assert_eq!(
-            kubelet_config_names(&v("v1.24.0")),
+            kubelet_config_names(&v("v1.24.0"), None),
             ["kubelet-config", "kubelet-config-1.24"]
+        );
+        assert_eq!(
+            kubelet_config_names(&v("v1.23.5"), Some(true))[0],
+            "kubelet-config"
+        );
+        assert_eq!(
+            kubelet_config_names(&v("v1.24.5"), Some(false))[0],
+            "kubelet-config-1.24"
+        );
+        assert_eq!(
+            kubelet_config_names(&v("v1.26.0"), Some(false))[0],
+            "kubelet-config"
         );
     }
 

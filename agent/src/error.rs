@@ -106,7 +106,7 @@ codes! {
         "An approver denied the node's certificate request: ask the cluster operator why, then retry with a new token."),
     /// Nobody approved or signed the kubelet client CSR in time.
     CsrTimeout = ("bootstrap.csr-timeout", 51,
-        "Nobody approved the CSR: make sure the ClusterRoleBinding kubeadm:node-autoapprove-bootstrap exists (or approve it: kubectl certificate approve NAME), and that the controller manager signs kubelet client CSRs."),
+        "The CSR was not approved and signed in time. The message names the cause the API server reports: no auto-approval RBAC for the token's group, no csrapproving controller, or no signer. Approve it by hand (kubectl certificate approve NAME) to proceed."),
     /// The TLS bootstrap failed otherwise.
     Bootstrap = ("bootstrap.failed", 52,
         "The certificate request or the issued certificate was refused; the message says which check failed."),

@@ -84,12 +84,35 @@ pub enum ClusterConfigError {
     },
 }
 
-/// The ClusterConfiguration fields join uses.
-struct KubeadmFacts {
-    cluster_name: String,
-    version: Option<KubeVersion>,
-    image_repository: Option<String>,
-    certificates_dir: String,
+/// The ClusterConfiguration fields node-attach uses.
+#[derive(Clone, Debug)]
+pub struct KubeadmFacts {
+    /// `clusterName` (default `kubernetes`).
+    pub cluster_name: String,
+    /// `kubernetesVersion`.
+    pub version: Option<KubeVersion>,
+    /// `imageRepository`.
+    pub image_repository: Option<String>,
+    /// `certificatesDir`.
+    pub certificates_dir: String,
+    /// `featureGates.UnversionedKubeletConfigMap`.
+    pub unversioned_kubelet_config: Option<bool>,
+}
+
+/// Reads kube-system/kubeadm-config; defaults when the cluster has none or keeps it from this
+/// client (403).
+pub async fn read_kubeadm_facts(kube: &Kube) -> Result<KubeadmFacts, ClusterConfigError> {
+    match kube
+        .get("/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+        .await
+    {
+        Ok(cm) => kubeadm_facts(cm.as_ref()),
+        Err(e) if e.status() == Some(403) => kubeadm_facts(None),
+        Err(source) => Err(ClusterConfigError::Api {
+            what: "kube-system/kubeadm-config".into(),
+            source,
+        }),
+    }
 }
 
 fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, ClusterConfigError> {
@@ -98,6 +121,7 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
         version: None,
         image_repository: None,
         certificates_dir: DEFAULT_CERTIFICATES_DIR.into(),
+        unversioned_kubelet_config: None,
     };
     let Some(text) = cm.and_then(|cm| cm["data"]["ClusterConfiguration"].as_str()) else {
         return Ok(facts);
@@ -115,6 +139,10 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
     if let Some(d) = field("certificatesDir") {
         facts.certificates_dir = d.trim_end_matches('/').to_owned();
     }
+    facts.unversioned_kubelet_config = doc
+        .get("featureGates")
+        .and_then(|g| g.get("UnversionedKubeletConfigMap"))
+        .and_then(Value::as_bool);
     Ok(facts)
 }
 
@@ -129,23 +157,9 @@ pub async fn fetch_cluster_config(
     kube: &Kube,
     server: &KubeVersion,
 ) -> Result<ClusterConfig, ClusterConfigError> {
-    let kubeadm = match kube
-        .get("/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
-        .await
-    {
-        Ok(cm) => cm,
-        // Not a kubeadm cluster, or one that keeps it from bootstrap tokens: defaults apply.
-        Err(e) if e.status() == Some(403) => None,
-        Err(source) => {
-            return Err(ClusterConfigError::Api {
-                what: "kube-system/kubeadm-config".into(),
-                source,
-            })
-        }
-    };
-    let facts = kubeadm_facts(kubeadm.as_ref())?;
+    let facts = read_kubeadm_facts(kube).await?;
     let version = facts.version.clone().unwrap_or_else(|| server.clone());
-    let names = crate::compat::kubelet_config_names(&version);
+    let names = crate::compat::kubelet_config_names(&version, facts.unversioned_kubelet_config);
     let mut tried = Vec::new();
     for name in &names {
         let path = format!("/api/v1/namespaces/kube-system/configmaps/{name}");

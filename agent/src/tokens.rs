@@ -126,22 +126,52 @@ async fn ensure_binding(
     Ok(())
 }
 
+/// [`ensure_rbac`] for the cluster's own version, read from kubeadm-config (else `/version`).
+pub async fn ensure_cluster_rbac(
+    kube: &Kube,
+    groups: &[String],
+) -> Result<Vec<String>, crate::kubelet::ClusterConfigError> {
+    let api = |source| crate::kubelet::ClusterConfigError::Api {
+        what: "the cluster's RBAC for joining".into(),
+        source,
+    };
+    let facts = crate::kubelet::read_kubeadm_facts(kube).await?;
+    let cluster = match facts.version {
+        Some(v) => v,
+        None => kube.version().await.map_err(api)?.0,
+    };
+    ensure_rbac(kube, groups, &cluster, facts.unversioned_kubelet_config)
+        .await
+        .map_err(api)
+}
+
 /// Makes sure the RBAC rules kubeadm sets up for joining exist for `groups`: CSR creation
 /// (`system:node-bootstrapper`), auto-approval (`…:nodeclient`), rotation for nodes
 /// (`…:selfnodeclient`), reading Nodes, kubeadm-config and kubelet-config, and anonymous reads
 /// of cluster-info. Returns what it changed.
-pub async fn ensure_rbac(kube: &Kube, groups: &[String]) -> Result<Vec<String>, KubeError> {
+/// The kubelet-config Role follows the cluster's kubeadm version (see
+/// [`crate::compat::kubelet_config_names`]), and `kubeadm:get-nodes` exists from 1.18, so an
+/// older cluster gets exactly what its own kubeadm would have made.
+pub async fn ensure_rbac(
+    kube: &Kube,
+    groups: &[String],
+    cluster: &crate::kube_version::KubeVersion,
+    unversioned_gate: Option<bool>,
+) -> Result<Vec<String>, KubeError> {
     let mut log = Vec::new();
+    let kubelet_config = crate::compat::kubelet_config_names(cluster, unversioned_gate)[0].clone();
+    let kubelet_config_role = format!("kubeadm:{kubelet_config}");
     let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
     let cr = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
     let subjects: Vec<Value> = groups.iter().map(|g| group_subject(g)).collect();
     let get_nodes = "kubeadm:get-nodes";
-    if kube.get(&format!("{cr}/{get_nodes}")).await?.is_none() {
+    let with_get_nodes = crate::compat::has_get_nodes_role(cluster);
+    if with_get_nodes && kube.get(&format!("{cr}/{get_nodes}")).await?.is_none() {
         kube.post(cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": get_nodes},
             "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?;
         log.push(format!("created ClusterRole {get_nodes}"));
     }
-    for (name, role, subjects) in [
+    let mut bindings = vec![
         (
             "kubeadm:kubelet-bootstrap",
             "system:node-bootstrapper",
@@ -157,8 +187,11 @@ pub async fn ensure_rbac(kube: &Kube, groups: &[String]) -> Result<Vec<String>, 
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
             vec![group_subject("system:nodes")],
         ),
-        (get_nodes, get_nodes, subjects.clone()),
-    ] {
+    ];
+    if with_get_nodes {
+        bindings.push((get_nodes, get_nodes, subjects.clone()));
+    }
+    for (name, role, subjects) in bindings {
         let crb_obj = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects});
         ensure_binding(kube, crb, name, crb_obj, &mut log).await?;
@@ -174,8 +207,8 @@ pub async fn ensure_rbac(kube: &Kube, groups: &[String]) -> Result<Vec<String>, 
         ),
         (
             "kube-system",
-            "kubeadm:kubelet-config",
-            "kubelet-config",
+            kubelet_config_role.as_str(),
+            kubelet_config.as_str(),
             readers.clone(),
         ),
         (

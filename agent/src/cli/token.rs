@@ -139,7 +139,9 @@ pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure
             kube.post("/api/v1/namespaces/kube-system/secrets", &secret)
                 .await
                 .map_err(api)?;
-            let changes = tokens::ensure_rbac(&kube, &c.groups).await.map_err(api)?;
+            let changes = tokens::ensure_cluster_rbac(&kube, &c.groups)
+                .await
+                .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
             for ch in &changes {
                 reporter.notice(&format!("RBAC: {ch}"));
             }

@@ -400,9 +400,10 @@ pub async fn run(
     listen: SocketAddr,
     tls: rustls::ServerConfig,
 ) -> Result<(), String> {
-    let changes = crate::tokens::ensure_rbac(&cfg.kube, &[crate::tokens::DEFAULT_GROUP.into()])
-        .await
-        .map_err(|e| e.to_string())?;
+    let changes =
+        crate::tokens::ensure_cluster_rbac(&cfg.kube, &[crate::tokens::DEFAULT_GROUP.into()])
+            .await
+            .map_err(|e| e.to_string())?;
     for c in changes {
         tracing::info!("RBAC: {c}");
     }

@@ -462,13 +462,42 @@ fn kubectl_uses_the_bootstrapped_kubelet_conf() {
 fn pending_and_denied_csrs_have_their_own_messages() {
     let cp = control_plane();
     cp.set_approval(Approval::Pending);
-    let node = Node::new();
+    let mut node = Node::new();
     let mut args = scale_out(&cp, &node, "pending-1");
     args.extend(["--csr-timeout".into(), "2s".into()]);
+    // The binding is there: the hint names the approver, not RBAC.
     join(&args, &[])
         .expect_code(51)
-        .expect_output("kubeadm:node-autoapprove-bootstrap")
+        .expect_output("RBAC is in place")
+        .expect_output("csrapproving controller")
         .expect_output("kubectl certificate approve node-csr-");
+    // Approved and signed while nobody waited: the rerun takes the certificate at once,
+    // without watching.
+    cp.set_approval(Approval::Auto);
+    let issued = || {
+        cp.list(Kind::Csr).iter().any(|c| {
+            c["spec"]["username"] == "system:bootstrap:abcdef"
+                && c["status"]["certificate"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !issued() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(issued(), "the controllers did not sign the pending CSR");
+    let before = cp.requests().len();
+    node.kubelet();
+    let mut rerun = scale_out(&cp, &node, "pending-1");
+    rerun.extend(["--csr-timeout".into(), "60s".into()]);
+    join(&rerun, &[]).expect_code(0);
+    assert!(
+        !cp.requests()[before..]
+            .iter()
+            .any(|r| r.path.contains("certificatesigningrequests") && r.query.contains("watch")),
+        "the rerun watched a CSR that was already issued"
+    );
     cp.set_approval(Approval::Deny);
     let node = Node::new();
     let args = scale_out(&cp, &node, "denied-1");
@@ -483,7 +512,10 @@ fn pending_and_denied_csrs_have_their_own_messages() {
     let node = Node::new();
     let mut args = scale_out(&cp, &node, "unbound-1");
     args.extend(["--csr-timeout".into(), "2s".into()]);
-    join(&args, &[]).expect_code(51);
+    join(&args, &[])
+        .expect_code(51)
+        .expect_output("may not have node CSRs auto-approved")
+        .expect_output("kubeadm:node-autoapprove-bootstrap");
 }
 
 #[test]

@@ -253,6 +253,9 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     if !served(shared, group, version) {
         return route_not_found();
     }
+    if (group, rest) == ("authorization.k8s.io", &["selfsubjectaccessreviews"][..]) {
+        return self_subject_access_review(shared, req);
+    }
     let (namespace, rest) = match rest {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (ns.to_string(), tail),
         _ => (String::new(), rest),
@@ -324,9 +327,52 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     }
 }
 
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: what any authenticated
+/// user may ask of its own permissions (kube-apiserver `pkg/registry/authorization/
+/// selfsubjectaccessreview`), answered by the same authorizer as every request; the review
+/// comes back with `status.allowed` (and `denied`/`reason` left out, as RBAC leaves them).
+fn self_subject_access_review(shared: &Shared, req: &Req) -> Reply {
+    if req.method != "POST" {
+        return status_error(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            None,
+        );
+    }
+    let Ok(mut review) = serde_json::from_slice::<Value>(&req.body) else {
+        return status_error(
+            400,
+            "BadRequest",
+            "the body is not a SelfSubjectAccessReview",
+            None,
+        );
+    };
+    let ra = &review["spec"]["resourceAttributes"];
+    let field = |k: &str| ra[k].as_str().unwrap_or_default().to_owned();
+    let attrs = Attributes {
+        verb: field("verb"),
+        group: field("group"),
+        resource: field("resource"),
+        subresource: field("subresource"),
+        namespace: field("namespace"),
+        name: field("name"),
+        path: review["spec"]["nonResourceAttributes"]["path"]
+            .as_str()
+            .map(str::to_owned),
+    };
+    let allowed = authorize(&shared.lock().store, &req.user, &attrs);
+    review["status"] = json!({"allowed": allowed});
+    review["metadata"] = json!({"creationTimestamp": null});
+    Reply::json(201, &review)
+}
+
 fn served(shared: &Shared, group: &str, version: &str) -> bool {
     match (group, version) {
-        ("", "v1") | ("rbac.authorization.k8s.io", "v1") | ("policy", "v1") => true,
+        ("", "v1")
+        | ("rbac.authorization.k8s.io", "v1")
+        | ("policy", "v1")
+        | ("authorization.k8s.io", "v1") => true,
         ("certificates.k8s.io", "v1") => !shared.options.csr_v1beta1_only,
         ("certificates.k8s.io", "v1beta1") => true,
         _ => false,
