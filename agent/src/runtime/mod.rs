@@ -131,6 +131,22 @@ pub struct Originals {
     pub docker: Option<Vec<u8>>,
 }
 
+/// Where cri-dockerd gets the flags the kubelet's dockershim took before 1.24.
+pub const CRI_DOCKERD_DROPIN: &str = "/etc/systemd/system/cri-docker.service.d/10-node-attach.conf";
+
+/// cri-dockerd's unit drop-in: the CNI network plugin (else pods sit on docker0, with no
+/// cross-node networking) and the cluster's sandbox image, as kubeadm's docker-era flags gave
+/// the dockershim. Socket activation (`fd://`) stays as the package's unit has it.
+fn cri_dockerd_dropin(pause: &str) -> RuntimeFile {
+    let text = format!(
+        "# Written by node-attach; removed by node-attach reset.\n[Service]\nExecStart=\nExecStart=/usr/bin/cri-dockerd --container-runtime-endpoint fd:// --network-plugin=cni --pod-infra-container-image={pause}\n"
+    );
+    RuntimeFile {
+        path: CRI_DOCKERD_DROPIN.into(),
+        bytes: text.into_bytes(),
+    }
+}
+
 /// The kubelet's built-in dockershim socket (before 1.24), as kubeadm names it.
 pub const DOCKERSHIM_ENDPOINT: &str = "unix:///var/run/dockershim.sock";
 
@@ -199,11 +215,13 @@ pub fn plan(
                     "/run/cri-dockerd.sock".into()
                 },
                 endpoint: (!dockershim).then(|| "unix:///run/cri-dockerd.sock".to_owned()),
-                pause_image: pause,
-                files: vec![RuntimeFile {
+                files: std::iter::once(RuntimeFile {
                     path: DOCKER_CONFIG.into(),
                     bytes: merged.bytes,
-                }],
+                })
+                .chain((!dockershim).then(|| cri_dockerd_dropin(&pause)))
+                .collect(),
+                pause_image: pause,
                 notices: merged.notice.into_iter().collect(),
             }
         }
@@ -220,8 +238,14 @@ pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyE
         applier.package(pkg, None)?;
     }
     let mut changed = false;
+    let mut units_changed = false;
     for f in &plan.files {
-        changed |= applier.file(&f.path, 0o644, &f.bytes, false)?.changes();
+        let c = applier.file(&f.path, 0o644, &f.bytes, false)?.changes();
+        changed |= c;
+        units_changed |= c && f.path.starts_with("/etc/systemd");
+    }
+    if units_changed {
+        applier.daemon_reload()?;
     }
     applier.enable(plan.unit)?;
     applier.start(plan.unit, changed)?;
@@ -302,6 +326,11 @@ mod tests {
             Some("apt"),
         );
         assert_eq!(new.shim, Some(("cri-dockerd", "cri-docker.service")));
+        let dropin = String::from_utf8(new.files[1].bytes.clone()).expect("utf8");
+        assert!(
+            dropin.contains("--network-plugin=cni --pod-infra-container-image=p:1"),
+            "{dropin}"
+        );
         assert_eq!(new.package, "docker.io");
         let old = plan(
             RuntimeKind::Docker,
