@@ -181,10 +181,7 @@ pub async fn create(kube: &Kube, req: &Request, server: &KubeVersion) -> Result<
             Err(e) if e.status() == Some(404) && version == "v1" => continue,
             Err(e) if e.status() == Some(409) => return reuse(kube, req, version).await,
             Err(e) => {
-                return Err(bootstrap_fail(format!(
-                    "creating the CSR {}: {e}",
-                    req.name
-                )))
+                return Err(e.failure(Code::Bootstrap, &format!("creating the CSR {}", req.name)))
             }
         }
     }
@@ -199,7 +196,12 @@ async fn reuse(kube: &Kube, req: &Request, version: &'static str) -> Result<Crea
     let existing = kube
         .get(&format!("{}/{}", csr_collection(version), req.name))
         .await
-        .map_err(|e| bootstrap_fail(format!("reading the existing CSR {}: {e}", req.name)))?
+        .map_err(|e| {
+            e.failure(
+                Code::Bootstrap,
+                &format!("reading the existing CSR {}", req.name),
+            )
+        })?
         .ok_or_else(|| bootstrap_fail(format!("the CSR {} vanished", req.name)))?;
     let same_key = existing["spec"]["request"]
         .as_str()
@@ -334,6 +336,9 @@ pub async fn wait_for_certificate(
                 }
             }
             Ok(None) => {}
+            Err(e) if e.is_tls() => {
+                return Err(e.failure(Code::Bootstrap, &format!("watching the CSR {name}")))
+            }
             Err(e) => tracing::info!("the watch on the CSR {name} ended ({e}); reading it again"),
         }
         // Resync, as UntilWithSync does: read the object, check it is still ours, go on.
@@ -357,7 +362,7 @@ pub async fn wait_for_certificate(
             Err(e) if e.is_transient() => {
                 tracing::info!("reading the CSR {name}: {e}; retrying")
             }
-            Err(e) => return Err(bootstrap_fail(format!("reading the CSR {name}: {e}"))),
+            Err(e) => return Err(e.failure(Code::Bootstrap, &format!("reading the CSR {name}"))),
         }
         let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;

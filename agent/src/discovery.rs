@@ -9,10 +9,21 @@
 //! 3. Pin the CA: some certificate in the kubeconfig's CA bundle must match a
 //!    `--discovery-token-ca-cert-hash` ([`crate::pin`]). Without pins, refuse unless the caller
 //!    explicitly chose to skip CA verification.
-//! 4. Fetch cluster-info again over TLS that trusts only that CA bundle, and require the same
+//! 4. Fetch cluster-info again over TLS that trusts only the pinned CA, and require the same
 //!    kubeconfig bytes.
 //!
 //! Only then is the API server (the `server:` inside cluster-info) trusted.
+//!
+//! **Beyond kubeadm, on purpose.** kubeadm trusts the whole CA bundle of cluster-info once one
+//! certificate in it matches a pin. Anyone holding a bootstrap token can publish a cluster-info
+//! signed with it, so a bundle of the real CA plus one of their own would pass and their CA would
+//! be trusted for every later call and written for the kubelet. node-attach trusts only the
+//! certificates whose public key a pin names: for the pinned re-fetch, every API call after it,
+//! and the `ca.crt` the kubelet gets. It refuses a pinned certificate that is expired, not yet
+//! valid or not a CA ([`DiscoveryError::PinnedCaInvalid`]), and a `server:` URL that is not
+//! https or carries credentials. A serving certificate that stops chaining to the pinned CA
+//! later in the join is reported as a trust failure (`trust.server-changed`), never as
+//! "unreachable".
 
 use crate::error::{Code, Coded};
 use crate::http::{
@@ -67,10 +78,11 @@ pub struct Discovered {
     pub ca_bundle_pins: Vec<CaPin>,
     /// Whether the CA was pinned and the TLS re-fetch succeeded.
     pub ca_verified: bool,
-    /// The CA bundle (PEM), to write as `/etc/kubernetes/pki/ca.crt`.
+    /// The trusted CA certificates (PEM: only the pinned ones), to write as
+    /// `/etc/kubernetes/pki/ca.crt`.
     #[serde(skip)]
     pub ca_pem: Vec<u8>,
-    /// The CA certificates (DER), for TLS configurations.
+    /// The trusted CA certificates (DER), for TLS configurations.
     #[serde(skip)]
     pub ca_ders: Vec<Vec<u8>>,
 }
@@ -127,6 +139,14 @@ pub enum DiscoveryError {
         /// Pins given.
         expected: PinList,
     },
+    /// The certificate a pin names cannot serve as the cluster CA.
+    #[error("the pinned CA certificate ({pin}) cannot be trusted: {reason}")]
+    PinnedCaInvalid {
+        /// Its pin.
+        pin: CaPin,
+        /// Why.
+        reason: String,
+    },
     /// The TLS re-fetch that trusts only the pinned CA failed.
     #[error("the API server at {endpoint} does not present a certificate issued by the pinned cluster CA: {source}")]
     PinnedTls {
@@ -164,6 +184,7 @@ impl Coded for DiscoveryError {
             DiscoveryError::SignatureMismatch { .. } => Code::DiscoverySignatureMismatch,
             DiscoveryError::Malformed { .. } => Code::DiscoveryMalformed,
             DiscoveryError::PinMismatch { .. } => Code::DiscoveryPinMismatch,
+            DiscoveryError::PinnedCaInvalid { .. } => Code::DiscoveryPinnedCaInvalid,
             DiscoveryError::PinnedTls { .. } => Code::DiscoveryPinnedTls,
             DiscoveryError::Changed { .. } => Code::DiscoveryChanged,
         }
@@ -288,6 +309,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     let info = Kubeconfig::parse(&kubeconfig)
         .and_then(|k| k.current_cluster())
         .map_err(|e| malformed(e.to_string()))?;
+    check_server_url(&info.server).map_err(malformed)?;
     let ca_ders = certificates_from_pem(&info.ca_pem).map_err(|e| malformed(e.to_string()))?;
     let ca_bundle_pins = ca_ders
         .iter()
@@ -311,19 +333,34 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         });
     }
 
-    let Some((_, matched)) = req
+    let pinned = req
         .pins
-        .first_match(&ca_ders)
-        .map_err(|e| malformed(e.to_string()))?
-    else {
+        .pinned(&ca_ders)
+        .map_err(|e| malformed(e.to_string()))?;
+    let Some((_, matched)) = pinned.first().cloned() else {
         return Err(DiscoveryError::PinMismatch {
             found: PinList(ca_bundle_pins),
             expected: PinList(req.pins.pins().to_vec()),
         });
     };
+    for (der, pin) in &pinned {
+        if let Some(reason) = crate::pin::unfit_as_ca(der) {
+            return Err(DiscoveryError::PinnedCaInvalid {
+                pin: pin.clone(),
+                reason,
+            });
+        }
+    }
+    let trusted: Vec<Vec<u8>> = pinned.iter().map(|(der, _)| der.to_vec()).collect();
+    if trusted.len() < ca_ders.len() {
+        tracing::warn!(
+            unpinned = ca_ders.len() - trusted.len(),
+            "cluster-info's CA bundle holds certificates no pin names; they are not trusted"
+        );
+    }
     tracing::info!(pin = %matched, "cluster CA matches the pin");
 
-    let pinned_tls = tls::trusting_only(&ca_ders).map_err(|e| malformed(e.to_string()))?;
+    let pinned_tls = tls::trusting_only(&trusted).map_err(|e| malformed(e.to_string()))?;
     let pinned = Http::new(pinned_tls, req.limits).map_err(|e| malformed(e.to_string()))?;
     let remaining = req
         .timeout
@@ -349,9 +386,25 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         ca_pin: Some(matched),
         ca_bundle_pins,
         ca_verified: true,
-        ca_pem: info.ca_pem,
-        ca_ders,
+        ca_pem: crate::pin::certificates_to_pem(&trusted),
+        ca_ders: trusted,
     })
+}
+
+/// The API server URL cluster-info names must be https, and carry no credentials (which would
+/// otherwise reach logs, kubeconfigs and the kubelet).
+fn check_server_url(server: &str) -> Result<(), String> {
+    let url = url::Url::parse(server).map_err(|e| format!("its server URL does not parse: {e}"))?;
+    if url.scheme() != "https" {
+        return Err(format!("its server URL is not https ({})", url.scheme()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("its server URL carries credentials (user:password@); refused".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("its server URL names no host".into());
+    }
+    Ok(())
 }
 
 fn poll_failure(

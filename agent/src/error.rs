@@ -80,6 +80,9 @@ codes! {
     /// Discovery was asked to proceed without a CA pin and without the explicit unsafe flag.
     DiscoveryNoPins = ("discovery.no-pins", 28,
         "Pass --discovery-token-ca-cert-hash sha256:<hash> (from the cluster operator), or accept the risk explicitly with --discovery-token-unsafe-skip-ca-verification."),
+    /// The pinned CA certificate cannot serve as a CA.
+    DiscoveryPinnedCaInvalid = ("discovery.pinned-ca-invalid", 29,
+        "The certificate the pin names is expired, not yet valid, or not a CA (basic constraints, key usage). Check the cluster's CA and the pin; do not proceed until they are right."),
     /// A preflight check failed.
     Preflight = ("preflight", 30,
         "Fix what the failed check names, or downgrade it with --ignore-preflight-errors=<id> if you know it is harmless."),
@@ -95,6 +98,9 @@ codes! {
     /// The cluster's kubelet or kubeadm configuration could not be read.
     ClusterConfig = ("cluster.config", 34,
         "The bootstrap token could not read kube-system/kubelet-config or kubeadm-config: check kubeadm's RBAC rules (kubeadm:kubelet-config, kubeadm:nodes-kubeadm-config)."),
+    /// The API server's certificate stopped chaining to the pinned CA after discovery.
+    ServerChanged = ("trust.server-changed", 35,
+        "After discovery the API server presented a certificate the pinned CA did not issue: someone may be intercepting the connection, or the control plane's certificates changed mid-join. Check the endpoint, then rerun."),
     /// The container runtime could not be installed, configured or reached.
     Runtime = ("runtime", 40,
         "Check the runtime's service (journalctl -u containerd / docker) and the package manager's output."),

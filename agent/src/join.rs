@@ -680,9 +680,9 @@ async fn cluster_checks(
     joined_before: bool,
 ) -> Result<ClusterFacts, Failure> {
     let (version, date) = kube.version().await.map_err(|e| {
-        Failure::new(
+        e.failure(
             Code::DiscoveryUnreachable,
-            format!("reading the API server's version: {e}"),
+            "reading the API server's version",
         )
     })?;
     let mut checks = Vec::new();
@@ -743,7 +743,12 @@ async fn cluster_checks(
     }
     let config = kubelet::fetch_cluster_config(kube, &version)
         .await
-        .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
+        .map_err(|e| match &e {
+            kubelet::ClusterConfigError::Api { what, source } => {
+                source.failure(Code::ClusterConfig, &format!("reading {what}"))
+            }
+            _ => Failure::new(Code::ClusterConfig, e.to_string()),
+        })?;
     Ok(ClusterFacts {
         version,
         kubelet_version,

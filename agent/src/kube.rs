@@ -1,6 +1,7 @@
 //! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
 //! cluster CA, as the bootstrap token or as the node itself.
 
+use crate::error::{Code, Failure};
 use crate::http::{Http, HttpError, Limits, Request, Target};
 use crate::kube_version::KubeVersion;
 use crate::secret::Secret;
@@ -35,6 +36,23 @@ impl KubeError {
             KubeError::Http(e) => e.status(),
             _ => None,
         }
+    }
+
+    /// Whether the TLS handshake failed: after discovery, the server's certificate no longer
+    /// chains to the pinned CA.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, KubeError::Http(HttpError::Tls { .. }))
+    }
+
+    /// The failure to report for an API call that failed this way: a TLS failure is a trust
+    /// failure ([`Code::ServerChanged`]) whatever the call was, anything else `code`.
+    pub fn failure(&self, code: Code, context: &str) -> Failure {
+        let code = if self.is_tls() {
+            Code::ServerChanged
+        } else {
+            code
+        };
+        Failure::new(code, format!("{context}: {}", crate::error::chain(self)))
     }
 
     /// Whether trying again later may succeed (connection failures, timeouts, 429, 5xx).

@@ -167,6 +167,72 @@ impl PinSet {
     }
 }
 
+impl PinSet {
+    /// Every certificate whose SPKI some pin names, with its pin, in bundle order: the only
+    /// ones node-attach trusts once a pin matched. Every pair is compared.
+    pub fn pinned<'a>(
+        &self,
+        certificates: &'a [Vec<u8>],
+    ) -> Result<Vec<(&'a [u8], CaPin)>, PinError> {
+        let mut out = Vec::new();
+        for der in certificates {
+            let pin = CaPin::of_certificate_der(der)?;
+            let mut hit = false;
+            for allowed in &self.0 {
+                hit |= allowed.matches(&pin);
+            }
+            if hit {
+                out.push((der.as_slice(), pin));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a pinned certificate cannot serve as the cluster CA.
+pub fn unfit_as_ca(der: &[u8]) -> Option<String> {
+    let (_, cert) = match x509_parser::parse_x509_certificate(der) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("it does not parse: {e}")),
+    };
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if validity.not_before > now {
+        return Some(format!("it is not valid before {}", validity.not_before));
+    }
+    if validity.not_after < now {
+        return Some(format!("it expired on {}", validity.not_after));
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(_) => return Some("it is not a CA certificate (basic constraints lack CA:TRUE)".into()),
+        Err(e) => return Some(format!("its basic constraints are malformed: {e}")),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            Some("its key usage does not allow signing certificates (keyCertSign)".into())
+        }
+        Err(e) => Some(format!("its key usage is malformed: {e}")),
+        _ => None,
+    }
+}
+
+/// PEM `CERTIFICATE` blocks for DER certificates.
+pub fn certificates_to_pem(ders: &[Vec<u8>]) -> Vec<u8> {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
 /// The DER SubjectPublicKeyInfo inside a DER certificate.
 pub fn spki_of_certificate(der: &[u8]) -> Result<&[u8], PinError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

@@ -9,5 +9,6 @@ mod operator;
 mod reset;
 mod serve;
 mod support;
+mod trust;
 mod units;
 mod values;

@@ -128,6 +128,9 @@ pub struct Faults {
     pub cluster_info: ClusterInfoFault,
     /// Serve TLS with a certificate from another CA.
     pub foreign_serving_cert: bool,
+    /// Serve the foreign certificate from the handshake after this many (a certificate
+    /// swapped mid-join: discovery's handshakes pass, later ones do not).
+    pub foreign_serving_cert_after: Option<usize>,
     /// Answers the values endpoint gives before answering normally.
     pub values_script: VecDeque<Scripted>,
     /// Redirect the values endpoint to this URL.

@@ -23,14 +23,18 @@ struct Resolver {
     real: Arc<CertifiedKey>,
     foreign: Arc<CertifiedKey>,
     shared: std::sync::Weak<Shared>,
+    handshakes: std::sync::atomic::AtomicUsize,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let foreign = self
-            .shared
-            .upgrade()
-            .is_some_and(|s| s.lock().faults.foreign_serving_cert);
+        let n = self
+            .handshakes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let foreign = self.shared.upgrade().is_some_and(|s| {
+            let f = &s.lock().faults;
+            f.foreign_serving_cert || f.foreign_serving_cert_after.is_some_and(|after| n >= after)
+        });
         Some(if foreign {
             self.foreign.clone()
         } else {
@@ -82,6 +86,7 @@ fn tls_config(shared: &Arc<Shared>) -> rustls::ServerConfig {
             real,
             foreign,
             shared: Arc::downgrade(shared),
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
         }));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg
