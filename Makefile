@@ -30,12 +30,23 @@ clippy:
 
 shellcheck:
 	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
-	shellcheck -S warning tests/e2e/run.sh
+	shellcheck -S warning tests/e2e/run.sh tests/e2e/images/*.sh tests/kubernetes/*.sh
 
-# The integration tests run the workspace binaries (node-attach, kubelet-standin): build them first.
+# The integration tests run the workspace binaries (node-attach, kubelet-standin): build them
+# first. As root, one real Kubernetes control plane (tests/kubernetes/cluster.sh) serves the whole
+# run and is stopped afterwards, however the tests end; not as root, its tests skip loudly.
+REAL_CLUSTER_DIR ?= target/real-cluster
 unit:
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	@if [ "$$(id -u)" = 0 ]; then \
+	  bash tests/kubernetes/build.sh >/dev/null && \
+	  rm -rf $(REAL_CLUSTER_DIR) && mkdir -p $(REAL_CLUSTER_DIR) && \
+	  bash tests/kubernetes/cluster.sh up $(REAL_CLUSTER_DIR) --owner-pid $$$$ && \
+	  { NODE_ATTACH_REAL_CLUSTER=$$(realpath $(REAL_CLUSTER_DIR)) $(CARGO) test --workspace; rc=$$?; \
+	    bash tests/kubernetes/cluster.sh down $(REAL_CLUSTER_DIR); exit $$rc; }; \
+	else \
+	  $(CARGO) test --workspace; \
+	fi
 
 ## Fuzz each parser for FUZZ_SECONDS (needs nightly; installs cargo-fuzz if missing). Not in CI.
 FUZZ_SECONDS ?= 30
