@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Requests per minute per client address on the anonymous endpoints.
     #[arg(long, default_value_t = 60)]
     pub rate_per_minute: u32,
+    /// Also serve this directory read-only at /files/... (GET and HEAD; regular files only, no
+    /// listing, no symlinks followed): attach.sh, the binary and its .sha256.
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<PathBuf>,
 }
 
 /// Admin client, CA pin and API endpoint from a kubeconfig path (or the defaults).
@@ -87,6 +91,12 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
     if !args.public_url.starts_with("https://") {
         return Err(usage("--public-url must be an https URL".into()));
     }
+    let files = args
+        .files
+        .as_deref()
+        .map(serve::files::Files::open)
+        .transpose()
+        .map_err(usage)?;
     let cfg = ServeConfig {
         kube,
         namespace: args.namespace,
@@ -95,6 +105,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
         public_url: args.public_url,
         bootstrap_ttl: args.bootstrap_ttl,
         rate_per_minute: args.rate_per_minute,
+        files,
     };
     serve::run(cfg, args.listen, tls)
         .await

@@ -12,14 +12,19 @@
 //! All state lives in the cluster ([`store`]), so replicas share it and a restart loses nothing.
 //! Per-address rate limits and body limits guard the anonymous endpoints; tokens are compared by
 //! hash in constant time; every use is logged without the token.
+//!
+//! With `--files DIR` it also serves DIR read-only at `/files/...` ([`files`]): the installer,
+//! the static binary and its digest, over the same HTTPS listener.
 
+pub mod files;
 pub mod store;
 
 use crate::kube::Kube;
 use crate::token::{BootstrapToken, OpenApiToken};
 use crate::validate::Labels;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
@@ -45,7 +50,15 @@ pub struct ServeConfig {
     pub bootstrap_ttl: Duration,
     /// Requests per minute per client address on the anonymous endpoints.
     pub rate_per_minute: u32,
+    /// The directory served read-only at `/files/...`, if any.
+    pub files: Option<files::Files>,
 }
+
+/// A response body: a small buffer, or a file streamed from disk.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How long one connection may live, however busy (bounds a slow download too).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 struct Limiter {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
@@ -79,16 +92,20 @@ struct Service {
     limiter: Limiter,
 }
 
-fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(body.into()))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
+fn error(status: u16, message: &str) -> Response<Body> {
     reply(
         status,
         "application/json",
@@ -102,7 +119,7 @@ fn now() -> i64 {
 }
 
 impl Service {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         if !self.limiter.allow(peer.ip()) {
@@ -133,8 +150,57 @@ impl Service {
                 self.callback(token, &body, peer).await
             }
             ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
+            (method, ["files", ..]) => self.file(method, &path, peer).await,
             _ => error(404, "not found"),
         }
+    }
+
+    /// `GET`/`HEAD /files/...`: see [`files`].
+    async fn file(&self, method: &str, path: &str, peer: SocketAddr) -> Response<Body> {
+        let Some(files) = &self.cfg.files else {
+            return error(404, "not found");
+        };
+        let head = match method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => {
+                let mut r = error(405, "method not allowed");
+                r.headers_mut().insert(
+                    "allow",
+                    hyper::header::HeaderValue::from_static("GET, HEAD"),
+                );
+                return r;
+            }
+        };
+        let rel = path.strip_prefix("/files/").unwrap_or_default();
+        let opened = match files.get(rel).await {
+            Ok(o) => o,
+            Err(files::Refusal::BadPath) => return error(400, "bad file path"),
+            Err(files::Refusal::NotFound) => return error(404, "not found"),
+            Err(files::Refusal::Busy) => {
+                let mut r = error(503, "too many transfers");
+                r.headers_mut()
+                    .insert("retry-after", hyper::header::HeaderValue::from_static("5"));
+                return r;
+            }
+        };
+        tracing::info!(peer = %peer.ip(), path = ?rel, bytes = opened.len, head, "file served");
+        let mut b = Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", opened.len)
+            .header("cache-control", "no-cache")
+            .header("x-content-type-options", "nosniff");
+        if let Some(m) = opened.modified {
+            b = b.header("last-modified", httpdate::fmt_http_date(m));
+        }
+        let body = if head {
+            Empty::new().map_err(|e| match e {}).boxed()
+        } else {
+            opened.body.boxed()
+        };
+        b.body(body)
+            .unwrap_or_else(|_| error(500, "cannot build the response"))
     }
 
     async fn values(
@@ -143,7 +209,7 @@ impl Service {
         instance: String,
         ack: bool,
         peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let Ok(parsed) = token.parse::<OpenApiToken>() else {
             return error(404, "unknown or expired openapi token");
         };
@@ -245,12 +311,7 @@ impl Service {
         reply(200, "application/json", values.to_string())
     }
 
-    async fn callback(
-        &self,
-        token: String,
-        body: &[u8],
-        peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    async fn callback(&self, token: String, body: &[u8], peer: SocketAddr) -> Response<Body> {
         let Ok(parsed) = token.parse::<OpenApiToken>() else {
             return error(404, "unknown openapi token");
         };
@@ -442,11 +503,11 @@ pub async fn run(
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, svc)
-                .await;
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
 }

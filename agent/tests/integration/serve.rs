@@ -22,6 +22,10 @@ impl Drop for Replica {
 }
 
 fn replica(dir: &std::path::Path, port: u16) -> Replica {
+    replica_with(dir, port, &[])
+}
+
+fn replica_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Replica {
     let mut child = Command::new(binary())
         .args(["serve", "--kubeconfig"])
         .arg(dir.join("admin.conf"))
@@ -30,6 +34,7 @@ fn replica(dir: &std::path::Path, port: u16) -> Replica {
         .arg("--tls-key")
         .arg(dir.join("svc.key"))
         .args(["--public-url", &format!("https://127.0.0.1:{port}"), "-v"])
+        .args(extra)
         .env_clear()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -273,4 +278,111 @@ fn acks_node_info_form_is_served_too() {
         v.node_name_mode,
         Some(node_attach::values::NodeNameMode::NodeIp)
     );
+}
+
+/// The largest resident set `pid` has had, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn files_are_served_read_only_streamed_and_confined_to_their_directory() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    let cert = cp.issue_server(&["127.0.0.1".into()]);
+    write(dir.path(), "svc.crt", &cert.cert_pem);
+    write(dir.path(), "svc.key", &cert.key_pem);
+    let ca = write(dir.path(), "ca.pem", &cp.ca_pem());
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("sub")).expect("mkdir");
+    write(&www, "attach.sh", "#!/bin/sh\necho attach\n");
+    write(&www.join("sub"), "n.sha256", "abc  n\n");
+    write(dir.path(), "secret.txt", "outside the served directory");
+    std::os::unix::fs::symlink("../secret.txt", www.join("escape")).expect("symlink");
+    // A 200 MiB sparse file: served whole, yet never held in memory.
+    let big = std::fs::File::create(www.join("big")).expect("big");
+    big.set_len(200 << 20).expect("set_len");
+    drop(big);
+    let www_arg = www.display().to_string();
+    // Many requests from one address: lift the rate limit for this test.
+    let r = replica_with(
+        dir.path(),
+        free_port(),
+        &["--files", &www_arg, "--rate-per-minute", "100000"],
+    );
+    let curl = |args: &[&str]| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--cacert"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let status = |method: &str, path: &str| -> String {
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--path-as-is",
+            "-X",
+            method,
+            &format!("{}{path}", r.url),
+        ])
+        .0
+    };
+
+    let (body, _) = curl(&[&format!("{}/files/attach.sh", r.url)]);
+    assert_eq!(body, "#!/bin/sh\necho attach\n");
+    assert_eq!(
+        curl(&[&format!("{}/files/sub/n.sha256", r.url)]).0,
+        "abc  n\n"
+    );
+    // HEAD: the headers a download would get, no body.
+    let (head, _) = curl(&["-I", &format!("{}/files/big", r.url)]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 209715200"),
+        "{head}"
+    );
+    // Only GET and HEAD; no listing; no way out; no symlinks; no hidden files.
+    assert_eq!(status("POST", "/files/attach.sh"), "405");
+    assert_eq!(status("PUT", "/files/attach.sh"), "405");
+    assert_eq!(status("GET", "/files/"), "400");
+    assert_eq!(status("GET", "/files/sub"), "404");
+    assert_eq!(status("GET", "/files/../secret.txt"), "400");
+    assert_eq!(status("GET", "/files/sub/../../secret.txt"), "400");
+    assert_eq!(status("GET", "/files/%2e%2e/secret.txt"), "400");
+    assert_eq!(status("GET", "/files/sub%2f..%2f..%2fsecret.txt"), "400");
+    assert_eq!(status("GET", "/files/escape"), "404");
+    assert_eq!(status("GET", "/files/.hidden"), "400");
+    assert_eq!(status("GET", "/files/missing"), "404");
+
+    let before = peak_rss_kib(r.child.id());
+    let (size, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{http_code}",
+        &format!("{}/files/big", r.url),
+    ]);
+    assert_eq!(size, "209715200 200", "{err}");
+    let grown = peak_rss_kib(r.child.id()).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "serving a 200 MiB file grew the peak RSS by {grown} KiB: not streamed"
+    );
+    let log = r.stderr.lock().expect("lock").clone();
+    assert!(!log.contains("outside the served directory"), "{log}");
 }
