@@ -160,11 +160,16 @@ fn node_authorizer(user: &User, a: &Attributes) -> bool {
         a.resource.as_str(),
         a.subresource.as_str(),
     ) {
+        // As bootstrappolicy NodeRules (v1.20.2, plugin/pkg/auth/authorizer/rbac/
+        // bootstrappolicy/policy.go): create, get, list, watch, update and patch on nodes, and
+        // never delete: a node cannot delete its own Node object.
         ("", "nodes", "") => matches!(
             a.verb.as_str(),
-            "get" | "list" | "watch" | "create" | "update" | "patch" | "delete"
+            "get" | "list" | "watch" | "create" | "update" | "patch"
         ),
         ("", "nodes", "status") => matches!(a.verb.as_str(), "get" | "update" | "patch"),
+        ("", "pods", "") => matches!(a.verb.as_str(), "get" | "list" | "watch" | "create" | "delete"),
+        ("", "pods", "status") => matches!(a.verb.as_str(), "update" | "patch"),
         ("certificates.k8s.io", "certificatesigningrequests", "") => {
             matches!(a.verb.as_str(), "create" | "get" | "list" | "watch")
         }
