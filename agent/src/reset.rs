@@ -69,8 +69,11 @@ pub struct ResetOptions {
     pub remove_packages: bool,
     /// Cleanup steps to skip: mounts, containers, cni, iptables, interfaces, kubelet-state.
     pub skip: Vec<String>,
-    /// Drain the node first with this admin kubeconfig's text.
-    pub drain_kubeconfig: Option<String>,
+    /// Drain the node first (with [`ResetOptions::admin_kubeconfig`]).
+    pub drain: bool,
+    /// An admin kubeconfig's text: drains, and deletes the Node (a node may not delete its
+    /// own Node object on a real cluster: the Node authorizer grants nodes no delete).
+    pub admin_kubeconfig: Option<String>,
     /// How long the drain may take.
     pub drain_timeout: Duration,
 }
@@ -183,7 +186,7 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         pinned: Vec::new(),
     };
 
-    if let Some(admin) = &opts.drain_kubeconfig {
+    if let (true, Some(admin)) = (opts.drain, &opts.admin_kubeconfig) {
         drain(&mut ctx, admin).await?;
     }
     let node = if opts.delete_node {
@@ -289,87 +292,93 @@ fn first_records(records: &[Record]) -> std::collections::HashMap<PathBuf, u64> 
     out
 }
 
+/// Deletes this node's Node object: with the admin kubeconfig when given, else with the
+/// node's own credentials, which a real API server refuses (its Node authorizer grants nodes
+/// create, get, update and patch on Nodes, never delete: `plugin/pkg/auth/authorizer/rbac/
+/// bootstrappolicy` `NodeRules`); that refusal is a failed step saying what to do.
 async fn delete_node(ctx: &mut Ctx<'_>) -> String {
-    let root = &ctx.fx.root;
-    let Some(conf) = root.read(Path::new(bootstrap::KUBELET_CONF)).ok().flatten() else {
+    let Some(name) = own_node_name(&ctx.fx.root) else {
         ctx.step(
             "api",
             "DELETE node",
             "skipped",
-            "no /etc/kubernetes/kubelet.conf: no node credentials",
+            "the node's name is unknown (no certificate, no state file)",
         );
-        return "skipped: no node credentials".into();
+        return "skipped: the node's name is unknown".into();
     };
-    let Some(pair) = root
-        .read_following(Path::new(bootstrap::CURRENT))
-        .ok()
-        .flatten()
-    else {
-        ctx.step("api", "DELETE node", "skipped", "no client certificate");
-        return "skipped: no client certificate".into();
-    };
-    let name = node_name_of(&pair);
-    let cluster =
-        Kubeconfig::parse(&String::from_utf8_lossy(&conf)).and_then(|k| k.current_cluster());
-    let (Some(name), Ok(cluster)) = (name, cluster) else {
-        ctx.step(
-            "api",
-            "DELETE node",
-            "skipped",
-            "kubelet.conf or the certificate is unreadable",
-        );
-        return "skipped: unreadable credentials".into();
-    };
+    let target = format!("DELETE /api/v1/nodes/{name}");
     if ctx.opts.dry_run {
-        ctx.step(
-            "api",
-            format!("DELETE /api/v1/nodes/{name}"),
-            "would-do",
-            "as the node itself",
-        );
+        let how = if ctx.opts.admin_kubeconfig.is_some() {
+            "with the admin kubeconfig"
+        } else {
+            "as the node itself"
+        };
+        ctx.step("api", target, "would-do", how);
         return format!("would delete {name}");
     }
-    let ca = crate::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
     let limits = crate::http::Limits {
         request_timeout: Duration::from_secs(10),
         ..crate::http::Limits::default()
     };
-    let outcome = match Kube::with_certificate(&cluster.server, &ca, &pair, limits) {
+    let (client, how) = match &ctx.opts.admin_kubeconfig {
+        Some(admin) => (
+            Kube::from_kubeconfig(admin, limits).map_err(|e| e.to_string()),
+            "with the admin kubeconfig",
+        ),
+        None => (
+            node_client(&ctx.fx.root, limits),
+            "with the node's own credentials",
+        ),
+    };
+    let outcome = match client {
         Ok(kube) => kube
             .delete(&format!("/api/v1/nodes/{name}"))
             .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| (e.status(), e.to_string())),
+        Err(e) => Err((None, e)),
     };
     match outcome {
         Ok(true) => {
-            ctx.step(
-                "api",
-                format!("DELETE /api/v1/nodes/{name}"),
-                "done",
-                "with the node's own credentials",
-            );
+            ctx.step("api", target, "done", how);
             format!("deleted {name}")
         }
         Ok(false) => {
-            ctx.step(
-                "api",
-                format!("DELETE /api/v1/nodes/{name}"),
-                "done",
-                "already absent",
-            );
+            ctx.step("api", target, "done", "already absent");
             format!("{name} was already absent")
         }
-        Err(e) => {
+        Err((Some(403), e)) => {
+            ctx.step("api", target, "failed", format!("{e}. A node may not delete its own Node object on a real cluster: pass --kubeconfig with an admin's kubeconfig, or delete it from the control plane (kubectl delete node {name})"));
+            format!("not deleted: the API server refused ({name} stays until the control plane deletes it)")
+        }
+        Err((_, e)) => {
             ctx.step(
                 "api",
-                format!("DELETE /api/v1/nodes/{name}"),
+                target,
                 "skipped",
                 format!("API server unreachable or refused: {e}"),
             );
             format!("skipped: {e}")
         }
     }
+}
+
+/// A client authenticating as the node (kubelet.conf's cluster, the current client pair).
+fn node_client(root: &Root, limits: crate::http::Limits) -> Result<Kube, String> {
+    let conf = root
+        .read(Path::new(bootstrap::KUBELET_CONF))
+        .ok()
+        .flatten()
+        .ok_or("no /etc/kubernetes/kubelet.conf: no node credentials")?;
+    let pair = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+        .ok_or("no client certificate")?;
+    let cluster = Kubeconfig::parse(&String::from_utf8_lossy(&conf))
+        .and_then(|k| k.current_cluster())
+        .map_err(|e| format!("kubelet.conf is unreadable: {e}"))?;
+    let ca = crate::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
+    Kube::with_certificate(&cluster.server, &ca, &pair, limits).map_err(|e| e.to_string())
 }
 
 /// The node's name, from its client certificate, or from join's state file.
@@ -424,6 +433,11 @@ async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
     .await
     .map_err(|e| fail(format!("cordoning {name}: {e}")))?;
     ctx.step("drain", format!("cordon {name}"), "done", "");
+    // The Eviction's group-version follows the cluster: policy/v1 from 1.22, v1beta1 before.
+    let eviction_version = match kube.version().await {
+        Ok((v, _)) => crate::compat::eviction_version(&v),
+        Err(e) => return Err(fail(format!("reading the API server's version: {e}"))),
+    };
     let deadline = std::time::Instant::now() + ctx.opts.drain_timeout;
     let list_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
     loop {
@@ -453,7 +467,7 @@ async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
         for p in &pods {
             let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
             let pod = p["metadata"]["name"].as_str().unwrap_or_default();
-            let eviction = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+            let eviction = serde_json::json!({"apiVersion": eviction_version, "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
             match kube
                 .post(
                     &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),

@@ -18,8 +18,9 @@ pub struct ResetArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Delete this node's Node object first, with the node's own credentials (NodeRestriction
-    /// lets a node delete only itself). An unreachable API server is reported, not fatal.
+    /// Delete this node's Node object first: with --kubeconfig when given, else with the
+    /// node's own credentials (which a real API server refuses: reported as a failed step). An
+    /// unreachable API server is reported, not fatal.
     #[arg(long)]
     pub delete_node: bool,
 
@@ -27,7 +28,7 @@ pub struct ResetArgs {
     #[arg(long, requires = "kubeconfig")]
     pub drain: bool,
 
-    /// An admin kubeconfig, for --drain.
+    /// An admin kubeconfig, for --drain and --delete-node.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
@@ -91,11 +92,11 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
             "reset changes the host: run it as root (or --root DIR for a scratch tree)",
         ));
     }
-    let drain_kubeconfig = match (&args.drain, &args.kubeconfig) {
-        (true, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+    let admin_kubeconfig = match &args.kubeconfig {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display()))
         })?),
-        _ => None,
+        None => None,
     };
     let fx = Effects::real(root);
     let opts = ResetOptions {
@@ -103,7 +104,8 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         delete_node: args.delete_node,
         remove_packages: args.remove_packages,
         skip: args.skip,
-        drain_kubeconfig,
+        drain: args.drain,
+        admin_kubeconfig,
         drain_timeout: args.drain_timeout,
     };
     let started = std::time::Instant::now();

@@ -6,6 +6,7 @@ mod join;
 mod kubectl;
 mod metadata;
 mod operator;
+mod real;
 mod real_cluster;
 mod reset;
 mod serve;

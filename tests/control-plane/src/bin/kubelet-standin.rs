@@ -6,7 +6,11 @@
 //! config file, addresses, a Ready condition), then keeps posting Ready until stopped. It records
 //! its command line and the files it read in `--record FILE` (default, on a real root,
 //! `/var/lib/kubelet-standin/record.json`).
-//! It never does TLS bootstrap itself: with only `--bootstrap-kubeconfig` it waits.
+//! With only `--bootstrap-kubeconfig` it does the kubelet's own TLS bootstrap, as a kubelet of
+//! the API server's version would (usages and CSR API by version). With `--run-pods` it also
+//! plays the kubelet's part for Pods bound to its Node: marks them Running and Ready, and
+//! finishes their deletion (grace period 0) once the API server marks them for it, so drains and
+//! PodDisruptionBudgets behave as they do on a real node.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -23,6 +27,7 @@ struct Args {
     root: PathBuf,
     flags: BTreeMap<String, String>,
     once: bool,
+    run_pods: bool,
     wait: Duration,
     argv: Vec<String>,
     record: Option<PathBuf>,
@@ -45,12 +50,17 @@ fn parse_args() -> Args {
     let mut flags = BTreeMap::new();
     let mut root = PathBuf::from("/");
     let mut once = false;
+    let mut run_pods = false;
     let mut wait = Duration::from_secs(300);
     let mut record = None;
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         if a == "--once" {
             once = true;
+            continue;
+        }
+        if a == "--run-pods" {
+            run_pods = true;
             continue;
         }
         let Some(flag) = a.strip_prefix("--") else {
@@ -76,6 +86,7 @@ fn parse_args() -> Args {
         root,
         flags,
         once,
+        run_pods,
         wait,
         argv,
         record,
@@ -144,7 +155,8 @@ impl Client {
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\n{auth}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: kubelet-standin\r\nConnection: close\r\n\r\n{body}",
+            // HTTP/1.0: the answer comes whole, never chunked.
+        "{method} {path} HTTP/1.0\r\nHost: {}:{}\r\n{auth}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: kubelet-standin\r\nConnection: close\r\n\r\n{body}",
             self.host,
             self.port,
             body.len()
@@ -357,11 +369,24 @@ async fn main() {
             std::process::exit(1);
         }
     }
-    if args.once {
+    if args.once && !args.run_pods {
         return;
     }
+    let mut last_heartbeat = Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(if args.run_pods {
+            300
+        } else {
+            10_000
+        }))
+        .await;
+        if args.run_pods {
+            run_pods(&client, &name).await;
+        }
+        if last_heartbeat.elapsed() < Duration::from_secs(10) {
+            continue;
+        }
+        last_heartbeat = Instant::now();
         let now = test_control_plane::store::now_rfc3339();
         let _ = client
             .request(
@@ -371,6 +396,73 @@ async fn main() {
                 &json!({"status": status(&now)}),
             )
             .await;
+    }
+}
+
+/// The body of a raw HTTP answer, as JSON (Null when absent or not JSON).
+fn body_json(text: &str) -> Value {
+    text.split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The kubelet's part for Pods bound to this node: Pending ones become Running and Ready;
+/// ones marked for deletion are deleted for good, as the kubelet does once their containers
+/// are gone.
+async fn run_pods(client: &Client, node: &str) {
+    let list = match client
+        .request(
+            "GET",
+            &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
+            "application/json",
+            &Value::Null,
+        )
+        .await
+    {
+        Ok((200, text)) => body_json(&text),
+        _ => return,
+    };
+    let now = test_control_plane::store::now_rfc3339();
+    for pod in list["items"].as_array().into_iter().flatten() {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            let _ = client
+                .request(
+                    "DELETE",
+                    &path,
+                    "application/json",
+                    &json!({"gracePeriodSeconds": 0}),
+                )
+                .await;
+        } else if pod["status"]["phase"] != "Running" {
+            let ready = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+            let status = json!({"status": {"phase": "Running", "startTime": now,
+                "conditions": [ready("Initialized"), ready("Ready"), ready("ContainersReady"), ready("PodScheduled")]}});
+            let _ = client
+                .request(
+                    "PATCH",
+                    &format!("{path}/status"),
+                    "application/merge-patch+json",
+                    &status,
+                )
+                .await;
+        }
+    }
+}
+
+/// The API server's minor version (a stand-in kubelet behaves as a kubelet of that version).
+async fn server_minor(client: &Client) -> u32 {
+    match client
+        .request("GET", "/version", "application/json", &Value::Null)
+        .await
+    {
+        Ok((200, text)) => body_json(&text)["minor"]
+            .as_str()
+            .and_then(|m| m.trim_end_matches('+').parse().ok())
+            .unwrap_or(99),
+        _ => 99,
     }
 }
 
@@ -437,12 +529,21 @@ async fn bootstrap(
         .pem()
         .map_err(|e| e.to_string())?;
     let csr_name = format!("node-csr-standin-{name}");
-    let body = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": csr_name},
-        "spec": {"request": STANDARD.encode(csr), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "client auth"]}});
+    // As the kubelet of the server's version asks: key encipherment before 1.25, v1beta1
+    // before 1.19 (pkg/kubelet/certificate/bootstrap, client-go util/certificate/csr).
+    let minor = server_minor(&client).await;
+    let usages: &[&str] = if minor < 25 {
+        &["digital signature", "key encipherment", "client auth"]
+    } else {
+        &["digital signature", "client auth"]
+    };
+    let api = if minor < 19 { "v1beta1" } else { "v1" };
+    let body = json!({"apiVersion": format!("certificates.k8s.io/{api}"), "kind": "CertificateSigningRequest", "metadata": {"name": csr_name},
+        "spec": {"request": STANDARD.encode(csr), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": usages}});
     let (code, text) = client
         .request(
             "POST",
-            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            &format!("/apis/certificates.k8s.io/{api}/certificatesigningrequests"),
             "application/json",
             &body,
         )
@@ -458,7 +559,7 @@ async fn bootstrap(
         let (code, text) = client
             .request(
                 "GET",
-                &format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{csr_name}"),
+                &format!("/apis/certificates.k8s.io/{api}/certificatesigningrequests/{csr_name}"),
                 "application/json",
                 &Value::Null,
             )
