@@ -685,10 +685,10 @@ fn the_outcome_is_reported_to_the_callback_on_success_and_failure() {
 
 #[test]
 fn older_clusters_versioned_kubelet_config_and_v1beta1_csrs() {
+    // v1.18: the stand-in serves CSRs as v1beta1 only and names the kubelet ConfigMap
+    // kubelet-config-1.18, as a kubeadm 1.18 cluster does.
     let cp = control_plane_with(Options {
         kubernetes_version: "v1.18.20".into(),
-        legacy_kubelet_config_name: true,
-        csr_v1beta1_only: true,
         ..Options::default()
     });
     assert!(cp

@@ -2,7 +2,7 @@
 //! API's answers, including `Status` errors, watches and kubectl's `Table` form.
 
 use crate::auth::{authorize, node_may_set_label, Attributes, User};
-use crate::controllers::{detached_jws, is_node_client_cert, pem_to_der, KUBELET_CLIENT_SIGNER};
+use crate::controllers::{detached_jws, kubelet_client_error, pem_to_der, KUBELET_CLIENT_SIGNER};
 use crate::store::{merge_patch, Key, Kind, StoreError};
 use crate::{ClusterInfoFault, RequestRecord, Shared};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -11,6 +11,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The signer name of CSRs no signer in particular handles (v1beta1 only).
+const LEGACY_UNKNOWN_SIGNER: &str = "kubernetes.io/legacy-unknown";
 
 /// A parsed request.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ pub struct Req {
     pub accept: String,
     /// Content-Type header.
     pub content_type: String,
+    /// User-Agent header.
+    pub user_agent: String,
     /// Body.
     pub body: Bytes,
     /// Authenticated user.
@@ -174,15 +179,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Handles one request and logs it.
+/// Handles one request and logs it (with both bodies; a watch's response is not kept).
 pub fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
     let reply = route(shared, &req);
+    let response = match &reply {
+        Reply::Full { body, .. } => String::from_utf8_lossy(body).into_owned(),
+        Reply::Stream(_) => String::new(),
+    };
     shared.lock().requests.push(RequestRecord {
         method: req.method.clone(),
         path: req.path.clone(),
         query: req.query.clone(),
         user: req.user.name.clone(),
         status: reply.status(),
+        user_agent: req.user_agent.clone(),
+        content_type: req.content_type.clone(),
+        body: String::from_utf8_lossy(&req.body).into_owned(),
+        response,
     });
     reply
 }
@@ -367,56 +380,91 @@ fn self_subject_access_review(shared: &Shared, req: &Req) -> Reply {
     Reply::json(201, &review)
 }
 
+/// Whether the release played serves `group/version` (see [`crate::version::Release`]).
 fn served(shared: &Shared, group: &str, version: &str) -> bool {
-    match (group, version) {
-        ("", "v1")
-        | ("rbac.authorization.k8s.io", "v1")
-        | ("policy", "v1")
-        | ("authorization.k8s.io", "v1") => true,
-        ("certificates.k8s.io", "v1") => !shared.options.csr_v1beta1_only,
-        ("certificates.k8s.io", "v1beta1") => true,
-        _ => false,
-    }
+    (group, version) == ("", "v1")
+        || groups(shared)
+            .iter()
+            .any(|(g, vs)| *g == group && vs.contains(&version))
 }
 
-fn groups(shared: &Shared) -> Vec<(&'static str, Vec<&'static str>)> {
-    let csr = if shared.options.csr_v1beta1_only {
-        vec!["v1beta1"]
-    } else {
-        vec!["v1", "v1beta1"]
-    };
+/// The API groups the stand-in serves, each with the versions the release played serves,
+/// preferred first (as `/apis` lists them).
+fn groups(shared: &Shared) -> Vec<(&'static str, &'static [&'static str])> {
+    let r = shared.release;
     vec![
-        ("certificates.k8s.io", csr),
-        ("rbac.authorization.k8s.io", vec!["v1"]),
+        ("authorization.k8s.io", r.rbac_versions()),
+        ("certificates.k8s.io", r.csr_versions()),
+        ("policy", r.policy_versions()),
+        ("rbac.authorization.k8s.io", r.rbac_versions()),
     ]
+}
+
+/// One resource of an `APIResourceList`, shaped as kube-apiserver writes it (v1.20.2:
+/// `shortNames`/`categories` only when there are some, `storageVersionHash` on stored
+/// resources).
+fn resource_entry(kind: Kind) -> Value {
+    let mut entry = json!({
+        "name": kind.plural(), "singularName": "", "namespaced": kind.namespaced(),
+        "kind": kind.name(),
+        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        "storageVersionHash": URL_SAFE_NO_PAD.encode(kind.plural()).chars().take(11).collect::<String>() + "=",
+    });
+    if !kind.short_names().is_empty() {
+        entry["shortNames"] = json!(kind.short_names());
+    }
+    if kind == Kind::Pod {
+        entry["categories"] = json!(["all"]);
+    }
+    entry
+}
+
+/// Subresource entries: `status`/`approval`, and `pods/eviction` with the group and version
+/// the release serves Evictions as.
+fn subresource_entries(shared: &Shared, kind: Kind) -> Vec<Value> {
+    let subs: &[&str] = match kind {
+        Kind::Node | Kind::Pod | Kind::Pdb => &["status"],
+        Kind::Csr => &["approval", "status"],
+        _ => &[],
+    };
+    let mut out: Vec<Value> = subs
+        .iter()
+        .map(|s| {
+            json!({
+                "name": format!("{}/{s}", kind.plural()), "singularName": "",
+                "namespaced": kind.namespaced(), "kind": kind.name(),
+                "verbs": ["get", "patch", "update"],
+            })
+        })
+        .collect();
+    if kind == Kind::Pod {
+        out.insert(0, json!({
+            "name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy",
+            "version": shared.release.eviction_version(), "kind": "Eviction", "verbs": ["create"],
+        }));
+    }
+    out
 }
 
 fn resource_list(shared: &Shared, group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
     for kind in Kind::ALL.into_iter().filter(|k| k.group() == group) {
-        resources.push(json!({
-            "name": kind.plural(), "singularName": kind.name().to_lowercase(),
-            "namespaced": kind.namespaced(), "kind": kind.name(),
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-            "shortNames": kind.short_names(),
-        }));
-        let subs: &[&str] = match kind {
-            Kind::Node => &["status"],
-            Kind::Csr => &["approval", "status"],
-            _ => &[],
-        };
-        for s in subs {
-            resources.push(json!({
-                "name": format!("{}/{s}", kind.plural()), "singularName": "",
-                "namespaced": kind.namespaced(), "kind": kind.name(),
-                "verbs": ["get", "patch", "update"],
-            }));
-        }
+        resources.push(resource_entry(kind));
+        resources.extend(subresource_entries(shared, kind));
     }
-    let _ = shared;
+    if group == "authorization.k8s.io" {
+        resources.push(json!({
+            "name": "selfsubjectaccessreviews", "singularName": "", "namespaced": false,
+            "kind": "SelfSubjectAccessReview", "verbs": ["create"],
+        }));
+    }
+    if group.is_empty() {
+        // The core list has no apiVersion (v1.20.2 `/api/v1`).
+        return json!({"kind": "APIResourceList", "groupVersion": version, "resources": resources});
+    }
     json!({
         "kind": "APIResourceList", "apiVersion": "v1",
-        "groupVersion": if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") },
+        "groupVersion": format!("{group}/{version}"),
         "resources": resources,
     })
 }
@@ -869,7 +917,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// The API server's CSR validation and the requester fields it fills in.
+    /// The API server's CSR defaulting and validation, and the requester fields it fills in
+    /// (v1.20.2 `pkg/apis/certificates/v1beta1/defaults.go`, `pkg/apis/certificates/
+    /// validation/validation.go`, `pkg/registry/certificates/certificates/strategy.go`
+    /// `PrepareForCreate`). The signer's own rules are not checked here: a kubelet client CSR
+    /// with the wrong usages is created, and left to the controllers.
     fn admit_csr(&self, obj: &mut Value) -> Result<(), Reply> {
         let request = obj["spec"]["request"].as_str().unwrap_or_default();
         let der = STANDARD
@@ -878,44 +930,98 @@ impl Ctx<'_> {
             .and_then(|pem| pem_to_der(&pem))
             .ok_or_else(|| {
                 self.invalid(
-                    "spec.request: Invalid value: \"\": PEM block type must be CERTIFICATE REQUEST",
+                    "spec.request: Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST",
                 )
             })?;
         crate::pki::csr_subject(&der)
             .map_err(|e| self.invalid(&format!("spec.request: Invalid value: {e}")))?;
+        if self.version == "v1beta1" && obj["spec"]["usages"].is_null() {
+            obj["spec"]["usages"] = json!(["digital signature", "key encipherment"]);
+        }
         if obj["spec"]["usages"]
             .as_array()
             .is_none_or(|a| a.is_empty())
         {
-            return Err(self.invalid("spec.usages: Required value"));
+            return Err(self.invalid("spec.usages: Required value: usages must be provided"));
         }
-        if obj["spec"]["signerName"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty()
-        {
-            if self.version == "v1" {
-                return Err(self.invalid("spec.signerName: Required value"));
-            }
-            // v1beta1 defaulting.
-            let mut probe = obj.clone();
-            probe["spec"]["signerName"] = json!(KUBELET_CLIENT_SIGNER);
-            obj["spec"]["signerName"] = json!(if is_node_client_cert(&probe) {
-                KUBELET_CLIENT_SIGNER
-            } else {
-                "kubernetes.io/legacy-unknown"
-            });
-        }
-        if obj["spec"]["signerName"] == KUBELET_CLIENT_SIGNER && !is_node_client_cert(obj) {
-            return Err(self.invalid(
-                "spec.request: Invalid value: kubernetes.io/kube-apiserver-client-kubelet requires O=system:nodes, CN=system:node:<name>, no SANs, and usages digital signature + client auth (+ key encipherment)",
-            ));
-        }
+        self.admit_signer_name(obj)?;
         let user = &self.req.user;
         obj["spec"]["username"] = json!(user.name);
         obj["spec"]["groups"] = json!(user.groups);
-        obj["spec"]["uid"] = json!("");
+        if let Some(spec) = obj["spec"].as_object_mut() {
+            // No UID or extra for the users this stand-in authenticates (omitempty).
+            spec.remove("uid");
+            spec.remove("extra");
+        }
         obj["status"] = json!({});
+        Ok(())
+    }
+
+    /// `spec.signerName`: dropped before 1.18 (an unknown field); required in v1, where
+    /// `kubernetes.io/legacy-unknown` is refused; defaulted from the request's content in
+    /// v1beta1 (`DefaultSignerNameFromSpec`: kubelet client shape, else legacy-unknown).
+    fn admit_signer_name(&self, obj: &mut Value) -> Result<(), Reply> {
+        let release = self.shared.release;
+        if !release.csr_signer_name() {
+            if let Some(spec) = obj["spec"].as_object_mut() {
+                spec.remove("signerName");
+            }
+            return Ok(());
+        }
+        let given = obj["spec"]["signerName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match (self.version, given.as_str()) {
+            ("v1", "") => Err(self.invalid("spec.signerName: Required value")),
+            ("v1", LEGACY_UNKNOWN_SIGNER) => Err(self.invalid(&format!(
+                "spec.signerName: Invalid value: \"{LEGACY_UNKNOWN_SIGNER}\": the legacy signerName is not allowed via this API version"
+            ))),
+            (_, "") => {
+                let kubelet = kubelet_client_error(obj, release).is_none();
+                obj["spec"]["signerName"] = json!(if kubelet {
+                    KUBELET_CLIENT_SIGNER
+                } else {
+                    LEGACY_UNKNOWN_SIGNER
+                });
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// CSR conditions written through `/approval`, as the API server takes them from 1.19:
+    /// v1beta1 defaults `status` to `True` (`SetDefaults_CertificateSigningRequestCondition`),
+    /// v1 requires it (`validateConditions`), and missing timestamps are filled in
+    /// (`strategy.go` `populateConditionTimestamps`).
+    fn prepare_conditions(&self, csr: &mut Value) -> Result<(), Reply> {
+        let release = self.shared.release;
+        let now = crate::store::now_rfc3339();
+        let Some(conditions) = csr["status"]["conditions"].as_array_mut() else {
+            return Ok(());
+        };
+        for (i, c) in conditions.iter_mut().enumerate() {
+            if c["lastUpdateTime"].is_null() {
+                c["lastUpdateTime"] = json!(now);
+            }
+            if !release.csr_condition_status() {
+                // Fields of 1.19 and later, unknown before.
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("status");
+                    m.remove("lastTransitionTime");
+                }
+                continue;
+            }
+            if c["status"].is_null() && self.version == "v1beta1" {
+                c["status"] = json!("True");
+            }
+            if c["status"].is_null() {
+                return Err(self.invalid(&format!("status.conditions[{i}].status: Required value")));
+            }
+            if c["lastTransitionTime"].is_null() {
+                c["lastTransitionTime"] = json!(now);
+            }
+        }
         Ok(())
     }
 
@@ -973,6 +1079,9 @@ impl Ctx<'_> {
                 let mut merged = old.clone();
                 merged["status"]["conditions"] = new["status"]["conditions"].clone();
                 merged["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+                if let Err(r) = self.prepare_conditions(&mut merged) {
+                    return r;
+                }
                 new = merged;
             }
             (Kind::Csr, "status") | (Kind::Node, "status") => {
@@ -1025,11 +1134,31 @@ impl Ctx<'_> {
         self.store_update(new)
     }
 
+    /// The Eviction body is decoded before anything else: one of a version the release does not
+    /// know is a 400 (see [`crate::version::Release::eviction_body_ok`]).
+    fn eviction_body(&self) -> Result<(), Reply> {
+        let body = self.body_json()?;
+        let api_version = body["apiVersion"].as_str().unwrap_or_default();
+        if self.shared.release.eviction_body_ok(api_version) {
+            return Ok(());
+        }
+        let version = api_version.rsplit('/').next().unwrap_or_default();
+        Err(status_error(
+            400,
+            "BadRequest",
+            &format!("Eviction in version \"{version}\" cannot be handled as a Eviction: no kind \"Eviction\" is registered for version \"{api_version}\" in scheme \"k8s.io/kubernetes/pkg/api/legacyscheme/scheme.go:30\""),
+            None,
+        ))
+    }
+
     /// The eviction subresource: refused with 429 while a matching PodDisruptionBudget allows
     /// no disruption, as the API server does.
     fn evict(&self) -> Reply {
         if self.kind != Kind::Pod {
             return route_not_found();
+        }
+        if let Err(r) = self.eviction_body() {
+            return r;
         }
         let mut state = self.shared.lock();
         let Some(pod) = state.store.get(&self.key()).cloned() else {

@@ -4,6 +4,7 @@
 
 use crate::auth::{authorize, Attributes, User};
 use crate::store::{Key, Kind};
+use crate::version::Release;
 use crate::{secret_data, token_expired, Approval, Shared, State};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -23,7 +24,7 @@ pub fn spawn(shared: Arc<Shared>) {
             {
                 let mut state = shared.lock();
                 sign_cluster_info(&mut state, shared.options.signing_delay);
-                approve_csrs(&mut state);
+                approve_csrs(&mut state, shared.release);
                 sign_csrs(&mut state, &shared);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,20 +119,25 @@ fn has_condition(csr: &Value, kind: &str) -> bool {
         .is_some_and(|c| c.iter().any(|c| c["type"] == kind))
 }
 
-fn add_condition(csr: &mut Value, kind: &str, reason: &str, message: &str) {
+/// Appends a condition of `kind` as the controllers and the API server's CSR strategy write it:
+/// `status: "True"` and `lastTransitionTime` only from 1.19 (see
+/// [`Release::csr_condition_status`]); `lastUpdateTime` always.
+pub fn add_condition(csr: &mut Value, kind: &str, reason: &str, message: &str, release: Release) {
     let now = crate::store::now_rfc3339();
     if !csr["status"].is_object() {
         csr["status"] = json!({});
     }
-    let conditions = csr["status"]["conditions"]
+    let mut conditions = csr["status"]["conditions"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let mut conditions = conditions;
-    conditions.push(json!({
-        "type": kind, "status": "True", "reason": reason, "message": message,
-        "lastUpdateTime": now, "lastTransitionTime": now,
-    }));
+    let mut condition =
+        json!({"type": kind, "reason": reason, "message": message, "lastUpdateTime": now});
+    if release.csr_condition_status() {
+        condition["status"] = json!("True");
+        condition["lastTransitionTime"] = json!(now);
+    }
+    conditions.push(condition);
     csr["status"]["conditions"] = Value::Array(conditions);
 }
 
@@ -166,131 +172,192 @@ fn usages(csr: &Value) -> Vec<String> {
     u
 }
 
-/// Whether the CSR is a kubelet client certificate request (`isNodeClientCert`).
-pub fn is_node_client_cert(csr: &Value) -> bool {
-    if csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER {
-        return false;
-    }
+/// Why the CSR is not a kubelet client certificate request, in the words of v1.20.2
+/// `pkg/apis/certificates/helpers.go` `ValidateKubeletClientCSR` (subject, SANs, CN, then the
+/// usages of [`Release::kubelet_client_usages`]); `None` when it is one. The signerName is
+/// checked by the callers (there is none before 1.18).
+pub fn kubelet_client_error(csr: &Value, release: Release) -> Option<String> {
     let Some((cn, orgs, sans)) = request_subject(csr) else {
-        return false;
+        return Some("the request is not a PEM certificate request".into());
     };
-    let u = usages(csr);
-    let ok_usages = u == ["client auth", "digital signature"]
-        || u == ["client auth", "digital signature", "key encipherment"];
-    orgs == ["system:nodes"] && !sans && cn.starts_with("system:node:") && ok_usages
+    if orgs != ["system:nodes"] {
+        return Some("subject organization is not system:nodes".into());
+    }
+    if sans {
+        return Some("DNS subjectAltNames are not allowed".into());
+    }
+    if !cn.starts_with("system:node:") {
+        return Some("subject common name does not begin with system:node:".into());
+    }
+    if !release.kubelet_client_usages(&usages(csr)) {
+        return Some(format!(
+            "usages did not match {}",
+            release.kubelet_client_usages_text()
+        ));
+    }
+    None
 }
 
-/// The csrapproving controller: one SubjectAccessReview per recognizer, approve on the first
-/// that is allowed.
-pub fn approve_csrs(state: &mut State) {
+/// Whether the CSR names the kubelet client signer; before 1.18 there are no signer names and
+/// every CSR is judged by its content alone.
+fn for_kubelet_client_signer(csr: &Value, release: Release) -> bool {
+    !release.csr_signer_name() || csr["spec"]["signerName"] == KUBELET_CLIENT_SIGNER
+}
+
+/// Whether the CSR is a kubelet client certificate request (v1.20.2
+/// `pkg/controller/certificates/approver/sarapprove.go` `isNodeClientCert`).
+pub fn is_node_client_cert(csr: &Value, release: Release) -> bool {
+    for_kubelet_client_signer(csr, release) && kubelet_client_error(csr, release).is_none()
+}
+
+fn requester(csr: &Value) -> User {
+    User {
+        name: csr["spec"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        groups: csr["spec"]["groups"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The approval message of the first recognizer whose SubjectAccessReview allows the CSR
+/// (v1.20.2 `sarapprove.go` `recognizers`: selfnodeclient when the requester is the CSR's CN,
+/// then nodeclient), if any.
+fn auto_approval(state: &State, csr: &Value) -> Option<&'static str> {
+    let user = requester(csr);
+    let cn = request_subject(csr).map(|s| s.0).unwrap_or_default();
+    let recognizers = [
+        (
+            "selfnodeclient",
+            user.name == cn,
+            "Auto approving self kubelet client certificate after SubjectAccessReview.",
+        ),
+        (
+            "nodeclient",
+            true,
+            "Auto approving kubelet client certificate after SubjectAccessReview.",
+        ),
+    ];
+    recognizers
+        .into_iter()
+        .filter(|(_, applies, _)| *applies)
+        .find(|(sub, _, _)| {
+            authorize(
+                &state.store,
+                &user,
+                &Attributes {
+                    verb: "create".into(),
+                    group: "certificates.k8s.io".into(),
+                    resource: "certificatesigningrequests".into(),
+                    subresource: (*sub).into(),
+                    ..Attributes::default()
+                },
+            )
+        })
+        .map(|(_, _, message)| message)
+}
+
+/// The csrapproving controller (v1.20.2 `sarapprove.go` `handle`): skips CSRs already issued,
+/// approved or denied, and approves kubelet client CSRs on the first allowed recognizer.
+pub fn approve_csrs(state: &mut State, release: Release) {
     for key in state.store.keys(Kind::Csr) {
         let Some(csr) = state.store.get(&key).cloned() else {
             continue;
         };
-        if has_condition(&csr, "Approved")
-            || has_condition(&csr, "Denied")
-            || has_condition(&csr, "Failed")
-        {
-            continue;
-        }
-        if !is_node_client_cert(&csr) {
+        let done = !csr["status"]["certificate"].is_null()
+            || has_condition(&csr, "Approved")
+            || has_condition(&csr, "Denied");
+        if done || !is_node_client_cert(&csr, release) {
             continue;
         }
         let mut updated = csr.clone();
         match state.approval {
             Approval::Pending => continue,
-            Approval::Deny => {
-                add_condition(
-                    &mut updated,
-                    "Denied",
-                    "TestDenied",
-                    "denied by the test control plane",
-                );
-            }
+            Approval::Deny => add_condition(
+                &mut updated,
+                "Denied",
+                "TestDenied",
+                "denied by the test control plane",
+                release,
+            ),
             Approval::Auto => {
-                let user = User {
-                    name: csr["spec"]["username"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    groups: csr["spec"]["groups"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|g| g.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                };
-                let cn = request_subject(&csr).map(|s| s.0).unwrap_or_default();
-                let mut recognizers = Vec::new();
-                if user.name == cn {
-                    recognizers.push("selfnodeclient");
-                }
-                recognizers.push("nodeclient");
-                let allowed = recognizers.iter().any(|sub| {
-                    authorize(
-                        &state.store,
-                        &user,
-                        &Attributes {
-                            verb: "create".into(),
-                            group: "certificates.k8s.io".into(),
-                            resource: "certificatesigningrequests".into(),
-                            subresource: (*sub).into(),
-                            ..Attributes::default()
-                        },
-                    )
-                });
-                if !allowed {
+                let Some(message) = auto_approval(state, &csr) else {
                     continue;
-                }
-                add_condition(
-                    &mut updated,
-                    "Approved",
-                    "AutoApproved",
-                    "Auto approving kubelet client certificate after SubjectAccessReview.",
-                );
+                };
+                add_condition(&mut updated, "Approved", "AutoApproved", message, release);
             }
         }
-        if let Some(m) = updated["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let _ = state.store.update(key, updated);
+        write_back(state, key, updated);
     }
 }
 
-/// The csrsigning controller for the kubelet client signer.
+/// The csrsigning controller for the kubelet client signer (v1.20.2
+/// `pkg/controller/certificates/signer/signer.go` `handle`): approved, not failed, not yet
+/// issued CSRs of that signer. One it refuses gets `Failed` from 1.19; on 1.18 it stays
+/// approved without a certificate; before 1.18 every approved CSR is signed (see
+/// [`Release::csr_signer_validates`]).
 pub fn sign_csrs(state: &mut State, shared: &Shared) {
     for key in state.store.keys(Kind::Csr) {
         let Some(csr) = state.store.get(&key).cloned() else {
             continue;
         };
-        if !has_condition(&csr, "Approved")
-            || has_condition(&csr, "Failed")
-            || !csr["status"]["certificate"].is_null()
-            || csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER
-        {
-            continue;
+        if let Some(updated) = signed(&csr, shared) {
+            write_back(state, key, updated);
         }
-        let mut updated = csr.clone();
-        let der = csr["spec"]["request"]
+    }
+}
+
+/// The CSR after the signer's turn, or `None` when it leaves it alone.
+fn signed(csr: &Value, shared: &Shared) -> Option<Value> {
+    let release = shared.release;
+    let approved = has_condition(csr, "Approved") && !has_condition(csr, "Denied");
+    if !approved
+        || has_condition(csr, "Failed")
+        || !csr["status"]["certificate"].is_null()
+        || !for_kubelet_client_signer(csr, release)
+    {
+        return None;
+    }
+    let refused = kubelet_client_error(csr, release).filter(|_| release.csr_signer_validates());
+    let result = match refused {
+        Some(why) => Err(why),
+        None => csr["spec"]["request"]
             .as_str()
             .and_then(|b| STANDARD.decode(b).ok())
-            .and_then(|pem| pem_to_der(&pem));
-        let signed = der
+            .and_then(|pem| pem_to_der(&pem))
             .ok_or_else(|| "the request is not a PEM certificate request".to_string())
             .and_then(|der| {
                 shared
                     .ca
-                    .sign_client_csr(&der, &usages(&csr), time::Duration::days(365))
-            });
-        match signed {
-            Ok(pem) => updated["status"]["certificate"] = json!(STANDARD.encode(pem)),
-            Err(e) => add_condition(&mut updated, "Failed", "SignerValidationFailure", &e),
-        }
-        if let Some(m) = updated["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let _ = state.store.update(key, updated);
+                    .sign_client_csr(&der, &usages(csr), time::Duration::days(365))
+            }),
+    };
+    let mut updated = csr.clone();
+    match result {
+        Ok(pem) => updated["status"]["certificate"] = json!(STANDARD.encode(pem)),
+        Err(why) if release.csr_failed_condition() => add_condition(
+            &mut updated,
+            "Failed",
+            "SignerValidationFailure",
+            &why,
+            release,
+        ),
+        Err(_) => return None,
     }
+    Some(updated)
+}
+
+/// A controller's unconditional write of an object it changed.
+fn write_back(state: &mut State, key: Key, mut updated: Value) {
+    if let Some(m) = updated["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    let _ = state.store.update(key, updated);
 }

@@ -24,11 +24,14 @@
 pub mod api;
 pub mod auth;
 pub mod controllers;
+#[cfg(test)]
+mod gate_tests;
 pub mod metadata;
 pub mod pki;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod version;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -42,7 +45,9 @@ use store::{Key, Kind, Store};
 /// How the stand-in starts.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// `gitVersion` reported by `/version`.
+    /// The release played: `gitVersion` reported by `/version`, and everything that differs by
+    /// version (APIs served, CSR approval and signing, kubeadm's seeded objects) follows it as
+    /// upstream does; see [`version::Release`].
     pub kubernetes_version: String,
     /// Address to listen on (port 0 picks one).
     pub listen: SocketAddr,
@@ -53,10 +58,9 @@ pub struct Options {
     pub signing_delay: Duration,
     /// Seed kubeadm's bootstrap RBAC bindings.
     pub kubeadm_rbac: bool,
-    /// Name the kubelet ConfigMap `kubelet-config-<major>.<minor>` (clusters before 1.24).
-    pub legacy_kubelet_config_name: bool,
-    /// Serve CSRs only as `certificates.k8s.io/v1beta1` (clusters before 1.19).
-    pub csr_v1beta1_only: bool,
+    /// kubeadm feature gates written into the seeded ClusterConfiguration's `featureGates`
+    /// (e.g. `UnversionedKubeletConfigMap`, which names the kubelet ConfigMap on 1.23 and 1.24).
+    pub kubeadm_feature_gates: Vec<(String, bool)>,
     /// Cluster DNS in the seeded kubelet-config.
     pub cluster_dns: String,
     /// A directory served read-only at `/files/` (the e2e test's installer, binaries, digests).
@@ -71,11 +75,31 @@ impl Default for Options {
             advertise: Vec::new(),
             signing_delay: Duration::ZERO,
             kubeadm_rbac: true,
-            legacy_kubelet_config_name: false,
-            csr_v1beta1_only: false,
+            kubeadm_feature_gates: Vec::new(),
             cluster_dns: "10.96.0.10".into(),
             files_dir: None,
         }
+    }
+}
+
+impl Options {
+    /// The release played.
+    pub fn release(&self) -> version::Release {
+        version::Release::parse(&self.kubernetes_version)
+    }
+
+    /// The `UnversionedKubeletConfigMap` value of [`Options::kubeadm_feature_gates`], if set.
+    pub fn unversioned_kubelet_config_gate(&self) -> Option<bool> {
+        self.kubeadm_feature_gates
+            .iter()
+            .find(|(name, _)| name == "UnversionedKubeletConfigMap")
+            .map(|(_, on)| *on)
+    }
+
+    /// The kubelet ConfigMap (and, prefixed `kubeadm:`, its Role) the seeded cluster has.
+    pub fn kubelet_config_name(&self) -> String {
+        self.release()
+            .kubelet_config_name(self.unversioned_kubelet_config_gate())
     }
 }
 
@@ -159,6 +183,14 @@ pub struct RequestRecord {
     pub user: String,
     /// Response status.
     pub status: u16,
+    /// `User-Agent` header.
+    pub user_agent: String,
+    /// `Content-Type` header.
+    pub content_type: String,
+    /// Request body (UTF-8, lossy).
+    pub body: String,
+    /// Response body (UTF-8, lossy); empty for watch streams.
+    pub response: String,
 }
 
 /// A callback a node posted.
@@ -198,6 +230,8 @@ pub struct Shared {
     pub foreign_ca: pki::Ca,
     /// Start-up options.
     pub options: Options,
+    /// The release played, from `options.kubernetes_version`.
+    pub release: version::Release,
     /// The URL clients use (`https://127.0.0.1:port` or the advertised address).
     pub url: String,
 }
@@ -316,6 +350,7 @@ impl TestControlPlane {
             }),
             ca,
             foreign_ca,
+            release: options.release(),
             options,
             url,
         });

@@ -115,8 +115,11 @@ pub fn builtin_policy(store: &mut Store) {
     );
 }
 
-/// The RBAC objects `kubeadm init` creates for joining nodes.
-pub fn kubeadm_rbac(store: &mut Store) {
+/// The RBAC objects `kubeadm init` of `opts`' release creates for joining nodes (v1.20.2
+/// `cmd/kubeadm/app/phases/bootstraptoken/node/tlsbootstrap.go`, `phases/uploadconfig`,
+/// `phases/kubelet/config.go`, `phases/bootstraptoken/clusterinfo`): `kubeadm:get-nodes` only
+/// from 1.18, and the kubelet-config Role named after the ConfigMap of that release.
+pub fn kubeadm_rbac(store: &mut Store, opts: &Options) {
     let bootstrappers = json!([group(BOOTSTRAP_GROUP)]);
     cluster_binding(
         store,
@@ -136,19 +139,21 @@ pub fn kubeadm_rbac(store: &mut Store) {
         "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
         json!([group("system:nodes")]),
     );
-    cluster_role(
-        store,
-        "kubeadm:get-nodes",
-        json!([
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
-        ]),
-    );
-    cluster_binding(
-        store,
-        "kubeadm:get-nodes",
-        "kubeadm:get-nodes",
-        bootstrappers,
-    );
+    if opts.release().kubeadm_get_nodes() {
+        cluster_role(
+            store,
+            "kubeadm:get-nodes",
+            json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
+            ]),
+        );
+        cluster_binding(
+            store,
+            "kubeadm:get-nodes",
+            "kubeadm:get-nodes",
+            bootstrappers,
+        );
+    }
     let readers = json!([group(BOOTSTRAP_GROUP), group("system:nodes")]);
     role_and_binding(
         store,
@@ -159,14 +164,15 @@ pub fn kubeadm_rbac(store: &mut Store) {
         ]),
         readers.clone(),
     );
+    let kubelet_config = opts.kubelet_config_name();
     role_and_binding(
         store,
         "kube-system",
-        "kubeadm:kubelet-config",
+        &format!("kubeadm:{kubelet_config}"),
         json!([
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubelet-config"], "verbs": ["get"]}
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [kubelet_config], "verbs": ["get"]}
         ]),
-        readers.clone(),
+        readers,
     );
     role_and_binding(
         store,
@@ -242,40 +248,68 @@ volumeStatsAggPeriod: 0s
     )
 }
 
-/// kubeadm's ClusterConfiguration.
-pub fn cluster_configuration_yaml(endpoint: &str, version: &str) -> String {
+/// kubeadm's ClusterConfiguration as kubeadm init of `opts`' release stores it: its newest API
+/// version (see [`crate::version::Release::kubeadm_api_version`]) with that version's fields
+/// (v1beta2 and older carry `dns.type`, v1beta3 and older `apiServer.timeoutForControlPlane`,
+/// v1beta4 the validity periods and `encryptionAlgorithm`; v1.20.2
+/// `cmd/kubeadm/app/apis/kubeadm/v1beta2/types.go`, K#125029), the default `imageRepository`
+/// of that release, `certificatesDir: /etc/kubernetes/pki` and the feature gates of `opts`.
+pub fn cluster_configuration_yaml(endpoint: &str, opts: &Options) -> String {
+    let release = opts.release();
+    let api_version = release.kubeadm_api_version();
+    let v1beta4 = api_version.ends_with("v1beta4");
+    let old_dns = !v1beta4 && !api_version.ends_with("v1beta3");
+    let api_server = if v1beta4 {
+        "apiServer: {}\n".to_owned()
+    } else {
+        "apiServer:\n  timeoutForControlPlane: 4m0s\n".to_owned()
+    };
+    let validity = if v1beta4 {
+        "caCertificateValidityPeriod: 87600h0m0s\ncertificateValidityPeriod: 8760h0m0s\n"
+    } else {
+        ""
+    };
+    let dns = if old_dns {
+        "dns:\n  type: CoreDNS\n"
+    } else {
+        "dns: {}\n"
+    };
+    let encryption = if v1beta4 {
+        "encryptionAlgorithm: RSA-2048\n"
+    } else {
+        ""
+    };
+    let mut gates = String::new();
+    if !opts.kubeadm_feature_gates.is_empty() {
+        gates.push_str("featureGates:\n");
+        for (name, on) in &opts.kubeadm_feature_gates {
+            gates.push_str(&format!("  {name}: {on}\n"));
+        }
+    }
+    let proxy = if v1beta4 { "proxy: {}\n" } else { "" };
     format!(
-        r#"apiServer: {{}}
-apiVersion: kubeadm.k8s.io/v1beta4
-caCertificateValidityPeriod: 87600h0m0s
-certificateValidityPeriod: 8760h0m0s
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controlPlaneEndpoint: {endpoint}
-controllerManager: {{}}
-dns: {{}}
-encryptionAlgorithm: RSA-2048
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: {version}
-networking:
-  dnsDomain: cluster.local
-  podSubnet: 10.244.0.0/16
-  serviceSubnet: 10.96.0.0/12
-proxy: {{}}
-scheduler: {{}}
-"#
+        "{api_server}apiVersion: {api_version}\n{validity}certificatesDir: /etc/kubernetes/pki\nclusterName: kubernetes\ncontrolPlaneEndpoint: {endpoint}\ncontrollerManager: {{}}\n{dns}{encryption}etcd:\n  local:\n    dataDir: /var/lib/etcd\n{gates}imageRepository: {}\nkind: ClusterConfiguration\nkubernetesVersion: {}\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/12\n{proxy}scheduler: {{}}\n",
+        release.kubeadm_image_repository(),
+        opts.kubernetes_version,
     )
 }
 
-/// Seeds a store with what a fresh kubeadm cluster has.
+/// kubeadm's ClusterStatus (clusters before 1.22): the control-plane endpoint of the one
+/// control-plane node (v1.20.2 `phases/uploadconfig/uploadconfig.go`).
+pub fn cluster_status_yaml(endpoint: &str, opts: &Options) -> String {
+    let (host, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, "6443"));
+    format!(
+        "apiEndpoints:\n  control-plane:\n    advertiseAddress: {}\n    bindPort: {port}\napiVersion: {}\nkind: ClusterStatus\n",
+        host.trim_start_matches('[').trim_end_matches(']'),
+        opts.release().kubeadm_api_version(),
+    )
+}
+
+/// Seeds a store with what a fresh kubeadm cluster of `opts`' release has.
 pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
     builtin_policy(store);
     if opts.kubeadm_rbac {
-        kubeadm_rbac(store);
+        kubeadm_rbac(store, opts);
     }
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         store.put(
@@ -289,33 +323,162 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
                "data": {"kubeconfig": cluster_info_kubeconfig(server_url, ca_pem)}}),
     );
     let endpoint = server_url.trim_start_matches("https://");
+    let mut kubeadm = json!({"ClusterConfiguration": cluster_configuration_yaml(endpoint, opts)});
+    if opts.release().kubeadm_cluster_status() {
+        kubeadm["ClusterStatus"] = json!(cluster_status_yaml(endpoint, opts));
+    }
     store.put(
         Key::new(Kind::ConfigMap, "kube-system", "kubeadm-config"),
-        json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
-               "data": {"ClusterConfiguration": cluster_configuration_yaml(endpoint, &opts.kubernetes_version)}}),
+        json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"}, "data": kubeadm}),
     );
-    let kubelet_name = if opts.legacy_kubelet_config_name {
-        let v = opts.kubernetes_version.trim_start_matches('v');
-        let minor: Vec<&str> = v.split('.').take(2).collect();
-        format!("kubelet-config-{}", minor.join("."))
-    } else {
-        "kubelet-config".to_owned()
-    };
-    if opts.legacy_kubelet_config_name && opts.kubeadm_rbac {
-        // The 1.20-era role name follows the ConfigMap's.
-        role_and_binding(
-            store,
-            "kube-system",
-            &format!("kubeadm:{kubelet_name}"),
-            json!([
-                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [kubelet_name.clone()], "verbs": ["get"]}
-            ]),
-            json!([group(BOOTSTRAP_GROUP), group("system:nodes")]),
-        );
-    }
+    let kubelet_name = opts.kubelet_config_name();
     store.put(
         Key::new(Kind::ConfigMap, "kube-system", &kubelet_name),
         json!({"metadata": {"name": kubelet_name, "namespace": "kube-system"},
                "data": {"kubelet": kubelet_config_yaml(&opts.cluster_dns)}}),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(version: &str, gates: &[(&str, bool)]) -> Store {
+        let opts = Options {
+            kubernetes_version: version.into(),
+            kubeadm_feature_gates: gates.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            ..Options::default()
+        };
+        let mut store = Store::new();
+        seed(&mut store, &opts, "https://10.0.0.1:6443", "CA");
+        store
+    }
+
+    fn has(store: &Store, kind: Kind, ns: &str, name: &str) -> bool {
+        store.get(&Key::new(kind, ns, name)).is_some()
+    }
+
+    #[test]
+    fn kubelet_config_and_its_role_follow_the_release() {
+        for (version, gates, name) in [
+            ("v1.20.2", &[][..], "kubelet-config-1.20"),
+            ("v1.23.17", &[][..], "kubelet-config-1.23"),
+            (
+                "v1.23.17",
+                &[("UnversionedKubeletConfigMap", true)][..],
+                "kubelet-config",
+            ),
+            ("v1.24.17", &[][..], "kubelet-config"),
+            (
+                "v1.24.17",
+                &[("UnversionedKubeletConfigMap", false)][..],
+                "kubelet-config-1.24",
+            ),
+            ("v1.31.2", &[][..], "kubelet-config"),
+        ] {
+            let store = seeded(version, gates);
+            let other = if name == "kubelet-config" {
+                format!("kubelet-config-{}", &version[1..5])
+            } else {
+                "kubelet-config".to_owned()
+            };
+            assert!(
+                has(&store, Kind::ConfigMap, "kube-system", name),
+                "{version} {name}"
+            );
+            let role = format!("kubeadm:{name}");
+            assert!(
+                has(&store, Kind::Role, "kube-system", &role),
+                "{version} {role}"
+            );
+            assert!(has(&store, Kind::RoleBinding, "kube-system", &role));
+            assert!(
+                !has(&store, Kind::ConfigMap, "kube-system", &other),
+                "{version} {other}"
+            );
+            let other_role = format!("kubeadm:{other}");
+            assert!(
+                !has(&store, Kind::Role, "kube-system", &other_role),
+                "{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn get_nodes_from_1_18() {
+        let old = seeded("v1.17.17", &[]);
+        assert!(!has(&old, Kind::ClusterRole, "", "kubeadm:get-nodes"));
+        assert!(!has(
+            &old,
+            Kind::ClusterRoleBinding,
+            "",
+            "kubeadm:get-nodes"
+        ));
+        let new = seeded("v1.18.0", &[]);
+        assert!(has(&new, Kind::ClusterRole, "", "kubeadm:get-nodes"));
+        assert!(has(&new, Kind::ClusterRoleBinding, "", "kubeadm:get-nodes"));
+    }
+
+    fn kubeadm_config(store: &Store) -> (serde_yaml_ng::Value, Value) {
+        let cm = store
+            .get(&Key::new(Kind::ConfigMap, "kube-system", "kubeadm-config"))
+            .expect("kubeadm-config")
+            .clone();
+        let text = cm["data"]["ClusterConfiguration"].as_str().expect("text");
+        (
+            serde_yaml_ng::from_str(text).expect("YAML"),
+            cm["data"].clone(),
+        )
+    }
+
+    #[test]
+    fn kubeadm_config_follows_the_release() {
+        for (version, api, status, repo) in [
+            ("v1.12.10", "kubeadm.k8s.io/v1alpha3", true, "k8s.gcr.io"),
+            ("v1.14.10", "kubeadm.k8s.io/v1beta1", true, "k8s.gcr.io"),
+            ("v1.20.2", "kubeadm.k8s.io/v1beta2", true, "k8s.gcr.io"),
+            ("v1.21.14", "kubeadm.k8s.io/v1beta2", true, "k8s.gcr.io"),
+            ("v1.22.16", "kubeadm.k8s.io/v1beta3", false, "k8s.gcr.io"),
+            (
+                "v1.22.17",
+                "kubeadm.k8s.io/v1beta3",
+                false,
+                "registry.k8s.io",
+            ),
+            ("v1.24.8", "kubeadm.k8s.io/v1beta3", false, "k8s.gcr.io"),
+            (
+                "v1.24.9",
+                "kubeadm.k8s.io/v1beta3",
+                false,
+                "registry.k8s.io",
+            ),
+            (
+                "v1.30.0",
+                "kubeadm.k8s.io/v1beta3",
+                false,
+                "registry.k8s.io",
+            ),
+            (
+                "v1.31.2",
+                "kubeadm.k8s.io/v1beta4",
+                false,
+                "registry.k8s.io",
+            ),
+        ] {
+            let (cfg, data) = kubeadm_config(&seeded(version, &[]));
+            assert_eq!(cfg["apiVersion"].as_str(), Some(api), "{version}");
+            assert_eq!(cfg["kubernetesVersion"].as_str(), Some(version));
+            assert_eq!(cfg["imageRepository"].as_str(), Some(repo), "{version}");
+            assert_eq!(cfg["certificatesDir"].as_str(), Some("/etc/kubernetes/pki"));
+            assert_eq!(!data["ClusterStatus"].is_null(), status, "{version}");
+        }
+        let (cfg, _) = kubeadm_config(&seeded(
+            "v1.23.17",
+            &[("UnversionedKubeletConfigMap", true)],
+        ));
+        assert_eq!(
+            cfg["featureGates"]["UnversionedKubeletConfigMap"].as_bool(),
+            Some(true)
+        );
+    }
 }

@@ -184,6 +184,7 @@ async fn respond(
         query: parts.uri.query().unwrap_or_default().to_owned(),
         accept: header("accept"),
         content_type: header("content-type"),
+        user_agent: header("user-agent"),
         body,
         user,
         bad_credentials,
