@@ -168,7 +168,10 @@ fn node_authorizer(user: &User, a: &Attributes) -> bool {
             "get" | "list" | "watch" | "create" | "update" | "patch"
         ),
         ("", "nodes", "status") => matches!(a.verb.as_str(), "get" | "update" | "patch"),
-        ("", "pods", "") => matches!(a.verb.as_str(), "get" | "list" | "watch" | "create" | "delete"),
+        ("", "pods", "") => matches!(
+            a.verb.as_str(),
+            "get" | "list" | "watch" | "create" | "delete"
+        ),
         ("", "pods", "status") => matches!(a.verb.as_str(), "update" | "patch"),
         ("certificates.k8s.io", "certificatesigningrequests", "") => {
             matches!(a.verb.as_str(), "create" | "get" | "list" | "watch")
