@@ -865,7 +865,8 @@ fn when_the_kubelet_bootstraps_itself_the_bootstrap_kubeconfig_goes_afterwards()
     );
     assert!(node.path("/etc/kubernetes/kubelet.conf").exists());
     assert!(cp.list(Kind::Csr).iter().any(|c| c["metadata"]["name"]
-        == "node-csr-standin-self-bootstrap-1"
+        .as_str()
+        .is_some_and(|n| n.starts_with("node-csr-standin-self-bootstrap-1-"))
         && c["spec"]["username"] == "system:bootstrap:abcdef"));
     for f in files_under(node.dir.path()) {
         let bytes = std::fs::read(&f).expect("read");
@@ -876,8 +877,16 @@ fn when_the_kubelet_bootstraps_itself_the_bootstrap_kubeconfig_goes_afterwards()
         );
     }
     // Reset removes what the kubelet made too (documented paths), and the tree is as before.
+    let (_admin_dir, admin) = admin_kubeconfig_file(&cp);
     run_with(
-        &["reset", "--root", &node.root(), "--delete-node"],
+        &[
+            "reset",
+            "--root",
+            &node.root(),
+            "--delete-node",
+            "--kubeconfig",
+            &admin,
+        ],
         &[],
         Duration::from_secs(60),
     )

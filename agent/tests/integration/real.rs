@@ -193,27 +193,23 @@ fn join_with_node_attach_bootstrap_registers_through_node_restriction_and_resets
         "{csrs}"
     );
     // kubelet.conf is the node itself to the real API server, and NodeRestriction holds it to
-    // its own objects.
-    let conf = node.path("/etc/kubernetes/kubelet.conf");
-    let (code, out, err) = kubectl(&conf, node.dir.path(), &["get", "node", name, "-o", "name"]);
+    // its own objects; the Node authorizer grants it no delete.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let conf = node_kubeconfig(&node, scratch.path());
+    let as_node = |args: &[&str]| kubectl(&conf, scratch.path(), args);
+    let (code, out, err) = as_node(&["get", "node", name, "-o", "name"]);
     assert_eq!(
         (code, out.trim()),
         (0, format!("node/{name}").as_str()),
         "{err}"
     );
-    let (code, _, err) = kubectl(
-        &conf,
-        node.dir.path(),
-        &["get", "secrets", "-n", "kube-system"],
-    );
+    let (code, _, err) = as_node(&["get", "secrets", "-n", "kube-system"]);
     assert_ne!(code, 0);
     assert!(err.contains(&format!("system:node:{name}")), "{err}");
-    let (code, _, err) = kubectl(
-        &conf,
-        node.dir.path(),
-        &["label", "node", "real-someone-else", "x=y"],
-    );
+    let (code, _, err) = as_node(&["label", "node", "real-drain-1", "x=y"]);
     assert_ne!(code, 0, "a node may not touch another Node: {err}");
+    let (code, _, err) = as_node(&["delete", "node", name]);
+    assert_ne!(code, 0, "a node may not delete itself: {err}");
     // The CRI socket annotation kubeadm join writes, with the node's own credentials.
     let annotation = kubectl_ok(
         rc,
@@ -270,13 +266,18 @@ fn join_where_the_kubelet_bootstraps_itself() {
         config.contains("sandbox_image = \"k8s.gcr.io/pause:3.2\""),
         "{config}"
     );
+    // Without an admin kubeconfig the real API server refuses the node deleting itself:
+    // reset says so, does everything else, and exits 80.
     run_with(
         &["reset", "--root", &node.root(), "--delete-node"],
         &[],
         Duration::from_secs(60),
     )
-    .expect_code(0);
-    assert!(!node_exists(rc, name));
+    .expect_code(80)
+    .expect_output("may not delete its own Node");
+    assert!(node_exists(rc, name));
+    assert!(!node.path("/etc/kubernetes/kubelet.conf").exists());
+    delete_node(rc, name);
 }
 
 #[test]
@@ -308,10 +309,11 @@ fn restricted_labels_are_refused_to_the_node_and_not_self_set() {
     assert!(labels.contains("workload_type"), "{labels}");
     assert!(!labels.contains("cluster-autoscaler"), "{labels}");
     // The real NodeRestriction refuses the node setting it itself.
-    let conf = node.path("/etc/kubernetes/kubelet.conf");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let conf = node_kubeconfig(&node, scratch.path());
     let (code, _, err) = kubectl(
         &conf,
-        node.dir.path(),
+        scratch.path(),
         &[
             "label",
             "node",
@@ -471,6 +473,35 @@ fn a_pending_and_a_denied_csr_as_the_real_controllers_leave_them() {
             group,
         ],
     );
+    // It may read the cluster's configuration, as kubeadm's default group may.
+    for role in [
+        "kubeadm:kubelet-config-1.20",
+        "kubeadm:nodes-kubeadm-config",
+    ] {
+        let binding = format!("real-unbound-{}", role.trim_start_matches("kubeadm:"));
+        let _ = rc.kubectl(&[
+            "delete",
+            "rolebinding",
+            "-n",
+            "kube-system",
+            &binding,
+            "--ignore-not-found",
+        ]);
+        kubectl_ok(
+            rc,
+            &[
+                "create",
+                "rolebinding",
+                "-n",
+                "kube-system",
+                &binding,
+                "--role",
+                role,
+                "--group",
+                group,
+            ],
+        );
+    }
     let token = unbound_token(rc, "rlpend");
     let node = Node::new();
     let before = tree_with_bytes(node.dir.path());
@@ -480,6 +511,23 @@ fn a_pending_and_a_denied_csr_as_the_real_controllers_leave_them() {
     );
     run.expect_code(51)
         .expect_output("may not have node CSRs auto-approved");
+    // The real controller leaves it pending; clear it for the next case.
+    let leftover = kubectl_ok(
+        rc,
+        &[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.username}{\"\\n\"}{end}",
+        ],
+    );
+    for line in leftover
+        .lines()
+        .filter(|l| l.ends_with(" system:bootstrap:rlpend"))
+    {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        kubectl_ok(rc, &["delete", "csr", name]);
+    }
     let _ = before;
     // Denied while join waits: the real API server's Denied condition ends the wait.
     let node = Node::new();
@@ -487,18 +535,21 @@ fn a_pending_and_a_denied_csr_as_the_real_controllers_leave_them() {
     let a: Vec<String> = args.clone();
     let token2 = token.clone();
     let waiter = std::thread::spawn(move || join_real(&a, &token2));
-    let pending = || {
-        kubectl_ok(rc, &["get", "csr", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.username} {.status.conditions[0].type}{\"\\n\"}{end}"])
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some("system:bootstrap:rlpend") && l.split_whitespace().nth(2).is_none())
-            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
-            .last()
+    // The pending CSRs this token's user made (the first join's was deleted above).
+    let pending = || -> Vec<String> {
+        let list = kubectl_ok(rc, &["get", "csr", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.username} {.status.conditions[0].type}{\"\\n\"}{end}"]);
+        list.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() == 2 && f[1] == "system:bootstrap:rlpend")
+            .map(|f| f[0].to_owned())
+            .collect()
     };
     assert!(
-        eventually(Duration::from_secs(30), || pending().is_some()),
-        "no pending CSR appeared"
+        eventually(Duration::from_secs(30), || pending().len() == 1),
+        "no pending CSR appeared: {:?}",
+        pending()
     );
-    let csr = pending().expect("pending CSR");
+    let csr = pending().remove(0);
     kubectl_ok(rc, &["certificate", "deny", &csr]);
     let run = waiter.join().expect("join thread");
     run.expect_code(50).expect_output("was denied");

@@ -56,7 +56,9 @@ fn reset_returns_the_tree_to_its_pre_join_state() {
     args.push("--disable-swap".into());
     join(&args, &[]).expect_code(0);
     assert_ne!(tree_with_bytes(node.dir.path()), before);
-    let run = reset(&node, &["--delete-node"]);
+    // A node may not delete its own Node: the admin's kubeconfig does it.
+    let (_admin_dir, admin) = admin_kubeconfig_file(&cp);
+    let run = reset(&node, &["--delete-node", "--kubeconfig", &admin]);
     run.expect_code(0).expect_output("deleted reset-1");
     assert_eq!(
         tree_with_bytes(node.dir.path()),

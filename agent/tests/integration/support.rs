@@ -181,3 +181,10 @@ pub fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> (i32, String, S
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The test control plane's admin kubeconfig in a file of its own (outside any node's tree).
+pub fn admin_kubeconfig_file(cp: &TestControlPlane) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    (dir, path.display().to_string())
+}

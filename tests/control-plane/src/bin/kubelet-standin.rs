@@ -528,7 +528,17 @@ async fn bootstrap(
         .map_err(|e| e.to_string())?
         .pem()
         .map_err(|e| e.to_string())?;
-    let csr_name = format!("node-csr-standin-{name}");
+    // Named by its key, as the kubelet's digested name is: a rerun with a new key never
+    // picks up an older CSR issued for another key.
+    let key_id: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.public_key_raw())
+            .iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let csr_name = format!("node-csr-standin-{name}-{key_id}");
     // As the kubelet of the server's version asks: key encipherment before 1.25, v1beta1
     // before 1.19 (pkg/kubelet/certificate/bootstrap, client-go util/certificate/csr).
     let minor = server_minor(&client).await;
