@@ -796,8 +796,9 @@ fn flush_chains(ctx: &mut Ctx<'_>) {
             continue;
         }
         for (t, rule) in &jumps {
+            let words = save_words(rule);
             let mut args = vec!["-t", t.as_str(), "-D"];
-            args.extend(rule.split_whitespace());
+            args.extend(words.iter().map(String::as_str));
             let _ = run_command(tool, &args, Duration::from_secs(30));
         }
         for (t, c) in &chains {
@@ -840,6 +841,45 @@ fn flush_chains(ctx: &mut Ctx<'_>) {
             }
         }
     }
+}
+
+/// The arguments of one `iptables-save` rule line, as iptables quotes them: a word with spaces is
+/// in double quotes (the kubelet's `-m comment --comment "kubernetes postrouting rules"`), with
+/// `\"` and `\\` escaped inside. Splitting on whitespace instead breaks such a rule, its `-D`
+/// matches nothing, and the chain it jumps to cannot be deleted.
+fn save_words(rule: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut started = false;
+    let mut quoted = false;
+    let mut chars = rule.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
 }
 
 fn delete_interfaces(ctx: &mut Ctx<'_>) {
@@ -1116,5 +1156,48 @@ fn remove_state_dir(ctx: &mut Ctx<'_>, records: Option<&[Record]>) {
         for d in dirs {
             remove_dir(ctx, d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::save_words;
+
+    #[test]
+    fn iptables_save_rules_split_as_iptables_quotes_them() {
+        assert_eq!(
+            save_words(
+                r#"POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING"#
+            ),
+            [
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes postrouting rules",
+                "-j",
+                "KUBE-POSTROUTING"
+            ]
+        );
+        assert_eq!(
+            save_words(r#"INPUT -m comment --comment "a \"b\" \\c" -j KUBE-FIREWALL"#),
+            [
+                "INPUT",
+                "-m",
+                "comment",
+                "--comment",
+                r#"a "b" \c"#,
+                "-j",
+                "KUBE-FIREWALL"
+            ]
+        );
+        assert_eq!(
+            save_words("FORWARD  -j CNI-FORWARD "),
+            ["FORWARD", "-j", "CNI-FORWARD"]
+        );
+        assert_eq!(
+            save_words(r#"X --comment "" -j Y"#),
+            ["X", "--comment", "", "-j", "Y"]
+        );
     }
 }
