@@ -4,6 +4,7 @@
 //! [`fs::Root`]. When the root is not `/`, node-attach touches no host service or package: those
 //! steps are journaled as skipped instead.
 
+pub mod cri;
 pub mod fs;
 
 use std::path::Path;
