@@ -15,7 +15,7 @@ demo: build
 
 ## Everything: formatting, lints, unit and integration tests, shell lint, and the end-to-end test
 ## (which skips, loudly, when not root).
-test: lint unit shellcheck e2e
+test: lint unit cri shellcheck e2e
 
 lint: fmt-check clippy
 
@@ -30,7 +30,7 @@ clippy:
 
 shellcheck:
 	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
-	shellcheck -S warning tests/e2e/run.sh tests/e2e/images/*.sh tests/kubernetes/*.sh
+	shellcheck -S warning tests/e2e/run.sh tests/e2e/images/*.sh tests/kubernetes/*.sh tests/cri/*.sh
 
 # The integration tests run the workspace binaries (node-attach, kubelet-standin): build them
 # first. As root, one real Kubernetes control plane (tests/kubernetes/cluster.sh) serves the whole
@@ -91,7 +91,12 @@ deb: static
 e2e: build static
 	bash tests/e2e/run.sh
 
-.PHONY: static serve deb e2e shellcheck
+## node-attach's CRI client against a private, real containerd (root only; skipped loudly otherwise).
+cri:
+	@if [ "$$(id -u)" = 0 ]; then bash tests/cri/check.sh; \
+	else echo "######## SKIPPED: the CRI check needs root (a private containerd) ########"; fi
+
+.PHONY: static serve deb e2e shellcheck cri
 
 ## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json.
 bench: build static

@@ -647,6 +647,7 @@ mod tests {
             systemd: Box::new(RecordingSystemd::default()),
             packages: Some(Box::new(RecordingPackages::default())),
             cri: Box::new(ReadyCri),
+            containers: Box::new(crate::effects::containers::RecordingContainers::default()),
             host,
         }
     }

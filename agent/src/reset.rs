@@ -206,11 +206,12 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
             }
         }
     }
+    // Pods before mounts: the runtime tears down what it set up for them.
+    if !ctx.skipped("containers") {
+        remove_containers(&mut ctx).await;
+    }
     if !ctx.skipped("mounts") {
         unmount_kubelet(&mut ctx);
-    }
-    if !ctx.skipped("containers") {
-        remove_containers(&mut ctx);
     }
     if !ctx.skipped("kubelet-state") {
         for dir in STATE_DIRS {
@@ -547,7 +548,9 @@ fn unmount_kubelet(ctx: &mut Ctx<'_>) {
     }
 }
 
-fn remove_containers(ctx: &mut Ctx<'_>) {
+/// Pods through the CRI first (their CNI DEL runs), on the socket join configured and on every
+/// other known CRI socket that is there; then what only the runtime's tools still see.
+async fn remove_containers(ctx: &mut Ctx<'_>) {
     if !ctx.fx.host {
         ctx.step(
             "containers",
@@ -557,80 +560,56 @@ fn remove_containers(ctx: &mut Ctx<'_>) {
         );
         return;
     }
-    let outcome = ctx.host_outcome();
-    if crate::effects::which("ctr").is_some() {
+    for socket in cri_sockets(&ctx.fx.root) {
+        let shown = format!("pod sandboxes through the CRI at {}", socket.display());
         if ctx.opts.dry_run {
             ctx.step(
                 "containers",
-                "containerd namespace k8s.io",
-                outcome,
-                "ctr -n k8s.io",
+                shown,
+                "would-do",
+                "StopPodSandbox, RemovePodSandbox",
             );
-        } else {
-            let tasks = run_command(
-                "ctr",
-                &["-n", "k8s.io", "tasks", "list", "-q"],
-                Duration::from_secs(30),
-            )
-            .unwrap_or_default();
-            for t in tasks.lines().filter(|t| !t.is_empty()) {
-                let _ = run_command(
-                    "ctr",
-                    &["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", t],
-                    Duration::from_secs(30),
-                );
-                let _ = run_command(
-                    "ctr",
-                    &["-n", "k8s.io", "tasks", "delete", "-f", t],
-                    Duration::from_secs(30),
-                );
-            }
-            let containers = run_command(
-                "ctr",
-                &["-n", "k8s.io", "containers", "list", "-q"],
-                Duration::from_secs(30),
-            )
-            .unwrap_or_default();
-            let n = containers.lines().filter(|c| !c.is_empty()).count();
-            for c in containers.lines().filter(|c| !c.is_empty()) {
-                let _ = run_command(
-                    "ctr",
-                    &["-n", "k8s.io", "containers", "delete", c],
-                    Duration::from_secs(30),
-                );
-            }
-            ctx.step(
-                "containers",
-                "containerd namespace k8s.io",
-                "done",
-                format!("{n} containers"),
-            );
+            continue;
+        }
+        match ctx.fx.containers.remove_pods(&socket).await {
+            Ok(n) => ctx.step("containers", shown, "done", format!("{n} pods")),
+            Err(e) => ctx.step("containers", shown, "failed", e.to_string()),
         }
     }
-    if crate::effects::which("docker").is_some() && ctx.fx.systemd.is_active("docker.service") {
-        if ctx.opts.dry_run {
-            ctx.step("containers", "docker k8s_* containers", outcome, "");
-        } else {
-            let ids = run_command(
-                "docker",
-                &["ps", "-aq", "--filter", "name=k8s_"],
-                Duration::from_secs(30),
-            )
-            .unwrap_or_default();
-            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids.iter().copied());
-                let _ = run_command("docker", &args, Duration::from_secs(120));
-            }
-            ctx.step(
-                "containers",
-                "docker k8s_* containers",
-                "done",
-                format!("{} containers", ids.len()),
-            );
+    if ctx.opts.dry_run {
+        ctx.step(
+            "containers",
+            "leftover Kubernetes containers (ctr, docker)",
+            "would-do",
+            "",
+        );
+        return;
+    }
+    for line in ctx.fx.containers.remove_leftovers() {
+        ctx.step("containers", line, "done", "");
+    }
+}
+
+/// The CRI endpoint join recorded, then every other known CRI socket present on the node.
+fn cri_sockets(root: &Root) -> Vec<PathBuf> {
+    let recorded = root
+        .read(Path::new(crate::join::STATE_FILE))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["cri_endpoint"].as_str().map(str::to_owned))
+        .map(|e| PathBuf::from(e.trim_start_matches("unix://")));
+    let known = crate::effects::containers::CRI_SOCKETS
+        .iter()
+        .map(PathBuf::from);
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in recorded.into_iter().chain(known) {
+        // A socket that is not there has no runtime behind it to ask.
+        if !out.contains(&p) && root.inspect(&p).is_ok_and(|e| e == Existing::Other) {
+            out.push(p);
         }
     }
+    out
 }
 
 /// Removes the contents of a documented directory, never crossing into another filesystem,
@@ -1161,7 +1140,9 @@ fn remove_state_dir(ctx: &mut Ctx<'_>, records: Option<&[Record]>) {
 
 #[cfg(test)]
 mod tests {
-    use super::save_words;
+    use super::*;
+    use crate::effects::containers::RecordingContainers;
+    use crate::effects::{ReadyCri, RecordingSystemd};
 
     #[test]
     fn iptables_save_rules_split_as_iptables_quotes_them() {
@@ -1199,5 +1180,86 @@ mod tests {
             save_words(r#"X --comment "" -j Y"#),
             ["X", "--comment", "", "-j", "Y"]
         );
+    }
+
+    fn effects(root: &Path, containers: RecordingContainers) -> Effects {
+        Effects {
+            root: Root::new(root),
+            systemd: Box::new(RecordingSystemd::default()),
+            packages: None,
+            cri: Box::new(ReadyCri),
+            containers: Box::new(containers),
+            host: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_go_through_the_cri_sockets_that_are_there() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("run/containerd")).expect("dir");
+        let _socket = std::os::unix::net::UnixListener::bind(
+            tmp.path().join("run/containerd/containerd.sock"),
+        )
+        .expect("socket");
+        std::fs::create_dir_all(tmp.path().join("var/lib/node-attach")).expect("state");
+        std::fs::write(
+            tmp.path().join("var/lib/node-attach/state.json"),
+            r#"{"cri_endpoint": "unix:///run/cri-dockerd.sock"}"#,
+        )
+        .expect("state.json");
+        let fx = effects(
+            tmp.path(),
+            RecordingContainers {
+                pods: 3,
+                ..Default::default()
+            },
+        );
+        let opts = ResetOptions::default();
+        let mut ctx = Ctx {
+            fx: &fx,
+            opts: &opts,
+            steps: Vec::new(),
+            pinned: Vec::new(),
+        };
+        remove_containers(&mut ctx).await;
+        let cri: Vec<_> = ctx
+            .steps
+            .iter()
+            .filter(|s| s.target.contains("through the CRI"))
+            .collect();
+        // The recorded cri-dockerd socket is not there: only containerd's is asked.
+        assert_eq!(cri.len(), 1, "{:?}", ctx.steps);
+        assert!(cri[0].target.contains("/run/containerd/containerd.sock"));
+        assert_eq!((cri[0].outcome, cri[0].detail.as_str()), ("done", "3 pods"));
+    }
+
+    #[tokio::test]
+    async fn a_cri_that_refuses_is_a_failed_step_and_a_dry_run_asks_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("run")).expect("dir");
+        let _socket =
+            std::os::unix::net::UnixListener::bind(tmp.path().join("run/cri-dockerd.sock"))
+                .expect("socket");
+        let fx = effects(
+            tmp.path(),
+            RecordingContainers {
+                fail: true,
+                ..Default::default()
+            },
+        );
+        for (dry_run, outcome) in [(false, "failed"), (true, "would-do")] {
+            let opts = ResetOptions {
+                dry_run,
+                ..ResetOptions::default()
+            };
+            let mut ctx = Ctx {
+                fx: &fx,
+                opts: &opts,
+                steps: Vec::new(),
+                pinned: Vec::new(),
+            };
+            remove_containers(&mut ctx).await;
+            assert_eq!(ctx.steps[0].outcome, outcome, "{:?}", ctx.steps);
+        }
     }
 }

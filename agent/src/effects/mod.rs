@@ -4,6 +4,8 @@
 //! [`fs::Root`]. When the root is not `/`, node-attach touches no host service or package: those
 //! steps are journaled as skipped instead.
 
+pub mod containers;
+pub mod cri;
 pub mod fs;
 
 use std::path::Path;
@@ -486,6 +488,8 @@ pub struct Effects {
     pub packages: Option<Box<dyn Packages>>,
     /// The CRI check.
     pub cri: Box<dyn Cri>,
+    /// The node's pods and containers (reset).
+    pub containers: Box<dyn containers::Containers>,
     /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
     pub host: bool,
 }
@@ -499,6 +503,7 @@ impl Effects {
             systemd: Box::new(Systemctl),
             packages: if host { detect_packages() } else { None },
             cri: Box::new(CriSocket),
+            containers: Box::new(containers::RuntimeContainers),
             host,
         }
     }
