@@ -1,9 +1,9 @@
 //! Request handling: routing, authorization, admission (NodeRestriction, CSR validation) and the
 //! API's answers, including `Status` errors, watches and kubectl's `Table` form.
 
-use crate::auth::{authorize, node_may_set_label, Attributes, User};
+use crate::auth::{authorize, decide, node_may_set_label, Attributes, User};
 use crate::controllers::{detached_jws, kubelet_client_error, pem_to_der, KUBELET_CLIENT_SIGNER};
-use crate::store::{merge_patch, Key, Kind, StoreError};
+use crate::store::{merge_patch, record_manager, Key, Kind, StoreError};
 use crate::{ClusterInfoFault, RequestRecord, Shared};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -89,7 +89,7 @@ fn route_not_found() -> Reply {
         404,
         "NotFound",
         "the server could not find the requested resource",
-        None,
+        Some(json!({})),
     )
 }
 
@@ -97,12 +97,26 @@ fn route_not_found() -> Reply {
 pub fn status_error(code: u16, reason: &str, message: &str, details: Option<Value>) -> Reply {
     let mut v = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": "Failure", "message": message, "reason": reason, "code": code,
+        "status": "Failure", "message": message, "reason": reason,
+        "code": code,
     });
     if let Some(d) = details {
         v["details"] = d;
     }
     Reply::json(code, &v)
+}
+
+/// A Status error's `details` for an object: name (when there is one), group (when not core)
+/// and kind (the resource's plural), as `errors.NewNotFound`/`NewForbidden` write them.
+fn object_details(group: &str, plural: &str, name: &str) -> Value {
+    let mut d = json!({"kind": plural});
+    if !name.is_empty() {
+        d["name"] = json!(name);
+    }
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
+    d
 }
 
 fn not_found(kind: Kind, name: &str) -> Reply {
@@ -115,13 +129,16 @@ fn not_found(kind: Kind, name: &str) -> Reply {
         404,
         "NotFound",
         &format!("{resource} \"{name}\" not found"),
-        Some(json!({"name": name, "kind": kind.plural(), "group": kind.group()})),
+        Some(object_details(kind.group(), kind.plural(), name)),
     )
 }
 
 fn forbidden(user: &User, a: &Attributes) -> Reply {
     let what = if let Some(p) = &a.path {
-        format!("User \"{}\" cannot {} path \"{p}\"", user.name, a.verb)
+        format!(
+            "forbidden: User \"{}\" cannot {} path \"{p}\"",
+            user.name, a.verb
+        )
     } else {
         let res = if a.group.is_empty() {
             a.resource.clone()
@@ -148,7 +165,11 @@ fn forbidden(user: &User, a: &Attributes) -> Reply {
             res, user.name, a.verb, a.resource, a.group
         )
     };
-    status_error(403, "Forbidden", &what, None)
+    let details = match &a.path {
+        Some(_) => json!({}),
+        None => object_details(&a.group, &a.resource, &a.name),
+    };
+    status_error(403, "Forbidden", &what, Some(details))
 }
 
 fn query_map(q: &str) -> BTreeMap<String, String> {
@@ -374,9 +395,14 @@ fn self_subject_access_review(shared: &Shared, req: &Req) -> Reply {
             .as_str()
             .map(str::to_owned),
     };
-    let allowed = authorize(&shared.lock().store, &req.user, &attrs);
-    review["status"] = json!({"allowed": allowed});
+    let decision = decide(&shared.lock().store, &req.user, &attrs);
+    review["status"] = json!({"allowed": decision.is_some()});
+    if let Some(reason) = decision.filter(|r| !r.is_empty()) {
+        review["status"]["reason"] = json!(reason);
+    }
     review["metadata"] = json!({"creationTimestamp": null});
+    let api_version = review["apiVersion"].as_str().unwrap_or_default().to_owned();
+    record_manager(&mut review, &manager(req), &api_version);
     Reply::json(201, &review)
 }
 
@@ -706,7 +732,7 @@ impl Ctx<'_> {
             .filter(|o| name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
             .filter(|o| node.as_deref().is_none_or(|n| o["spec"]["nodeName"] == n))
             .filter(|o| label_selector_matches(&selector, o))
-            .map(|o| self.present(o.clone()))
+            .map(|o| list_item(o.clone()))
             .collect();
         let rv = state.store.resource_version();
         drop(state);
@@ -824,16 +850,28 @@ impl Ctx<'_> {
         })
     }
 
+    /// A 422 for one field (`"spec.x: Required value: ..."`), shaped as `errors.NewInvalid`
+    /// writes it: the qualified kind in the message, and one cause with its reason and field.
     fn invalid(&self, message: &str) -> Reply {
+        let group = self.kind.group();
+        let qualified = if group.is_empty() {
+            self.kind.name().to_owned()
+        } else {
+            format!("{}.{group}", self.kind.name())
+        };
+        let (field, detail) = message.split_once(": ").unwrap_or(("", message));
+        let reason = match detail.split(':').next().unwrap_or_default() {
+            "Required value" => "FieldValueRequired",
+            "Unsupported value" => "FieldValueNotSupported",
+            _ => "FieldValueInvalid",
+        };
+        let mut details = object_details(group, self.kind.name(), &self.name);
+        details["causes"] = json!([{"reason": reason, "message": detail, "field": field}]);
         status_error(
             422,
             "Invalid",
-            &format!(
-                "{} \"{}\" is invalid: {message}",
-                self.kind.name(),
-                self.name
-            ),
-            Some(json!({"name": self.name, "kind": self.kind.name()})),
+            &format!("{qualified} \"{}\" is invalid: {message}", self.name),
+            Some(details),
         )
     }
 
@@ -880,17 +918,22 @@ impl Ctx<'_> {
             Kind::Node => {
                 if let Some(node) = self.req.user.node_name() {
                     if node != name {
-                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""), None);
+                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""), Some(object_details("", "nodes", &name)));
                     }
                     let bad = forbidden_labels(&obj, &Value::Null);
                     if !bad.is_empty() {
-                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to set the following labels: {}", bad.join(", ")), None);
+                        return status_error(403, "Forbidden", &format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to set the following labels: {}", bad.join(", ")), Some(object_details("", "nodes", &name)));
                     }
                 }
             }
             Kind::Secret => fold_string_data(&mut obj),
+            Kind::Pod => pod_defaults(&mut obj),
             _ => {}
         }
+        if self.kind == Kind::Node {
+            node_defaults(&mut obj);
+        }
+        self.record_write(&mut obj);
         let result = self.shared.lock().store.create(ctx.key(), obj);
         match result {
             Ok(o) => Reply::json(201, &self.present(o)),
@@ -973,7 +1016,9 @@ impl Ctx<'_> {
             .unwrap_or_default()
             .to_owned();
         match (self.version, given.as_str()) {
-            ("v1", "") => Err(self.invalid("spec.signerName: Required value")),
+            ("v1", "") => Err(self.invalid(
+                "spec.signerName: Required value: signerName must be provided",
+            )),
             ("v1", LEGACY_UNKNOWN_SIGNER) => Err(self.invalid(&format!(
                 "spec.signerName: Invalid value: \"{LEGACY_UNKNOWN_SIGNER}\": the legacy signerName is not allowed via this API version"
             ))),
@@ -1039,11 +1084,11 @@ impl Ctx<'_> {
             return Ok(());
         };
         if node != self.name {
-            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify node \"{}\"", self.name, self.name), None));
+            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify node \"{}\"", self.name, self.name), Some(object_details("", "nodes", &self.name))));
         }
         let bad = forbidden_labels(new, old);
         if !bad.is_empty() {
-            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify labels: {}", self.name, bad.join(", ")), None));
+            return Err(status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to modify labels: {}", self.name, bad.join(", ")), Some(object_details("", "nodes", &self.name))));
         }
         if new["spec"]["taints"] != old["spec"]["taints"] {
             return Err(status_error(
@@ -1056,7 +1101,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn store_update(&self, obj: Value) -> Reply {
+    /// The field manager's entry for this request's writer (the User-Agent's product name).
+    fn record_write(&self, obj: &mut Value) {
+        record_manager(
+            obj,
+            &manager(self.req),
+            &self.kind.api_version(self.version),
+        );
+    }
+
+    fn store_update(&self, mut obj: Value) -> Reply {
+        self.record_write(&mut obj);
         let result = self.shared.lock().store.update(self.key(), obj);
         match result {
             Ok(o) => self.answer(o),
@@ -1151,8 +1206,9 @@ impl Ctx<'_> {
         ))
     }
 
-    /// The eviction subresource: refused with 429 while a matching PodDisruptionBudget allows
-    /// no disruption, as the API server does.
+    /// The eviction subresource (v1.20.2 `pkg/registry/core/pod/storage/eviction.go`): a pod
+    /// that may ignore its budgets (see [`can_ignore_pdb`]) goes at once; otherwise a matching
+    /// PodDisruptionBudget that allows no disruption answers 429, one that does is charged.
     fn evict(&self) -> Reply {
         if self.kind != Kind::Pod {
             return route_not_found();
@@ -1164,44 +1220,10 @@ impl Ctx<'_> {
         let Some(pod) = state.store.get(&self.key()).cloned() else {
             return not_found(self.kind, &self.name);
         };
-        let labels = pod["metadata"]["labels"].clone();
-        let pdbs: Vec<Value> = state
-            .store
-            .list(Kind::Pdb, Some(&self.namespace))
-            .into_iter()
-            .cloned()
-            .collect();
-        for pdb in pdbs {
-            let wanted = pdb["spec"]["selector"]["matchLabels"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
-            let selects = !wanted.is_empty() && wanted.iter().all(|(k, v)| labels[k] == *v);
-            if !selects {
-                continue;
+        if !can_ignore_pdb(&pod, self.shared.release) {
+            if let Err(r) = self.charge_budget(&mut state, &pod) {
+                return r;
             }
-            let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
-            if allowed <= 0 {
-                return status_error(
-                    429,
-                    "TooManyRequests",
-                    "Cannot evict pod as it would violate the pod's disruption budget.",
-                    Some(
-                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {} needs more healthy pods", pdb["metadata"]["name"].as_str().unwrap_or_default())}]}),
-                    ),
-                );
-            }
-            let mut updated = pdb.clone();
-            updated["status"]["disruptionsAllowed"] = json!(allowed - 1);
-            if let Some(m) = updated["metadata"].as_object_mut() {
-                m.remove("resourceVersion");
-            }
-            let key = Key::new(
-                Kind::Pdb,
-                &self.namespace,
-                pdb["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-            let _ = state.store.update(key, updated);
         }
         let _ = state.store.delete(&self.key());
         Reply::json(
@@ -1210,11 +1232,60 @@ impl Ctx<'_> {
         )
     }
 
+    /// The budget of the pod's one matching PDB: an unready pod of a healthy budget is not
+    /// charged (v1.20.2 `eviction.go`: "If the pod is not ready, it doesn't count towards
+    /// healthy"), no disruption allowed is a 429 (`checkAndDecrement`), else one is used up.
+    fn charge_budget(&self, state: &mut crate::State, pod: &Value) -> Result<(), Reply> {
+        let labels = &pod["metadata"]["labels"];
+        let pdb = state
+            .store
+            .list(Kind::Pdb, Some(&self.namespace))
+            .into_iter()
+            .find(|pdb| {
+                let wanted = pdb["spec"]["selector"]["matchLabels"].as_object();
+                wanted.is_some_and(|w| !w.is_empty() && w.iter().all(|(k, v)| labels[k] == *v))
+            })
+            .cloned();
+        let Some(mut pdb) = pdb else {
+            return Ok(());
+        };
+        let status = &pdb["status"];
+        let (current, desired) = (
+            status["currentHealthy"].as_i64().unwrap_or(0),
+            status["desiredHealthy"].as_i64().unwrap_or(0),
+        );
+        if !pod_ready(pod) && current >= desired && desired > 0 {
+            return Ok(());
+        }
+        let allowed = status["disruptionsAllowed"].as_i64().unwrap_or(0);
+        let name = pdb["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if allowed <= 0 {
+            let cause = format!("The disruption budget {name} needs {desired} healthy pods and has {current} currently");
+            return Err(status_error(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                Some(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]})),
+            ));
+        }
+        pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        if let Some(m) = pdb["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let _ = state
+            .store
+            .update(Key::new(Kind::Pdb, &self.namespace, &name), pdb);
+        Ok(())
+    }
+
     fn delete(&self) -> Reply {
         if self.kind == Kind::Node {
             if let Some(node) = self.req.user.node_name() {
                 if node != self.name {
-                    return status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to delete node \"{}\"", self.name, self.name), None);
+                    return status_error(403, "Forbidden", &format!("nodes \"{}\" is forbidden: node \"{node}\" is not allowed to delete node \"{}\"", self.name, self.name), Some(object_details("", "nodes", &self.name)));
                 }
             }
         }
@@ -1223,6 +1294,90 @@ impl Ctx<'_> {
             Ok(o) => Reply::json(200, &self.present(o)),
             Err(_) => not_found(self.kind, &self.name),
         }
+    }
+}
+
+/// The field manager name of a request: its User-Agent up to the first `/`.
+fn manager(req: &Req) -> String {
+    let ua = req.user_agent.split('/').next().unwrap_or_default();
+    if ua.is_empty() {
+        "unknown".into()
+    } else {
+        ua.to_owned()
+    }
+}
+
+/// A list's item: list items carry no `kind` or `apiVersion` (the list does).
+fn list_item(mut obj: Value) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    obj
+}
+
+/// A new Node as the API server stores it (v1.20.2): the `TaintNodesByCondition` admission
+/// plugin's not-ready NoSchedule taint (`plugin/pkg/admission/nodetaint/admission.go`), and the
+/// defaulted empty `nodeInfo` fields and kubelet endpoint (`pkg/apis/core/v1` defaults).
+fn node_defaults(node: &mut Value) {
+    let not_ready = json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"});
+    let mut taints = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !taints
+        .iter()
+        .any(|t| t["key"] == not_ready["key"] && t["effect"] == not_ready["effect"])
+    {
+        taints.push(not_ready);
+    }
+    node["spec"]["taints"] = Value::Array(taints);
+    let status = &mut node["status"];
+    if status["daemonEndpoints"].is_null() {
+        status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": 0}});
+    }
+    for field in [
+        "machineID",
+        "systemUUID",
+        "bootID",
+        "kernelVersion",
+        "osImage",
+        "containerRuntimeVersion",
+        "kubeletVersion",
+        "kubeProxyVersion",
+        "operatingSystem",
+        "architecture",
+    ] {
+        if status["nodeInfo"][field].is_null() {
+            status["nodeInfo"][field] = json!("");
+        }
+    }
+}
+
+/// Whether an eviction may skip the pod's budgets (v1.20.2 `eviction.go` `canIgnorePDB`):
+/// Succeeded or Failed pods; Pending ones from 1.17 (kubernetes#83906); ones already being
+/// deleted from 1.19 (kubernetes#91342). A pod put into the store without a status (tests do)
+/// counts as running; one created through the API starts Pending.
+fn can_ignore_pdb(pod: &Value, release: crate::version::Release) -> bool {
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Running");
+    matches!(phase, "Succeeded" | "Failed")
+        || (phase == "Pending" && release.eviction_ignores_pending_pods())
+        || (!pod["metadata"]["deletionTimestamp"].is_null()
+            && release.eviction_ignores_deleting_pods())
+}
+
+/// Whether the pod's Ready condition is True.
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// A new Pod starts `Pending` (the pod strategy's `PrepareForCreate`).
+fn pod_defaults(pod: &mut Value) {
+    if pod["status"]["phase"].is_null() {
+        pod["status"]["phase"] = json!("Pending");
     }
 }
 

@@ -140,11 +140,16 @@ pub struct Attributes {
 
 /// Whether `user` may do `attrs`.
 pub fn authorize(store: &Store, user: &User, attrs: &Attributes) -> bool {
-    if user.in_group("system:masters") {
-        return true;
-    }
-    if node_authorizer(user, attrs) {
-        return true;
+    decide(store, user, attrs).is_some()
+}
+
+/// Whether `user` may do `attrs`, with the reason an allowing authorizer gives (what a
+/// SubjectAccessReview's `status.reason` says): empty for `system:masters` and the Node
+/// authorizer, `RBAC: allowed by ...` naming the binding for RBAC (v1.20.2
+/// `plugin/pkg/auth/authorizer/rbac/rbac.go` `authorizingVisitor`).
+pub fn decide(store: &Store, user: &User, attrs: &Attributes) -> Option<String> {
+    if user.in_group("system:masters") || node_authorizer(user, attrs) {
+        return Some(String::new());
     }
     rbac(store, user, attrs)
 }
@@ -233,27 +238,53 @@ fn role_allows(store: &Store, role_ref: &Value, binding_ns: &str, a: &Attributes
         .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, a)))
 }
 
-fn rbac(store: &Store, user: &User, a: &Attributes) -> bool {
+/// `KIND "NAME" to User|Group "SUBJECT"` of the first binding subject that matches.
+fn matching_subject(binding: &Value, user: &User) -> Option<String> {
+    let subjects = binding["subjects"].as_array()?;
+    let s = subjects.iter().find(|s| subject_matches(s, user))?;
+    Some(format!(
+        "{} \"{}\"",
+        s["kind"].as_str().unwrap_or_default(),
+        s["name"].as_str().unwrap_or_default()
+    ))
+}
+
+fn rbac(store: &Store, user: &User, a: &Attributes) -> Option<String> {
+    let role_of = |b: &Value| {
+        let r = &b["roleRef"];
+        format!(
+            "{} \"{}\"",
+            r["kind"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or_default()
+        )
+    };
     for crb in store.list(Kind::ClusterRoleBinding, None) {
-        let subjects = crb["subjects"].as_array().cloned().unwrap_or_default();
-        if subjects.iter().any(|s| subject_matches(s, user))
-            && role_allows(store, &crb["roleRef"], "", a)
-        {
-            return true;
+        if let Some(subject) = matching_subject(crb, user) {
+            if role_allows(store, &crb["roleRef"], "", a) {
+                let name = crb["metadata"]["name"].as_str().unwrap_or_default();
+                return Some(format!(
+                    "RBAC: allowed by ClusterRoleBinding \"{name}\" of {} to {subject}",
+                    role_of(crb)
+                ));
+            }
         }
     }
     if a.namespace.is_empty() || a.path.is_some() {
-        return false;
+        return None;
     }
     for rb in store.list(Kind::RoleBinding, Some(&a.namespace)) {
-        let subjects = rb["subjects"].as_array().cloned().unwrap_or_default();
-        if subjects.iter().any(|s| subject_matches(s, user))
-            && role_allows(store, &rb["roleRef"], &a.namespace, a)
-        {
-            return true;
+        if let Some(subject) = matching_subject(rb, user) {
+            if role_allows(store, &rb["roleRef"], &a.namespace, a) {
+                let name = rb["metadata"]["name"].as_str().unwrap_or_default();
+                return Some(format!(
+                    "RBAC: allowed by RoleBinding \"{name}/{}\" of {} to {subject}",
+                    a.namespace,
+                    role_of(rb)
+                ));
+            }
         }
     }
-    false
+    None
 }
 
 /// The labels a node may set on itself (NodeRestriction / the kubelet's `IsKubeletLabel`).

@@ -26,6 +26,7 @@ pub fn spawn(shared: Arc<Shared>) {
                 sign_cluster_info(&mut state, shared.options.signing_delay);
                 approve_csrs(&mut state, shared.release);
                 sign_csrs(&mut state, &shared);
+                node_controllers(&mut state);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -106,10 +107,7 @@ pub fn sign_cluster_info(state: &mut State, delay: Duration) {
     if Value::Object(data.clone()) != cm["data"] {
         let mut updated = cm;
         updated["data"] = Value::Object(data);
-        if let Some(m) = updated["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let _ = state.store.update(key, updated);
+        write_back(state, key, updated);
     }
 }
 
@@ -354,10 +352,70 @@ fn signed(csr: &Value, shared: &Shared) -> Option<Value> {
     Some(updated)
 }
 
-/// A controller's unconditional write of an object it changed.
+/// A controller's unconditional write of an object it changed (field manager
+/// `kube-controller-manager`).
 fn write_back(state: &mut State, key: Key, mut updated: Value) {
     if let Some(m) = updated["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
+    let api_version = updated["apiVersion"].as_str().unwrap_or("v1").to_owned();
+    crate::store::record_manager(&mut updated, "kube-controller-manager", &api_version);
     let _ = state.store.update(key, updated);
+}
+
+/// What kube-controller-manager's node controllers do to a new Node (v1.20.2, with kubeadm's
+/// `--allocate-node-cidrs` and the pod subnet 10.244.0.0/16): the ttl controller's
+/// `node.alpha.kubernetes.io/ttl` (0 below 100 nodes, `pkg/controller/ttl`), the nodeipam
+/// controller's `podCIDR`/`podCIDRs` (a /24 each), and the node lifecycle controller's beta
+/// os/arch labels from the stable ones (`labelReconcileInfo`) and removal of the not-ready
+/// NoSchedule taint once the Node is Ready (`doNoScheduleTaintingPass`).
+pub fn node_controllers(state: &mut State) {
+    let keys = state.store.keys(Kind::Node);
+    let mut next_cidr = keys.len() + 1;
+    for key in keys {
+        let Some(node) = state.store.get(&key).cloned() else {
+            continue;
+        };
+        let mut updated = node.clone();
+        reconcile_node(&mut updated, &mut next_cidr);
+        if updated != node {
+            write_back(state, key, updated);
+        }
+    }
+}
+
+fn reconcile_node(node: &mut Value, next_cidr: &mut usize) {
+    if node["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"].is_null() {
+        node["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] = json!("0");
+    }
+    if node["spec"]["podCIDR"].is_null() {
+        let cidr = format!("10.244.{}.0/24", *next_cidr % 256);
+        *next_cidr += 1;
+        node["spec"]["podCIDR"] = json!(cidr);
+        node["spec"]["podCIDRs"] = json!([cidr]);
+    }
+    for (stable, beta) in [
+        ("kubernetes.io/os", "beta.kubernetes.io/os"),
+        ("kubernetes.io/arch", "beta.kubernetes.io/arch"),
+    ] {
+        let value = node["metadata"]["labels"][stable].clone();
+        if value.is_string() && node["metadata"]["labels"][beta].is_null() {
+            node["metadata"]["labels"][beta] = value;
+        }
+    }
+    let ready = node["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    let taints = node["spec"].get_mut("taints").and_then(Value::as_array_mut);
+    if let (true, Some(taints)) = (ready, taints) {
+        taints.retain(|t| {
+            !(t["key"] == "node.kubernetes.io/not-ready" && t["effect"] == "NoSchedule")
+        });
+        if taints.is_empty() {
+            if let Some(spec) = node["spec"].as_object_mut() {
+                spec.remove("taints");
+            }
+        }
+    }
 }

@@ -361,3 +361,91 @@ fn policy_and_rbac_groups_by_release() {
         );
     }
 }
+
+#[test]
+fn evictions_of_pending_pods_skip_budgets_from_1_17() {
+    for (version, want) in [("v1.16.15", 429), ("v1.17.0", 201)] {
+        let cp = start(version);
+        let pod =
+            json!({"metadata": {"name": "p", "labels": {"app": "a"}}, "spec": {"nodeName": "n"}});
+        let (status, created) = call(&cp, admin(), "POST", "/api/v1/namespaces/default/pods", pod);
+        assert_eq!(
+            (status, created["status"]["phase"].as_str()),
+            (201, Some("Pending"))
+        );
+        let pdb = json!({"metadata": {"name": "a", "namespace": "default"},
+                         "spec": {"selector": {"matchLabels": {"app": "a"}}}});
+        cp.put(crate::store::Kind::Pdb, "default", "a", pdb);
+        let body =
+            json!({"apiVersion": "policy/v1beta1", "kind": "Eviction", "metadata": {"name": "p"}});
+        let path = "/api/v1/namespaces/default/pods/p/eviction";
+        assert_eq!(call(&cp, admin(), "POST", path, body).0, want, "{version}");
+    }
+}
+
+#[test]
+fn new_nodes_as_the_api_server_and_the_node_controllers_leave_them() {
+    let cp = start("v1.20.2");
+    let node = json!({"metadata": {"name": "n", "labels": {"kubernetes.io/os": "linux"}},
+                      "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let (status, created) = call(&cp, admin(), "POST", "/api/v1/nodes", node);
+    assert_eq!(status, 201);
+    assert_eq!(
+        created["spec"]["taints"][0]["key"],
+        "node.kubernetes.io/not-ready"
+    );
+    assert_eq!(created["status"]["nodeInfo"]["bootID"], "");
+    assert_eq!(
+        created["metadata"]["managedFields"][0]["manager"],
+        "gate-tests"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let settled = loop {
+        let n = cp.get(crate::store::Kind::Node, "", "n").expect("node");
+        if n["spec"]["taints"].is_null() || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(settled["spec"]["taints"].is_null(), "{settled}");
+    assert_eq!(
+        settled["metadata"]["labels"]["beta.kubernetes.io/os"],
+        "linux"
+    );
+    assert_eq!(
+        settled["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"],
+        "0"
+    );
+    assert!(settled["spec"]["podCIDR"].is_string());
+}
+
+#[test]
+fn reviews_give_the_rbac_reason_and_lists_untyped_items() {
+    let cp = start("v1.20.2");
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"group": "certificates.k8s.io", "resource": "certificatesigningrequests", "subresource": "nodeclient", "verb": "create"}}});
+    let path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let (_, answer) = call(&cp, bootstrap(), "POST", path, review);
+    assert_eq!(answer["status"]["allowed"], true);
+    let reason = answer["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "RBAC: allowed by ClusterRoleBinding \"kubeadm:node-autoapprove-bootstrap\""
+        ),
+        "{reason}"
+    );
+    let (_, list) = call(
+        &cp,
+        admin(),
+        "GET",
+        "/api/v1/namespaces/kube-system/configmaps",
+        Value::Null,
+    );
+    let item = &list["items"][0];
+    assert!(
+        item["kind"].is_null() && item["apiVersion"].is_null(),
+        "{item}"
+    );
+    let (_, missing) = call(&cp, admin(), "GET", "/api/v1/nodes/none", Value::Null);
+    assert_eq!(missing["details"], json!({"name": "none", "kind": "nodes"}));
+}

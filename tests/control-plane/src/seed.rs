@@ -332,11 +332,36 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
         json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"}, "data": kubeadm}),
     );
     let kubelet_name = opts.kubelet_config_name();
+    let kubelet = kubelet_config_yaml(&opts.cluster_dns);
     store.put(
         Key::new(Kind::ConfigMap, "kube-system", &kubelet_name),
-        json!({"metadata": {"name": kubelet_name, "namespace": "kube-system"},
-               "data": {"kubelet": kubelet_config_yaml(&opts.cluster_dns)}}),
+        json!({"metadata": {"name": kubelet_name, "namespace": "kube-system",
+                            "annotations": {COMPONENT_CONFIG_HASH: component_config_hash(&kubelet)}},
+               "data": {"kubelet": kubelet}}),
     );
+    let keys: Vec<Key> = Kind::ALL.into_iter().flat_map(|k| store.keys(k)).collect();
+    for key in keys {
+        if let Some(mut obj) = store.get(&key).cloned() {
+            crate::store::record_manager(&mut obj, "kubeadm", &key.kind.api_version("v1"));
+            store.put(key, obj);
+        }
+    }
+}
+
+/// The annotation kubeadm signs the component configs it generates with (v1.20.2
+/// `cmd/kubeadm/app/componentconfigs/checksums.go` `SignConfigMap`, constant
+/// `ComponentConfigHashAnnotationKey`; seen on the real 1.20 kubelet-config-1.20; the release
+/// that introduced it is not checked, so every release gets it here).
+pub const COMPONENT_CONFIG_HASH: &str = "kubeadm.kubernetes.io/component-config.hash";
+
+/// `sha256:<hex>` over the ConfigMap's data, as `ChecksumForConfigMap` does for one key.
+fn component_config_hash(kubelet: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kubelet");
+    h.update(kubelet.as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 #[cfg(test)]

@@ -361,6 +361,26 @@ impl Store {
     }
 }
 
+/// Records a write by `manager` in `metadata.managedFields`, as the API server's field manager
+/// does for every write since 1.18 (server-side apply's bookkeeping, operation `Update`): one
+/// entry per manager and API version, its time the write's. The field set itself is left
+/// empty.
+pub fn record_manager(obj: &mut Value, manager: &str, api_version: &str) {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    let mut entries = obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    entries.retain(|e| !(e["manager"] == manager && e["apiVersion"] == api_version));
+    entries.push(json!({
+        "manager": manager, "operation": "Update", "apiVersion": api_version,
+        "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {},
+    }));
+    obj["metadata"]["managedFields"] = Value::Array(entries);
+}
+
 /// Applies a JSON merge patch (RFC 7386) to `target`.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {

@@ -212,6 +212,19 @@ impl Release {
         }
     }
 
+    /// Whether an eviction skips the budgets of a Pending pod: from 1.17 (kubernetes#83906,
+    /// "Pods in Pending state are removed without checking PDBs"; v1.20.2
+    /// `pkg/registry/core/pod/storage/eviction.go` `canIgnorePDB`).
+    pub fn eviction_ignores_pending_pods(self) -> bool {
+        self.at_least(17)
+    }
+
+    /// Whether an eviction skips the budgets of a pod already being deleted: from 1.19
+    /// (kubernetes#91342; v1.20.2 `canIgnorePDB`).
+    pub fn eviction_ignores_deleting_pods(self) -> bool {
+        self.at_least(19)
+    }
+
     /// The versions of the RBAC and authorization groups served, preferred first: v1 and
     /// v1beta1 before 1.22, v1 only from 1.22 (K API removal guide: rbac and authorization
     /// v1beta1 removed in 1.22; v1.20.2 `/apis` lists both).
@@ -360,6 +373,10 @@ mod tests {
         assert!(r("v1.21.14").eviction_body_ok("policy/v1beta1"));
         assert!(r("v1.22.0").eviction_body_ok("policy/v1"));
         assert!(r("v1.22.0").eviction_body_ok("policy/v1beta1"));
+        assert!(!r("v1.16.15").eviction_ignores_pending_pods());
+        assert!(r("v1.17.0").eviction_ignores_pending_pods());
+        assert!(!r("v1.18.20").eviction_ignores_deleting_pods());
+        assert!(r("v1.19.0").eviction_ignores_deleting_pods());
         assert_eq!(r("v1.21.14").rbac_versions(), ["v1", "v1beta1"]);
         assert_eq!(r("v1.22.0").rbac_versions(), ["v1"]);
     }
