@@ -194,8 +194,61 @@ pub fn cluster_info_kubeconfig(server: &str, ca_pem: &str) -> String {
     )
 }
 
-/// The kubelet configuration kubeadm uploads (kubeadm v1.31 defaults).
-pub fn kubelet_config_yaml(cluster_dns: &str) -> String {
+/// The kubelet configuration kubeadm of `release` uploads: before 1.21 the document kubeadm
+/// v1.20.2 writes (read from a real 1.20.2 cluster: no `cgroupDriver` unless docker reports
+/// one, `logging: {}`, none of the later fields), from 1.21 kubeadm v1.31's defaults (init
+/// defaults `cgroupDriver` to systemd from 1.21, kubernetes#99471). Releases between 1.21 and
+/// 1.30 get 1.31's field set: the fields added in between are not modelled.
+pub fn kubelet_config_yaml(cluster_dns: &str, release: crate::version::Release) -> String {
+    if release < crate::version::Release::parse("v1.21.0") {
+        return kubelet_config_yaml_1_20(cluster_dns);
+    }
+    kubelet_config_yaml_1_31(cluster_dns)
+}
+
+fn kubelet_config_yaml_1_20(cluster_dns: &str) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    cacheTTL: 0s
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 0s
+    cacheUnauthorizedTTL: 0s
+clusterDNS:
+- {cluster_dns}
+clusterDomain: cluster.local
+cpuManagerReconcilePeriod: 0s
+evictionPressureTransitionPeriod: 0s
+fileCheckFrequency: 0s
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+httpCheckFrequency: 0s
+imageMinimumGCAge: 0s
+kind: KubeletConfiguration
+logging: {{}}
+nodeStatusReportFrequency: 0s
+nodeStatusUpdateFrequency: 0s
+rotateCertificates: true
+runtimeRequestTimeout: 0s
+shutdownGracePeriod: 0s
+shutdownGracePeriodCriticalPods: 0s
+staticPodPath: /etc/kubernetes/manifests
+streamingConnectionIdleTimeout: 0s
+syncFrequency: 0s
+volumeStatsAggPeriod: 0s
+"#
+    )
+}
+
+fn kubelet_config_yaml_1_31(cluster_dns: &str) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 authentication:
@@ -332,7 +385,7 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
         json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"}, "data": kubeadm}),
     );
     let kubelet_name = opts.kubelet_config_name();
-    let kubelet = kubelet_config_yaml(&opts.cluster_dns);
+    let kubelet = kubelet_config_yaml(&opts.cluster_dns, opts.release());
     store.put(
         Key::new(Kind::ConfigMap, "kube-system", &kubelet_name),
         json!({"metadata": {"name": kubelet_name, "namespace": "kube-system",

@@ -223,8 +223,8 @@ pub fn csr_state(csr: &Value) -> String {
 }
 
 /// ConfigMap values that are YAML documents (kubeadm-config's ClusterConfiguration and
-/// ClusterStatus, kubelet-config's KubeletConfiguration): same apiVersion and kind, and for
-/// kubeadm's own documents the same top-level keys.
+/// ClusterStatus, kubelet-config's KubeletConfiguration): same apiVersion, kind and top-level
+/// keys.
 fn embedded_documents(real: &Value, standin: &Value, out: &mut Vec<String>) {
     let (Some(r), Some(s)) = (real["data"].as_object(), standin["data"].as_object()) else {
         return;
@@ -245,9 +245,9 @@ fn embedded_documents(real: &Value, standin: &Value, out: &mut Vec<String>) {
                 ));
             }
         }
-        let kubeadm = a
-            .get("apiVersion")
-            .is_some_and(|v| v.starts_with("kubeadm.k8s.io/"));
+        let kubeadm = a.get("apiVersion").is_some_and(|v| {
+            v.starts_with("kubeadm.k8s.io/") || v.starts_with("kubelet.config.k8s.io/")
+        });
         let (ka, kb): (Vec<&String>, Vec<&String>) = (a.keys().collect(), b.keys().collect());
         if kubeadm && ka != kb {
             out.push(format!(
