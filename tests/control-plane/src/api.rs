@@ -498,21 +498,7 @@ fn resource_list(shared: &Shared, group: &str, version: &str) -> Value {
 fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
     let host = shared.url.trim_start_matches("https://").to_owned();
     match segs {
-        ["version"] => {
-            let v = shared.options.kubernetes_version.trim_start_matches('v');
-            let mut parts = v.split('.');
-            let major = parts.next().unwrap_or("1");
-            let minor = parts.next().unwrap_or("0");
-            Reply::json(
-                200,
-                &json!({
-                    "major": major, "minor": minor, "gitVersion": shared.options.kubernetes_version,
-                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
-                    "platform": "linux/amd64",
-                }),
-            )
-        }
+        ["version"] => Reply::json(200, &version_info(shared)),
         ["healthz"] | ["livez"] | ["readyz"] => Reply::text(200, "ok"),
         ["api"] => Reply::json(
             200,
@@ -557,6 +543,27 @@ fn discovery(shared: &Arc<Shared>, segs: &[&str]) -> Reply {
         }
         _ => route_not_found(),
     }
+}
+
+/// `/version` (apimachinery `pkg/version` `Info`): from 1.33 also the emulation and minimum
+/// compatibility versions, equal to the binary's and one minor below without
+/// `--emulated-version` (kubernetes#130019).
+fn version_info(shared: &Shared) -> Value {
+    let r = shared.release;
+    let mut v = json!({
+        "major": r.major.to_string(), "minor": r.minor.to_string(),
+        "gitVersion": shared.options.kubernetes_version,
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
+        "platform": "linux/amd64",
+    });
+    if r.version_reports_emulation() {
+        v["emulationMajor"] = json!(r.major.to_string());
+        v["emulationMinor"] = json!(r.minor.to_string());
+        v["minCompatibilityMajor"] = json!(r.major.to_string());
+        v["minCompatibilityMinor"] = json!(r.minor.saturating_sub(1).to_string());
+    }
+    v
 }
 
 struct Ctx<'a> {

@@ -449,3 +449,13 @@ fn reviews_give_the_rbac_reason_and_lists_untyped_items() {
     let (_, missing) = call(&cp, admin(), "GET", "/api/v1/nodes/none", Value::Null);
     assert_eq!(missing["details"], json!({"name": "none", "kind": "nodes"}));
 }
+
+#[test]
+fn version_shape_by_release() {
+    let (_, old) = call(&start("v1.32.4"), admin(), "GET", "/version", Value::Null);
+    assert_eq!(old["minor"], "32");
+    assert!(old["emulationMinor"].is_null(), "{old}");
+    let (_, new) = call(&start("v1.33.1"), admin(), "GET", "/version", Value::Null);
+    assert_eq!(new["emulationMinor"], "33");
+    assert_eq!(new["minCompatibilityMinor"], "32");
+}

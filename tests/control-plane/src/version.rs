@@ -225,6 +225,13 @@ impl Release {
         self.at_least(19)
     }
 
+    /// Whether `/version` carries `emulationMajor`/`emulationMinor` and
+    /// `minCompatibilityMajor`/`minCompatibilityMinor`: from 1.33 (kubernetes#130019, KEP-4330;
+    /// apimachinery `pkg/version/types.go`, the fields `omitempty` before).
+    pub fn version_reports_emulation(self) -> bool {
+        self.at_least(33)
+    }
+
     /// The versions of the RBAC and authorization groups served, preferred first: v1 and
     /// v1beta1 before 1.22, v1 only from 1.22 (K API removal guide: rbac and authorization
     /// v1beta1 removed in 1.22; v1.20.2 `/apis` lists both).
@@ -373,6 +380,8 @@ mod tests {
         assert!(r("v1.21.14").eviction_body_ok("policy/v1beta1"));
         assert!(r("v1.22.0").eviction_body_ok("policy/v1"));
         assert!(r("v1.22.0").eviction_body_ok("policy/v1beta1"));
+        assert!(!r("v1.32.0").version_reports_emulation());
+        assert!(r("v1.33.0").version_reports_emulation());
         assert!(!r("v1.16.15").eviction_ignores_pending_pods());
         assert!(r("v1.17.0").eviction_ignores_pending_pods());
         assert!(!r("v1.18.20").eviction_ignores_deleting_pods());
