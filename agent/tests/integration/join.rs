@@ -32,6 +32,17 @@ impl Node {
 
     /// Starts the kubelet stand-in (once) so the Node registers.
     pub fn kubelet(&mut self) {
+        self.start_kubelet(&[]);
+    }
+
+    /// Starts the kubelet stand-in so the Node registers, and to play the kubelet's part for
+    /// Pods bound to it (`--run-pods`: they run, and a deletion the API server only marks is
+    /// finished), as drains need.
+    pub fn kubelet_running_pods(&mut self) {
+        self.start_kubelet(&["--run-pods"]);
+    }
+
+    fn start_kubelet(&mut self, extra: &[&str]) {
         if let Some(c) = &mut self.standin {
             if c.try_wait().ok().flatten().is_none() {
                 return;
@@ -40,6 +51,7 @@ impl Node {
         self.standin = Some(
             std::process::Command::new(standin_binary())
                 .args(["--root", &self.root(), "--once", "--wait-seconds", "60"])
+                .args(extra)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()

@@ -233,7 +233,8 @@ fn mounts_under_var_lib_kubelet_are_unmounted_first() {
 fn drain_honours_pod_disruption_budgets_before_anything_is_removed() {
     let cp = control_plane();
     let mut node = Node::new();
-    node.kubelet();
+    // The API server only marks an evicted pod of a node; its kubelet finishes the deletion.
+    node.kubelet_running_pods();
     join(&scale_out(&cp, &node, "drain-1"), &[]).expect_code(0);
     let pod = |name: &str, extra: serde_json::Value| {
         let mut p = serde_json::json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "drain-1"}});

@@ -1232,7 +1232,8 @@ impl Ctx<'_> {
                 return r;
             }
         }
-        let _ = state.store.delete(&self.key());
+        let grace = self.requested_grace(&self.req.body);
+        let _ = self.delete_pod(&mut state, grace);
         Reply::json(
             201,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -1296,11 +1297,70 @@ impl Ctx<'_> {
                 }
             }
         }
+        if self.kind == Kind::Pod {
+            let grace = self.requested_grace(&self.req.body);
+            let mut state = self.shared.lock();
+            return match self.delete_pod(&mut state, grace) {
+                Some(pod) => Reply::json(200, &self.present(pod)),
+                None => not_found(self.kind, &self.name),
+            };
+        }
         let result = self.shared.lock().store.delete(&self.key());
         match result {
             Ok(o) => Reply::json(200, &self.present(o)),
             Err(_) => not_found(self.kind, &self.name),
         }
+    }
+
+    /// `gracePeriodSeconds` of the request's DeleteOptions (query, then body; an Eviction's
+    /// under `deleteOptions`).
+    fn requested_grace(&self, body: &[u8]) -> Option<i64> {
+        if let Some(g) = self.query.get("gracePeriodSeconds") {
+            return g.parse().ok();
+        }
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        body["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| body["deleteOptions"]["gracePeriodSeconds"].as_i64())
+    }
+
+    /// Deletes a pod as the pod strategy does (v1.20.2 `pkg/registry/core/pod/strategy.go`
+    /// `CheckGracefulDelete`): a scheduled pod that has not finished is only marked
+    /// (`deletionTimestamp`, `deletionGracePeriodSeconds`: the requested grace, else its
+    /// `terminationGracePeriodSeconds`, 30 by default) for its kubelet to finish; an unscheduled
+    /// or finished one, or a grace of 0, goes at once. Returns the pod as it then is.
+    fn delete_pod(&self, state: &mut crate::State, grace: Option<i64>) -> Option<Value> {
+        let mut pod = state.store.get(&self.key()).cloned()?;
+        let default = pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        let mut period = grace.unwrap_or(default);
+        let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+        let unscheduled = pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty();
+        if unscheduled || matches!(phase, "Succeeded" | "Failed") {
+            period = 0;
+        }
+        if period <= 0 {
+            return state.store.delete(&self.key()).ok();
+        }
+        if pod["metadata"]["deletionTimestamp"].is_null() {
+            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(period);
+            let at = at.replace_nanosecond(0).ok().and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+            pod["metadata"]["deletionTimestamp"] = json!(at);
+            pod["metadata"]["deletionGracePeriodSeconds"] = json!(period);
+            if let Some(m) = pod["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            self.record_write(&mut pod);
+            pod = state.store.update(self.key(), pod).ok()?;
+        }
+        Some(pod)
     }
 }
 

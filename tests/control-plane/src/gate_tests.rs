@@ -459,3 +459,43 @@ fn version_shape_by_release() {
     assert_eq!(new["emulationMinor"], "33");
     assert_eq!(new["minCompatibilityMinor"], "32");
 }
+
+#[test]
+fn scheduled_pods_are_only_marked_for_deletion() {
+    let cp = start("v1.20.2");
+    for (name, node) in [("bound", json!("n")), ("loose", Value::Null)] {
+        let mut pod = json!({"metadata": {"name": name}, "spec": {}});
+        if !node.is_null() {
+            pod["spec"]["nodeName"] = node;
+        }
+        call(&cp, admin(), "POST", "/api/v1/namespaces/default/pods", pod);
+    }
+    let path = |n: &str| format!("/api/v1/namespaces/default/pods/{n}");
+    let (status, marked) = call(&cp, admin(), "DELETE", &path("bound"), Value::Null);
+    assert_eq!(status, 200);
+    assert_eq!(
+        marked["metadata"]["deletionGracePeriodSeconds"], 30,
+        "{marked}"
+    );
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        call(&cp, admin(), "GET", &path("bound"), Value::Null).0,
+        200
+    );
+    call(
+        &cp,
+        admin(),
+        "DELETE",
+        &path("bound"),
+        json!({"gracePeriodSeconds": 0}),
+    );
+    assert_eq!(
+        call(&cp, admin(), "GET", &path("bound"), Value::Null).0,
+        404
+    );
+    call(&cp, admin(), "DELETE", &path("loose"), Value::Null);
+    assert_eq!(
+        call(&cp, admin(), "GET", &path("loose"), Value::Null).0,
+        404
+    );
+}
