@@ -13,7 +13,7 @@ use crate::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
 use crate::effects::fs::Root;
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
-use crate::http::{Http, Request, RetryPolicy, Target};
+use crate::http::Http;
 use crate::identity::{self, Identity};
 use crate::journal::{self, Journal};
 use crate::kube::Kube;
@@ -29,11 +29,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Where join keeps its summary for `node-attach status`.
-pub const STATE_FILE: &str = "/var/lib/node-attach/state.json";
-/// Where join keeps the callback (URL and CA file) for reset to report to (0600: the URL may
-/// carry a token in its path).
-pub const CALLBACK_FILE: &str = "/var/lib/node-attach/callback.json";
+pub use crate::apply::records::{CALLBACK_FILE, STATE_FILE};
 /// Kernel modules the kubelet and CNI plugins need.
 pub const MODULES_FILE: &str = "/etc/modules-load.d/node-attach.conf";
 /// Sysctls the kubelet and CNI plugins need.
@@ -106,15 +102,7 @@ fn fs_failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(Code::Filesystem, e.to_string())
 }
 
-/// Takes the root's run lock, mapping contention to [`Code::Busy`].
-pub(crate) fn lock(
-    root: &crate::effects::fs::Root,
-) -> Result<crate::effects::fs::RootLock, Failure> {
-    root.lock_exclusive().map_err(|e| match e {
-        crate::effects::fs::FsError::Busy(_) => Failure::new(Code::Busy, e.to_string()),
-        other => fs_failure(other),
-    })
-}
+use crate::apply::lock::lock;
 
 fn apply_failure(code: Code) -> impl Fn(ApplyError) -> Failure {
     move |e| match e {
@@ -771,7 +759,7 @@ fn labels_for(settings: &Settings) -> (crate::validate::Labels, crate::validate:
 fn host_phase(applier: &mut Applier<'_>, settings: &Settings) -> Result<(), ApplyError> {
     if settings.disable_swap {
         let devices = if applier.effects().host {
-            preflight::active_swap()
+            applier.effects().kernel.active_swaps()
         } else {
             Vec::new()
         };
@@ -791,7 +779,7 @@ fn host_phase(applier: &mut Applier<'_>, settings: &Settings) -> Result<(), Appl
         false,
     )?;
     for m in ["overlay", "br_netfilter"] {
-        let present = !applier.effects().host || preflight::module_present(m);
+        let present = !applier.effects().host || applier.effects().kernel.module_present(m);
         applier.module(m, present)?;
     }
     let mut sysctl = String::from("# Written by node-attach; removed by node-attach reset.\n");
@@ -1186,52 +1174,13 @@ async fn report_callback(
             serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
         }
     };
-    post_callback(
+    crate::callback::post_callback(
         url,
         settings.values_ca_file.as_deref(),
         settings.limits,
         &body,
     )
     .await;
-}
-
-/// POSTs `body` to a callback URL with bounded retries; failures are logged, never fatal.
-pub async fn post_callback(
-    url: &url::Url,
-    ca_file: Option<&Path>,
-    limits: crate::http::Limits,
-    body: &serde_json::Value,
-) {
-    let Ok(tls) = crate::tls::system_roots(ca_file) else {
-        tracing::warn!("no CA bundle for the callback; not reporting");
-        return;
-    };
-    let Ok(http) = Http::new(tls, limits) else {
-        return;
-    };
-    let target = Target {
-        url: url.clone(),
-        shown: values::redact_url_path(url),
-    };
-    let sent = crate::http::retry(
-        RetryPolicy::until(Duration::from_secs(20), Duration::from_secs(5)),
-        "reporting to the callback",
-        |_| {
-            let mut req = Request::get(&target);
-            req.method = reqwest::Method::POST;
-            req.json = Some(body.to_string().into_bytes());
-            http.send(req)
-        },
-    )
-    .await;
-    match sent {
-        Ok(_) => tracing::info!(url = %target.shown, "reported the outcome to the callback"),
-        Err(e) => tracing::warn!(
-            "could not report to the callback {}: {}",
-            target.shown,
-            e.inner()
-        ),
-    }
 }
 
 #[cfg(test)]

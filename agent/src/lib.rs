@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod bootstrap;
+pub mod callback;
 pub mod cli;
 pub mod compat;
 pub mod discovery;
@@ -18,7 +19,6 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod join;
-pub mod journal;
 pub mod jws;
 pub mod kube;
 pub mod kube_version;
@@ -39,3 +39,8 @@ pub mod token;
 pub mod tokens;
 pub mod validate;
 pub mod values;
+
+/// The journal, which lives with the applier that writes it.
+pub use apply::journal;
+/// The on-disk records join leaves for status and reset.
+pub use apply::records;

@@ -39,21 +39,6 @@ pub fn active_swap() -> Vec<String> {
         .collect()
 }
 
-/// Whether a kernel feature is present: loaded or built in. Checks /sys/module, and for
-/// overlay /proc/filesystems, for br_netfilter /proc/sys/net/bridge, since modules may be built
-/// into the kernel with no modprobe and no /lib/modules.
-pub fn module_present(name: &str) -> bool {
-    if Path::new("/sys/module").join(name).exists() {
-        return true;
-    }
-    match name {
-        "overlay" => std::fs::read_to_string("/proc/filesystems")
-            .is_ok_and(|f| f.lines().any(|l| l.trim_end().ends_with("overlay"))),
-        "br_netfilter" => Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
-        _ => false,
-    }
-}
-
 /// The local kubelet's version, if a kubelet is installed.
 pub fn kubelet_version() -> Option<KubeVersion> {
     which("kubelet")?;

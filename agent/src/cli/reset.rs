@@ -45,6 +45,11 @@ pub struct ResetArgs {
     #[arg(long)]
     pub remove_packages: bool,
 
+    /// Without a journal, clean the kubelet's and CNI's documented paths anyway (for a node
+    /// joined by other means); by default a run that finds no journal changes nothing.
+    #[arg(long)]
+    pub clean_kubernetes_paths: bool,
+
     /// Cleanup steps to skip: mounts, containers, kubelet-state, cni, iptables, interfaces.
     #[arg(long, value_name = "STEPS", value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -76,7 +81,7 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
     let root = Root::new(&args.root);
     if args.only_if_marked
         && root
-            .read(std::path::Path::new(crate::reset::REMOVAL_MARKER))
+            .read(std::path::Path::new(crate::apply::records::REMOVAL_MARKER))
             .ok()
             .flatten()
             .is_none()
@@ -105,6 +110,7 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         remove_packages: args.remove_packages,
         skip: args.skip,
         drain: args.drain,
+        clean_without_journal: args.clean_kubernetes_paths,
         admin_kubeconfig,
         drain_timeout: args.drain_timeout,
     };
@@ -122,7 +128,7 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         Some(started.elapsed()),
         &format!("{} steps, journal {}", report.steps.len(), report.journal),
     );
-    if report.journal != "used" {
+    if report.journal != reset::JournalState::Used {
         reporter.notice(&format!(
             "the journal is {}: only the documented Kubernetes paths were cleaned (docs/reset.md)",
             report.journal
@@ -133,7 +139,7 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         text.push_str(&format!(
             "  {:<10} {:<8} {}{}\n",
             s.kind,
-            s.outcome,
+            s.outcome.to_string(),
             s.target,
             if s.detail.is_empty() {
                 String::new()

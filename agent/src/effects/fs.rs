@@ -26,6 +26,14 @@ pub enum FsError {
         /// The offending ancestor.
         link: String,
     },
+    /// A special file (FIFO, socket, device) where a regular file was expected.
+    #[error("refusing {path}: it is a {kind}, not a regular file (node-attach never opens special files it did not make)")]
+    Special {
+        /// The target path.
+        path: String,
+        /// fifo, socket, character device, block device.
+        kind: &'static str,
+    },
     /// Another process holds the run lock on this root.
     #[error("another node-attach join or reset is changing {0} right now")]
     Busy(String),
@@ -59,19 +67,24 @@ pub struct RootLock {
 pub enum Existing {
     /// Nothing.
     Absent,
-    /// A regular file with these bytes and permission bits.
+    /// A regular file with these bytes, permission bits and owner.
     File {
         /// Contents.
         bytes: Vec<u8>,
         /// Permission bits (e.g. 0o644).
         mode: u32,
+        /// Owner's uid.
+        uid: u32,
+        /// Owner's gid.
+        gid: u32,
     },
     /// A directory.
     Dir,
     /// A symbolic link to this target.
     Symlink(PathBuf),
-    /// Something else (socket, device…).
-    Other,
+    /// A special file: `fifo`, `socket`, `character device` or `block device`. Never opened
+    /// (a FIFO would block the reader).
+    Special(&'static str),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FsError + 'a {
@@ -156,9 +169,20 @@ impl Root {
             return Ok(Existing::File {
                 bytes,
                 mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
             });
         }
-        Ok(Existing::Other)
+        use std::os::unix::fs::FileTypeExt;
+        Ok(Existing::Special(if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() {
+            "character device"
+        } else {
+            "block device"
+        }))
     }
 
     /// Reads a file, if present.
@@ -379,6 +403,40 @@ impl Root {
         Ok(())
     }
 
+    /// Sets a file's owner (without following a final symlink).
+    pub fn chown(&self, target: &Path, uid: u32, gid: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        std::os::unix::fs::lchown(&real, Some(uid), Some(gid)).map_err(io("chown", target))
+    }
+
+    /// Removes a whole directory tree at once: one `rename(2)` takes it out of its place (to a
+    /// staging name beside it, which [`Root::sweep_staged`] removes if a crash interrupts), then
+    /// it is deleted. Only for trees node-attach owns entirely.
+    pub fn remove_tree_atomically(&self, target: &Path) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        match fs::symlink_metadata(&real) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(FsError::Io {
+                    op: "remove directory",
+                    path: target.display().to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a directory",
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("inspect", target)(e)),
+        }
+        let tomb = staging_name(&real)?;
+        fs::rename(&real, &tomb).map_err(io("rename", target))?;
+        if let Some(parent) = real.parent() {
+            sync_dir(parent);
+        }
+        fs::remove_dir_all(&tomb).map_err(io("remove", target))
+    }
+
     /// Sets a file's permission bits.
     pub fn chmod(&self, target: &Path, mode: u32) -> Result<(), FsError> {
         let real = self.resolve(target)?;
@@ -521,7 +579,9 @@ mod tests {
                 .expect("inspect"),
             Existing::File {
                 bytes: b"x".to_vec(),
-                mode: 0o600
+                mode: 0o600,
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
             }
         );
         root.write_atomic(Path::new("/etc/kubernetes/kubelet.conf"), b"yy", 0o644)
@@ -531,7 +591,9 @@ mod tests {
                 .expect("inspect"),
             Existing::File {
                 bytes: b"yy".to_vec(),
-                mode: 0o644
+                mode: 0o644,
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
             }
         );
         assert_eq!(

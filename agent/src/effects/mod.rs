@@ -7,6 +7,8 @@
 pub mod containers;
 pub mod cri;
 pub mod fs;
+pub mod kernel;
+pub mod network;
 
 use std::path::Path;
 use std::process::Command;
@@ -490,6 +492,10 @@ pub struct Effects {
     pub cri: Box<dyn Cri>,
     /// The node's pods and containers (reset).
     pub containers: Box<dyn containers::Containers>,
+    /// Sysctls, modules, swap, mounts.
+    pub kernel: Box<dyn kernel::Kernel>,
+    /// iptables, IPVS, interfaces.
+    pub network: Box<dyn network::Network>,
     /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
     pub host: bool,
 }
@@ -504,6 +510,8 @@ impl Effects {
             packages: if host { detect_packages() } else { None },
             cri: Box::new(CriSocket),
             containers: Box::new(containers::RuntimeContainers),
+            kernel: Box::new(kernel::HostKernel),
+            network: Box::new(network::HostNetwork),
             host,
         }
     }

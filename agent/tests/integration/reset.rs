@@ -300,3 +300,153 @@ fn drain_honours_pod_disruption_budgets_before_anything_is_removed() {
     assert!(cp.get(Kind::Node, "", "drain-1").is_none());
     let _ = std::fs::remove_file(&admin);
 }
+
+/// The pre-join tree of a node whose kubelet directory already held a config that join
+/// overwrites (so reset restores a file inside a directory it also cleans).
+fn prepare_with_kubelet_config(node: &Node) {
+    prepare(node);
+    let config = node.path("/var/lib/kubelet/config.yaml");
+    std::fs::create_dir_all(config.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&config, "# the image's own kubelet config\n").expect("config");
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(
+            node.path("/etc/kubernetes/pki/ca.crt"),
+            Some(1234),
+            Some(2345),
+        )
+        .expect("chown");
+    }
+}
+
+fn owner(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).expect("stat");
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn kill_9_at_every_step_of_reset_then_rerun_restores_the_tree_exactly() {
+    // reset aborts (as kill -9 would) at its Nth step, for every N until a run completes;
+    // the rerun must finish the job, and a third run must change nothing.
+    let cp = control_plane();
+    let mut crashed_at = Vec::new();
+    for n in 1..200 {
+        let mut node = Node::new();
+        prepare_with_kubelet_config(&node);
+        let before = tree_with_bytes(node.dir.path());
+        let owner_before = owner(&node.path("/etc/kubernetes/pki/ca.crt"));
+        node.kubelet();
+        join(&scale_out(&cp, &node, &format!("reset-kill-{n}")), &[]).expect_code(0);
+        let root = node.root();
+        let run = run_with(
+            &["reset", "--root", &root],
+            &[("NODE_ATTACH_TEST_RESET_CRASH_AT", &n.to_string())],
+            std::time::Duration::from_secs(60),
+        );
+        if run.code == 0 {
+            assert_eq!(tree_with_bytes(node.dir.path()), before, "complete run {n}");
+            break;
+        }
+        assert!(
+            run.all().contains("aborting as if killed"),
+            "step {n}: {}",
+            run.all()
+        );
+        crashed_at.push(n);
+        reset(&node, &[]).expect_code(0);
+        assert_eq!(
+            tree_with_bytes(node.dir.path()),
+            before,
+            "killed at step {n}: the rerun did not restore the tree"
+        );
+        assert_eq!(
+            owner(&node.path("/etc/kubernetes/pki/ca.crt")),
+            owner_before,
+            "step {n}"
+        );
+        reset(&node, &[])
+            .expect_code(0)
+            .expect_output("journal is missing");
+        assert_eq!(
+            tree_with_bytes(node.dir.path()),
+            before,
+            "a third run changed the tree"
+        );
+    }
+    eprintln!("reset killed and rerun at {} points", crashed_at.len());
+    assert!(
+        crashed_at.len() >= 20,
+        "only {} kill points: {crashed_at:?}",
+        crashed_at.len()
+    );
+}
+
+#[test]
+fn backups_stay_until_every_restore_is_done() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    prepare(&node);
+    let before = tree_with_bytes(node.dir.path());
+    node.kubelet();
+    join(&scale_out(&cp, &node, "reset-blocked-1"), &[]).expect_code(0);
+    // Something put a directory where join's file was: the restore is refused, so the journal
+    // and its backups must stay for a rerun.
+    let blocked = node.path("/etc/kubernetes/pki/ca.crt");
+    std::fs::remove_file(&blocked).expect("rm");
+    std::fs::create_dir(&blocked).expect("dir in the way");
+    reset(&node, &[])
+        .expect_code(80)
+        .expect_output("no longer a regular file")
+        .expect_output("kept with its backups");
+    assert!(node.path("/var/lib/node-attach/journal.jsonl").exists());
+    assert!(node
+        .path("/var/lib/node-attach/backup")
+        .read_dir()
+        .expect("backups")
+        .next()
+        .is_some());
+    std::fs::remove_dir(&blocked).expect("clear the way");
+    reset(&node, &[]).expect_code(0);
+    assert_eq!(tree_with_bytes(node.dir.path()), before);
+}
+
+#[test]
+fn a_fifo_at_a_journaled_path_is_refused_and_never_opened() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    prepare(&node);
+    node.kubelet();
+    join(&scale_out(&cp, &node, "reset-fifo-1"), &[]).expect_code(0);
+    let path = node.path("/etc/docker/daemon.json");
+    std::fs::remove_file(&path).expect("rm");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // A reader opening the FIFO would block forever: the run limit catches that.
+    reset(&node, &[]).expect_code(80).expect_output("fifo");
+    // And join refuses to write over one.
+    let run = join(&scale_out(&cp, &node, "reset-fifo-1"), &[]);
+    run.expect_code(70).expect_output("fifo");
+}
+
+#[test]
+fn a_tampered_journal_is_refused_before_anything_changes() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    prepare(&node);
+    node.kubelet();
+    join(&scale_out(&cp, &node, "reset-tampered-1"), &[]).expect_code(0);
+    let journal = node.path("/var/lib/node-attach/journal.jsonl");
+    for line in [
+        r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/../../etc/passwd","prior":null}}"#,
+        r#"{"seq":901,"event":"begin","change":{"kind":"file","path":"/etc/hosts","prior":{"mode":420,"backup":"/etc/shadow"}}}"#,
+    ] {
+        let original = std::fs::read_to_string(&journal).expect("journal");
+        std::fs::write(&journal, format!("{original}{line}\n")).expect("tamper");
+        let before = tree_with_bytes(node.dir.path());
+        reset(&node, &[])
+            .expect_code(72)
+            .expect_output("journal.tampered");
+        assert_eq!(tree_with_bytes(node.dir.path()), before, "{line}");
+        std::fs::write(&journal, original).expect("untamper");
+    }
+    reset(&node, &[]).expect_code(0);
+}

@@ -2,10 +2,15 @@
 //! finish the job and `reset` can undo exactly what was done.
 //!
 //! `/var/lib/node-attach/journal.jsonl` (0600, directory 0700) holds one JSON object per line:
-//! `begin` before a change is made (with what is needed to undo it: prior bytes are copied to
-//! `backup/<seq>` first), `done` after it, and `phase` markers. Each line is fsynced. A line cut
-//! short by a crash is ignored when reading; anything else unreadable makes the journal
-//! "damaged", and reset then falls back to the documented Kubernetes paths.
+//! `begin` before a change is made (with what is needed to undo it: prior bytes, mode and owner
+//! are copied to `backup/<seq>` first), `done` after it, and `phase` markers; reset adds `undone`
+//! after undoing a change and `reset-complete` once every undo is done. Each line is fsynced.
+//!
+//! A last line cut short by a crash (power loss mid-write) is ignored when reading and cut off
+//! when the journal is next opened for writing, so nothing is ever appended to it. Anything else
+//! unreadable makes the journal "damaged" (reset then falls back to the documented Kubernetes
+//! paths). A journal that parses but names a path that is not a clean absolute path, or a backup
+//! that is not one of node-attach's own numbered files, is "tampered" and refused outright.
 
 use crate::effects::fs::{FsError, Root};
 use serde::{Deserialize, Serialize};
@@ -26,8 +31,14 @@ pub const BACKUP_DIR: &str = "/var/lib/node-attach/backup";
 pub struct Prior {
     /// Its permission bits.
     pub mode: u32,
-    /// The backup's file name in [`BACKUP_DIR`].
+    /// The backup's file name in [`BACKUP_DIR`] (digits only: anything else is refused).
     pub backup: String,
+    /// Its owner's uid (journals written before owners were kept have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Its owner's gid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// One change, with what undoing it needs.
@@ -103,14 +114,41 @@ pub enum Change {
     },
 }
 
+/// How the journal file ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    /// With a newline after its last record.
+    Clean,
+    /// With a partial line from this offset on (a crash mid-write).
+    Torn(u64),
+    /// With a whole record whose newline was never written.
+    NoNewline,
+}
+
+/// What a journal line records.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    /// A change is about to be made.
+    Begin,
+    /// The change `seq` was made.
+    Done,
+    /// A phase's status.
+    Phase,
+    /// Reset undid the change `seq`.
+    Undone,
+    /// Reset undid every change; only removing the state directory remains.
+    ResetComplete,
+}
+
 /// One journal line.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
-    /// Sequence number (shared by a begin and its done).
+    /// Sequence number (shared by a begin, its done and its undone).
     #[serde(default)]
     pub seq: u64,
-    /// `begin`, `done` or `phase`.
-    pub event: String,
+    /// What happened.
+    pub event: Event,
     /// The change (for `begin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Change>,
@@ -139,9 +177,48 @@ pub enum JournalError {
         /// Parse error.
         reason: String,
     },
+    /// A line parses but points outside what node-attach manages.
+    #[error("the journal {JOURNAL_FILE} is refused at line {line}: {reason}; it was not written by node-attach as it stands. Nothing was changed: inspect it, then remove it (reset then cleans only the documented Kubernetes paths)")]
+    Tampered {
+        /// Line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing failed.
     #[error("cannot write the journal {JOURNAL_FILE}: {0}")]
     Write(std::io::Error),
+}
+
+/// Why a record cannot be trusted, if it cannot: every path must be clean and absolute (so it
+/// resolves under the root), and a backup must be one of the numbered files [`Journal::backup`]
+/// writes (never an absolute or relative path of its own).
+fn untrusted(r: &Record) -> Option<String> {
+    let path = match &r.change {
+        Some(Change::Dir { path } | Change::Symlink { path, .. } | Change::Removed { path }) => {
+            path
+        }
+        Some(Change::File { path, prior }) => {
+            if let Some(p) = prior {
+                if p.backup.is_empty() || !p.backup.bytes().all(|b| b.is_ascii_digit()) {
+                    return Some(format!(
+                        "the backup name {:?} is not a node-attach backup",
+                        p.backup
+                    ));
+                }
+            }
+            path
+        }
+        _ => return None,
+    };
+    let clean = path.is_absolute()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+    (!clean).then(|| format!("the path {} is not a clean absolute path", path.display()))
 }
 
 fn now() -> u64 {
@@ -168,18 +245,19 @@ impl Journal {
     /// leaves no directory the journal does not know of.
     pub fn open(root: &Root) -> Result<Journal, JournalError> {
         root.sweep_staged(Path::new(BACKUP_DIR))?;
-        let (existing, created) = match Journal::load(root)? {
-            Some(records) => (records, Vec::new()),
+        let real = root.resolve(Path::new(JOURNAL_FILE))?;
+        let (existing, created, tail) = match Journal::read(root)? {
+            Some((records, tail)) => (records, Vec::new(), tail),
             None => {
                 let created = create(root)?;
-                (Journal::load(root)?.unwrap_or_default(), created)
+                (
+                    Journal::load(root)?.unwrap_or_default(),
+                    created,
+                    Tail::Clean,
+                )
             }
         };
-        let real = root.resolve(Path::new(JOURNAL_FILE))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&real)
-            .map_err(JournalError::Write)?;
+        let file = Journal::append_to(&real, tail)?;
         let next_seq = existing.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         let mut journal = Journal {
             records: existing,
@@ -201,22 +279,31 @@ impl Journal {
 
     /// Reads the journal; `None` when there is none. A final line cut short is ignored.
     pub fn load(root: &Root) -> Result<Option<Vec<Record>>, JournalError> {
+        Ok(Journal::read(root)?.map(|(records, _)| records))
+    }
+
+    /// The records, and how the file ends.
+    fn read(root: &Root) -> Result<Option<(Vec<Record>, Tail)>, JournalError> {
         let Some(bytes) = root.read(Path::new(JOURNAL_FILE))? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.split('\n').collect();
         let mut out = Vec::new();
+        let mut tail = Tail::Clean;
+        let mut offset = 0;
+        let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
         for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
+            let last = i + 1 == lines.len();
+            let start = offset;
+            offset += line.len() + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<Record>(line) {
-                Ok(r) => out.push(r),
-                Err(_) if i + 1 == lines.len() => {
-                    tracing::warn!(
-                        "ignoring the journal's last line, cut short by an interruption"
-                    );
+            let record = match serde_json::from_slice::<Record>(line) {
+                Ok(r) => r,
+                Err(_) if last => {
+                    tracing::warn!("the journal's last line was cut short by an interruption");
+                    tail = Tail::Torn(start as u64);
+                    continue;
                 }
                 Err(e) => {
                     return Err(JournalError::Damaged {
@@ -224,9 +311,46 @@ impl Journal {
                         reason: e.to_string(),
                     })
                 }
+            };
+            if let Some(reason) = untrusted(&record) {
+                return Err(JournalError::Tampered {
+                    line: i + 1,
+                    reason,
+                });
             }
+            if last {
+                // Whole, but its newline was never written.
+                tail = Tail::NoNewline;
+            }
+            out.push(record);
         }
-        Ok(Some(out))
+        Ok(Some((out, tail)))
+    }
+
+    /// Makes the file end with a whole line: a torn tail is cut off, a whole last record
+    /// without its newline gets one. Nothing is ever appended after a partial line.
+    fn repair(real: &Path, tail: Tail) -> Result<(), JournalError> {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(real)
+            .map_err(JournalError::Write)?;
+        match tail {
+            Tail::Clean => return Ok(()),
+            Tail::Torn(intact) => f.set_len(intact).map_err(JournalError::Write)?,
+            Tail::NoNewline => f.write_all(b"\n").map_err(JournalError::Write)?,
+        }
+        f.sync_all().map_err(JournalError::Write)?;
+        tracing::warn!("repaired the journal's last line");
+        Ok(())
+    }
+
+    /// Opens the file for appending, after repairing its tail.
+    fn append_to(real: &Path, tail: Tail) -> Result<std::fs::File, JournalError> {
+        Journal::repair(real, tail)?;
+        OpenOptions::new()
+            .append(true)
+            .open(real)
+            .map_err(JournalError::Write)
     }
 
     fn append(&mut self, record: Record) -> Result<(), JournalError> {
@@ -244,7 +368,7 @@ impl Journal {
         self.next_seq += 1;
         self.append(Record {
             seq,
-            event: "begin".into(),
+            event: Event::Begin,
             change: Some(change),
             phase: None,
             status: None,
@@ -257,7 +381,7 @@ impl Journal {
     pub fn done(&mut self, seq: u64) -> Result<(), JournalError> {
         self.append(Record {
             seq,
-            event: "done".into(),
+            event: Event::Done,
             change: None,
             phase: None,
             status: None,
@@ -265,11 +389,52 @@ impl Journal {
         })
     }
 
+    /// Records that reset undid change `seq`.
+    pub fn undone(&mut self, seq: u64) -> Result<(), JournalError> {
+        self.append(Record {
+            seq,
+            event: Event::Undone,
+            change: None,
+            phase: None,
+            status: None,
+            at: now(),
+        })
+    }
+
+    /// Records that reset undid every change.
+    pub fn reset_complete(&mut self) -> Result<(), JournalError> {
+        self.append(Record {
+            seq: 0,
+            event: Event::ResetComplete,
+            change: None,
+            phase: None,
+            status: None,
+            at: now(),
+        })
+    }
+
+    /// Opens an existing journal for reset to record its progress in (repairing a torn last
+    /// line); `None` when there is none. Creates nothing.
+    pub fn open_existing(root: &Root) -> Result<Option<Journal>, JournalError> {
+        let Some((records, tail)) = Journal::read(root)? else {
+            return Ok(None);
+        };
+        let real = root.resolve(Path::new(JOURNAL_FILE))?;
+        let file = Journal::append_to(&real, tail)?;
+        Ok(Some(Journal {
+            created: Vec::new(),
+            root: root.clone(),
+            file,
+            next_seq: records.iter().map(|r| r.seq).max().unwrap_or(0) + 1,
+            records,
+        }))
+    }
+
     /// Records a phase's status.
     pub fn phase(&mut self, name: &str, status: &str) -> Result<(), JournalError> {
         self.append(Record {
             seq: 0,
-            event: "phase".into(),
+            event: Event::Phase,
             change: None,
             phase: Some(name.into()),
             status: Some(status.into()),
@@ -342,11 +507,11 @@ fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
         let mut lines = Vec::new();
         for (i, dir) in created.iter().enumerate() {
             let seq = i as u64 + 1;
-            for event in ["begin", "done"] {
-                let change = (event == "begin").then(|| Change::Dir { path: dir.clone() });
+            for event in [Event::Begin, Event::Done] {
+                let change = (event == Event::Begin).then(|| Change::Dir { path: dir.clone() });
                 let record = Record {
                     seq,
-                    event: event.into(),
+                    event,
                     change,
                     phase: None,
                     status: None,
@@ -392,7 +557,7 @@ fn write_new_file(real: &Path, bytes: &[u8], shown: &Path) -> Result<(), FsError
 /// The last status recorded for each phase, in the order phases first appeared.
 pub fn phases(records: &[Record]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    for r in records.iter().filter(|r| r.event == "phase") {
+    for r in records.iter().filter(|r| r.event == Event::Phase) {
         let (Some(p), Some(s)) = (&r.phase, &r.status) else {
             continue;
         };
@@ -436,8 +601,64 @@ mod tests {
             phases(&records),
             [("runtime".to_owned(), "done".to_owned())]
         );
-        let j = Journal::open(&root).expect("reopen");
+        let mut j = Journal::open(&root).expect("reopen");
         assert!(j.knows_path(Path::new("/var/lib/node-attach")));
+        // The torn tail was cut off, not appended to: the next record is a line of its own.
+        j.phase("kubelet", "done").expect("append after repair");
+        drop(j);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("\"seq\":99"), "{text}");
+        assert!(text.ends_with('\n'));
+        assert_eq!(
+            Journal::load(&root).expect("load").expect("present").len(),
+            dirs + 4
+        );
+    }
+
+    #[test]
+    fn a_whole_last_record_without_its_newline_is_kept_and_ended() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        let mut j = Journal::open(&root).expect("open");
+        j.phase("host", "done").expect("phase");
+        drop(j);
+        let path = tmp.path().join("var/lib/node-attach/journal.jsonl");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.trim_end()).expect("drop the newline");
+        let n = Journal::load(&root).expect("load").expect("present").len();
+        let mut j = Journal::open_existing(&root)
+            .expect("open")
+            .expect("present");
+        assert_eq!(j.records().len(), n);
+        j.undone(1).expect("undone");
+        drop(j);
+        assert_eq!(
+            Journal::load(&root).expect("load").expect("present").len(),
+            n + 1
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_root_and_foreign_backups_are_refused() {
+        for line in [
+            r#"{"seq":9,"event":"begin","change":{"kind":"file","path":"/etc/../../outside","prior":null}}"#,
+            r#"{"seq":9,"event":"begin","change":{"kind":"dir","path":"relative/dir"}}"#,
+            r#"{"seq":9,"event":"begin","change":{"kind":"file","path":"/etc/passwd","prior":{"mode":420,"backup":"/etc/shadow"}}}"#,
+            r#"{"seq":9,"event":"begin","change":{"kind":"file","path":"/etc/passwd","prior":{"mode":420,"backup":"../000001"}}}"#,
+        ] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let root = Root::new(tmp.path());
+            drop(Journal::open(&root).expect("open"));
+            let path = tmp.path().join("var/lib/node-attach/journal.jsonl");
+            let mut text = std::fs::read_to_string(&path).expect("read");
+            text.push_str(line);
+            text.push('\n');
+            std::fs::write(&path, text).expect("tamper");
+            assert!(
+                matches!(Journal::load(&root), Err(JournalError::Tampered { .. })),
+                "{line}"
+            );
+        }
     }
 
     #[test]

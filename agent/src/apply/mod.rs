@@ -7,6 +7,10 @@
 //! A step whose target already holds is `unchanged` and not journaled, which makes re-runs
 //! converge without repeating work.
 
+pub mod journal;
+pub mod lock;
+pub mod records;
+
 use crate::effects::fs::{Existing, FsError};
 use crate::effects::{EffectError, Effects};
 use crate::journal::{Change, Journal, JournalError, Prior};
@@ -307,6 +311,7 @@ impl<'a> Applier<'a> {
         if let Existing::File {
             bytes: old,
             mode: old_mode,
+            ..
         } = &existing
         {
             if old == bytes && *old_mode == mode {
@@ -345,11 +350,18 @@ impl<'a> Applier<'a> {
             Existing::File {
                 bytes: old,
                 mode: old_mode,
+                uid,
+                gid,
             } if !journal.knows_path(path) => Some(Prior {
                 mode: *old_mode,
                 backup: journal.backup(old)?,
+                uid: Some(*uid),
+                gid: Some(*gid),
             }),
-            Existing::Dir | Existing::Symlink(_) | Existing::Other => {
+            Existing::Special(kind) => {
+                return Err(ApplyError::Fs(FsError::Special { path: target, kind }))
+            }
+            Existing::Dir | Existing::Symlink(_) => {
                 return Err(ApplyError::Fs(FsError::Io {
                     op: "write",
                     path: target,
@@ -432,10 +444,7 @@ impl<'a> Applier<'a> {
         if !self.effects.host {
             return self.skipped("sysctl", format!("{key}={value}"));
         }
-        let proc_path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        let current = std::fs::read_to_string(&proc_path)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
+        let current = self.effects.kernel.sysctl(key).unwrap_or_default();
         if current == value {
             return Ok(self.record("sysctl", format!("{key}={value}"), "", Outcome::Unchanged));
         }
@@ -447,16 +456,14 @@ impl<'a> Applier<'a> {
                 Outcome::WouldChange,
             ));
         }
-        let k = key.to_owned();
-        let v = value.to_owned();
-        self.journaled(Change::Sysctl { key: k.clone(), prior: current.clone() }, move |_| {
-            std::fs::write(&proc_path, format!("{v}\n")).map_err(|e| {
-                ApplyError::Effect(EffectError {
-                    what: format!("setting {k}"),
-                    detail: format!("{e} (is /proc/sys read-only, as in a container? the value is {current:?})"),
-                })
-            })
-        })?;
+        let (k, v) = (key.to_owned(), value.to_owned());
+        self.journaled(
+            Change::Sysctl {
+                key: k.clone(),
+                prior: current,
+            },
+            move |fx| Ok(fx.kernel.set_sysctl(&k, &v)?),
+        )?;
         Ok(self.record("sysctl", format!("{key}={value}"), "", Outcome::Changed))
     }
 
@@ -472,11 +479,8 @@ impl<'a> Applier<'a> {
             return Ok(self.record("module", name, "modprobe", Outcome::WouldChange));
         }
         let n = name.to_owned();
-        self.journaled(Change::Module { name: n.clone() }, move |_| {
-            Ok(
-                crate::effects::run_command("modprobe", &[&n], std::time::Duration::from_secs(30))
-                    .map(drop)?,
-            )
+        self.journaled(Change::Module { name: n.clone() }, move |fx| {
+            Ok(fx.kernel.load_module(&n)?)
         })?;
         Ok(self.record("module", name, "modprobe", Outcome::Changed))
     }
@@ -493,15 +497,8 @@ impl<'a> Applier<'a> {
         if self.dry_run() {
             return Ok(self.record("swap-off", target, "swapoff -a", Outcome::WouldChange));
         }
-        self.journaled(Change::SwapOff { devices }, |_| {
-            Ok(
-                crate::effects::run_command(
-                    "swapoff",
-                    &["-a"],
-                    std::time::Duration::from_secs(120),
-                )
-                .map(drop)?,
-            )
+        self.journaled(Change::SwapOff { devices }, |fx| {
+            Ok(fx.kernel.swap_off()?)
         })?;
         Ok(self.record("swap-off", target, "swapoff -a", Outcome::Changed))
     }
@@ -648,6 +645,8 @@ mod tests {
             packages: Some(Box::new(RecordingPackages::default())),
             cri: Box::new(ReadyCri),
             containers: Box::new(crate::effects::containers::RecordingContainers::default()),
+            kernel: Box::new(crate::effects::kernel::RecordingKernel::default()),
+            network: Box::new(crate::effects::network::RecordingNetwork::default()),
             host,
         }
     }

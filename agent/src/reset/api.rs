@@ -1,0 +1,230 @@
+//! What reset asks of the API server: a drain (cordon, then evictions that honour
+//! PodDisruptionBudgets) with an admin's kubeconfig, and the deletion of this node's Node.
+
+use super::{Ctx, Outcome};
+use crate::bootstrap;
+use crate::effects::fs::Root;
+use crate::error::{Code, Failure};
+use crate::kube::Kube;
+use crate::kubeconfig::Kubeconfig;
+use std::path::Path;
+use std::time::Duration;
+
+/// Deletes this node's Node object: with the admin kubeconfig when given, else with the
+/// node's own credentials, which a real API server refuses (its Node authorizer grants nodes
+/// create, get, update and patch on Nodes, never delete: `plugin/pkg/auth/authorizer/rbac/
+/// bootstrappolicy` `NodeRules`); that refusal is a failed step saying what to do.
+pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
+    let Some(name) = own_node_name(&ctx.fx.root) else {
+        ctx.step(
+            "api",
+            "DELETE node",
+            Outcome::Skipped,
+            "the node's name is unknown (no certificate, no state file)",
+        );
+        return "skipped: the node's name is unknown".into();
+    };
+    let target = format!("DELETE /api/v1/nodes/{name}");
+    if ctx.opts.dry_run {
+        let how = if ctx.opts.admin_kubeconfig.is_some() {
+            "with the admin kubeconfig"
+        } else {
+            "as the node itself"
+        };
+        ctx.step("api", target, Outcome::WouldDo, how);
+        return format!("would delete {name}");
+    }
+    let limits = crate::http::Limits {
+        request_timeout: Duration::from_secs(10),
+        ..crate::http::Limits::default()
+    };
+    let (client, how) = match &ctx.opts.admin_kubeconfig {
+        Some(admin) => (
+            Kube::from_kubeconfig(admin, limits).map_err(|e| e.to_string()),
+            "with the admin kubeconfig",
+        ),
+        None => (
+            node_client(&ctx.fx.root, limits),
+            "with the node's own credentials",
+        ),
+    };
+    let outcome = match client {
+        Ok(kube) => kube
+            .delete(&format!("/api/v1/nodes/{name}"))
+            .await
+            .map_err(|e| (e.status(), e.to_string())),
+        Err(e) => Err((None, e)),
+    };
+    match outcome {
+        Ok(true) => {
+            ctx.step("api", target, Outcome::Done, how);
+            format!("deleted {name}")
+        }
+        Ok(false) => {
+            ctx.step("api", target, Outcome::Done, "already absent");
+            format!("{name} was already absent")
+        }
+        Err((Some(403), e)) => {
+            ctx.step("api", target, Outcome::Failed, format!("{e}. A node may not delete its own Node object on a real cluster: pass --kubeconfig with an admin's kubeconfig, or delete it from the control plane (kubectl delete node {name})"));
+            format!("not deleted: the API server refused ({name} stays until the control plane deletes it)")
+        }
+        Err((_, e)) => {
+            ctx.step(
+                "api",
+                target,
+                Outcome::Skipped,
+                format!("API server unreachable or refused: {e}"),
+            );
+            format!("skipped: {e}")
+        }
+    }
+}
+
+/// A client authenticating as the node (kubelet.conf's cluster, the current client pair).
+fn node_client(root: &Root, limits: crate::http::Limits) -> Result<Kube, String> {
+    let conf = root
+        .read(Path::new(bootstrap::KUBELET_CONF))
+        .ok()
+        .flatten()
+        .ok_or("no /etc/kubernetes/kubelet.conf: no node credentials")?;
+    let pair = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+        .ok_or("no client certificate")?;
+    let cluster = Kubeconfig::parse(&String::from_utf8_lossy(&conf))
+        .and_then(|k| k.current_cluster())
+        .map_err(|e| format!("kubelet.conf is unreadable: {e}"))?;
+    let ca = crate::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
+    Kube::with_certificate(&cluster.server, &ca, &pair, limits).map_err(|e| e.to_string())
+}
+
+/// The node's name, from its client certificate, or from join's state file.
+pub fn own_node_name(root: &Root) -> Option<String> {
+    if let Some(name) = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()
+        .and_then(|p| node_name_of(&p))
+    {
+        return Some(name);
+    }
+    crate::apply::records::read::<crate::apply::records::NodeState>(
+        root,
+        crate::apply::records::STATE_FILE,
+    )
+    .map(|s| s.node_name)
+    .filter(|n| !n.is_empty())
+}
+
+/// `kubectl drain` with an admin's credentials: cordon, then evict every pod but DaemonSet and
+/// mirror pods through the eviction API (which honours PodDisruptionBudgets: a 429 is retried
+/// until the timeout), then wait until they are gone. A drain that cannot finish stops reset
+/// before anything is removed.
+pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
+    let fail = |m: String| Failure::new(Code::DrainFailed, m);
+    let Some(name) = own_node_name(&ctx.fx.root) else {
+        ctx.step(
+            "drain",
+            "node",
+            Outcome::Skipped,
+            "the node's name is unknown (no certificate, no state file)",
+        );
+        return Ok(());
+    };
+    if ctx.opts.dry_run {
+        ctx.step(
+            "drain",
+            format!("cordon and evict pods of {name}"),
+            Outcome::WouldDo,
+            "",
+        );
+        return Ok(());
+    }
+    let limits = crate::http::Limits {
+        request_timeout: Duration::from_secs(15),
+        ..crate::http::Limits::default()
+    };
+    let kube =
+        Kube::from_kubeconfig(admin, limits).map_err(|e| fail(format!("--kubeconfig: {e}")))?;
+    kube.merge_patch(
+        &format!("/api/v1/nodes/{name}"),
+        &serde_json::json!({"spec": {"unschedulable": true}}),
+    )
+    .await
+    .map_err(|e| fail(format!("cordoning {name}: {e}")))?;
+    ctx.step("drain", format!("cordon {name}"), Outcome::Done, "");
+    // The Eviction's group-version follows the cluster: policy/v1 from 1.22, v1beta1 before.
+    let eviction_version = match kube.version().await {
+        Ok((v, _)) => crate::compat::eviction_version(&v),
+        Err(e) => return Err(fail(format!("reading the API server's version: {e}"))),
+    };
+    let deadline = std::time::Instant::now() + ctx.opts.drain_timeout;
+    let list_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
+    loop {
+        let list = kube
+            .get(&list_path)
+            .await
+            .map_err(|e| fail(format!("listing the pods on {name}: {e}")))?
+            .unwrap_or_default();
+        let pods: Vec<serde_json::Value> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                let daemon = p["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet"));
+                let mirror = !p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null();
+                !daemon && !mirror
+            })
+            .collect();
+        if pods.is_empty() {
+            ctx.step("drain", format!("evict pods of {name}"), Outcome::Done, "");
+            return Ok(());
+        }
+        let mut blocked = Vec::new();
+        for p in &pods {
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
+            let pod = p["metadata"]["name"].as_str().unwrap_or_default();
+            let eviction = serde_json::json!({"apiVersion": eviction_version, "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+            match kube
+                .post(
+                    &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
+                    &eviction,
+                )
+                .await
+            {
+                Ok(_) => ctx.step("evict", format!("{ns}/{pod}"), Outcome::Done, ""),
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) if e.status() == Some(429) => blocked.push(format!("{ns}/{pod}")),
+                Err(e) => return Err(fail(format!("evicting {ns}/{pod}: {e}"))),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(fail(format!(
+                "the drain of {name} did not finish within {:?}: PodDisruptionBudgets still protect {}; nothing was removed. Rerun with a longer --drain-timeout, or without --drain",
+                ctx.opts.drain_timeout,
+                blocked.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn node_name_of(pair: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pair)
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    cn.strip_prefix("system:node:").map(str::to_owned)
+}

@@ -1,0 +1,480 @@
+//! What the kubelet, the runtime and CNI plugins made while the node ran, at the documented
+//! Kubernetes paths (`docs/reset.md`): the kubelet stopped, pods removed through the CRI,
+//! mounts under /var/lib/kubelet unmounted (deepest first; one that will not go keeps its
+//! directory), the kubelet's state and credentials, CNI configuration and state, kube-proxy and
+//! CNI iptables chains and IPVS, and CNI interfaces. Each is its own step, each skippable; a
+//! path the journal restores is never removed here.
+
+use super::{Ctx, Outcome};
+use crate::effects::fs::{Existing, Root};
+use crate::effects::network::Family;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The node's credentials in /etc/kubernetes (never the directory's other files). The kubelet
+/// may write kubelet.conf itself (`--tls-bootstrap=kubelet`), so they are removed even when not
+/// journaled. /etc/kubernetes/pki/ca.crt is only ever restored through the journal: without it,
+/// reset cannot tell whether the file predates join, and leaves it.
+pub const KUBERNETES_FILES: &[&str] = &[
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+];
+/// Directories whose contents are the kubelet's state.
+pub const STATE_DIRS: &[&str] = &["/var/lib/kubelet"];
+/// CNI configuration and state.
+pub const CNI_DIRS: &[&str] = &["/etc/cni/net.d", "/var/lib/cni"];
+/// Interfaces CNI plugins and kube-proxy create.
+pub const CNI_INTERFACES: &[&str] = &[
+    "cni0",
+    "flannel.1",
+    "flannel-v6.1",
+    "vxlan.calico",
+    "vxlan-v6.calico",
+    "kube-ipvs0",
+    "nodelocaldns",
+    "cilium_host",
+    "cilium_net",
+    "cilium_vxlan",
+    "weave",
+    "tunl0",
+];
+/// iptables chain prefixes kube-proxy and CNI plugins own.
+pub const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-", "FLANNEL-", "cali-", "CILIUM_"];
+
+/// Paths the cleanup keeps: those the journal restores (their pre-join bytes), and those
+/// the journal records at all for the kubelet's credentials.
+pub struct Keep {
+    /// Real paths of files the journal restores.
+    pub restored: Vec<PathBuf>,
+    /// Target paths the journal knows.
+    pub journaled: Vec<PathBuf>,
+}
+
+/// Every cleanup step, in order.
+pub async fn run(ctx: &mut Ctx<'_>, keep: &Keep) {
+    stop_kubelet(ctx);
+    // Pods before mounts: the runtime tears down what it set up for them.
+    if !ctx.skipped("containers") {
+        remove_containers(ctx).await;
+    }
+    if !ctx.skipped("mounts") {
+        unmount_kubelet(ctx);
+    }
+    ctx.restored.extend(keep.restored.iter().cloned());
+    if !ctx.skipped("kubelet-state") {
+        for dir in STATE_DIRS {
+            empty_dir(ctx, Path::new(dir));
+        }
+        for f in KUBERNETES_FILES {
+            if !keep.journaled.iter().any(|j| j == Path::new(f)) {
+                remove_path(ctx, Path::new(f), "kubelet-state");
+            }
+        }
+    }
+    if !ctx.skipped("cni") {
+        for dir in CNI_DIRS {
+            empty_dir(ctx, Path::new(dir));
+        }
+    }
+    if !ctx.skipped("iptables") {
+        flush_chains(ctx);
+    }
+    if !ctx.skipped("interfaces") {
+        delete_interfaces(ctx);
+    }
+}
+
+/// The kubelet first, so nothing is recreated behind reset's back.
+fn stop_kubelet(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        return;
+    }
+    if ctx.opts.dry_run {
+        ctx.step("unit", "stop kubelet.service", Outcome::WouldDo, "");
+    } else if ctx.fx.systemd.is_active("kubelet.service") {
+        match ctx.fx.systemd.stop("kubelet.service") {
+            Ok(()) => ctx.step("unit", "stop kubelet.service", Outcome::Done, ""),
+            Err(e) => ctx.step(
+                "unit",
+                "stop kubelet.service",
+                Outcome::Failed,
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// Mount points under `<root>/var/lib/kubelet/`, deepest first.
+pub fn kubelet_mounts(ctx: &Ctx<'_>) -> Vec<PathBuf> {
+    match ctx.fx.root.resolve(Path::new("/var/lib/kubelet")) {
+        Ok(base) => ctx.fx.kernel.mounts_under(&base),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn unmount_kubelet(ctx: &mut Ctx<'_>) {
+    for m in kubelet_mounts(ctx) {
+        let shown = m.display().to_string();
+        if ctx.opts.dry_run {
+            ctx.step("unmount", shown, Outcome::WouldDo, "");
+            continue;
+        }
+        match ctx.fx.kernel.unmount(&m) {
+            Ok(()) => ctx.step("unmount", shown, Outcome::Done, ""),
+            Err(e) => {
+                ctx.step(
+                    "unmount",
+                    shown,
+                    Outcome::Failed,
+                    format!("{e}; its directory is kept"),
+                );
+                ctx.pinned.push(m);
+            }
+        }
+    }
+}
+
+/// Pods through the CRI first (their CNI DEL runs), on the socket join configured and on every
+/// other known CRI socket that is there; then what only the runtime's tools still see.
+async fn remove_containers(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        let what = "Kubernetes pod sandboxes and containers";
+        ctx.step("containers", what, Outcome::Skipped, "--root is not /");
+        return;
+    }
+    for socket in cri_sockets(&ctx.fx.root) {
+        let shown = format!("pod sandboxes through the CRI at {}", socket.display());
+        if ctx.opts.dry_run {
+            ctx.step(
+                "containers",
+                shown,
+                Outcome::WouldDo,
+                "StopPodSandbox, RemovePodSandbox",
+            );
+            continue;
+        }
+        match ctx.fx.containers.remove_pods(&socket).await {
+            Ok(n) => ctx.step("containers", shown, Outcome::Done, format!("{n} pods")),
+            Err(e) => ctx.step("containers", shown, Outcome::Failed, e.to_string()),
+        }
+    }
+    if ctx.opts.dry_run {
+        let what = "leftover Kubernetes containers (ctr, docker)";
+        ctx.step("containers", what, Outcome::WouldDo, "");
+        return;
+    }
+    for line in ctx.fx.containers.remove_leftovers() {
+        ctx.step("containers", line, Outcome::Done, "");
+    }
+}
+
+/// The CRI endpoint join recorded, then every other known CRI socket present on the node.
+fn cri_sockets(root: &Root) -> Vec<PathBuf> {
+    let recorded = crate::apply::records::read::<crate::apply::records::NodeState>(
+        root,
+        crate::apply::records::STATE_FILE,
+    )
+    .and_then(|s| s.cri_endpoint)
+    .map(|e| PathBuf::from(e.trim_start_matches("unix://")));
+    let known = crate::effects::containers::CRI_SOCKETS
+        .iter()
+        .map(PathBuf::from);
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in recorded.into_iter().chain(known) {
+        // A socket that is not there has no runtime behind it to ask.
+        let is_socket = root
+            .inspect(&p)
+            .is_ok_and(|e| e == Existing::Special("socket"));
+        if !out.contains(&p) && is_socket {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Removes the contents of a documented directory, never crossing into another filesystem,
+/// never following symlinks, and keeping anything that holds a mount or a restored file.
+fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
+    let real = match ctx.fx.root.resolve(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.step(
+                "remove",
+                dir.display().to_string(),
+                Outcome::Refused,
+                e.to_string(),
+            );
+            return;
+        }
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&real) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    for name in ctx.fx.root.list_dir(dir).unwrap_or_default() {
+        let target = dir.join(&name).display().to_string();
+        if ctx.opts.dry_run {
+            ctx.step("remove", target, Outcome::WouldDo, "");
+            continue;
+        }
+        let child = real.join(&name);
+        let keep: Vec<PathBuf> = ctx.pinned.iter().chain(&ctx.restored).cloned().collect();
+        match remove_tree(&child, meta.dev(), &keep) {
+            Ok(true) => ctx.step("remove", target, Outcome::Done, ""),
+            // Only what the journal restores is in the way: kept on purpose.
+            Ok(false) if !ctx.pinned.iter().any(|m| m.starts_with(&child)) => {}
+            Ok(false) => ctx.step(
+                "remove",
+                target,
+                Outcome::Failed,
+                "kept: it holds a mount that would not unmount",
+            ),
+            Err(e) => ctx.step("remove", target, Outcome::Failed, e.to_string()),
+        }
+    }
+}
+
+/// Removes a tree on device `dev`; returns false when something was kept (a pinned path).
+fn remove_tree(path: &Path, dev: u64, pinned: &[PathBuf]) -> std::io::Result<bool> {
+    if pinned.iter().any(|p| p.starts_with(path)) {
+        // Remove what we can around the pinned paths, keep the way to them.
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() && !pinned.iter().any(|p| p == path) {
+            for e in std::fs::read_dir(path)? {
+                remove_tree(&e?.path(), dev, pinned)?;
+            }
+        }
+        return Ok(false);
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        std::fs::remove_file(path)?;
+        return Ok(true);
+    }
+    if meta.dev() != dev {
+        return Ok(false);
+    }
+    let mut all = true;
+    for e in std::fs::read_dir(path)? {
+        all &= remove_tree(&e?.path(), dev, pinned)?;
+    }
+    if all {
+        std::fs::remove_dir(path)?;
+    }
+    Ok(all)
+}
+
+/// Removes one regular file or symlink; a special file is refused, never opened.
+pub fn remove_path(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str) -> Outcome {
+    let shown = path.display().to_string();
+    let outcome = match ctx.fx.root.inspect(path) {
+        Ok(Existing::Absent) => return Outcome::Done,
+        Ok(Existing::File { .. } | Existing::Symlink(_)) if ctx.opts.dry_run => Outcome::WouldDo,
+        Ok(Existing::File { .. } | Existing::Symlink(_)) => match ctx.fx.root.remove_file(path) {
+            Ok(_) => Outcome::Done,
+            Err(e) => {
+                ctx.step(kind, shown, Outcome::Failed, e.to_string());
+                return Outcome::Failed;
+            }
+        },
+        Ok(Existing::Special(what)) => {
+            ctx.step(
+                kind,
+                shown,
+                Outcome::Refused,
+                format!("it is a {what}, not a regular file"),
+            );
+            return Outcome::Refused;
+        }
+        Ok(Existing::Dir) => {
+            ctx.step(
+                kind,
+                shown,
+                Outcome::Refused,
+                "it is a directory, not a regular file",
+            );
+            return Outcome::Refused;
+        }
+        Err(e) => {
+            ctx.step(kind, shown, Outcome::Refused, e.to_string());
+            return Outcome::Refused;
+        }
+    };
+    ctx.step(kind, shown, outcome, "");
+    outcome
+}
+
+/// A chain, as (table, chain name).
+pub type Chain = (String, String);
+/// A rule, as (table, its words).
+pub type Rule = (String, Vec<String>);
+
+/// The chains kube-proxy and CNI plugins own in an `iptables-save` dump, and the rules in
+/// other chains that jump into them.
+pub fn owned_chains(dump: &str) -> (Vec<Chain>, Vec<Rule>) {
+    let owned = |name: &str| CHAIN_PREFIXES.iter().any(|p| name.starts_with(p));
+    let mut table = String::new();
+    let (mut chains, mut jumps) = (Vec::new(), Vec::new());
+    for line in dump.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_owned();
+        } else if let Some(c) = line.strip_prefix(':') {
+            let name = c.split_whitespace().next().unwrap_or_default();
+            if owned(name) {
+                chains.push((table.clone(), name.to_owned()));
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let words = save_words(rule);
+            let target = words
+                .iter()
+                .position(|w| w == "-j")
+                .and_then(|i| words.get(i + 1));
+            let chain = words.first().map(String::as_str).unwrap_or_default();
+            if !owned(chain) && target.is_some_and(|t| owned(t)) {
+                jumps.push((table.clone(), words));
+            }
+        }
+    }
+    (chains, jumps)
+}
+
+fn flush_chains(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        ctx.step(
+            "iptables",
+            "kube-proxy and CNI chains",
+            Outcome::Skipped,
+            "--root is not /",
+        );
+        return;
+    }
+    for family in [Family::V4, Family::V6] {
+        if let Some(dump) = ctx.fx.network.save(family) {
+            flush_family(ctx, family, &dump);
+        }
+    }
+    match ctx.fx.network.clear_ipvs() {
+        None => {}
+        Some(_) if ctx.opts.dry_run => ctx.step(
+            "ipvs",
+            "kube-proxy virtual servers",
+            Outcome::WouldDo,
+            "ipvsadm --clear",
+        ),
+        Some(Ok(())) => ctx.step("ipvs", "kube-proxy virtual servers", Outcome::Done, ""),
+        Some(Err(e)) => ctx.step(
+            "ipvs",
+            "kube-proxy virtual servers",
+            Outcome::Failed,
+            e.to_string(),
+        ),
+    }
+}
+
+fn flush_family(ctx: &mut Ctx<'_>, family: Family, dump: &str) {
+    let (chains, jumps) = owned_chains(dump);
+    if chains.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = chains.iter().map(|(_, c)| c.as_str()).collect();
+    let summary = format!(
+        "{}: {} chains ({})",
+        family.tool(),
+        chains.len(),
+        names.join(", ")
+    );
+    if ctx.opts.dry_run {
+        ctx.step("iptables", summary, Outcome::WouldDo, "");
+        return;
+    }
+    let net = &ctx.fx.network;
+    for (t, words) in &jumps {
+        let mut args = vec!["-t", t.as_str(), "-D"];
+        args.extend(words.iter().map(String::as_str));
+        if let Err(e) = net.iptables(family, &args) {
+            tracing::warn!("removing a jump into a kube-proxy/CNI chain: {e}");
+        }
+    }
+    for (t, c) in &chains {
+        if let Err(e) = net.iptables(family, &["-t", t, "-F", c]) {
+            tracing::warn!("flushing {c}: {e}");
+        }
+    }
+    let failed: Vec<&str> = chains
+        .iter()
+        .filter(|(t, c)| net.iptables(family, &["-t", t, "-X", c]).is_err())
+        .map(|(_, c)| c.as_str())
+        .collect();
+    if failed.is_empty() {
+        ctx.step("iptables", summary, Outcome::Done, "");
+    } else {
+        let detail = format!("could not delete {}", failed.join(", "));
+        ctx.step("iptables", summary, Outcome::Failed, detail);
+    }
+}
+
+/// The arguments of one `iptables-save` rule line, as iptables quotes them: a word with spaces is
+/// in double quotes (the kubelet's `-m comment --comment "kubernetes postrouting rules"`), with
+/// `\"` and `\\` escaped inside. Splitting on whitespace instead breaks such a rule, its `-D`
+/// matches nothing, and the chain it jumps to cannot be deleted.
+pub fn save_words(rule: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut started = false;
+    let mut quoted = false;
+    let mut chars = rule.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}
+
+fn delete_interfaces(ctx: &mut Ctx<'_>) {
+    if !ctx.fx.host {
+        ctx.step(
+            "interfaces",
+            "CNI interfaces",
+            Outcome::Skipped,
+            "--root is not /",
+        );
+        return;
+    }
+    for name in CNI_INTERFACES {
+        if !ctx.fx.network.link_exists(name) {
+            continue;
+        }
+        if ctx.opts.dry_run {
+            ctx.step("interface", *name, Outcome::WouldDo, "");
+            continue;
+        }
+        match ctx.fx.network.delete_link(name) {
+            Ok(()) => ctx.step("interface", *name, Outcome::Done, ""),
+            Err(e) => ctx.step("interface", *name, Outcome::Failed, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The journal replayed backwards, one undo per kind of change, each recorded in the journal as
+//! it is done (`undone`), so a rerun after a crash skips it: what an earlier reset restored is
+//! never touched again. Once every undo is done the journal says so (`reset-complete`) and
+//! [`finalize`] removes the state directory, backups and journal with it, in one rename.
+
+use super::cleanup::{remove_path, Keep};
+use super::{Ctx, Outcome};
+use crate::effects::fs::{Existing, Root};
+use crate::journal::{self, Change, Event, Journal, Prior, Record};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// How one undo ended, for the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    /// Undone: recorded, never repeated.
+    Done,
+    /// Nothing to do, or kept on purpose (repeating it is harmless).
+    Skip,
+    /// Failed or refused: the journal and backups stay for a rerun.
+    Problem,
+}
+
+impl From<Outcome> for Undo {
+    fn from(o: Outcome) -> Undo {
+        match o {
+            Outcome::Done => Undo::Done,
+            Outcome::WouldDo | Outcome::Skipped => Undo::Skip,
+            Outcome::Refused | Outcome::Failed => Undo::Problem,
+        }
+    }
+}
+
+/// The first record of each path: it holds the state before join.
+fn first_records(records: &[Record]) -> HashMap<PathBuf, u64> {
+    let mut out = HashMap::new();
+    for r in records.iter().filter(|r| r.event == Event::Begin) {
+        if let Some(
+            Change::File { path, .. } | Change::Symlink { path, .. } | Change::Dir { path },
+        ) = &r.change
+        {
+            out.entry(path.clone()).or_insert(r.seq);
+        }
+    }
+    out
+}
+
+/// What cleanup must keep: the files the journal restores, and every path it knows.
+pub fn keep(root: &Root, records: &[Record]) -> Keep {
+    let firsts = first_records(records);
+    let mut restored = Vec::new();
+    for r in records.iter().filter(|r| r.event == Event::Begin) {
+        if let Some(Change::File {
+            path,
+            prior: Some(_),
+        }) = &r.change
+        {
+            if firsts.get(path) == Some(&r.seq) {
+                if let Ok(real) = root.resolve(path) {
+                    restored.push(real);
+                }
+            }
+        }
+    }
+    Keep {
+        restored,
+        journaled: firsts.into_keys().collect(),
+    }
+}
+
+fn is_state_path(p: &Path) -> bool {
+    let state = Path::new(journal::STATE_DIR);
+    p.starts_with(state) || state.starts_with(p)
+}
+
+/// Undoes every change not undone yet, newest first. Returns whether all of them are undone.
+pub fn replay(ctx: &mut Ctx<'_>, mut journal: Option<&mut Journal>, records: &[Record]) -> bool {
+    let firsts = first_records(records);
+    let undone: HashSet<u64> = records
+        .iter()
+        .filter(|r| r.event == Event::Undone)
+        .map(|r| r.seq)
+        .collect();
+    let mut seen = HashSet::new();
+    let mut complete = true;
+    for r in records.iter().rev().filter(|r| r.event == Event::Begin) {
+        let Some(change) = &r.change else { continue };
+        if !seen.insert(r.seq) || undone.contains(&r.seq) {
+            continue;
+        }
+        match undo(
+            ctx,
+            change,
+            firsts.get(change_path(change).unwrap_or(Path::new(""))) == Some(&r.seq),
+        ) {
+            Undo::Done if !ctx.opts.dry_run => {
+                complete &= record_undone(ctx, journal.as_deref_mut(), r.seq)
+            }
+            Undo::Problem => complete = false,
+            _ => {}
+        }
+    }
+    if ctx.fx.host && !ctx.opts.dry_run && touched_units(records) {
+        if let Err(e) = ctx.fx.systemd.daemon_reload() {
+            tracing::warn!("systemctl daemon-reload after restoring units: {e}");
+        }
+    }
+    complete
+}
+
+fn change_path(change: &Change) -> Option<&Path> {
+    match change {
+        Change::File { path, .. } | Change::Symlink { path, .. } | Change::Dir { path } => {
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
+fn touched_units(records: &[Record]) -> bool {
+    records.iter().any(|r| {
+        matches!(&r.change, Some(Change::File { path, .. }) if path.starts_with("/etc/systemd"))
+    })
+}
+
+fn record_undone(ctx: &mut Ctx<'_>, journal: Option<&mut Journal>, seq: u64) -> bool {
+    let Some(j) = journal else { return true };
+    match j.undone(seq) {
+        Ok(()) => true,
+        Err(e) => {
+            ctx.step(
+                "journal",
+                journal::JOURNAL_FILE,
+                Outcome::Failed,
+                e.to_string(),
+            );
+            false
+        }
+    }
+}
+
+/// One change undone. `first` says whether this record holds the path's state before join
+/// (a later record of the same path would restore join's own bytes).
+fn undo(ctx: &mut Ctx<'_>, change: &Change, first: bool) -> Undo {
+    match change {
+        Change::File { path, prior } if first => {
+            sweep(ctx, path);
+            undo_file(ctx, path, prior.as_ref())
+        }
+        Change::Symlink { path, prior } if first => {
+            sweep(ctx, path);
+            undo_symlink(ctx, path, prior.as_deref())
+        }
+        Change::Dir { path } if first && !is_state_path(path) => remove_dir(ctx, path),
+        Change::Sysctl { key, prior } => undo_sysctl(ctx, key, prior),
+        Change::Module { name } => {
+            ctx.step(
+                "module",
+                name.clone(),
+                Outcome::Skipped,
+                "left loaded: unloading could break other users; its load-at-boot file is removed",
+            );
+            Undo::Done
+        }
+        Change::SwapOff { devices } => undo_swap(ctx, devices),
+        Change::Package { manager, name } => undo_package(ctx, manager, name),
+        Change::UnitEnabled { unit } => undo_unit(ctx, "disable", unit),
+        Change::UnitStarted {
+            unit,
+            was_active: false,
+        } => undo_unit(ctx, "stop", unit),
+        _ => Undo::Skip,
+    }
+}
+
+/// A join killed mid-write leaves its temporary file beside the target.
+fn sweep(ctx: &Ctx<'_>, path: &Path) {
+    if !ctx.opts.dry_run {
+        let _ = ctx.fx.root.sweep_temps(path);
+    }
+}
+
+fn undo_file(ctx: &mut Ctx<'_>, path: &Path, prior: Option<&Prior>) -> Undo {
+    match prior {
+        Some(p) => restore_file(ctx, path, p),
+        None => remove_path(ctx, path, "remove").into(),
+    }
+}
+
+/// Writes the backup's bytes back with their mode and owner; a path that became a directory,
+/// symlink or special file is refused.
+fn restore_file(ctx: &mut Ctx<'_>, path: &Path, p: &Prior) -> Undo {
+    let root = &ctx.fx.root;
+    let shown = path.display().to_string();
+    let backup = PathBuf::from(journal::BACKUP_DIR).join(&p.backup);
+    let Ok(Some(bytes)) = root.read(&backup) else {
+        ctx.step("restore", shown, Outcome::Failed, "its backup is missing");
+        return Undo::Problem;
+    };
+    let mode = format!("mode {:04o}", p.mode);
+    if ctx.opts.dry_run {
+        ctx.step("restore", shown, Outcome::WouldDo, mode);
+        return Undo::Skip;
+    }
+    let written = match root.inspect(path) {
+        Ok(Existing::File { .. } | Existing::Absent) => root.write_atomic(path, &bytes, p.mode),
+        Ok(Existing::Special(kind)) => Err(crate::effects::fs::FsError::Special {
+            path: shown.clone(),
+            kind,
+        }),
+        Ok(_) => {
+            ctx.step(
+                "restore",
+                shown,
+                Outcome::Refused,
+                "the path is no longer a regular file",
+            );
+            return Undo::Problem;
+        }
+        Err(e) => Err(e),
+    };
+    let owned = written.and_then(|()| match (p.uid, p.gid) {
+        (Some(uid), Some(gid)) => root.chown(path, uid, gid),
+        _ => Ok(()),
+    });
+    match owned {
+        Ok(()) => ctx.step("restore", shown, Outcome::Done, mode),
+        Err(e) => ctx.step("restore", shown, Outcome::Refused, e.to_string()),
+    }
+    ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
+}
+
+fn undo_symlink(ctx: &mut Ctx<'_>, path: &Path, prior: Option<&Path>) -> Undo {
+    let shown = path.display().to_string();
+    let Some(to) = prior else {
+        return remove_path(ctx, path, "remove").into();
+    };
+    if ctx.opts.dry_run {
+        ctx.step("restore", shown, Outcome::WouldDo, "");
+        return Undo::Skip;
+    }
+    match ctx.fx.root.symlink_atomic(path, to) {
+        Ok(()) => ctx.step(
+            "restore",
+            shown,
+            Outcome::Done,
+            format!("-> {}", to.display()),
+        ),
+        Err(e) => ctx.step("restore", shown, Outcome::Refused, e.to_string()),
+    }
+    ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
+}
+
+fn remove_dir(ctx: &mut Ctx<'_>, path: &Path) -> Undo {
+    let shown = path.display().to_string();
+    if ctx.opts.dry_run {
+        ctx.step("remove-dir", shown, Outcome::WouldDo, "if empty");
+        return Undo::Skip;
+    }
+    match ctx.fx.root.inspect(path) {
+        Ok(Existing::Dir) => match ctx.fx.root.remove_empty_dir(path) {
+            Ok(true) => ctx.step("remove-dir", shown, Outcome::Done, ""),
+            Ok(false) => {
+                let why = "kept: it holds files node-attach did not make";
+                ctx.step("remove-dir", shown, Outcome::Skipped, why);
+                return Undo::Skip;
+            }
+            Err(e) => ctx.step("remove-dir", shown, Outcome::Failed, e.to_string()),
+        },
+        Ok(Existing::Absent) => return Undo::Done,
+        Ok(_) => ctx.step(
+            "remove-dir",
+            shown,
+            Outcome::Refused,
+            "no longer a directory",
+        ),
+        Err(e) => ctx.step("remove-dir", shown, Outcome::Refused, e.to_string()),
+    }
+    ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
+}
+
+/// The outcome of a host step: would-do in a dry run, done or failed otherwise.
+fn host_step(
+    ctx: &mut Ctx<'_>,
+    kind: &'static str,
+    target: String,
+    act: impl FnOnce(&Ctx<'_>) -> Result<(), String>,
+) -> Undo {
+    if !ctx.fx.host {
+        return Undo::Skip;
+    }
+    if ctx.opts.dry_run {
+        ctx.step(kind, target, Outcome::WouldDo, "");
+        return Undo::Skip;
+    }
+    match act(ctx) {
+        Ok(()) => ctx.step(kind, target, Outcome::Done, ""),
+        Err(e) => ctx.step(kind, target, Outcome::Failed, e),
+    }
+    ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
+}
+
+fn undo_sysctl(ctx: &mut Ctx<'_>, key: &str, prior: &str) -> Undo {
+    host_step(ctx, "sysctl", format!("{key}={prior}"), |ctx| {
+        ctx.fx
+            .kernel
+            .set_sysctl(key, prior)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn undo_swap(ctx: &mut Ctx<'_>, devices: &[String]) -> Undo {
+    host_step(ctx, "swap-on", devices.join(","), |ctx| {
+        ctx.fx.kernel.swap_on().map_err(|e| e.to_string())
+    })
+}
+
+fn undo_package(ctx: &mut Ctx<'_>, manager: &str, name: &str) -> Undo {
+    if !ctx.opts.remove_packages {
+        let why = "kept (pass --remove-packages to uninstall what join installed)";
+        ctx.step("package", name.to_owned(), Outcome::Skipped, why);
+        return Undo::Skip;
+    }
+    host_step(
+        ctx,
+        "package",
+        format!("{manager} remove {name}"),
+        |ctx| match &ctx.fx.packages {
+            Some(pm) if pm.name() == manager => pm.remove(name).map_err(|e| e.to_string()),
+            _ => Err(format!("package manager {manager} is not available")),
+        },
+    )
+}
+
+fn undo_unit(ctx: &mut Ctx<'_>, verb: &'static str, unit: &str) -> Undo {
+    host_step(ctx, "unit", format!("{verb} {unit}"), |ctx| {
+        let sd = &ctx.fx.systemd;
+        match verb {
+            "disable" => sd.disable(unit),
+            _ => sd.stop(unit),
+        }
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// Removes the state directory, with its backups and journal, once every undo is done: the
+/// journal first says so (`reset-complete`), then one rename takes the state directory (with
+/// the directories join made to hold it, when they hold nothing else) out of place, and it is
+/// deleted. A crash before the rename leaves a journal whose rerun has nothing left to undo; a
+/// crash after it leaves a staging directory the next run sweeps.
+pub fn finalize(ctx: &mut Ctx<'_>, journal: Option<Journal>, records: &[Record], complete: bool) {
+    let state = journal::STATE_DIR;
+    if ctx.opts.dry_run {
+        ctx.step(
+            "remove",
+            state,
+            Outcome::WouldDo,
+            "the journal, backups and state",
+        );
+        return;
+    }
+    if !complete {
+        let why = "kept with its backups: some undo steps did not complete; fix what they name and rerun reset";
+        ctx.step("journal", journal::JOURNAL_FILE, Outcome::Skipped, why);
+        return;
+    }
+    let recorded = records.iter().any(|r| r.event == Event::ResetComplete);
+    if let (Some(mut j), false) = (journal, recorded) {
+        if let Err(e) = j.reset_complete() {
+            ctx.step(
+                "journal",
+                journal::JOURNAL_FILE,
+                Outcome::Failed,
+                e.to_string(),
+            );
+            return;
+        }
+        ctx.step(
+            "journal",
+            journal::JOURNAL_FILE,
+            Outcome::Done,
+            "every undo is done",
+        );
+    }
+    let top = removable_top(&ctx.fx.root, records);
+    let shown = top.display().to_string();
+    match ctx.fx.root.remove_tree_atomically(&top) {
+        Ok(()) => ctx.step(
+            "remove",
+            shown,
+            Outcome::Done,
+            "the journal, backups and state",
+        ),
+        Err(e) => ctx.step("remove", shown, Outcome::Failed, e.to_string()),
+    }
+}
+
+/// The outermost directory join made on the way to its state directory that holds nothing but
+/// that way (on a scratch root, `/var`; on a host, the state directory itself).
+fn removable_top(root: &Root, records: &[Record]) -> PathBuf {
+    let state = PathBuf::from(journal::STATE_DIR);
+    let mut created: Vec<PathBuf> = records
+        .iter()
+        .filter(|r| r.event == Event::Begin)
+        .filter_map(|r| match &r.change {
+            Some(Change::Dir { path }) if state.starts_with(path) && *path != state => {
+                Some(path.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    created.sort_by_key(|p| p.components().count());
+    created.dedup();
+    created
+        .into_iter()
+        .find(|top| holds_only_the_way(root, top, &state))
+        .unwrap_or(state)
+}
+
+/// Whether each directory from `top` down to `state`'s parent holds only the next one.
+fn holds_only_the_way(root: &Root, top: &Path, state: &Path) -> bool {
+    let mut dir = top.to_path_buf();
+    while dir != state {
+        let Ok(rest) = state.strip_prefix(&dir) else {
+            return false;
+        };
+        let Some(next) = rest.components().next() else {
+            return false;
+        };
+        let next = next.as_os_str().to_string_lossy().into_owned();
+        if root.list_dir(&dir).unwrap_or_default() != [next.clone()] {
+            return false;
+        }
+        dir.push(next);
+    }
+    true
+}
