@@ -222,18 +222,79 @@ fn standin(names: &Names) -> TestControlPlane {
     cp
 }
 
-/// Joins `names.node` into a v1.20.2 stand-in; returns its request log and the node's tree.
-fn capture(names: &Names) -> (Vec<RequestRecord>, Node) {
+/// What the capture recorded: a join's requests, then a drain's; and the key the join made
+/// for the node (read before reset removes it).
+struct Captured {
+    join: Vec<RequestRecord>,
+    drain: Vec<RequestRecord>,
+    key: String,
+}
+
+/// Joins `names.node` into a v1.20.2 stand-in (its kubelet stand-in running pods), then drains
+/// it with `node-attach reset --drain`; the stand-in's request log is what they sent.
+fn capture(names: &Names) -> Captured {
     let cp = standin(names);
     let mut node = Node::new();
-    node.kubelet();
+    node.kubelet_running_pods();
     let mut args = scale_out(&cp, &node, &names.node);
     let at = args.iter().position(|a| a == "--token").expect("--token") + 1;
     args[at] = names.token.clone();
     let run = join(&args, &[]);
     run.expect_no_secret(&[names.token.split_once('.').map_or("", |t| t.1)]);
     run.expect_code(0);
-    (cp.requests(), node)
+    let joined = cp.requests().len();
+    let key = node_key(&node);
+    capture_drain(&cp, &node, names);
+    let all = cp.requests();
+    Captured {
+        join: all[..joined].to_vec(),
+        drain: all[joined..].to_vec(),
+        key,
+    }
+}
+
+/// A pod on the node, created through the API as an admin (so that the replay creates it
+/// too) and run by the kubelet stand-in, then `reset --drain` with the admin's kubeconfig: the
+/// agent's own eviction path.
+fn capture_drain(cp: &TestControlPlane, node: &Node, names: &Names) {
+    let name = format!("{}-drained", names.node);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                     "spec": {"nodeName": names.node, "containers": [{"name": "c", "image": "busybox"}]}});
+    let create = Step::new(
+        "a pod to drain",
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Who::Admin,
+    )
+    .json(pod);
+    let mut admin = Target::standin(cp, names, "", "");
+    assert_eq!(admin.send(&create, &create.body).status, 201);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cp
+        .get(Kind::Pod, "default", &name)
+        .is_some_and(|p| p["status"]["phase"] != "Running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the kubelet stand-in did not run {name}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    let kubeconfig = kubeconfig.display().to_string();
+    let root = node.root();
+    let args = [
+        "reset",
+        "--root",
+        &root,
+        "--drain",
+        "--kubeconfig",
+        &kubeconfig,
+        "--drain-timeout",
+        "20s",
+    ];
+    run_with(&args, &[], Duration::from_secs(60)).expect_code(0);
 }
 
 fn who_of(user: &str) -> Who {
@@ -266,7 +327,7 @@ fn settled(node: &Value) -> bool {
 /// on it.
 fn steps_from(records: &[RequestRecord], node: &str) -> Vec<Step> {
     let mut out = Vec::new();
-    for step in captured_steps(records) {
+    for step in captured_steps(records, "join") {
         let registration = step.method == "POST" && step.path == "/api/v1/nodes";
         out.push(step);
         if registration {
@@ -280,14 +341,14 @@ fn steps_from(records: &[RequestRecord], node: &str) -> Vec<Step> {
     out
 }
 
-fn captured_steps(records: &[RequestRecord]) -> Vec<Step> {
+fn captured_steps(records: &[RequestRecord], phase: &str) -> Vec<Step> {
     records
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let agent = r.user_agent.split('/').next().unwrap_or("?");
             let mut step = Step::new(
-                &format!("join #{i} ({agent})"),
+                &format!("{phase} #{i} ({agent})"),
                 &r.method,
                 &r.path,
                 who_of(&r.user),
@@ -1217,7 +1278,11 @@ impl Drop for Cleanup<'_> {
             &secret,
             "--ignore-not-found",
         ]);
-        let pods = [format!("{n}-free"), format!("{n}-kept")];
+        let pods = [
+            format!("{n}-free"),
+            format!("{n}-kept"),
+            format!("{n}-drained"),
+        ];
         let mut args = vec![
             "-n",
             "default",
@@ -1279,11 +1344,12 @@ fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
         csrs: Vec::new(),
     };
     real_token(rc, &names);
-    let (records, node) = capture(&names);
-    let mut steps = steps_from(&records, &names.node);
+    let Captured { join, drain, key } = capture(&names);
+    let mut steps = steps_from(&join, &names.node);
     steps.extend(extra_steps(&names.node));
+    steps.extend(captured_steps(&drain, "drain"));
     cleanup.csrs = csr_names(&steps);
-    let (csr, key) = (join_csr(&steps), node_key(&node));
+    let csr = join_csr(&steps);
     let fresh = standin(&names);
     let mut real = Target::real(rc, &names, &csr, &key);
     let mut standin = Target::standin(&fresh, &names, &csr, &key);

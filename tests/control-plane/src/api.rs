@@ -1108,13 +1108,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The field manager's entry for this request's writer (the User-Agent's product name).
+    /// What every write stores besides the object: the field manager's entry for this
+    /// request's writer (the User-Agent's product name), and unset condition times as the
+    /// API server serializes them.
     fn record_write(&self, obj: &mut Value) {
         record_manager(
             obj,
             &manager(self.req),
             &self.kind.api_version(self.version),
         );
+        zero_condition_times(self.kind, obj);
     }
 
     fn store_update(&self, mut obj: Value) -> Reply {
@@ -1364,6 +1367,28 @@ impl Ctx<'_> {
     }
 }
 
+/// Pod and Node conditions' timestamps are `metav1.Time` values, not pointers, so the API
+/// server writes an unset one as `null` (`PodCondition.lastProbeTime`/`lastTransitionTime`,
+/// `NodeCondition.lastHeartbeatTime`/`lastTransitionTime`, k8s.io/api `core/v1/types.go`).
+fn zero_condition_times(kind: Kind, obj: &mut Value) {
+    let fields: &[&str] = match kind {
+        Kind::Pod => &["lastProbeTime", "lastTransitionTime"],
+        Kind::Node => &["lastHeartbeatTime", "lastTransitionTime"],
+        _ => return,
+    };
+    let conditions = obj
+        .get_mut("status")
+        .and_then(|s| s.get_mut("conditions"))
+        .and_then(Value::as_array_mut);
+    for c in conditions.into_iter().flatten() {
+        for f in fields {
+            if c.get(*f).is_none() {
+                c[*f] = Value::Null;
+            }
+        }
+    }
+}
+
 /// The field manager name of a request: its User-Agent up to the first `/`.
 fn manager(req: &Req) -> String {
     let ua = req.user_agent.split('/').next().unwrap_or_default();
@@ -1441,11 +1466,84 @@ fn pod_ready(pod: &Value) -> bool {
     })
 }
 
-/// A new Pod starts `Pending` (the pod strategy's `PrepareForCreate`).
+/// A new Pod as a 1.20.2 API server stores it: `pkg/apis/core/v1/defaults.go` (`SetDefaults_PodSpec`,
+/// `SetDefaults_Container`), the ServiceAccount admission plugin's `default` account and token
+/// volume, DefaultTolerationSeconds' not-ready/unreachable tolerations, the Priority plugin's
+/// priority 0, and the strategy's `Pending` phase and QoS class (`PrepareForCreate`).
 fn pod_defaults(pod: &mut Value) {
+    let spec = &mut pod["spec"];
+    for (field, value) in [
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("enableServiceLinks", json!(true)),
+        ("preemptionPolicy", json!("PreemptLowerPriority")),
+        ("priority", json!(0)),
+        ("restartPolicy", json!("Always")),
+        ("schedulerName", json!("default-scheduler")),
+        ("securityContext", json!({})),
+        ("serviceAccountName", json!("default")),
+        ("terminationGracePeriodSeconds", json!(30)),
+    ] {
+        if spec[field].is_null() {
+            spec[field] = value;
+        }
+    }
+    spec["serviceAccount"] = spec["serviceAccountName"].clone();
+    default_tolerations(spec);
+    let token = "default-token-stand";
+    if spec["automountServiceAccountToken"] != false {
+        let mut volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+        volumes.push(json!({"name": token, "secret": {"defaultMode": 420, "secretName": token}}));
+        spec["volumes"] = Value::Array(volumes);
+    }
+    let mut best_effort = true;
+    for c in spec["containers"].as_array_mut().into_iter().flatten() {
+        container_defaults(c, token);
+        best_effort &= c["resources"].as_object().is_none_or(|r| r.is_empty());
+    }
     if pod["status"]["phase"].is_null() {
         pod["status"]["phase"] = json!("Pending");
     }
+    pod["status"]["qosClass"] = json!(if best_effort {
+        "BestEffort"
+    } else {
+        "Burstable"
+    });
+}
+
+/// DefaultTolerationSeconds: tolerate not-ready and unreachable nodes for 300 s.
+fn default_tolerations(spec: &mut Value) {
+    let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !tolerations.iter().any(|t| t["key"] == key) {
+            tolerations.push(json!({"effect": "NoExecute", "key": key, "operator": "Exists", "tolerationSeconds": 300}));
+        }
+    }
+    spec["tolerations"] = Value::Array(tolerations);
+}
+
+fn container_defaults(c: &mut Value, token: &str) {
+    let image = c["image"].as_str().unwrap_or_default();
+    let tag = image.rsplit('/').next().unwrap_or_default();
+    let latest = !tag.contains(':') || tag.ends_with(":latest");
+    for (field, value) in [
+        (
+            "imagePullPolicy",
+            json!(if latest { "Always" } else { "IfNotPresent" }),
+        ),
+        ("resources", json!({})),
+        ("terminationMessagePath", json!("/dev/termination-log")),
+        ("terminationMessagePolicy", json!("File")),
+    ] {
+        if c[field].is_null() {
+            c[field] = value;
+        }
+    }
+    let mut mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+    mounts.push(json!({"mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "name": token, "readOnly": true}));
+    c["volumeMounts"] = Value::Array(mounts);
 }
 
 /// Labels in `new` that differ from `old` and that a node may not set.

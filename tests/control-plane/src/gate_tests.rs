@@ -499,3 +499,44 @@ fn scheduled_pods_are_only_marked_for_deletion() {
         404
     );
 }
+
+#[test]
+fn pods_as_a_1_20_api_server_stores_them() {
+    let cp = start("v1.20.2");
+    let pod = json!({"metadata": {"name": "p"},
+                     "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "busybox"}]}});
+    let (_, created) = call(&cp, admin(), "POST", "/api/v1/namespaces/default/pods", pod);
+    let spec = &created["spec"];
+    assert_eq!(spec["serviceAccountName"], "default");
+    assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+    assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(created["status"]["qosClass"], "BestEffort");
+    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    let req = Req {
+        method: "PATCH".into(),
+        path: "/api/v1/namespaces/default/pods/p/status".into(),
+        query: String::new(),
+        accept: "application/json".into(),
+        content_type: "application/merge-patch+json".into(),
+        user_agent: "gate-tests".into(),
+        body: Bytes::from(status.to_string()),
+        user: admin(),
+        bad_credentials: false,
+    };
+    let Reply::Full { body, .. } = handle(cp.shared(), req) else {
+        panic!("a full answer");
+    };
+    let patched: Value = serde_json::from_slice(&body).expect("JSON");
+    let ready = &patched["status"]["conditions"][0];
+    assert!(
+        ready.get("lastProbeTime").is_some_and(Value::is_null),
+        "{patched}"
+    );
+    assert!(ready.get("lastTransitionTime").is_some_and(Value::is_null));
+}
