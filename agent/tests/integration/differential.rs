@@ -321,6 +321,14 @@ fn settled(node: &Value) -> bool {
         && !not_ready
 }
 
+/// Whether the node lifecycle controller has tainted a cordoned Node.
+fn cordoned(node: &Value) -> bool {
+    node["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unschedulable")
+    })
+}
+
 /// The captured requests as steps, labelled by who sent them. After the Node's registration
 /// the replay waits until the node controllers are done with it, on both servers: their
 /// timing is the controllers', not the API's, and the answers after it would otherwise depend
@@ -1348,6 +1356,10 @@ fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
     let mut steps = steps_from(&join, &names.node);
     steps.extend(extra_steps(&names.node));
     steps.extend(captured_steps(&drain, "drain"));
+    let node_path = format!("/api/v1/nodes/{}", names.node);
+    steps.push(
+        Step::new("the cordoned Node, tainted", "GET", &node_path, Who::Admin).until(cordoned, 30),
+    );
     cleanup.csrs = csr_names(&steps);
     let csr = join_csr(&steps);
     let fresh = standin(&names);

@@ -403,19 +403,72 @@ fn reconcile_node(node: &mut Value, next_cidr: &mut usize) {
             node["metadata"]["labels"][beta] = value;
         }
     }
-    let ready = node["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
-    let taints = node["spec"].get_mut("taints").and_then(Value::as_array_mut);
-    if let (true, Some(taints)) = (ready, taints) {
-        taints.retain(|t| {
-            !(t["key"] == "node.kubernetes.io/not-ready" && t["effect"] == "NoSchedule")
-        });
-        if taints.is_empty() {
-            if let Some(spec) = node["spec"].as_object_mut() {
-                spec.remove("taints");
-            }
+    no_schedule_taints(node);
+}
+
+/// The node lifecycle controller's `doNoScheduleTaintingPass` (v1.20.2
+/// `pkg/controller/nodelifecycle/node_lifecycle_controller.go`): the NoSchedule taints a Node
+/// should have are those of its conditions (`nodeConditionToTaintKeyStatusMap`) and, when
+/// cordoned, `node.kubernetes.io/unschedulable`; the ones it has of those keys are made to
+/// match, added ones with `timeAdded` (`SwapNodeControllerTaint`).
+fn no_schedule_taints(node: &mut Value) {
+    const BY_CONDITION: [(&str, &str, &str); 6] = [
+        ("Ready", "False", "node.kubernetes.io/not-ready"),
+        ("Ready", "Unknown", "node.kubernetes.io/unreachable"),
+        (
+            "MemoryPressure",
+            "True",
+            "node.kubernetes.io/memory-pressure",
+        ),
+        ("DiskPressure", "True", "node.kubernetes.io/disk-pressure"),
+        (
+            "NetworkUnavailable",
+            "True",
+            "node.kubernetes.io/network-unavailable",
+        ),
+        ("PIDPressure", "True", "node.kubernetes.io/pid-pressure"),
+    ];
+    const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+    let conditions = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut wanted: Vec<&str> = BY_CONDITION
+        .iter()
+        .filter(|(t, st, _)| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == *t && c["status"] == *st)
+        })
+        .map(|(_, _, key)| *key)
+        .collect();
+    if node["spec"]["unschedulable"] == true {
+        wanted.push(UNSCHEDULABLE);
+    }
+    let managed = |t: &Value| {
+        t["effect"] == "NoSchedule"
+            && (t["key"] == UNSCHEDULABLE || BY_CONDITION.iter().any(|(_, _, k)| t["key"] == *k))
+    };
+    let mut taints = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let before = taints.clone();
+    taints.retain(|t| !managed(t) || wanted.iter().any(|k| t["key"] == *k));
+    for key in wanted {
+        if !taints.iter().any(|t| managed(t) && t["key"] == key) {
+            let now = crate::store::now_rfc3339();
+            taints.push(json!({"key": key, "effect": "NoSchedule", "timeAdded": now}));
         }
+    }
+    if taints == before {
+        return;
+    }
+    if taints.is_empty() {
+        if let Some(spec) = node["spec"].as_object_mut() {
+            spec.remove("taints");
+        }
+    } else {
+        node["spec"]["taints"] = Value::Array(taints);
     }
 }

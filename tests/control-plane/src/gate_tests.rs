@@ -540,3 +540,35 @@ fn pods_as_a_1_20_api_server_stores_them() {
     );
     assert!(ready.get("lastTransitionTime").is_some_and(Value::is_null));
 }
+
+#[test]
+fn cordoned_nodes_get_the_unschedulable_taint() {
+    let cp = start("v1.20.2");
+    let node = json!({"metadata": {"name": "c"}, "spec": {"unschedulable": true},
+                      "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    call(&cp, admin(), "POST", "/api/v1/nodes", node);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let keys = loop {
+        let n = cp.get(crate::store::Kind::Node, "", "c").expect("node");
+        let keys: Vec<String> = n["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                t["key"] != "node.kubernetes.io/unschedulable" || t["timeAdded"].is_string()
+            })
+            .filter_map(|t| t["key"].as_str().map(str::to_owned))
+            .collect();
+        if keys.len() == 2 || Instant::now() >= deadline {
+            break keys;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        keys,
+        [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unschedulable"
+        ]
+    );
+}
