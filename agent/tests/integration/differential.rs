@@ -1,21 +1,25 @@
 //! The differential test: the stand-in must answer as the real Kubernetes 1.20.2 API server does.
 //!
 //! 1. Capture: a real `node-attach join` (scale-out form, the kubelet stand-in registering the
-//!    Node) against the stand-in set to v1.20.2; its request log is the sequence, each request
-//!    with its method, path, query, credentials (anonymous, bootstrap token, node certificate)
-//!    and body.
-//! 2. To it are added the requests whose answers differ by version: discovery, the
-//!    unversioned `kubelet-config` (403 before 1.24), v1 CSRs with and without key encipherment
-//!    and what the controllers then do (approve and sign; leave pending; after a manual
-//!    approval, `Failed`), a manual denial, v1beta1 CSRs with signerName defaulting, v1
+//!    Node and running its pods) against the stand-in set to v1.20.2, then a pod on the node and
+//!    `node-attach reset --drain` (the agent's own eviction path); the stand-in's request log is
+//!    the sequence, each request with its method, path, query, credentials (anonymous,
+//!    bootstrap token, node certificate, admin) and body.
+//! 2. Between the join and the drain come the requests whose answers differ by version:
+//!    discovery, the unversioned `kubelet-config` (403 before 1.24), v1 CSRs with and without
+//!    key encipherment and what the controllers then do (approve and sign; leave pending; after
+//!    a manual approval, `Failed`), a manual denial, v1beta1 CSRs with signerName defaulting, v1
 //!    validation, SelfSubjectAccessReviews, NodeRestriction, and the eviction subresource
-//!    (policy/v1 and policy/v1beta1 bodies, a PodDisruptionBudget's 429).
+//!    (policy/v1 and policy/v1beta1 bodies, a pod marked for deletion, a PodDisruptionBudget's
+//!    429). Where controllers act (CSR approval and signing, the node controllers after
+//!    registration and after the cordon) the replay polls until they have, on both servers.
 //! 3. Replay: the same sequence goes to the real API server (`real_cluster()`) and to a fresh
 //!    stand-in at v1.20.2, with per-test names (token, node), each request with the right
 //!    credentials (the node's certificate is the one each server issues for the join's own CSR,
 //!    with the key the join generated), resourceVersions mapped to each server's own.
-//! 4. Compare, request by request: status codes and response shapes (see [`shape`]). Any
-//!    difference fails the test with the list of them.
+//! 4. Compare, request by request: status codes and response shapes (see [`shape`]), and that
+//!    the real server gave the answer each added step is there for. Any difference fails the
+//!    test with the list of them.
 //!
 //! Without the real cluster (not root) the test skips, loudly.
 
@@ -1336,23 +1340,10 @@ fn csr_names(steps: &[Step]) -> Vec<String> {
     names
 }
 
-#[test]
-fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
-    let Some(rc) = real_cluster() else {
-        eprintln!(
-            "######## SKIPPED: the differential test needs the real Kubernetes cluster ########"
-        );
-        return;
-    };
-    let names = Names::new();
-    let mut cleanup = Cleanup {
-        rc,
-        token_id: names.token_id.clone(),
-        node: names.node.clone(),
-        csrs: Vec::new(),
-    };
-    real_token(rc, &names);
-    let Captured { join, drain, key } = capture(&names);
+/// The whole sequence: the join's requests, the version-specific ones, the drain's, and a last
+/// look at the cordoned Node; with the key the join made for the node.
+fn sequence(names: &Names) -> (Vec<Step>, String) {
+    let Captured { join, drain, key } = capture(names);
     let mut steps = steps_from(&join, &names.node);
     steps.extend(extra_steps(&names.node));
     steps.extend(captured_steps(&drain, "drain"));
@@ -1360,11 +1351,11 @@ fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
     steps.push(
         Step::new("the cordoned Node, tainted", "GET", &node_path, Who::Admin).until(cordoned, 30),
     );
-    cleanup.csrs = csr_names(&steps);
-    let csr = join_csr(&steps);
-    let fresh = standin(&names);
-    let mut real = Target::real(rc, &names, &csr, &key);
-    let mut standin = Target::standin(&fresh, &names, &csr, &key);
+    (steps, key)
+}
+
+/// Sends every step to both servers, in turn; returns the differences, one entry per step.
+fn replay(steps: &[Step], real: &mut Target, standin: &mut Target) -> Vec<String> {
     let mut report = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let (a, b) = (real.run(step), standin.run(step));
@@ -1383,6 +1374,32 @@ fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
             ));
         }
     }
+    report
+}
+
+#[test]
+fn the_stand_in_answers_a_join_as_the_real_1_20_api_server_does() {
+    let Some(rc) = real_cluster() else {
+        eprintln!(
+            "######## SKIPPED: the differential test needs the real Kubernetes cluster ########"
+        );
+        return;
+    };
+    let names = Names::new();
+    let mut cleanup = Cleanup {
+        rc,
+        token_id: names.token_id.clone(),
+        node: names.node.clone(),
+        csrs: Vec::new(),
+    };
+    real_token(rc, &names);
+    let (steps, key) = sequence(&names);
+    cleanup.csrs = csr_names(&steps);
+    let csr = join_csr(&steps);
+    let fresh = standin(&names);
+    let mut real = Target::real(rc, &names, &csr, &key);
+    let mut standin = Target::standin(&fresh, &names, &csr, &key);
+    let report = replay(&steps, &mut real, &mut standin);
     assert!(
         report.is_empty(),
         "the stand-in (v1.20.2) and the real v1.20.2 API server answered {} of {} requests differently:\n{}",
