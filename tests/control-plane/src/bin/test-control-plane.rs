@@ -12,7 +12,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: test-control-plane --state-dir DIR [--listen ADDR:PORT] [--advertise HOST]... \
          [--token ID.SECRET]... [--values OPENAPI_TOKEN=FILE.json]... [--signing-delay MS] \
-         [--kubernetes-version V] [--files DIR] \
+         [--kubernetes-version V] [--kubeadm-feature-gate NAME=true|false]... [--files DIR] \
          [--exit-on-stdin-eof]"
     );
     std::process::exit(2)
@@ -44,6 +44,12 @@ fn main() {
                     Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
             "--kubernetes-version" => opts.kubernetes_version = value(),
+            "--kubeadm-feature-gate" => {
+                let gate = value();
+                let (name, on) = gate.split_once('=').unwrap_or_else(|| usage());
+                let on = on.parse::<bool>().unwrap_or_else(|_| usage());
+                opts.kubeadm_feature_gates.push((name.to_owned(), on));
+            }
             "--files" => opts.files_dir = Some(PathBuf::from(value())),
             "--exit-on-stdin-eof" => stdin_eof = true,
             _ => usage(),
