@@ -124,7 +124,9 @@ impl HttpError {
     pub fn is_transient(&self) -> bool {
         match self {
             HttpError::Connect { .. } | HttpError::Timeout { .. } => true,
-            HttpError::Status { status, .. } => *status == 429 || *status >= 500,
+            // As kube-rs and client-go: overload and gateway failures heal, 501 and 505 do
+            // not; 500 often is etcd timing out (`etcdserver: request timed out`).
+            HttpError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504),
             _ => false,
         }
     }

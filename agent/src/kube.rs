@@ -2,7 +2,7 @@
 //! cluster CA, as the bootstrap token or as the node itself.
 
 use crate::error::{Code, Failure};
-use crate::http::{Http, HttpError, Limits, Request, Target};
+use crate::http::{Http, HttpError, Limits, Request, RetryPolicy, Retryable, Target};
 use crate::kube_version::KubeVersion;
 use crate::secret::Secret;
 use crate::tls;
@@ -27,6 +27,14 @@ pub enum KubeError {
     /// The client could not be built.
     #[error("cannot build an API client: {0}")]
     Setup(String),
+    /// A 2xx answer whose JSON does not parse (cut short, or not JSON at all).
+    #[error("{path}: the answer does not parse as JSON ({reason}); it may have been cut short")]
+    Truncated {
+        /// API path.
+        path: String,
+        /// The parser's message.
+        reason: String,
+    },
 }
 
 impl KubeError {
@@ -57,15 +65,39 @@ impl KubeError {
 
     /// Whether trying again later may succeed (connection failures, timeouts, 429, 5xx).
     pub fn is_transient(&self) -> bool {
-        matches!(self, KubeError::Http(e) if e.is_transient())
+        match self {
+            KubeError::Http(e) => e.is_transient(),
+            KubeError::Truncated { .. } => true,
+            _ => false,
+        }
     }
 }
 
-/// An API client.
+const JSON: &str = "application/json";
+
+/// An API client. Every call is retried on transient failures (connection refused or reset,
+/// a body cut short, 429, 500, 502, 503, 504, with `Retry-After` honoured) with bounded,
+/// jittered backoff until its retry deadline; anything else fails at once.
 pub struct Kube {
     http: Http,
     server: url::Url,
     bearer: Option<Secret>,
+    retry: RetryPolicy,
+}
+
+/// How long a call keeps retrying by default.
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Retryable for KubeError {
+    fn is_transient(&self) -> bool {
+        KubeError::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            KubeError::Http(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 impl Kube {
@@ -147,7 +179,17 @@ impl Kube {
             http,
             server,
             bearer,
+            retry: RetryPolicy::until(DEFAULT_RETRY_DEADLINE, Duration::from_secs(5)),
         })
+    }
+
+    /// The same client, retrying each call until `deadline` (zero: never retrying).
+    pub fn with_retry_deadline(mut self, deadline: Duration) -> Kube {
+        self.retry = RetryPolicy::until(deadline, Duration::from_secs(5));
+        if deadline.is_zero() {
+            self.retry.max_attempts = 1;
+        }
+        self
     }
 
     /// The HTTP client (for streams).
@@ -169,21 +211,62 @@ impl Kube {
         Target::public(url)
     }
 
-    async fn call(
+    /// One request, once; `content_type` is the body's.
+    async fn send_once(
         &self,
-        method: reqwest::Method,
+        method: &reqwest::Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: &Option<Vec<u8>>,
+        content_type: &'static str,
     ) -> Result<crate::http::Reply, KubeError> {
         let target = self.target(path);
         let mut req = Request::get(&target);
-        req.method = method;
-        req.json = body;
+        req.method = method.clone();
+        req.json = body.clone();
+        req.content_type = content_type;
         req.bearer = self.bearer.as_ref();
         if let Some(b) = &self.bearer {
             req.scrub.push(b);
         }
         Ok(self.http.send(req).await?)
+    }
+
+    /// One request, retried on transient failures.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+    ) -> Result<crate::http::Reply, KubeError> {
+        let what = format!("{method} {path}");
+        crate::http::retry(self.retry, &what, |_| {
+            self.send_once(&method, path, &body, content_type)
+        })
+        .await
+        .map_err(crate::http::RetryError::into_inner)
+    }
+
+    /// A call whose answer must be JSON: an answer cut short (no Content-Length, connection
+    /// closed early) does not parse, and is asked again within the same retry budget.
+    async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+    ) -> Result<(Value, crate::http::Reply), KubeError> {
+        let what = format!("{method} {path}");
+        crate::http::retry(self.retry, &what, |_| async {
+            let reply = self.send_once(&method, path, &body, content_type).await?;
+            let value = Kube::decode(path, &reply.body).map_err(|e| match e {
+                KubeError::Decode { path, reason } => KubeError::Truncated { path, reason },
+                other => other,
+            })?;
+            Ok((value, reply))
+        })
+        .await
+        .map_err(crate::http::RetryError::into_inner)
     }
 
     fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
@@ -195,8 +278,8 @@ impl Kube {
 
     /// GET; `None` on 404.
     pub async fn get(&self, path: &str) -> Result<Option<Value>, KubeError> {
-        match self.call(reqwest::Method::GET, path, None).await {
-            Ok(r) => Ok(Some(Kube::decode(path, &r.body)?)),
+        match self.call_json(reqwest::Method::GET, path, None, JSON).await {
+            Ok((v, _)) => Ok(Some(v)),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
@@ -204,31 +287,26 @@ impl Kube {
 
     /// POST a JSON object.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
-        let r = self
-            .call(
-                reqwest::Method::POST,
-                path,
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-        Kube::decode(path, &r.body)
+        let bytes = Some(body.to_string().into_bytes());
+        Ok(self
+            .call_json(reqwest::Method::POST, path, bytes, JSON)
+            .await?
+            .0)
     }
 
     /// PATCH with a JSON merge patch.
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, KubeError> {
-        let target = self.target(path);
-        let mut req = Request::get(&target);
-        req.method = reqwest::Method::PATCH;
-        req.json = Some(patch.to_string().into_bytes());
-        req.content_type = "application/merge-patch+json";
-        req.bearer = self.bearer.as_ref();
-        let r = self.http.send(req).await?;
-        Kube::decode(path, &r.body)
+        let bytes = Some(patch.to_string().into_bytes());
+        let ct = "application/merge-patch+json";
+        Ok(self
+            .call_json(reqwest::Method::PATCH, path, bytes, ct)
+            .await?
+            .0)
     }
 
     /// DELETE; `false` when it was already gone.
     pub async fn delete(&self, path: &str) -> Result<bool, KubeError> {
-        match self.call(reqwest::Method::DELETE, path, None).await {
+        match self.call(reqwest::Method::DELETE, path, None, JSON).await {
             Ok(_) => Ok(true),
             Err(e) if e.status() == Some(404) => Ok(false),
             Err(e) => Err(e),
@@ -237,8 +315,9 @@ impl Kube {
 
     /// The server's version and its clock (the `Date` header).
     pub async fn version(&self) -> Result<(KubeVersion, Option<SystemTime>), KubeError> {
-        let r = self.call(reqwest::Method::GET, "/version", None).await?;
-        let v = Kube::decode("/version", &r.body)?;
+        let (v, r) = self
+            .call_json(reqwest::Method::GET, "/version", None, JSON)
+            .await?;
         let git = v["gitVersion"].as_str().unwrap_or_default();
         let version = git.parse::<KubeVersion>().map_err(|e| KubeError::Decode {
             path: "/version".into(),

@@ -50,8 +50,10 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
         .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
+    // A node waits on each answer: the service retries the cluster briefly, then says so.
     let kube = Kube::from_kubeconfig(&text, crate::http::Limits::default())
-        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?
+        .with_retry_deadline(std::time::Duration::from_secs(5));
     let info = crate::kubeconfig::Kubeconfig::parse(&text)
         .and_then(|k| k.current_cluster())
         .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;

@@ -147,6 +147,11 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
     };
     let kube =
         Kube::from_kubeconfig(admin, limits).map_err(|e| fail(format!("--kubeconfig: {e}")))?;
+    // Evictions answer 429 while a budget protects the pod: the drain loop waits those out
+    // itself, so each call is asked once.
+    let evictor = Kube::from_kubeconfig(admin, limits)
+        .map_err(|e| fail(format!("--kubeconfig: {e}")))?
+        .with_retry_deadline(Duration::ZERO);
     kube.merge_patch(
         &format!("/api/v1/nodes/{name}"),
         &serde_json::json!({"spec": {"unschedulable": true}}),
@@ -189,7 +194,7 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
             let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
             let pod = p["metadata"]["name"].as_str().unwrap_or_default();
             let eviction = serde_json::json!({"apiVersion": eviction_version, "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
-            match kube
+            match evictor
                 .post(
                     &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
                     &eviction,
@@ -199,6 +204,8 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
                 Ok(_) => ctx.step("evict", format!("{ns}/{pod}"), Outcome::Done, ""),
                 Err(e) if e.status() == Some(404) => {}
                 Err(e) if e.status() == Some(429) => blocked.push(format!("{ns}/{pod}")),
+                // Asked again on the next round, within the drain's deadline.
+                Err(e) if e.is_transient() => blocked.push(format!("{ns}/{pod} ({e})")),
                 Err(e) => return Err(fail(format!("evicting {ns}/{pod}: {e}"))),
             }
         }

@@ -3,6 +3,7 @@
 
 mod differential;
 mod discover;
+mod faults;
 mod join;
 mod kubectl;
 mod metadata;

@@ -145,9 +145,36 @@ pub struct Scripted {
     pub body: String,
 }
 
+/// How one API answer goes wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiFaultKind {
+    /// This status (with `Retry-After` seconds, if given), before the request is handled.
+    Status(u16, Option<u64>),
+    /// The request is handled, then the answer stops halfway though its Content-Length
+    /// promised more (a connection reset mid-body).
+    CutShort,
+    /// The request is handled, then half its JSON is sent as a complete chunked answer.
+    TruncatedJson,
+}
+
+/// A fault for the next request whose method and path match.
+#[derive(Clone, Debug)]
+pub struct ApiFault {
+    /// Method, e.g. GET.
+    pub method: String,
+    /// A substring of the path.
+    pub path_contains: String,
+    /// A substring the query must contain (empty: any).
+    pub query_contains: String,
+    /// What goes wrong.
+    pub kind: ApiFaultKind,
+}
+
 /// Switchable misbehaviour.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
+    /// Faults for API requests, each used once, in order.
+    pub api: VecDeque<ApiFault>,
     /// cluster-info.
     pub cluster_info: ClusterInfoFault,
     /// Serve TLS with a certificate from another CA.

@@ -107,6 +107,40 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// The first API fault matching this request, taken from the queue.
+fn take_fault(shared: &Shared, req: &Req) -> Option<crate::ApiFault> {
+    let mut state = shared.lock();
+    let queue = &mut state.faults.api;
+    let at = queue.iter().position(|f| {
+        f.method == req.method
+            && req.path.contains(&f.path_contains)
+            && req.query.contains(&f.query_contains)
+    })?;
+    queue.remove(at)
+}
+
+/// The answer broken as the fault says: half the body under a Content-Length promising all of
+/// it (the client sees the connection end mid-body), or half the JSON as a whole chunked body.
+fn broken(
+    kind: &crate::ApiFaultKind,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let half = body.slice(..body.len() / 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let _ = tx.try_send(half);
+    drop(tx);
+    let b = Response::builder()
+        .status(status)
+        .header("content-type", content_type);
+    let b = match kind {
+        crate::ApiFaultKind::CutShort => b.header("content-length", body.len().to_string()),
+        _ => b.header("transfer-encoding", "chunked"),
+    };
+    b.body(ChannelBody(rx).boxed()).expect("response")
+}
+
 /// Accepts connections until `stop` fires.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -189,7 +223,36 @@ async fn respond(
         user,
         bad_credentials,
     };
+    let fault = take_fault(&shared, &request);
+    if let Some(crate::ApiFaultKind::Status(status, retry_after)) =
+        &fault.as_ref().map(|f| f.kind.clone())
+    {
+        let mut b = Response::builder()
+            .status(*status)
+            .header("content-type", "application/json");
+        if let Some(secs) = retry_after {
+            b = b.header("retry-after", secs.to_string());
+        }
+        let body = format!(
+            r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"injected fault","code":{status}}}"#
+        );
+        return b
+            .body(Full::new(Bytes::from(body)).boxed())
+            .expect("response");
+    }
     let reply = api::handle(&shared, request);
+    if let (
+        Some(f),
+        Reply::Full {
+            status,
+            content_type,
+            body,
+            ..
+        },
+    ) = (&fault, &reply)
+    {
+        return broken(&f.kind, *status, content_type, body.clone());
+    }
     match reply {
         Reply::Full {
             status,
