@@ -483,6 +483,22 @@ mod tests {
     }
 
     #[test]
+    fn kubelet_config_document_by_release() {
+        let doc = |version: &str, name: &str| -> serde_yaml_ng::Value {
+            let store = seeded(version, &[]);
+            let cm = store
+                .get(&Key::new(Kind::ConfigMap, "kube-system", name))
+                .expect("kubelet config");
+            serde_yaml_ng::from_str(cm["data"]["kubelet"].as_str().expect("text")).expect("YAML")
+        };
+        let old = doc("v1.20.2", "kubelet-config-1.20");
+        assert!(old.get("cgroupDriver").is_none());
+        assert!(old.get("containerRuntimeEndpoint").is_none());
+        let new = doc("v1.21.0", "kubelet-config-1.21");
+        assert_eq!(new["cgroupDriver"].as_str(), Some("systemd"));
+    }
+
+    #[test]
     fn get_nodes_from_1_18() {
         let old = seeded("v1.17.17", &[]);
         assert!(!has(&old, Kind::ClusterRole, "", "kubeadm:get-nodes"));
