@@ -1278,11 +1278,31 @@ struct Cleanup<'a> {
     csrs: Vec<String>,
 }
 
+impl Cleanup<'_> {
+    /// One cleanup command, tried up to three times (kubectl runs share a cache directory with
+    /// the other tests'); a last failure is only reported.
+    fn kubectl(&self, args: &[&str]) {
+        for attempt in 1..=3 {
+            let out = self.rc.kubectl(args);
+            if out.status.success() {
+                return;
+            }
+            if attempt == 3 {
+                eprintln!(
+                    "differential cleanup: kubectl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         let n = &self.node;
         let secret = format!("bootstrap-token-{}", self.token_id);
-        let _ = self.rc.kubectl(&[
+        self.kubectl(&[
             "-n",
             "kube-system",
             "delete",
@@ -1305,12 +1325,10 @@ impl Drop for Cleanup<'_> {
             "--force",
         ];
         args.extend(pods.iter().map(String::as_str));
-        let _ = self.rc.kubectl(&args);
+        self.kubectl(&args);
         let pdb = format!("{n}-kept");
-        let _ = self
-            .rc
-            .kubectl(&["-n", "default", "delete", "pdb", &pdb, "--ignore-not-found"]);
-        let _ = self.rc.kubectl(&[
+        self.kubectl(&["-n", "default", "delete", "pdb", &pdb, "--ignore-not-found"]);
+        self.kubectl(&[
             "delete",
             "node",
             n,
@@ -1319,7 +1337,7 @@ impl Drop for Cleanup<'_> {
         ]);
         let mut args = vec!["delete", "csr", "--ignore-not-found"];
         args.extend(self.csrs.iter().map(String::as_str));
-        let _ = self.rc.kubectl(&args);
+        self.kubectl(&args);
     }
 }
 
