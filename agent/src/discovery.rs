@@ -251,7 +251,7 @@ async fn fetch_signed(
                 .send(Request::get(target))
                 .await
                 .map_err(PollError::Http)?;
-            let cm: ConfigMap = serde_json::from_slice(&reply.body)
+            let cm: ConfigMap = crate::strict::json(&reply.body)
                 .map_err(|e| PollError::Malformed(format!("not a ConfigMap: {e}")))?;
             let kubeconfig = cm
                 .data

@@ -573,19 +573,18 @@ pub async fn join(
     };
     if !settings.dry_run {
         applier.enter("done").map_err(fs_failure)?;
-        let state = serde_json::to_vec_pretty(&state_view(&summary)).unwrap_or_default();
+        let state = crate::apply::records::to_bytes(&state_view(&summary));
         applier
             .file(Path::new(STATE_FILE), 0o600, &state, false)
             .map_err(fs_failure)?;
         if let Some(url) = &settings.callback_url {
-            let cb = serde_json::json!({"url": url.as_str(), "ca_file": settings.values_ca_file});
+            let cb = crate::apply::records::CallbackRecord {
+                url: url.as_str().to_owned(),
+                ca_file: settings.values_ca_file.clone(),
+            };
+            let bytes = crate::apply::records::to_bytes(&cb);
             applier
-                .file(
-                    Path::new(CALLBACK_FILE),
-                    0o600,
-                    cb.to_string().as_bytes(),
-                    true,
-                )
+                .file(Path::new(CALLBACK_FILE), 0o600, &bytes, true)
                 .map_err(fs_failure)?;
         }
         applier.finish("done").map_err(fs_failure)?;
@@ -599,18 +598,18 @@ pub async fn join(
     Ok(summary)
 }
 
-fn state_view(s: &JoinSummary) -> serde_json::Value {
-    serde_json::json!({
-        "node_name": s.node_name,
-        "api_server": s.api_server,
-        "ca_pin": s.ca_pin,
-        "runtime": s.runtime,
-        "cri_endpoint": s.cri_endpoint,
-        "labels": s.labels,
-        "pending_labels": s.pending_labels,
-        "taints": s.taints,
-        "provider_id": s.provider_id,
-    })
+fn state_view(s: &JoinSummary) -> crate::apply::records::NodeState {
+    crate::apply::records::NodeState {
+        node_name: s.node_name.clone(),
+        api_server: s.api_server.clone(),
+        ca_pin: s.ca_pin.clone(),
+        runtime: s.runtime.clone(),
+        cri_endpoint: s.cri_endpoint.clone(),
+        labels: s.labels.0.clone(),
+        pending_labels: s.pending_labels.0.clone(),
+        taints: s.taints.iter().map(ToString::to_string).collect(),
+        provider_id: s.provider_id.clone(),
+    }
 }
 
 fn finish(applier: &mut Applier<'_>, p: &mut Phases<'_>, name: &str) -> Result<(), Failure> {

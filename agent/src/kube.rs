@@ -82,6 +82,9 @@ pub struct Kube {
     http: Http,
     server: url::Url,
     bearer: Option<Secret>,
+    /// What a server's message must never echo: the bearer, and a bootstrap token's secret
+    /// half on its own.
+    scrub: Vec<Secret>,
     retry: RetryPolicy,
 }
 
@@ -175,10 +178,17 @@ impl Kube {
         let server = url::Url::parse(server)
             .map_err(|e| KubeError::Setup(format!("server URL {server:?}: {e}")))?;
         let http = Http::new(config, limits).map_err(|e| KubeError::Setup(e.to_string()))?;
+        let mut scrub: Vec<Secret> = bearer.iter().cloned().collect();
+        if let Some((_, secret)) = bearer.as_ref().and_then(|b| b.expose().split_once('.')) {
+            if !secret.is_empty() {
+                scrub.push(Secret::new(secret.to_owned()));
+            }
+        }
         Ok(Kube {
             http,
             server,
             bearer,
+            scrub,
             retry: RetryPolicy::until(DEFAULT_RETRY_DEADLINE, Duration::from_secs(5)),
         })
     }
@@ -225,9 +235,7 @@ impl Kube {
         req.json = body.clone();
         req.content_type = content_type;
         req.bearer = self.bearer.as_ref();
-        if let Some(b) = &self.bearer {
-            req.scrub.push(b);
-        }
+        req.scrub = self.scrub.iter().collect();
         Ok(self.http.send(req).await?)
     }
 
@@ -270,7 +278,7 @@ impl Kube {
     }
 
     fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
-        serde_json::from_slice(body).map_err(|e| KubeError::Decode {
+        crate::strict::json(body).map_err(|e| KubeError::Decode {
             path: path.to_owned(),
             reason: e.to_string(),
         })

@@ -166,7 +166,7 @@ pub struct ClusterInfo {
 impl Kubeconfig {
     /// Parses kubeconfig YAML (or JSON).
     pub fn parse(text: &str) -> Result<Kubeconfig, KubeconfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| KubeconfigError::Parse(e.to_string()))
+        crate::strict::yaml(text).map_err(|e| KubeconfigError::Parse(e.to_string()))
     }
 
     /// Renders the kubeconfig as YAML, keys in client-go's order.

@@ -126,7 +126,7 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
     let Some(text) = cm.and_then(|cm| cm["data"]["ClusterConfiguration"].as_str()) else {
         return Ok(facts);
     };
-    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ClusterConfigError::Yaml {
+    let doc: Value = crate::strict::yaml(text).map_err(|e| ClusterConfigError::Yaml {
         what: "kubeadm-config ClusterConfiguration".into(),
         reason: e.to_string(),
     })?;
@@ -197,7 +197,7 @@ pub fn parse_kubelet_yaml(yaml: &str) -> Result<Mapping, ClusterConfigError> {
     if yaml.trim().is_empty() {
         return Ok(Mapping::new());
     }
-    match serde_yaml_ng::from_str::<Value>(yaml) {
+    match crate::strict::yaml::<Value>(yaml) {
         Ok(Value::Mapping(m)) => Ok(m),
         Ok(_) => Err(ClusterConfigError::Yaml {
             what: what(),

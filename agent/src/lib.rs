@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod secret;
 pub mod serve;
 pub mod settings;
+pub mod strict;
 pub mod tls;
 pub mod token;
 pub mod tokens;

@@ -70,12 +70,10 @@ fn hosts_files(dir: &str, values: &RuntimeValues) -> Vec<RuntimeFile> {
         .collect()
 }
 
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// containerd's hosts.toml for a registry (mirrors and/or plain-http access).
+/// containerd's hosts.toml for a registry (mirrors and/or plain-http access), rendered by a
+/// TOML serializer: no value can break out of its string.
 fn hosts_toml(registry: &str, mirrors: &[String], insecure: bool) -> String {
+    use toml_edit::{value, Array, DocumentMut, Item, Table};
     let upstream = if insecure {
         format!("http://{registry}")
     } else if registry == "docker.io" {
@@ -83,23 +81,26 @@ fn hosts_toml(registry: &str, mirrors: &[String], insecure: bool) -> String {
     } else {
         format!("https://{registry}")
     };
-    let mut out = format!(
-        "# Written by node-attach; removed by node-attach reset.\nserver = {}\n",
-        toml_str(&upstream)
-    );
+    let mut doc = DocumentMut::new();
+    doc["server"] = value(upstream.as_str());
+    let mut hosts = Table::new();
+    hosts.set_implicit(true);
+    let host = |caps: &[&str], skip_verify: bool| {
+        let mut t = Table::new();
+        t["capabilities"] = value(caps.iter().copied().collect::<Array>());
+        if skip_verify {
+            t["skip_verify"] = value(true);
+        }
+        Item::Table(t)
+    };
     for m in mirrors {
-        out.push_str(&format!(
-            "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            toml_str(m)
-        ));
+        hosts.insert(m, host(&["pull", "resolve"], false));
     }
     if insecure {
-        out.push_str(&format!(
-            "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n",
-            toml_str(&upstream)
-        ));
+        hosts.insert(&upstream, host(&["pull", "resolve", "push"], true));
     }
-    out
+    doc["host"] = Item::Table(hosts);
+    format!("# Written by node-attach; removed by node-attach reset.\n{doc}")
 }
 
 /// The installed containerd's version (1.6 when it cannot be asked: Debian bookworm's).

@@ -125,7 +125,7 @@ pub struct KubeletDoc {
 
 /// Parses and validates a JSON values document.
 pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
-    let doc: Document = serde_json::from_str(text).map_err(|e| {
+    let doc: Document = crate::strict::json(text.as_bytes()).map_err(|e| {
         invalid(
             "document",
             format!("not a valid {API_VERSION} {KIND} document: {e}"),

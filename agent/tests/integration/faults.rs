@@ -53,6 +53,24 @@ fn each_request_after_discovery_survives_each_transient_fault() {
 }
 
 #[test]
+fn a_server_echoing_the_token_secret_alone_never_gets_it_printed() {
+    let cp = control_plane();
+    cp.set_faults(|f| {
+        f.api.push_back(fault(
+            "GET",
+            "/configmaps/kubeadm-config",
+            "",
+            ApiFaultKind::Echo(400, format!("token secret {SECRET} is not acceptable")),
+        ))
+    });
+    let node = Node::new();
+    // join() itself asserts that the secret appears nowhere in the output.
+    join(&scale_out(&cp, &node, "echo-1"), &[])
+        .expect_code(34)
+        .expect_output("token secret [redacted] is not acceptable");
+}
+
+#[test]
 fn a_refusal_that_cannot_heal_fails_at_once_with_its_code() {
     let cp = control_plane();
     for status in [400, 403, 501] {

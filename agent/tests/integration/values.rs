@@ -226,3 +226,26 @@ fn malformed_and_oversized_values_are_invalid() {
     assert!(err.to_string().contains("larger than"), "{err}");
     no_token(&err);
 }
+
+#[test]
+fn a_values_service_echoing_the_openapi_token_never_gets_it_printed() {
+    let f = fixture();
+    f.cp.set_faults(|x| {
+        x.values_script.push_back(Scripted {
+            status: 403,
+            retry_after: None,
+            body: format!(r#"{{"message": "token {OPENAPI} is not allowed here"}}"#),
+        });
+    });
+    let err = block(fetch(
+        &f.http,
+        &source(&f, "URL/v1/values/{token}"),
+        Duration::from_secs(5),
+    ))
+    .expect_err("refused");
+    assert!(
+        err.to_string().contains("[redacted] is not allowed"),
+        "{err}"
+    );
+    no_token(&err);
+}

@@ -150,6 +150,8 @@ pub struct Scripted {
 pub enum ApiFaultKind {
     /// This status (with `Retry-After` seconds, if given), before the request is handled.
     Status(u16, Option<u64>),
+    /// This status with this message in its Status body (a server echoing what it was sent).
+    Echo(u16, String),
     /// The request is handled, then the answer stops halfway though its Content-Length
     /// promised more (a connection reset mid-body).
     CutShort,

@@ -224,6 +224,15 @@ async fn respond(
         bad_credentials,
     };
     let fault = take_fault(&shared, &request);
+    if let Some(crate::ApiFaultKind::Echo(status, message)) = fault.as_ref().map(|f| &f.kind) {
+        let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "code": status});
+        return Response::builder()
+            .status(*status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())).boxed())
+            .expect("response");
+    }
     if let Some(crate::ApiFaultKind::Status(status, retry_after)) =
         &fault.as_ref().map(|f| f.kind.clone())
     {
