@@ -192,9 +192,22 @@ fn main() {
 
     step(
         7,
-        "reset --delete-node: the node deletes itself and the tree goes back to its pre-join state",
+        "reset --delete-node --kubeconfig ADMIN: the control plane's admin deletes the Node (a node may not delete its own), and the tree goes back to its pre-join state",
     );
-    let status = run(&["reset", "--root", &root_arg, "--delete-node"], &[]);
+    let admin = dir.join("admin.conf");
+    std::fs::write(&admin, cp.admin_kubeconfig()).expect("admin kubeconfig");
+    let admin_arg = admin.display().to_string();
+    let status = run(
+        &[
+            "reset",
+            "--root",
+            &root_arg,
+            "--delete-node",
+            "--kubeconfig",
+            &admin_arg,
+        ],
+        &[],
+    );
     check(status.success(), "reset finished");
     check(
         cp.get(Kind::Node, "", "demo-node").is_none(),
