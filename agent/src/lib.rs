@@ -1,47 +1,38 @@
 //! node-attach turns a plain Linux machine into a Kubernetes worker node, and removes it again.
 //!
-//! The flow of a join: flags, environment and the cluster values fetched with an openapi token
-//! ([`values`]) are merged into one validated [`settings::Settings`]; [`discovery`] establishes
-//! trust in the API server exactly as `kubeadm join` token discovery does ([`jws`], [`pin`]); the
-//! later phases configure the node.
+//! The tree follows the data flow (see `docs/architecture.md`):
+//!
+//! - [`cli`] parses the command line and dispatches;
+//! - [`sources`] turns flags, environment, files, the cluster values ([`sources::values`]) and
+//!   cloud metadata ([`sources::metadata`]) into one validated [`sources::settings::Settings`];
+//! - [`trust`] establishes trust in the API server as `kubeadm join` token discovery does;
+//! - [`client`] is the one network layer (HTTP with retries, the Kubernetes API, callbacks);
+//! - [`join`] runs the phases, each computing what to change from pure [`model`] types;
+//! - [`apply`] makes every change through the journal; [`reset`] replays it backwards;
+//! - [`operator`] is the control plane's side (bootstrap tokens, the values service);
+//! - [`effects`] holds every side effect on the host behind small traits.
 //!
 //! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
 
 pub mod apply;
-pub mod bootstrap;
-pub mod callback;
 pub mod cli;
-pub mod compat;
-pub mod discovery;
-pub mod duration;
+pub mod client;
 pub mod effects;
 pub mod error;
-pub mod http;
-pub mod identity;
 pub mod join;
-pub mod jws;
-pub mod kube;
-pub mod kube_version;
-pub mod kubeconfig;
-pub mod kubelet;
 pub mod logging;
-pub mod metadata;
-pub mod pin;
-pub mod preflight;
+pub mod model;
+pub mod operator;
 pub mod report;
 pub mod reset;
-pub mod runtime;
-pub mod secret;
-pub mod serve;
-pub mod settings;
-pub mod strict;
-pub mod tls;
-pub mod token;
-pub mod tokens;
-pub mod validate;
-pub mod values;
+pub mod sources;
+pub mod trust;
 
-/// The journal, which lives with the applier that writes it.
-pub use apply::journal;
-/// The on-disk records join leaves for status and reset.
-pub use apply::records;
+pub use apply::{journal, records};
+pub use client::{callback, http, kube};
+pub use join::{bootstrap, identity, kubelet, preflight, runtime};
+pub use model::version as kube_version;
+pub use model::{compat, duration, kubeconfig, secret, strict, token, validate};
+pub use operator::{bootstrap_tokens as tokens, serve};
+pub use sources::{metadata, settings, values};
+pub use trust::{discovery, jws, pin, tls};

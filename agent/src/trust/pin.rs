@@ -297,12 +297,13 @@ mod tests {
     // cmd/kubeadm/app/util/pubkeypin/pubkeypin_test.go (`testCertPEM`, `testCert2PEM`,
     // `expectedHash`) and cmd/kubeadm/app/discovery/token/testdata/ca-cert.pem with the hash
     // from token_test.go `TestRetrieveValidatedConfigInfo`.
-    const PUBKEYPIN_CERT: &str = include_str!("../tests/fixtures/upstream/pubkeypin-test-cert.pem");
+    const PUBKEYPIN_CERT: &str =
+        include_str!("../../tests/fixtures/upstream/pubkeypin-test-cert.pem");
     const PUBKEYPIN_CERT2: &str =
-        include_str!("../tests/fixtures/upstream/pubkeypin-test-cert2.pem");
+        include_str!("../../tests/fixtures/upstream/pubkeypin-test-cert2.pem");
     const PUBKEYPIN_HASH: &str =
         "sha256:345959acb2c3b2feb87d281961c893f62a314207ef02599f1cc4a5fb255480b3";
-    const DISCOVERY_CA: &str = include_str!("../tests/fixtures/upstream/discovery-ca-cert.pem");
+    const DISCOVERY_CA: &str = include_str!("../../tests/fixtures/upstream/discovery-ca-cert.pem");
     const DISCOVERY_CA_HASH: &str =
         "sha256:98be2e6d4d8a89aa308fb15de0c07e2531ce549c68dec1687cdd5c06f0826658";
 

@@ -27,15 +27,15 @@ pub const UNIT_DIRS: &[&str] = &[
 ];
 
 /// The unit file, shipped in `systemd/kubelet.service`.
-pub const UNIT: &str = include_str!("../../systemd/kubelet.service");
+pub const UNIT: &str = include_str!("../../../systemd/kubelet.service");
 /// The reset unit, shipped in `systemd/node-attach-reset.service`; join installs it (pointing at
 /// the running binary) so `systemctl start node-attach-reset` works however node-attach came.
-pub const RESET_UNIT: &str = include_str!("../../systemd/node-attach-reset.service");
+pub const RESET_UNIT: &str = include_str!("../../../systemd/node-attach-reset.service");
 /// Where join installs the reset unit.
 pub const RESET_UNIT_PATH: &str = "/etc/systemd/system/node-attach-reset.service";
 
 /// The drop-in, shipped in `systemd/10-kubeadm.conf`.
-pub const DROPIN: &str = include_str!("../../systemd/10-kubeadm.conf");
+pub const DROPIN: &str = include_str!("../../../systemd/10-kubeadm.conf");
 
 /// What the cluster says about kubelets.
 #[derive(Clone, Debug)]

@@ -6,25 +6,27 @@
 //! takes, the journal records each change before it is made, and a re-run after an interruption
 //! finishes the job without repeating what was done.
 
+pub mod bootstrap;
+pub mod identity;
+pub mod kubelet;
+pub mod preflight;
+pub mod runtime;
+
 use crate::apply::{Applier, ApplyError, Outcome, Step};
-use crate::bootstrap;
 use crate::cli::join::JoinArgs;
 use crate::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
 use crate::effects::fs::Root;
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
 use crate::http::Http;
-use crate::identity::{self, Identity};
 use crate::journal::{self, Journal};
 use crate::kube::Kube;
 use crate::kube_version::KubeVersion;
 use crate::kubeconfig::{ClusterInfo, Kubeconfig};
-use crate::kubelet;
-use crate::preflight;
 use crate::report::{Reporter, Status};
-use crate::runtime;
 use crate::settings::{Settings, TlsBootstrapMode};
 use crate::values::{self, ClusterValues, ValuesSource};
+use identity::Identity;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

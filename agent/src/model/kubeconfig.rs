@@ -281,7 +281,7 @@ impl Kubeconfig {
 mod tests {
     use super::*;
 
-    const UPSTREAM: &str = include_str!("../tests/fixtures/upstream/expected-kubeconfig.yaml");
+    const UPSTREAM: &str = include_str!("../../tests/fixtures/upstream/expected-kubeconfig.yaml");
 
     #[test]
     fn reads_the_upstream_fixture() {

@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn forged_variants_fail() {
-        let payload = include_bytes!("../tests/fixtures/upstream/expected-kubeconfig.yaml");
+        let payload = include_bytes!("../../tests/fixtures/upstream/expected-kubeconfig.yaml");
         let good = detached_signature(payload, "123456", "abcdef1234567890");
         assert!(verify_detached(
             &good,

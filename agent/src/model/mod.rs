@@ -1,0 +1,12 @@
+//! Pure types and syntax rules, with no I/O: tokens and secrets, Kubernetes versions and what
+//! changes with them, labels, taints and endpoints, durations, kubeconfigs, and the strict
+//! parsing of untrusted JSON and YAML.
+
+pub mod compat;
+pub mod duration;
+pub mod kubeconfig;
+pub mod secret;
+pub mod strict;
+pub mod token;
+pub mod validate;
+pub mod version;
