@@ -27,12 +27,3 @@ pub mod report;
 pub mod reset;
 pub mod sources;
 pub mod trust;
-
-pub use apply::{journal, records};
-pub use client::{callback, http, kube};
-pub use join::{bootstrap, identity, kubelet, preflight, runtime};
-pub use model::version as kube_version;
-pub use model::{compat, duration, kubeconfig, secret, strict, token, validate};
-pub use operator::{bootstrap_tokens as tokens, serve};
-pub use sources::{metadata, settings, values};
-pub use trust::{discovery, jws, pin, tls};

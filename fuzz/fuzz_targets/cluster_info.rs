@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use node_attach::{jws, kubeconfig::Kubeconfig, pin};
+use node_attach::model::kubeconfig::Kubeconfig;
+use node_attach::trust::{jws, pin};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

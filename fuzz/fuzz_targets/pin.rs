@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use node_attach::pin::{certificates_from_pem, CaPin, PinSet};
+use node_attach::trust::pin::{certificates_from_pem, CaPin, PinSet};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

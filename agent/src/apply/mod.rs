@@ -11,9 +11,9 @@ pub mod journal;
 pub mod lock;
 pub mod records;
 
+use crate::apply::journal::{Change, Journal, JournalError, Prior};
 use crate::effects::fs::{Existing, FsError};
 use crate::effects::{EffectError, Effects};
-use crate::journal::{Change, Journal, JournalError, Prior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -113,8 +113,8 @@ impl<'a> Applier<'a> {
         for (dir, mode) in [
             ("/var", 0o755),
             ("/var/lib", 0o755),
-            (crate::journal::STATE_DIR, 0o700),
-            (crate::journal::BACKUP_DIR, 0o700),
+            (crate::apply::journal::STATE_DIR, 0o700),
+            (crate::apply::journal::BACKUP_DIR, 0o700),
         ] {
             let p = Path::new(dir);
             if effects.root.inspect(p).ok() == Some(Existing::Absent) {
@@ -136,7 +136,7 @@ impl<'a> Applier<'a> {
             steps: Vec::new(),
         };
         for dir in created {
-            let mode = if dir.starts_with(crate::journal::STATE_DIR) {
+            let mode = if dir.starts_with(crate::apply::journal::STATE_DIR) {
                 0o700
             } else {
                 0o755

@@ -1,10 +1,10 @@
 //! Flag groups shared by several subcommands, and reading secrets from files.
 
+use crate::client::http::Limits;
 use crate::error::{Code, Failure};
-use crate::http::Limits;
-use crate::pin::CaPin;
-use crate::secret::Secret;
-use crate::token::{BootstrapToken, OpenApiToken};
+use crate::model::secret::Secret;
+use crate::model::token::{BootstrapToken, OpenApiToken};
+use crate::trust::pin::CaPin;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ pub const ENV_TOKEN: &str = "NODE_ATTACH_TOKEN";
 pub const ENV_OPENAPI_TOKEN: &str = "NODE_ATTACH_OPENAPI_TOKEN";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::duration::parse(s)
+    crate::model::duration::parse(s)
 }
 
 fn parse_pin(s: &str) -> Result<CaPin, String> {
@@ -158,7 +158,7 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Parses a flag with a [`crate::validate::SyntaxError`]-returning parser into clap's form.
+/// Parses a flag with a [`crate::model::validate::SyntaxError`]-returning parser into clap's form.
 pub fn duration_value(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }

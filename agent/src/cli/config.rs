@@ -52,8 +52,8 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
     }
     let text =
         std::fs::read_to_string(&path).map_err(|e| usage(format!("--config {path}: {e}")))?;
-    let doc: serde_yaml_ng::Value =
-        crate::strict::yaml(&text).map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?;
+    let doc: serde_yaml_ng::Value = crate::model::strict::yaml(&text)
+        .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?;
     let map = match doc {
         serde_yaml_ng::Value::Mapping(m) => m,
         serde_yaml_ng::Value::Null => Default::default(),

@@ -1,11 +1,11 @@
 //! `node-attach discover`: run trusted discovery only, and print what was verified.
 
 use super::common::{NetworkArgs, PinArgs, TokenArgs};
-use crate::discovery::{self, DiscoveryRequest};
 use crate::error::{Code, Failure};
-use crate::pin::PinSet;
+use crate::model::validate::Endpoint;
 use crate::report::{Reporter, Status};
-use crate::validate::Endpoint;
+use crate::trust::discovery::{self, DiscoveryRequest};
+use crate::trust::pin::PinSet;
 use std::fmt::Write as _;
 
 /// Verify an API server the way `kubeadm join` does, without changing anything.

@@ -1,7 +1,7 @@
 //! `node-attach join`: attach_node.sh's flags, kubeadm's discovery flags, and node-attach's own.
 
 use super::common::{parse_bool, NetworkArgs, OpenApiTokenArgs, PinArgs, TokenArgs};
-use crate::duration;
+use crate::model::duration;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -94,8 +94,8 @@ pub struct JoinArgs {
 
     /// Where to learn the instance id, region, private IP and providerID: auto (ask only when
     /// something is missing; Alibaba Cloud, then AWS, with short timeouts), aliyun, aws, none.
-    #[arg(long, value_enum, default_value_t = crate::metadata::MetadataKind::Auto)]
-    pub metadata: crate::metadata::MetadataKind,
+    #[arg(long, value_enum, default_value_t = crate::sources::metadata::MetadataKind::Auto)]
+    pub metadata: crate::sources::metadata::MetadataKind,
 
     /// Address of the metadata service (default: the provider's own).
     #[arg(long, value_name = "URL", hide = true)]
@@ -111,7 +111,7 @@ pub struct JoinArgs {
 
     /// Where to fetch cluster values with --openapi-token: a URL template with {token}, and
     /// optionally {instance_id} and {region}.
-    #[arg(long, value_name = "URL", default_value = crate::values::DEFAULT_VALUES_URL)]
+    #[arg(long, value_name = "URL", default_value = crate::sources::values::DEFAULT_VALUES_URL)]
     pub values_url: String,
 
     /// Allow a plain-http --values-url (the answer carries a bootstrap token: unsafe).

@@ -93,7 +93,7 @@ where
         Err(err) => return parse_error(err, &argv),
     };
     crate::logging::init(cli.verbose);
-    crate::tls::install_provider();
+    crate::trust::tls::install_provider();
     let mut reporter = Reporter::stdout(cli.output);
     let name = cli.command.name();
     let runtime = match tokio::runtime::Builder::new_current_thread()

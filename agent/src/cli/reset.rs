@@ -33,7 +33,7 @@ pub struct ResetArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// How long the drain may take.
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::model::duration::parse)]
     pub drain_timeout: std::time::Duration,
 
     /// Do nothing unless the node was marked for removal

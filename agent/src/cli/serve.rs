@@ -1,9 +1,9 @@
-//! `node-attach serve`: run the values service (see [`crate::serve`]).
+//! `node-attach serve`: run the values service (see [`crate::operator::serve`]).
 
+use crate::client::kube::Kube;
 use crate::error::{Code, Failure};
-use crate::kube::Kube;
+use crate::operator::serve::{self, ServeConfig};
 use crate::report::Reporter;
-use crate::serve::{self, ServeConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub public_url: String,
     /// Lifetime of the bootstrap token minted for each use.
-    #[arg(long, default_value = "30m", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "30m", value_parser = crate::model::duration::parse)]
     pub bootstrap_ttl: Duration,
     /// Requests per minute per client address on the anonymous endpoints.
     #[arg(long, default_value_t = 60)]
@@ -51,17 +51,17 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
     // A node waits on each answer: the service retries the cluster briefly, then says so.
-    let kube = Kube::from_kubeconfig(&text, crate::http::Limits::default())
+    let kube = Kube::from_kubeconfig(&text, crate::client::http::Limits::default())
         .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?
         .with_retry_deadline(std::time::Duration::from_secs(5));
-    let info = crate::kubeconfig::Kubeconfig::parse(&text)
+    let info = crate::model::kubeconfig::Kubeconfig::parse(&text)
         .and_then(|k| k.current_cluster())
         .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
-    let pin = crate::pin::certificates_from_pem(&info.ca_pem)
+    let pin = crate::trust::pin::certificates_from_pem(&info.ca_pem)
         .ok()
         .and_then(|c| {
             c.first()
-                .and_then(|d| crate::pin::CaPin::of_certificate_der(d).ok())
+                .and_then(|d| crate::trust::pin::CaPin::of_certificate_der(d).ok())
         })
         .map(|p| p.to_string())
         .ok_or_else(|| Failure::new(Code::Usage, "the kubeconfig's CA is unreadable"))?;

@@ -1,11 +1,11 @@
 //! `node-attach status`: the phase reached, the node's name, its certificate's expiry, and the
 //! health of the kubelet and the runtime.
 
-use crate::bootstrap;
+use crate::apply::journal::{self, Journal};
 use crate::effects::fs::Root;
 use crate::effects::{Systemctl, Systemd};
 use crate::error::{Code, Failure};
-use crate::journal::{self, Journal};
+use crate::join::bootstrap;
 use crate::report::Reporter;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

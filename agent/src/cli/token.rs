@@ -1,10 +1,10 @@
 //! `node-attach token create|list|delete`: bootstrap tokens, run where an admin kubeconfig is.
 
+use crate::client::kube::Kube;
 use crate::error::{Code, Failure};
-use crate::kube::Kube;
+use crate::model::token::BootstrapToken;
+use crate::operator::bootstrap_tokens::{self as tokens, NewToken, DEFAULT_GROUP};
 use crate::report::Reporter;
-use crate::token::BootstrapToken;
-use crate::tokens::{self, NewToken, DEFAULT_GROUP};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub enum TokenAction {
 #[derive(Clone, Debug, clap::Args)]
 pub struct CreateArgs {
     /// Time to live, e.g. 24h; 0 never expires (discouraged).
-    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "24h", value_parser = crate::model::duration::parse)]
     pub ttl: Duration,
     /// Human-readable description.
     #[arg(long)]
@@ -78,7 +78,7 @@ pub struct OpenapiArgs {
     #[arg(long, default_value_t = 1)]
     pub uses: u32,
     /// Time to live.
-    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "24h", value_parser = crate::model::duration::parse)]
     pub ttl: Duration,
     /// Namespace of the values service's Secrets.
     #[arg(long, default_value = "node-attach")]
@@ -107,7 +107,7 @@ fn admin(args: &TokenArgs) -> Result<(Kube, String, String), Failure> {
     super::serve::admin_client(&args.kubeconfig)
 }
 
-fn api(e: crate::kube::KubeError) -> Failure {
+fn api(e: crate::client::kube::KubeError) -> Failure {
     Failure::new(Code::ClusterConfig, e.to_string())
 }
 
@@ -218,10 +218,10 @@ pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure
             // Validate as a node would, with a placeholder token.
             let mut probe = values.clone();
             probe["bootstrapToken"] = serde_json::json!("abcdef.0123456789abcdef");
-            crate::values::schema::parse(&probe.to_string())
+            crate::sources::values::schema::parse(&probe.to_string())
                 .map_err(|e| Failure::new(Code::Usage, format!("--values: {e}")))?;
             values.as_object_mut().map(|m| m.remove("bootstrapToken"));
-            let token = crate::token::random_token_chars(32)
+            let token = crate::model::token::random_token_chars(32)
                 .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
             let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}});
             if kube
@@ -232,8 +232,8 @@ pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure
             {
                 kube.post("/api/v1/namespaces", &ns).await.map_err(api)?;
             }
-            let record = crate::serve::store::Record {
-                hash: crate::serve::store::token_hash(&token),
+            let record = crate::operator::serve::store::Record {
+                hash: crate::operator::serve::store::token_hash(&token),
                 values,
                 expires: if o.ttl.is_zero() {
                     0
@@ -244,7 +244,7 @@ pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure
                 uses: Vec::new(),
                 description: o.description.clone().unwrap_or_default(),
             };
-            let store = crate::serve::store::Store {
+            let store = crate::operator::serve::store::Store {
                 kube: &kube,
                 namespace: o.namespace.clone(),
             };

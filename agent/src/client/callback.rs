@@ -1,7 +1,7 @@
 //! Reports to the callback the cluster values named: join's outcome and reset's. Bounded,
 //! jittered retries; a failure is logged, never fatal (the node's state does not depend on it).
 
-use crate::http::{Http, Request, RetryPolicy, Target};
+use crate::client::http::{Http, Request, RetryPolicy, Target};
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,10 +9,10 @@ use std::time::Duration;
 pub async fn post_callback(
     url: &url::Url,
     ca_file: Option<&Path>,
-    limits: crate::http::Limits,
+    limits: crate::client::http::Limits,
     body: &serde_json::Value,
 ) {
-    let Ok(tls) = crate::tls::system_roots(ca_file) else {
+    let Ok(tls) = crate::trust::tls::system_roots(ca_file) else {
         tracing::warn!("no CA bundle for the callback; not reporting");
         return;
     };
@@ -21,9 +21,9 @@ pub async fn post_callback(
     };
     let target = Target {
         url: url.clone(),
-        shown: crate::values::redact_url_path(url),
+        shown: crate::sources::values::redact_url_path(url),
     };
-    let sent = crate::http::retry(
+    let sent = crate::client::http::retry(
         RetryPolicy::until(Duration::from_secs(20), Duration::from_secs(5)),
         "reporting to the callback",
         |_| {

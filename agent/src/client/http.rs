@@ -10,7 +10,7 @@
 //! URLs in errors are the caller's *shown* form ([`Target::shown`]), so a URL carrying a token in
 //! its path never reaches a message.
 
-use crate::secret::Secret;
+use crate::model::secret::Secret;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use std::future::Future;

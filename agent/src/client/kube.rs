@@ -1,11 +1,11 @@
 //! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
 //! cluster CA, as the bootstrap token or as the node itself.
 
+use crate::client::http::{Http, HttpError, Limits, Request, RetryPolicy, Retryable, Target};
 use crate::error::{Code, Failure};
-use crate::http::{Http, HttpError, Limits, Request, RetryPolicy, Retryable, Target};
-use crate::kube_version::KubeVersion;
-use crate::secret::Secret;
-use crate::tls;
+use crate::model::secret::Secret;
+use crate::model::version::KubeVersion;
+use crate::trust::tls;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
@@ -138,12 +138,12 @@ impl Kube {
     pub fn from_kubeconfig(text: &str, limits: Limits) -> Result<Kube, KubeError> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let cfg = crate::kubeconfig::Kubeconfig::parse(text)
+        let cfg = crate::model::kubeconfig::Kubeconfig::parse(text)
             .map_err(|e| KubeError::Setup(e.to_string()))?;
         let info = cfg
             .current_cluster()
             .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let ca = crate::pin::certificates_from_pem(&info.ca_pem)
+        let ca = crate::trust::pin::certificates_from_pem(&info.ca_pem)
             .map_err(|e| KubeError::Setup(format!("the kubeconfig's CA: {e}")))?;
         let context = cfg.contexts.iter().find(|c| c.name == cfg.current_context);
         let user = context
@@ -228,7 +228,7 @@ impl Kube {
         path: &str,
         body: &Option<Vec<u8>>,
         content_type: &'static str,
-    ) -> Result<crate::http::Reply, KubeError> {
+    ) -> Result<crate::client::http::Reply, KubeError> {
         let target = self.target(path);
         let mut req = Request::get(&target);
         req.method = method.clone();
@@ -246,13 +246,13 @@ impl Kube {
         path: &str,
         body: Option<Vec<u8>>,
         content_type: &'static str,
-    ) -> Result<crate::http::Reply, KubeError> {
+    ) -> Result<crate::client::http::Reply, KubeError> {
         let what = format!("{method} {path}");
-        crate::http::retry(self.retry, &what, |_| {
+        crate::client::http::retry(self.retry, &what, |_| {
             self.send_once(&method, path, &body, content_type)
         })
         .await
-        .map_err(crate::http::RetryError::into_inner)
+        .map_err(crate::client::http::RetryError::into_inner)
     }
 
     /// A call whose answer must be JSON: an answer cut short (no Content-Length, connection
@@ -263,9 +263,9 @@ impl Kube {
         path: &str,
         body: Option<Vec<u8>>,
         content_type: &'static str,
-    ) -> Result<(Value, crate::http::Reply), KubeError> {
+    ) -> Result<(Value, crate::client::http::Reply), KubeError> {
         let what = format!("{method} {path}");
-        crate::http::retry(self.retry, &what, |_| async {
+        crate::client::http::retry(self.retry, &what, |_| async {
             let reply = self.send_once(&method, path, &body, content_type).await?;
             let value = Kube::decode(path, &reply.body).map_err(|e| match e {
                 KubeError::Decode { path, reason } => KubeError::Truncated { path, reason },
@@ -274,11 +274,11 @@ impl Kube {
             Ok((value, reply))
         })
         .await
-        .map_err(crate::http::RetryError::into_inner)
+        .map_err(crate::client::http::RetryError::into_inner)
     }
 
     fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
-        crate::strict::json(body).map_err(|e| KubeError::Decode {
+        crate::model::strict::json(body).map_err(|e| KubeError::Decode {
             path: path.to_owned(),
             reason: e.to_string(),
         })

@@ -20,10 +20,10 @@
 //! `UntilWithSync`: on a stream error or end, the object is read again (its UID must be the one
 //! created) and watched again from its resourceVersion, until the deadline.
 
-use crate::compat;
+use crate::client::kube::Kube;
 use crate::error::{Code, Failure};
-use crate::kube::Kube;
-use crate::kube_version::KubeVersion;
+use crate::model::compat;
+use crate::model::version::KubeVersion;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -422,7 +422,7 @@ pub fn verify_issued(
     node: &str,
     ca_ders: &[Vec<u8>],
 ) -> Result<i64, Failure> {
-    let certs = crate::pin::certificates_from_pem(cert_pem)
+    let certs = crate::trust::pin::certificates_from_pem(cert_pem)
         .map_err(|e| bootstrap_fail(format!("the issued certificate is unreadable: {e}")))?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0])
         .map_err(|e| bootstrap_fail(format!("the issued certificate does not parse: {e}")))?;

@@ -1,9 +1,9 @@
 //! Who this node is: its name (explicit, or by name mode), its IP, and its providerID.
 
 use crate::error::{Code, Failure};
-use crate::settings::{NodeNaming, Settings};
-use crate::validate::{check_node_name, Endpoint};
-use crate::values::NodeNameMode;
+use crate::model::validate::{check_node_name, Endpoint};
+use crate::sources::settings::{NodeNaming, Settings};
+use crate::sources::values::NodeNameMode;
 use serde::Serialize;
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 

@@ -2,11 +2,11 @@
 //! cluster's `kubelet-config` merged with node-local settings), `/var/lib/kubelet/kubeadm-flags.env`,
 //! `/etc/kubernetes/pki/ca.crt`, and the kubelet unit with its `10-kubeadm.conf` drop-in.
 
-use crate::identity::Identity;
-use crate::kube::{Kube, KubeError};
-use crate::kube_version::KubeVersion;
-use crate::settings::Settings;
-use crate::validate::{Labels, Taint};
+use crate::client::kube::{Kube, KubeError};
+use crate::join::identity::Identity;
+use crate::model::validate::{Labels, Taint};
+use crate::model::version::KubeVersion;
+use crate::sources::settings::Settings;
 use serde_yaml_ng::{Mapping, Value};
 
 /// The kubelet configuration file.
@@ -126,7 +126,7 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
     let Some(text) = cm.and_then(|cm| cm["data"]["ClusterConfiguration"].as_str()) else {
         return Ok(facts);
     };
-    let doc: Value = crate::strict::yaml(text).map_err(|e| ClusterConfigError::Yaml {
+    let doc: Value = crate::model::strict::yaml(text).map_err(|e| ClusterConfigError::Yaml {
         what: "kubeadm-config ClusterConfiguration".into(),
         reason: e.to_string(),
     })?;
@@ -151,7 +151,7 @@ pub const DEFAULT_CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
 
 /// Reads kubeadm-config and the kubelet ConfigMap of the cluster's version with the bootstrap
 /// token: the name kubeadm of that version made first, the other on 403 or 404 (see
-/// [`crate::compat::kubelet_config_names`]). Both documents are parsed here, before join
+/// [`crate::model::compat::kubelet_config_names`]). Both documents are parsed here, before join
 /// changes anything.
 pub async fn fetch_cluster_config(
     kube: &Kube,
@@ -159,7 +159,8 @@ pub async fn fetch_cluster_config(
 ) -> Result<ClusterConfig, ClusterConfigError> {
     let facts = read_kubeadm_facts(kube).await?;
     let version = facts.version.clone().unwrap_or_else(|| server.clone());
-    let names = crate::compat::kubelet_config_names(&version, facts.unversioned_kubelet_config);
+    let names =
+        crate::model::compat::kubelet_config_names(&version, facts.unversioned_kubelet_config);
     let mut tried = Vec::new();
     for name in &names {
         let path = format!("/api/v1/namespaces/kube-system/configmaps/{name}");
@@ -197,7 +198,7 @@ pub fn parse_kubelet_yaml(yaml: &str) -> Result<Mapping, ClusterConfigError> {
     if yaml.trim().is_empty() {
         return Ok(Mapping::new());
     }
-    match crate::strict::yaml::<Value>(yaml) {
+    match crate::model::strict::yaml::<Value>(yaml) {
         Ok(Value::Mapping(m)) => Ok(m),
         Ok(_) => Err(ClusterConfigError::Yaml {
             what: what(),
@@ -395,9 +396,10 @@ pub struct FlagInputs<'a> {
 }
 
 /// `KUBELET_KUBEADM_ARGS="--k=v …"`, arguments sorted by name as kubeadm writes them, with the
-/// flags the kubelet's version needs ([`crate::compat::KubeletFlagGates`]).
+/// flags the kubelet's version needs ([`crate::model::compat::KubeletFlagGates`]).
 pub fn render_flags(f: &FlagInputs<'_>) -> String {
-    let gates = crate::compat::KubeletFlagGates::for_kubelet(f.kubelet, f.endpoint.is_none());
+    let gates =
+        crate::model::compat::KubeletFlagGates::for_kubelet(f.kubelet, f.endpoint.is_none());
     let mut args: Vec<(String, String)> = Vec::new();
     if let Some(e) = f.endpoint {
         args.push(("container-runtime-endpoint".into(), e.to_owned()));
@@ -500,7 +502,7 @@ mod tests {
 
     #[test]
     fn sparse_configs_get_kubeadm_defaults_and_our_ca_path() {
-        let settings = crate::settings::tests::minimal();
+        let settings = crate::sources::settings::tests::minimal();
         let host = HostFacts::default();
         let text = render_config(
             &cluster("", DEFAULT_CERTIFICATES_DIR),
@@ -548,7 +550,7 @@ mod tests {
 
     #[test]
     fn systemd_resolved_hosts_get_its_real_resolv_conf() {
-        let settings = crate::settings::tests::minimal();
+        let settings = crate::sources::settings::tests::minimal();
         let host = HostFacts {
             systemd_resolved: true,
         };

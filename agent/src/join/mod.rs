@@ -12,20 +12,20 @@ pub mod kubelet;
 pub mod preflight;
 pub mod runtime;
 
+use crate::apply::journal::{self, Journal};
 use crate::apply::{Applier, ApplyError, Outcome, Step};
 use crate::cli::join::JoinArgs;
-use crate::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
+use crate::client::http::Http;
+use crate::client::kube::Kube;
 use crate::effects::fs::Root;
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
-use crate::http::Http;
-use crate::journal::{self, Journal};
-use crate::kube::Kube;
-use crate::kube_version::KubeVersion;
-use crate::kubeconfig::{ClusterInfo, Kubeconfig};
+use crate::model::kubeconfig::{ClusterInfo, Kubeconfig};
+use crate::model::version::KubeVersion;
 use crate::report::{Reporter, Status};
-use crate::settings::{Settings, TlsBootstrapMode};
-use crate::values::{self, ClusterValues, ValuesSource};
+use crate::sources::settings::{Settings, TlsBootstrapMode};
+use crate::sources::values::{self, ClusterValues, ValuesSource};
+use crate::trust::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
 use identity::Identity;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -58,11 +58,11 @@ pub struct JoinSummary {
     /// The kubelet's CRI endpoint.
     pub cri_endpoint: Option<String>,
     /// Labels the kubelet registers with.
-    pub labels: crate::validate::Labels,
+    pub labels: crate::model::validate::Labels,
     /// Labels the kubelet may not set itself: to be applied by the control plane.
-    pub pending_labels: crate::validate::Labels,
+    pub pending_labels: crate::model::validate::Labels,
     /// Taints registered with.
-    pub taints: Vec<crate::validate::Taint>,
+    pub taints: Vec<crate::model::validate::Taint>,
     /// providerID.
     pub provider_id: Option<String>,
     /// Whether the Node was seen in the API, and Ready.
@@ -158,7 +158,7 @@ async fn apply_metadata(
     openapi: bool,
     reporter: &mut Reporter,
 ) -> Result<(), Failure> {
-    use crate::metadata::{self, MetadataKind};
+    use crate::sources::metadata::{self, MetadataKind};
     let template_needs = openapi
         && ((args.values_url.contains("{region}") && args.region.is_none())
             || (args.values_url.contains("{instance_id}") && args.instance_id.is_none()));
@@ -258,7 +258,7 @@ fn summary_text(s: &JoinSummary) -> String {
 
 async fn fetch_values(
     args: &JoinArgs,
-    token: crate::token::OpenApiToken,
+    token: crate::model::token::OpenApiToken,
     reporter: &mut Reporter,
 ) -> Result<ClusterValues, Failure> {
     let started = Instant::now();
@@ -272,7 +272,7 @@ async fn fetch_values(
     };
     let outcome = async {
         let target = source.target().map_err(|e| Failure::from_error(&e))?;
-        let tls = crate::tls::system_roots(args.values_ca_file.as_deref())
+        let tls = crate::trust::tls::system_roots(args.values_ca_file.as_deref())
             .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
         let http = Http::new(tls, args.network.limits())
             .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
@@ -438,7 +438,7 @@ pub async fn join(
         settings.runtime,
         &settings.runtime_values,
         &cluster.version,
-        &crate::compat::pause_image(
+        &crate::model::compat::pause_image(
             cluster.config.image_repository.as_deref(),
             &cluster.config.version,
         ),
@@ -531,7 +531,7 @@ pub async fn join(
             .await
             .inspect_err(|_| p.fail())?
     };
-    if registered && crate::compat::writes_cri_socket_annotation(&cluster.config.version) {
+    if registered && crate::model::compat::writes_cri_socket_annotation(&cluster.config.version) {
         let endpoint = rt
             .endpoint
             .as_deref()
@@ -745,7 +745,12 @@ async fn cluster_checks(
     })
 }
 
-fn labels_for(settings: &Settings) -> (crate::validate::Labels, crate::validate::Labels) {
+fn labels_for(
+    settings: &Settings,
+) -> (
+    crate::model::validate::Labels,
+    crate::model::validate::Labels,
+) {
     let mut labels = settings.labels.clone();
     if let Some(pool) = &settings.node_pool_id {
         let _ = labels.insert("node pool", "alibabacloud.com/nodepool-id", pool);
@@ -821,7 +826,7 @@ fn kubelet_phase(
     found: &Discovered,
     cluster: &ClusterFacts,
     rt: &runtime::RuntimePlan,
-    own_labels: &crate::validate::Labels,
+    own_labels: &crate::model::validate::Labels,
 ) -> Result<KubeletChanges, Failure> {
     let fail = apply_failure(Code::KubeletConfig);
     let host = kubelet_host_facts(applier.effects());
@@ -974,7 +979,7 @@ async fn bootstrap_phase(
         .read(Path::new(bootstrap::TMP_KEY))
         .map_err(fs_failure)?;
     let key = key.as_deref().map(String::from_utf8_lossy);
-    let usages = crate::compat::csr_usages(server);
+    let usages = crate::model::compat::csr_usages(server);
     let request = bootstrap::build_request(&identity.node_name, key.as_deref(), usages)?;
     applier
         .file(
@@ -1090,7 +1095,7 @@ async fn annotate_cri_socket(
     endpoint: &str,
     cluster: &ClusterFacts,
 ) {
-    use crate::compat::{cri_socket_annotation_value, CRI_SOCKET_ANNOTATION};
+    use crate::model::compat::{cri_socket_annotation_value, CRI_SOCKET_ANNOTATION};
     let Some(pair) = root
         .read_following(Path::new(bootstrap::CURRENT))
         .ok()
@@ -1175,7 +1180,7 @@ async fn report_callback(
             serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
         }
     };
-    crate::callback::post_callback(
+    crate::client::callback::post_callback(
         url,
         settings.values_ca_file.as_deref(),
         settings.limits,

@@ -4,7 +4,7 @@
 use crate::effects::fs::Root;
 use crate::effects::which;
 use crate::error::{Code, Failure};
-use crate::kube_version::KubeVersion;
+use crate::model::version::KubeVersion;
 use std::path::Path;
 
 /// One check's outcome.
@@ -139,7 +139,7 @@ pub fn local(
     }
     let foreign = !joined_before
         && root
-            .read(Path::new(crate::bootstrap::KUBELET_CONF))
+            .read(Path::new(crate::join::bootstrap::KUBELET_CONF))
             .ok()
             .flatten()
             .is_some();

@@ -2,16 +2,16 @@
 //! the API server's (or the kubelet's) version, with the upstream change it follows.
 //! `docs/upstream-versions.md` holds the evidence (files and PRs at exact tags).
 
-use crate::kube_version::KubeVersion;
+use crate::model::version::KubeVersion;
 
 /// The usages a kubelet client CSR must ask for: before 1.25 the csrapproving controller and
 /// the kubelet-client signer want `key encipherment` too (`pkg/apis/certificates/helpers.go`
 /// `IsKubeletClientCSR` at v1.20.2; relaxed for ECDSA keys by kubernetes#111061 in 1.25).
 pub fn csr_usages(server: &KubeVersion) -> &'static [&'static str] {
     if server.minor_key() < (1, 25) {
-        &crate::bootstrap::LEGACY_USAGES
+        &crate::join::bootstrap::LEGACY_USAGES
     } else {
-        &crate::bootstrap::USAGES
+        &crate::join::bootstrap::USAGES
     }
 }
 

@@ -3,7 +3,7 @@
 //! Field names follow client-go's `clientcmd/api/v1` exactly, and rendering keeps client-go's key
 //! order, so `kubectl config view` and the kubelet read what we write as if kubeadm had written it.
 
-use crate::secret::Secret;
+use crate::model::secret::Secret;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -166,7 +166,7 @@ pub struct ClusterInfo {
 impl Kubeconfig {
     /// Parses kubeconfig YAML (or JSON).
     pub fn parse(text: &str) -> Result<Kubeconfig, KubeconfigError> {
-        crate::strict::yaml(text).map_err(|e| KubeconfigError::Parse(e.to_string()))
+        crate::model::strict::yaml(text).map_err(|e| KubeconfigError::Parse(e.to_string()))
     }
 
     /// Renders the kubeconfig as YAML, keys in client-go's order.

@@ -4,7 +4,7 @@
 //! (kubernetes/cluster-bootstrap `token/api/types.go`: six characters of `[a-z0-9]`, a dot, sixteen
 //! characters of `[a-z0-9]`). The id is public; the secret lives in a [`Secret`].
 
-use crate::secret::Secret;
+use crate::model::secret::Secret;
 use std::fmt;
 use std::str::FromStr;
 
@@ -129,13 +129,18 @@ impl FromStr for BootstrapToken {
 
 impl fmt::Debug for BootstrapToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BootstrapToken({}.{})", self.id, crate::secret::REDACTED)
+        write!(
+            f,
+            "BootstrapToken({}.{})",
+            self.id,
+            crate::model::secret::REDACTED
+        )
     }
 }
 
 impl fmt::Display for BootstrapToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.id, crate::secret::REDACTED)
+        write!(f, "{}.{}", self.id, crate::model::secret::REDACTED)
     }
 }
 
@@ -179,7 +184,7 @@ impl FromStr for OpenApiToken {
 
 impl fmt::Debug for OpenApiToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OpenApiToken({})", crate::secret::REDACTED)
+        write!(f, "OpenApiToken({})", crate::model::secret::REDACTED)
     }
 }
 

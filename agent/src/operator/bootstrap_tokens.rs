@@ -3,8 +3,8 @@
 //! holder join exist — the bindings `kubeadm init` creates (§4.3 of docs/protocol notes), for the
 //! token's groups, and never anything broader.
 
-use crate::kube::{Kube, KubeError};
-use crate::token::BootstrapToken;
+use crate::client::kube::{Kube, KubeError};
+use crate::model::token::BootstrapToken;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -130,12 +130,12 @@ async fn ensure_binding(
 pub async fn ensure_cluster_rbac(
     kube: &Kube,
     groups: &[String],
-) -> Result<Vec<String>, crate::kubelet::ClusterConfigError> {
-    let api = |source| crate::kubelet::ClusterConfigError::Api {
+) -> Result<Vec<String>, crate::join::kubelet::ClusterConfigError> {
+    let api = |source| crate::join::kubelet::ClusterConfigError::Api {
         what: "the cluster's RBAC for joining".into(),
         source,
     };
-    let facts = crate::kubelet::read_kubeadm_facts(kube).await?;
+    let facts = crate::join::kubelet::read_kubeadm_facts(kube).await?;
     let cluster = match facts.version {
         Some(v) => v,
         None => kube.version().await.map_err(api)?.0,
@@ -150,22 +150,23 @@ pub async fn ensure_cluster_rbac(
 /// (`…:selfnodeclient`), reading Nodes, kubeadm-config and kubelet-config, and anonymous reads
 /// of cluster-info. Returns what it changed.
 /// The kubelet-config Role follows the cluster's kubeadm version (see
-/// [`crate::compat::kubelet_config_names`]), and `kubeadm:get-nodes` exists from 1.18, so an
+/// [`crate::model::compat::kubelet_config_names`]), and `kubeadm:get-nodes` exists from 1.18, so an
 /// older cluster gets exactly what its own kubeadm would have made.
 pub async fn ensure_rbac(
     kube: &Kube,
     groups: &[String],
-    cluster: &crate::kube_version::KubeVersion,
+    cluster: &crate::model::version::KubeVersion,
     unversioned_gate: Option<bool>,
 ) -> Result<Vec<String>, KubeError> {
     let mut log = Vec::new();
-    let kubelet_config = crate::compat::kubelet_config_names(cluster, unversioned_gate)[0].clone();
+    let kubelet_config =
+        crate::model::compat::kubelet_config_names(cluster, unversioned_gate)[0].clone();
     let kubelet_config_role = format!("kubeadm:{kubelet_config}");
     let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
     let cr = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
     let subjects: Vec<Value> = groups.iter().map(|g| group_subject(g)).collect();
     let get_nodes = "kubeadm:get-nodes";
-    let with_get_nodes = crate::compat::has_get_nodes_role(cluster);
+    let with_get_nodes = crate::model::compat::has_get_nodes_role(cluster);
     if with_get_nodes && kube.get(&format!("{cr}/{get_nodes}")).await?.is_none() {
         kube.post(cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": get_nodes},
             "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?;

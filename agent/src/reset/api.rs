@@ -2,11 +2,11 @@
 //! PodDisruptionBudgets) with an admin's kubeconfig, and the deletion of this node's Node.
 
 use super::{Ctx, Outcome};
-use crate::bootstrap;
+use crate::client::kube::Kube;
 use crate::effects::fs::Root;
 use crate::error::{Code, Failure};
-use crate::kube::Kube;
-use crate::kubeconfig::Kubeconfig;
+use crate::join::bootstrap;
+use crate::model::kubeconfig::Kubeconfig;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,9 +34,9 @@ pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
         ctx.step("api", target, Outcome::WouldDo, how);
         return format!("would delete {name}");
     }
-    let limits = crate::http::Limits {
+    let limits = crate::client::http::Limits {
         request_timeout: Duration::from_secs(10),
-        ..crate::http::Limits::default()
+        ..crate::client::http::Limits::default()
     };
     let (client, how) = match &ctx.opts.admin_kubeconfig {
         Some(admin) => (
@@ -81,7 +81,7 @@ pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
 }
 
 /// A client authenticating as the node (kubelet.conf's cluster, the current client pair).
-fn node_client(root: &Root, limits: crate::http::Limits) -> Result<Kube, String> {
+fn node_client(root: &Root, limits: crate::client::http::Limits) -> Result<Kube, String> {
     let conf = root
         .read(Path::new(bootstrap::KUBELET_CONF))
         .ok()
@@ -95,7 +95,7 @@ fn node_client(root: &Root, limits: crate::http::Limits) -> Result<Kube, String>
     let cluster = Kubeconfig::parse(&String::from_utf8_lossy(&conf))
         .and_then(|k| k.current_cluster())
         .map_err(|e| format!("kubelet.conf is unreadable: {e}"))?;
-    let ca = crate::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
+    let ca = crate::trust::pin::certificates_from_pem(&cluster.ca_pem).unwrap_or_default();
     Kube::with_certificate(&cluster.server, &ca, &pair, limits).map_err(|e| e.to_string())
 }
 
@@ -141,9 +141,9 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let limits = crate::http::Limits {
+    let limits = crate::client::http::Limits {
         request_timeout: Duration::from_secs(15),
-        ..crate::http::Limits::default()
+        ..crate::client::http::Limits::default()
     };
     let kube =
         Kube::from_kubeconfig(admin, limits).map_err(|e| fail(format!("--kubeconfig: {e}")))?;
@@ -161,7 +161,7 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
     ctx.step("drain", format!("cordon {name}"), Outcome::Done, "");
     // The Eviction's group-version follows the cluster: policy/v1 from 1.22, v1beta1 before.
     let eviction_version = match kube.version().await {
-        Ok((v, _)) => crate::compat::eviction_version(&v),
+        Ok((v, _)) => crate::model::compat::eviction_version(&v),
         Err(e) => return Err(fail(format!("reading the API server's version: {e}"))),
     };
     let deadline = std::time::Instant::now() + ctx.opts.drain_timeout;

@@ -21,10 +21,10 @@ pub mod api;
 pub mod cleanup;
 pub mod replay;
 
+use crate::apply::journal::{self, Journal, JournalError, Record};
 use crate::apply::records::{self, CallbackRecord};
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
-use crate::journal::{self, Journal, JournalError, Record};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -312,8 +312,8 @@ async fn report(cb: &CallbackRecord, node: &str, problems: usize) {
         "status": if problems == 0 { "removed" } else { "reset-incomplete" },
         "node": node, "problems": problems,
     });
-    let limits = crate::http::Limits::default();
-    crate::callback::post_callback(&url, cb.ca_file.as_deref(), limits, &body).await;
+    let limits = crate::client::http::Limits::default();
+    crate::client::callback::post_callback(&url, cb.ca_file.as_deref(), limits, &body).await;
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 
 use super::cleanup::{remove_path, Keep};
 use super::{Ctx, Outcome};
+use crate::apply::journal::{self, Change, Event, Journal, Prior, Record};
 use crate::effects::fs::{Existing, Root};
-use crate::journal::{self, Change, Event, Journal, Prior, Record};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 

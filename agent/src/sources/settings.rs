@@ -7,18 +7,18 @@
 //! the flag or field to fix, so a bad command line never leaves a half-configured machine.
 
 use crate::cli::join::JoinArgs;
+use crate::client::http::Limits;
 use crate::error::{Code, Failure};
-use crate::http::Limits;
-use crate::kube_version::KubeVersion;
-use crate::pin::PinSet;
-use crate::token::BootstrapToken;
-use crate::validate::{
+use crate::model::token::BootstrapToken;
+use crate::model::validate::{
     check_dns_subdomain, check_node_name, parse_ip_list, push_taint, Endpoint, Labels, Taint,
 };
-use crate::values::{
+use crate::model::version::KubeVersion;
+use crate::sources::values::{
     check_identifier, check_package_version, redact_url_path, ClusterValues, KubeletValues,
     NodeNameMode, RuntimeKind, RuntimeValues,
 };
+use crate::trust::pin::PinSet;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -160,7 +160,7 @@ fn usage(message: impl Into<String>) -> Failure {
     Failure::new(Code::Usage, message)
 }
 
-fn syntax(e: crate::validate::SyntaxError) -> Failure {
+fn syntax(e: crate::model::validate::SyntaxError) -> Failure {
     usage(e.to_string())
 }
 
@@ -191,7 +191,7 @@ impl Settings {
         values: Option<&ClusterValues>,
     ) -> Result<Settings, Failure> {
         let mut notices = args.compat.notices();
-        let empty = ClusterValues::empty(crate::values::ValuesFormat::Json);
+        let empty = ClusterValues::empty(crate::sources::values::ValuesFormat::Json);
         let v = values.unwrap_or(&empty);
         if !v.ignored_keys.is_empty() {
             notices.push(format!(
@@ -423,7 +423,7 @@ pub(crate) mod tests {
     }
 
     fn values(json: &str) -> ClusterValues {
-        crate::values::parse(json.as_bytes(), Some("application/json")).expect("values")
+        crate::sources::values::parse(json.as_bytes(), Some("application/json")).expect("values")
     }
 
     fn token() -> Option<BootstrapToken> {

@@ -5,9 +5,9 @@
 //!    (bounded) while the `jws-kubeconfig-<token id>` key is missing, since the bootstrap signer
 //!    adds it some time after the token appears.
 //! 2. Verify the detached JWS over the stored kubeconfig bytes, never re-serialized, with the
-//!    token secret ([`crate::jws`]).
+//!    token secret ([`crate::trust::jws`]).
 //! 3. Pin the CA: some certificate in the kubeconfig's CA bundle must match a
-//!    `--discovery-token-ca-cert-hash` ([`crate::pin`]). Without pins, refuse unless the caller
+//!    `--discovery-token-ca-cert-hash` ([`crate::trust::pin`]). Without pins, refuse unless the caller
 //!    explicitly chose to skip CA verification.
 //! 4. Fetch cluster-info again over TLS that trusts only the pinned CA, and require the same
 //!    kubeconfig bytes.
@@ -25,16 +25,16 @@
 //! later in the join is reported as a trust failure (`trust.server-changed`), never as
 //! "unreachable".
 
-use crate::error::{Code, Coded};
-use crate::http::{
+use crate::client::http::{
     retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, Target,
 };
-use crate::jws;
-use crate::kubeconfig::Kubeconfig;
-use crate::pin::{certificates_from_pem, CaPin, PinSet};
-use crate::tls;
-use crate::token::BootstrapToken;
-use crate::validate::Endpoint;
+use crate::error::{Code, Coded};
+use crate::model::kubeconfig::Kubeconfig;
+use crate::model::token::BootstrapToken;
+use crate::model::validate::Endpoint;
+use crate::trust::jws;
+use crate::trust::pin::{certificates_from_pem, CaPin, PinSet};
+use crate::trust::tls;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -251,7 +251,7 @@ async fn fetch_signed(
                 .send(Request::get(target))
                 .await
                 .map_err(PollError::Http)?;
-            let cm: ConfigMap = crate::strict::json(&reply.body)
+            let cm: ConfigMap = crate::model::strict::json(&reply.body)
                 .map_err(|e| PollError::Malformed(format!("not a ConfigMap: {e}")))?;
             let kubeconfig = cm
                 .data
@@ -344,7 +344,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         });
     };
     for (der, pin) in &pinned {
-        if let Some(reason) = crate::pin::unfit_as_ca(der) {
+        if let Some(reason) = crate::trust::pin::unfit_as_ca(der) {
             return Err(DiscoveryError::PinnedCaInvalid {
                 pin: pin.clone(),
                 reason,
@@ -386,7 +386,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         ca_pin: Some(matched),
         ca_bundle_pins,
         ca_verified: true,
-        ca_pem: crate::pin::certificates_to_pem(&trusted),
+        ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
         ca_ders: trusted,
     })
 }

@@ -50,7 +50,7 @@ fn kubectl_reads_cluster_info_and_a_bootstrap_token_secret() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(node_attach::jws::verify_detached(
+    assert!(node_attach::trust::jws::verify_detached(
         &jws,
         kubeconfig.as_bytes(),
         "abcdef",

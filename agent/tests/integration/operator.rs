@@ -34,7 +34,9 @@ fn token_create_join_list_delete() {
         .to_owned();
     let token = line.split('\'').nth(1).expect("quoted token").to_owned();
     assert!(
-        token.parse::<node_attach::token::BootstrapToken>().is_ok(),
+        token
+            .parse::<node_attach::model::token::BootstrapToken>()
+            .is_ok(),
         "{line}"
     );
     assert!(

@@ -130,13 +130,13 @@ fn a_node_deletes_only_itself_and_survives_an_unreachable_api_server() {
         ),
     )
     .expect("pair");
-    let ca = node_attach::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
-    node_attach::tls::install_provider();
-    let kube = node_attach::kube::Kube::with_certificate(
+    let ca = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    node_attach::trust::tls::install_provider();
+    let kube = node_attach::client::kube::Kube::with_certificate(
         cp.url(),
         &ca,
         &pair,
-        node_attach::http::Limits::default(),
+        node_attach::client::http::Limits::default(),
     )
     .expect("client");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -190,11 +190,11 @@ fn the_anonymous_endpoint_is_rate_limited_and_refuses_unknown_tokens() {
     write(dir.path(), "svc.key", &cert.key_pem);
     let port = free_port();
     let r = replica(dir.path(), port);
-    node_attach::tls::install_provider();
-    let roots = node_attach::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
-    let http = node_attach::http::Http::new(
-        node_attach::tls::trusting_only(&roots).expect("tls"),
-        node_attach::http::Limits::default(),
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
     )
     .expect("client");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -203,10 +203,11 @@ fn the_anonymous_endpoint_is_rate_limited_and_refuses_unknown_tokens() {
         .expect("rt");
     let mut statuses = Vec::new();
     for _ in 0..15 {
-        let target = node_attach::http::Target::public(
+        let target = node_attach::client::http::Target::public(
             url::Url::parse(&format!("{}/v1/values/unknown-token-0000", r.url)).expect("url"),
         );
-        let status = match rt.block_on(http.send(node_attach::http::Request::get(&target))) {
+        let status = match rt.block_on(http.send(node_attach::client::http::Request::get(&target)))
+        {
             Ok(_) => 200,
             Err(e) => e.status().unwrap_or(0),
         };
@@ -243,18 +244,18 @@ fn acks_node_info_form_is_served_too() {
         &values,
     ]);
     let token = created.expect_code(0).stdout.trim().to_owned();
-    node_attach::tls::install_provider();
-    let roots = node_attach::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
-    let http = node_attach::http::Http::new(
-        node_attach::tls::trusting_only(&roots).expect("tls"),
-        node_attach::http::Limits::default(),
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
     )
     .expect("client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
-    let source = node_attach::values::ValuesSource {
+    let source = node_attach::sources::values::ValuesSource {
         template: format!(
             "{}/token/{{token}}/instance/{{instance_id}}/node_info",
             r.url
@@ -265,18 +266,21 @@ fn acks_node_info_form_is_served_too() {
         allow_insecure: false,
     };
     let v = rt
-        .block_on(node_attach::values::fetch(
+        .block_on(node_attach::sources::values::fetch(
             &http,
             &source,
             Duration::from_secs(10),
         ))
         .expect("ack values");
-    assert_eq!(v.format, node_attach::values::ValuesFormat::AckText);
+    assert_eq!(
+        v.format,
+        node_attach::sources::values::ValuesFormat::AckText
+    );
     assert!(v.bootstrap_token.is_some());
     assert_eq!(v.api_server_endpoints[0].to_string(), cp.endpoint());
     assert_eq!(
         v.node_name_mode,
-        Some(node_attach::values::NodeNameMode::NodeIp)
+        Some(node_attach::sources::values::NodeNameMode::NodeIp)
     );
 }
 

@@ -75,7 +75,7 @@ fn self_signed(
         ];
     }
     let cert = params.self_signed(&key).expect("cert");
-    let pin = node_attach::pin::CaPin::of_certificate_der(cert.der())
+    let pin = node_attach::trust::pin::CaPin::of_certificate_der(cert.der())
         .expect("pin")
         .to_string();
     (cert.pem(), pin)
@@ -93,10 +93,10 @@ fn an_extra_ca_in_cluster_info_is_neither_trusted_nor_written() {
     node.kubelet();
     join(&scale_out(&cp, &node, "extra-ca-1"), &[]).expect_code(0);
     let written = std::fs::read_to_string(node.path("/etc/kubernetes/pki/ca.crt")).expect("ca.crt");
-    let certs = node_attach::pin::certificates_from_pem(written.as_bytes()).expect("pem");
+    let certs = node_attach::trust::pin::certificates_from_pem(written.as_bytes()).expect("pem");
     assert_eq!(certs.len(), 1, "only the pinned CA is written");
     assert_eq!(
-        node_attach::pin::CaPin::of_certificate_der(&certs[0])
+        node_attach::trust::pin::CaPin::of_certificate_der(&certs[0])
             .expect("pin")
             .to_string(),
         cp.ca_pin()

@@ -2,9 +2,9 @@
 //! Retry-After, refusals, and errors that never show the token.
 
 use crate::support::*;
+use node_attach::client::http::{Http, Limits};
 use node_attach::error::{Code, Coded};
-use node_attach::http::{Http, Limits};
-use node_attach::values::{fetch, ValuesError, ValuesFormat, ValuesSource};
+use node_attach::sources::values::{fetch, ValuesError, ValuesFormat, ValuesSource};
 use std::time::{Duration, Instant};
 
 const OPENAPI: &str = "values-token-0001";
@@ -38,8 +38,8 @@ fn fixture() -> Fixture {
     cp.add_values(OPENAPI, entry(&cp));
     let dir = tempfile::tempdir().expect("tmp");
     let ca = write(dir.path(), "ca.pem", &cp.ca_pem());
-    node_attach::tls::install_provider();
-    let tls = node_attach::tls::system_roots(Some(&ca)).expect("roots");
+    node_attach::trust::tls::install_provider();
+    let tls = node_attach::trust::tls::system_roots(Some(&ca)).expect("roots");
     let http = Http::new(
         tls,
         Limits {

@@ -11,7 +11,7 @@
 //! version 1 format, or one that does not parse, is replaced and a notice says so; the journal
 //! keeps its bytes for reset either way.
 
-use crate::values::RuntimeValues;
+use crate::sources::values::RuntimeValues;
 use toml_edit::{value, Array, DocumentMut, Item, Table};
 
 /// The installed containerd's version (major, minor).

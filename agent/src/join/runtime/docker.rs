@@ -4,7 +4,7 @@
 //! defaults are filled only where the file says nothing. A file that is not a JSON object is
 //! replaced, with a notice; the journal keeps its bytes for reset.
 
-use crate::values::RuntimeValues;
+use crate::sources::values::RuntimeValues;
 use serde_json::{json, Map, Value};
 
 /// The merged file and why the original was replaced, when it was.

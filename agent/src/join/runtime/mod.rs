@@ -8,8 +8,8 @@ pub mod containerd;
 pub mod docker;
 
 use crate::apply::{Applier, ApplyError};
-use crate::kube_version::KubeVersion;
-use crate::values::{RuntimeKind, RuntimeValues};
+use crate::model::version::KubeVersion;
+use crate::sources::values::{RuntimeKind, RuntimeValues};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

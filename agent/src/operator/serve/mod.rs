@@ -19,9 +19,9 @@
 pub mod files;
 pub mod store;
 
-use crate::kube::Kube;
-use crate::token::{BootstrapToken, OpenApiToken};
-use crate::validate::Labels;
+use crate::client::kube::Kube;
+use crate::model::token::{BootstrapToken, OpenApiToken};
+use crate::model::validate::Labels;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -215,7 +215,9 @@ impl Service {
         };
         let hash = token_hash(parsed.expose());
         let short = &hash[..12];
-        if !instance.is_empty() && crate::values::check_identifier("instance", &instance).is_err() {
+        if !instance.is_empty()
+            && crate::sources::values::check_identifier("instance", &instance).is_err()
+        {
             return error(400, "invalid instance id");
         }
         let store = Store {
@@ -244,12 +246,12 @@ impl Service {
                 return error(503, "the values service cannot reach the cluster");
             }
         };
-        let secret = crate::tokens::secret_for(
-            &crate::tokens::NewToken {
+        let secret = crate::operator::bootstrap_tokens::secret_for(
+            &crate::operator::bootstrap_tokens::NewToken {
                 token: minted.clone(),
                 ttl: Some(self.cfg.bootstrap_ttl),
                 usages: vec!["signing".into(), "authentication".into()],
-                groups: vec![crate::tokens::DEFAULT_GROUP.into()],
+                groups: vec![crate::operator::bootstrap_tokens::DEFAULT_GROUP.into()],
                 description: Some(format!(
                     "node-attach serve: openapi token {short}, use {}",
                     record.uses.len()
@@ -273,8 +275,8 @@ impl Service {
             parsed.expose()
         );
         let mut values = record.values.clone();
-        values["apiVersion"] = json!(crate::values::schema::API_VERSION);
-        values["kind"] = json!(crate::values::schema::KIND);
+        values["apiVersion"] = json!(crate::sources::values::schema::API_VERSION);
+        values["kind"] = json!(crate::sources::values::schema::KIND);
         values["bootstrapToken"] = json!(minted.expose_full().expose());
         values["callbackURL"] = json!(callback);
         if values["apiServerEndpoints"]
@@ -320,7 +322,7 @@ impl Service {
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
         tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), "node reported");
-        if status != "success" || crate::validate::check_node_name(&node).is_err() {
+        if status != "success" || crate::model::validate::check_node_name(&node).is_err() {
             return reply(
                 200,
                 "application/json",
@@ -461,10 +463,12 @@ pub async fn run(
     listen: SocketAddr,
     tls: rustls::ServerConfig,
 ) -> Result<(), String> {
-    let changes =
-        crate::tokens::ensure_cluster_rbac(&cfg.kube, &[crate::tokens::DEFAULT_GROUP.into()])
-            .await
-            .map_err(|e| e.to_string())?;
+    let changes = crate::operator::bootstrap_tokens::ensure_cluster_rbac(
+        &cfg.kube,
+        &[crate::operator::bootstrap_tokens::DEFAULT_GROUP.into()],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     for c in changes {
         tracing::info!("RBAC: {c}");
     }

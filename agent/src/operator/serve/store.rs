@@ -8,7 +8,7 @@
 //! optimistic concurrency (an update with a stale resourceVersion is retried), so two replicas
 //! never hand out more uses than allowed.
 
-use crate::kube::{Kube, KubeError};
+use crate::client::kube::{Kube, KubeError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};

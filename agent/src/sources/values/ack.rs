@@ -11,8 +11,8 @@ use super::{
     check_callback, check_identifier, check_package_version, invalid, ClusterValues, NodeNameMode,
     RuntimeKind, ValuesError, ValuesFormat,
 };
-use crate::token::BootstrapToken;
-use crate::validate::{parse_ip_list, Endpoint};
+use crate::model::token::BootstrapToken;
+use crate::model::validate::{parse_ip_list, Endpoint};
 use std::collections::BTreeSet;
 
 /// Parses ACK's key=value text.

@@ -9,12 +9,12 @@
 pub mod ack;
 pub mod schema;
 
+use crate::client::http::{retry, Http, HttpError, Request, RetryError, RetryPolicy, Target};
 use crate::error::{Code, Coded};
-use crate::http::{retry, Http, HttpError, Request, RetryError, RetryPolicy, Target};
-use crate::kube_version::KubeVersion;
-use crate::pin::CaPin;
-use crate::token::{BootstrapToken, OpenApiToken};
-use crate::validate::{Endpoint, Labels, SyntaxError, Taint};
+use crate::model::token::{BootstrapToken, OpenApiToken};
+use crate::model::validate::{Endpoint, Labels, SyntaxError, Taint};
+use crate::model::version::KubeVersion;
+use crate::trust::pin::CaPin;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -355,7 +355,7 @@ impl ValuesSource {
             shown.push_str(if public {
                 &value
             } else {
-                crate::secret::REDACTED
+                crate::model::secret::REDACTED
             });
             rest = &rest[close + 1..];
         }

@@ -9,9 +9,9 @@ use super::{
     ClusterValues, KubeletValues, NodeNameMode, RuntimeKind, RuntimeValues, ValuesError,
     ValuesFormat,
 };
-use crate::pin::CaPin;
-use crate::token::BootstrapToken;
-use crate::validate::{check_dns_subdomain, push_taint, Endpoint, Labels, Taint};
+use crate::model::token::BootstrapToken;
+use crate::model::validate::{check_dns_subdomain, push_taint, Endpoint, Labels, Taint};
+use crate::trust::pin::CaPin;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -125,7 +125,7 @@ pub struct KubeletDoc {
 
 /// Parses and validates a JSON values document.
 pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
-    let doc: Document = crate::strict::json(text.as_bytes()).map_err(|e| {
+    let doc: Document = crate::model::strict::json(text.as_bytes()).map_err(|e| {
         invalid(
             "document",
             format!("not a valid {API_VERSION} {KIND} document: {e}"),
@@ -161,17 +161,17 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         );
     }
     if !doc.cluster_dns.is_empty() {
-        v.cluster_dns = crate::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
+        v.cluster_dns =
+            crate::model::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
     }
     if let Some(d) = &doc.cluster_domain {
         check_dns_subdomain("clusterDomain", d)?;
         v.cluster_domain = Some(d.clone());
     }
     if let Some(k) = &doc.kubernetes_version {
-        v.kubernetes_version =
-            Some(k.parse().map_err(|e: crate::kube_version::VersionError| {
-                invalid("kubernetesVersion", e.to_string())
-            })?);
+        v.kubernetes_version = Some(k.parse().map_err(
+            |e: crate::model::version::VersionError| invalid("kubernetesVersion", e.to_string()),
+        )?);
     }
     if let Some(r) = doc.runtime {
         v.runtime = runtime(r)?;
