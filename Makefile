@@ -30,7 +30,7 @@ clippy:
 
 shellcheck:
 	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
-	shellcheck -S warning tests/e2e/run.sh tests/e2e/images/*.sh tests/kubernetes/*.sh tests/cri/*.sh
+	shellcheck -S warning tests/e2e/run.sh tests/e2e/apt-mirror.sh tests/e2e/images/*.sh tests/kubernetes/*.sh tests/cri/*.sh
 
 # The integration tests run the workspace binaries (node-attach, kubelet-standin): build them
 # first. As root, one real Kubernetes control plane (tests/kubernetes/cluster.sh) serves the whole
@@ -87,20 +87,35 @@ serve: static
 deb: static
 	packaging/deb/build.sh $(STATIC_BIN) dist
 
-## The end-to-end test: systemd-nspawn + cloud-init + containerd (root only; CI runs it).
-e2e: build static
+## The end-to-end test: the real Kubernetes 1.20.2 control plane and kubelet, systemd-nspawn guests,
+## cloud-init, containerd and docker (root only, skipped loudly otherwise; CI runs it). The real
+## components come from tests/kubernetes/build.sh (cached; ~20 min cold).
+e2e: static
 	bash tests/e2e/run.sh
+
+## node-attach join next to the real kubeadm join 1.20.2 on the same image and control plane: wall
+## time to Node Ready, the join's CPU time and API requests (audit log), medians of PEER_RUNS runs;
+## target/bench/peers.json and a table (root only, skipped loudly otherwise).
+PEER_RUNS ?= 3
+bench-peers: static
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "######## SKIPPED: bench-peers needs root (systemd-nspawn, network namespaces) ########"; \
+	else \
+	  E2E_PEER_RUNS=$(PEER_RUNS) E2E_PEERS_JSON=$(CURDIR)/target/bench/peers.json bash tests/e2e/run.sh --peers; \
+	fi
 
 ## node-attach's CRI client against a private, real containerd (root only; skipped loudly otherwise).
 cri:
 	@if [ "$$(id -u)" = 0 ]; then bash tests/cri/check.sh; \
 	else echo "######## SKIPPED: the CRI check needs root (a private containerd) ########"; fi
 
-.PHONY: static serve deb e2e shellcheck cri
+.PHONY: static serve deb e2e shellcheck cri bench-peers
 
-## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json.
+## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json;
+## as root, then node-attach next to kubeadm on the real Kubernetes 1.20.2 (bench-peers).
 bench: build static
 	cp $(STATIC_BIN) target/debug/node-attach-static
 	./target/debug/bench --node-attach target/debug/node-attach-static $(BENCH_ARGS)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 .PHONY: bench
