@@ -492,6 +492,269 @@ impl Root {
     }
 }
 
+/// A regular file's digest and metadata, read without holding it in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Lowercase hex SHA-256 of the contents.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner's uid.
+    pub uid: u32,
+    /// Owner's gid.
+    pub gid: u32,
+}
+
+/// What [`Root::digest`] found at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing.
+    Absent,
+    /// A regular file.
+    File(FileDigest),
+    /// Something else (directory, symlink, special file), named.
+    Other(&'static str),
+}
+
+/// Where scratch directories live on the node.
+pub const SCRATCH_PARENT: &str = "/var/tmp";
+const SCRATCH_PREFIX: &str = "node-attach-stage-";
+
+/// A private (0700) scratch directory under the node's `/var/tmp` for downloads that are not
+/// verified yet. It is removed when dropped, with any parent it had to create, so a refused
+/// download leaves nothing behind; one a crash left is removed by the next
+/// [`Root::sweep_scratch`].
+#[derive(Debug)]
+pub struct Scratch {
+    real: PathBuf,
+    made_parents: Vec<PathBuf>,
+}
+
+impl Scratch {
+    /// The directory's real location.
+    pub fn path(&self) -> &Path {
+        &self.real
+    }
+
+    /// Creates a new, empty 0600 file in the directory; returns it and its real path.
+    pub fn create(&self, name: &str) -> Result<(File, PathBuf), FsError> {
+        let clean = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+        if !clean {
+            return Err(FsError::BadPath(name.to_owned()));
+        }
+        let real = self.real.join(name);
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&real)
+            .map_err(io("create", &real))?;
+        Ok((f, real))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.real) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing the scratch directory {}: {e}", self.real.display());
+            }
+        }
+        for p in self.made_parents.iter().rev() {
+            let _ = fs::remove_dir(p);
+        }
+    }
+}
+
+impl Root {
+    /// A new scratch directory (see [`Scratch`]).
+    pub fn scratch(&self) -> Result<Scratch, FsError> {
+        let parent = Path::new(SCRATCH_PARENT);
+        let mut made_parents = Vec::new();
+        fs::create_dir_all(&self.base).map_err(io("create directory", &self.base))?;
+        for p in self.missing_dirs(parent)? {
+            let real = self.resolve(&p)?;
+            fs::create_dir(&real).map_err(io("create directory", &p))?;
+            // As the distribution makes it: sticky and world-writable.
+            let mode = if p == parent { 0o1777 } else { 0o755 };
+            fs::set_permissions(&real, fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", &p))?;
+            made_parents.push(real);
+        }
+        let target = parent.join(format!("{SCRATCH_PREFIX}{}", temp_suffix()));
+        let real = self.resolve(&target)?;
+        let made = fs::create_dir(&real)
+            .and_then(|()| fs::set_permissions(&real, fs::Permissions::from_mode(0o700)));
+        if let Err(e) = made {
+            for p in made_parents.iter().rev() {
+                let _ = fs::remove_dir(p);
+            }
+            return Err(io("create directory", &target)(e));
+        }
+        Ok(Scratch { real, made_parents })
+    }
+
+    /// Removes scratch directories an interrupted run left; returns how many.
+    pub fn sweep_scratch(&self) -> Result<usize, FsError> {
+        let parent = Path::new(SCRATCH_PARENT);
+        let mut removed = 0;
+        for name in self.list_dir(parent)? {
+            let ours = name
+                .strip_prefix(SCRATCH_PREFIX)
+                .is_some_and(is_temp_suffix);
+            if !ours {
+                continue;
+            }
+            let target = parent.join(&name);
+            if self.inspect(&target)? == Existing::Dir {
+                fs::remove_dir_all(self.resolve(&target)?).map_err(io("remove", &target))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The SHA-256 and metadata of a regular file at `target`, streamed (a final symlink is
+    /// reported as [`Found::Other`], never followed).
+    pub fn digest(&self, target: &Path) -> Result<Found, FsError> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let real = self.resolve(target)?;
+        let meta = match fs::symlink_metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Absent),
+            Err(e) => return Err(io("inspect", target)(e)),
+        };
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            return Ok(Found::Other(if ft.is_dir() {
+                "directory"
+            } else if ft.is_symlink() {
+                "symbolic link"
+            } else {
+                "special file"
+            }));
+        }
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&real)
+            .map_err(io("open", target))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io("read", target))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok(Found::File(FileDigest {
+            sha256: hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            size,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+
+    /// Moves a staged, verified file (a real path, normally in a [`Scratch`]) to `target` with
+    /// exactly `mode`: one `rename(2)` when both are on one filesystem, else a copy to a
+    /// temporary file beside the target, fsynced, renamed into place. The parent must exist.
+    pub fn install_staged(&self, staged: &Path, target: &Path, mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        sweep_beside(&real, target)?;
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        fs::set_permissions(staged, fs::Permissions::from_mode(mode))
+            .map_err(io("chmod", staged))?;
+        match fs::rename(staged, &real) {
+            Ok(()) => {
+                sync_dir(dir);
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+            Err(e) => return Err(io("rename", target)(e)),
+        }
+        self.copy_into_place(staged, &real, target, mode)?;
+        let _ = fs::remove_file(staged);
+        Ok(())
+    }
+
+    /// Keeps a copy of the regular file at `from` at `to` (0600 when copied): a hard link
+    /// when both are on one filesystem (the file is about to be replaced by a rename, never
+    /// written in place), else a streamed copy. The parent of `to` must exist.
+    pub fn link_or_copy(&self, from: &Path, to: &Path) -> Result<(), FsError> {
+        let src = self.resolve(from)?;
+        let dst = self.resolve(to)?;
+        match fs::hard_link(&src, &dst) {
+            Ok(()) => {
+                if let Some(dir) = dst.parent() {
+                    sync_dir(dir);
+                }
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                self.copy_into_place(&src, &dst, to, 0o600)
+            }
+            Err(e) => Err(io("link", to)(e)),
+        }
+    }
+
+    /// Copies `src` to a temporary file beside `real` (the resolved `target`), fsyncs it and
+    /// renames it into place.
+    fn copy_into_place(
+        &self,
+        src: &Path,
+        real: &Path,
+        target: &Path,
+        mode: u32,
+    ) -> Result<(), FsError> {
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(".{name}.node-attach-{}", temp_suffix()));
+        let result = (|| {
+            let mut from = OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(src)
+                .map_err(io("open", src))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", target))?;
+            to.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", target))?;
+            std::io::copy(&mut from, &mut to).map_err(io("copy", target))?;
+            to.sync_all().map_err(io("fsync", target))?;
+            fs::rename(&tmp, real).map_err(io("rename", target))?;
+            sync_dir(dir);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
 /// Removes the temporary files of interrupted writes of `real` (already resolved); `target` is
 /// the path as the caller named it, for errors.
 fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
