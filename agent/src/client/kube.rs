@@ -267,9 +267,17 @@ impl Kube {
         let what = format!("{method} {path}");
         crate::client::http::retry(self.retry, &what, |_| async {
             let reply = self.send_once(&method, path, &body, content_type).await?;
-            let value = Kube::decode(path, &reply.body).map_err(|e| match e {
-                KubeError::Decode { path, reason } => KubeError::Truncated { path, reason },
-                other => other,
+            // Only an answer that does not parse may heal on a retry (a body cut short); one
+            // that parses into something refused (a key twice, too deep, too large) is what
+            // the server holds, and fails at once.
+            let value = crate::model::strict::json(&reply.body).map_err(|e| {
+                let (path, reason) = (path.to_owned(), e.to_string());
+                match e {
+                    crate::model::strict::StrictError::Syntax(_) => {
+                        KubeError::Truncated { path, reason }
+                    }
+                    _ => KubeError::Decode { path, reason },
+                }
             })?;
             Ok((value, reply))
         })

@@ -363,6 +363,11 @@ pub async fn join(
     );
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)
         .inspect_err(|_| p.fail())?;
+    let (files, dirs) = preflight::managed_paths(
+        settings.runtime,
+        settings.tls_bootstrap == TlsBootstrapMode::Kubelet,
+    );
+    preflight::managed_paths_usable(root, &files, &dirs).inspect_err(|_| p.fail())?;
     p.end(
         Status::Done,
         &format!("{} checks, {} ignored", checks.len(), warnings.len()),
