@@ -15,6 +15,7 @@
 //! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
 
 pub mod apply;
+pub mod artifacts;
 pub mod cli;
 pub mod client;
 pub mod effects;

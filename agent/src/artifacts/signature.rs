@@ -38,6 +38,15 @@ pub enum SignatureError {
     BadPrivateKey(String),
 }
 
+/// The DER before the seed in ring's PKCS#8 v2 Ed25519 document (its length byte aside).
+const PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The DER before the seed in a PKCS#8 v1 Ed25519 key (RFC 8410 section 10.3).
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// An Ed25519 public key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey([u8; 32]);
@@ -112,8 +121,18 @@ impl SigningKey {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| SignatureError::BadPrivateKey("no randomness".into()))?;
-        let pem = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", pkcs8.as_ref()));
-        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        // ring writes PKCS#8 v2 (RFC 5958, with the public key), which OpenSSL 3.0 cannot
+        // read; the file gets v1 (RFC 8410: the 32-byte seed only), which both read.
+        let v2 = pkcs8.as_ref();
+        if v2.len() < 48 || v2[2..16] != PKCS8_V2_PREFIX[2..] {
+            return Err(SignatureError::BadPrivateKey(
+                "ring made an unexpected PKCS#8 document".into(),
+            ));
+        }
+        let mut v1 = zeroize::Zeroizing::new(PKCS8_V1_PREFIX.to_vec());
+        v1.extend_from_slice(&v2[16..48]);
+        let pem = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", &v1));
+        let key = Ed25519KeyPair::from_pkcs8(v2)
             .map_err(|e| SignatureError::BadPrivateKey(e.to_string()))?;
         Ok((SigningKey(key), pem))
     }
@@ -169,8 +188,8 @@ mod tests {
 
     #[test]
     fn the_rfc_8032_vector_verifies() {
-        let key = PublicKey::parse(&format!("ed25519:{}", STANDARD.encode(unhex(RFC_KEY))))
-            .expect("key");
+        let key =
+            PublicKey::parse(&format!("ed25519:{}", STANDARD.encode(unhex(RFC_KEY)))).expect("key");
         let sig = STANDARD.encode(unhex(RFC_SIG));
         key.verify(&[0x72], sig.as_bytes()).expect("verifies");
         assert!(matches!(
@@ -190,7 +209,10 @@ mod tests {
         public.verify(b"manifest", sig.as_bytes()).expect("ok");
         assert!(public.verify(b"manifest!", sig.as_bytes()).is_err());
         let (other, _) = SigningKey::generate().expect("keygen");
-        assert!(other.public_key().verify(b"manifest", sig.as_bytes()).is_err());
+        assert!(other
+            .public_key()
+            .verify(b"manifest", sig.as_bytes())
+            .is_err());
         assert!(key.public_key().to_spki_pem().contains("MCowBQYDK2VwAyEA"));
     }
 
@@ -204,6 +226,9 @@ mod tests {
         for bad in [&b""[..], b"AAAA", b"not base64!", b"\xff\xfe"] {
             assert_eq!(k.verify(b"x", bad), Err(SignatureError::BadSignature));
         }
-        assert!(SigningKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(SigningKey::from_pem(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! form and exits 2, and so does `join --help` (a userdata script that runs
 //! `attach.sh --help` must not look like a successful join).
 
+pub mod artifacts;
 pub mod common;
 pub mod config;
 pub mod discover;
@@ -58,6 +59,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the version.
     Version(version::VersionArgs),
+    /// Build and sign artifact mirrors (the kubelet, CNI plugins, runtimes, images).
+    Artifacts(artifacts::ArtifactsArgs),
 }
 
 impl Command {
@@ -70,6 +73,7 @@ impl Command {
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
             Command::Version(_) => "version",
+            Command::Artifacts(_) => "artifacts",
         }
     }
 }
@@ -121,6 +125,7 @@ where
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
+            Command::Artifacts(args) => artifacts::run(args, &mut reporter),
         }
     });
     match outcome {

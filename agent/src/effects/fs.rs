@@ -538,7 +538,8 @@ impl Scratch {
         &self.real
     }
 
-    /// Creates a new, empty 0600 file in the directory; returns it and its real path.
+    /// Opens `name` in the directory as a new or emptied 0600 file (never following a
+    /// symlink); returns it and its real path.
     pub fn create(&self, name: &str) -> Result<(File, PathBuf), FsError> {
         let clean = !name.is_empty()
             && !name.starts_with('.')
@@ -551,8 +552,10 @@ impl Scratch {
         let real = self.real.join(name);
         let f = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&real)
             .map_err(io("create", &real))?;
         Ok((f, real))
@@ -563,7 +566,10 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.real) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("removing the scratch directory {}: {e}", self.real.display());
+                tracing::warn!(
+                    "removing the scratch directory {}: {e}",
+                    self.real.display()
+                );
             }
         }
         for p in self.made_parents.iter().rev() {
@@ -712,6 +718,14 @@ impl Root {
             }
             Err(e) => Err(io("link", to)(e)),
         }
+    }
+
+    /// Copies a file from outside the root (a real path the user named) to `target` with
+    /// exactly `mode`, atomically. The parent must exist.
+    pub fn copy_from(&self, src: &Path, target: &Path, mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        sweep_beside(&real, target)?;
+        self.copy_into_place(src, &real, target, mode)
     }
 
     /// Copies `src` to a temporary file beside `real` (the resolved `target`), fsyncs it and
@@ -923,6 +937,72 @@ mod tests {
             .mkdir_all(Path::new("/etc/a/b"), 0o700)
             .expect("again")
             .is_empty());
+    }
+
+    #[test]
+    fn a_scratch_directory_leaves_nothing_and_staged_files_install_atomically() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/usr/bin"), 0o755).expect("usr");
+        let staged = {
+            let scratch = root.scratch().expect("scratch");
+            let (mut f, real) = scratch.create("kubelet").expect("create");
+            f.write_all(b"new kubelet").expect("write");
+            assert!(scratch.create("../escape").is_err());
+            root.write_atomic(Path::new("/usr/bin/kubelet"), b"old", 0o700)
+                .expect("old");
+            root.mkdir_all(Path::new("/var/lib/node-attach/backup"), 0o700)
+                .expect("backup dir");
+            root.link_or_copy(
+                Path::new("/usr/bin/kubelet"),
+                Path::new("/var/lib/node-attach/backup/000001"),
+            )
+            .expect("backup");
+            root.install_staged(&real, Path::new("/usr/bin/kubelet"), 0o755)
+                .expect("install");
+            real
+        };
+        assert!(!staged.exists());
+        let Found::File(d) = root.digest(Path::new("/usr/bin/kubelet")).expect("digest") else {
+            panic!("a file")
+        };
+        assert_eq!(d.size, 11);
+        assert_eq!(d.mode, 0o755);
+        let want: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(b"new kubelet")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(d.sha256, want);
+        assert_eq!(
+            root.read(Path::new("/var/lib/node-attach/backup/000001"))
+                .expect("read"),
+            Some(b"old".to_vec()),
+            "the backup kept the replaced bytes"
+        );
+        // The scratch directory and the /var/tmp it had to make are gone.
+        assert_eq!(root.list_dir(Path::new("/var")).expect("ls"), ["lib"]);
+        assert_eq!(
+            root.digest(Path::new("/usr/bin/none")).expect("absent"),
+            Found::Absent
+        );
+        assert_eq!(
+            root.digest(Path::new("/usr/bin")).expect("dir"),
+            Found::Other("directory")
+        );
+    }
+
+    #[test]
+    fn stale_scratch_directories_are_swept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("var/tmp/node-attach-stage-0123456789ab/x"))
+            .expect("stale");
+        std::fs::create_dir_all(tmp.path().join("var/tmp/other")).expect("foreign");
+        assert_eq!(root.sweep_scratch().expect("sweep"), 1);
+        assert_eq!(root.list_dir(Path::new("/var/tmp")).expect("ls"), ["other"]);
     }
 
     #[test]
