@@ -7,6 +7,7 @@
 //! A step whose target already holds is `unchanged` and not journaled, which makes re-runs
 //! converge without repeating work.
 
+pub mod install;
 pub mod journal;
 pub mod lock;
 pub mod records;
@@ -534,9 +535,9 @@ impl<'a> Applier<'a> {
         }
         let manager = pm.name().to_owned();
         let n = name.to_owned();
-        self.journaled(
+        let added = self.journaled(
             Change::Package {
-                manager,
+                manager: manager.clone(),
                 name: n.clone(),
             },
             |fx| {
@@ -547,6 +548,18 @@ impl<'a> Applier<'a> {
                 Ok(pm.install(&n, version)?)
             },
         )?;
+        if !added.is_empty() {
+            let j = self
+                .journal
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("applying"));
+            let seq = j.begin(Change::PackagesAdded {
+                manager,
+                packages: added.clone(),
+            })?;
+            j.done(seq)?;
+        }
+        let detail = format!("{detail} (added {})", added.join(", "));
         Ok(self.record("package", name, detail, Outcome::Changed))
     }
 
@@ -636,19 +649,9 @@ impl<'a> Applier<'a> {
 mod tests {
     use super::*;
     use crate::effects::fs::Root;
-    use crate::effects::{ReadyCri, RecordingPackages, RecordingSystemd};
 
     fn effects(root: &Path, host: bool) -> Effects {
-        Effects {
-            root: Root::new(root),
-            systemd: Box::new(RecordingSystemd::default()),
-            packages: Some(Box::new(RecordingPackages::default())),
-            cri: Box::new(ReadyCri),
-            containers: Box::new(crate::effects::containers::RecordingContainers::default()),
-            kernel: Box::new(crate::effects::kernel::RecordingKernel::default()),
-            network: Box::new(crate::effects::network::RecordingNetwork::default()),
-            host,
-        }
+        Effects::doubles(Root::new(root), host)
     }
 
     #[test]

@@ -520,16 +520,14 @@ pub enum Found {
 
 /// Where scratch directories live on the node.
 pub const SCRATCH_PARENT: &str = "/var/tmp";
-const SCRATCH_PREFIX: &str = "node-attach-stage-";
+const SCRATCH_PREFIX: &str = ".node-attach-stage-";
 
 /// A private (0700) scratch directory under the node's `/var/tmp` for downloads that are not
-/// verified yet. It is removed when dropped, with any parent it had to create, so a refused
-/// download leaves nothing behind; one a crash left is removed by the next
-/// [`Root::sweep_scratch`].
+/// verified yet. It is removed when dropped, so a refused download leaves nothing behind; one
+/// a crash left is removed by the next [`Root::sweep_scratch`].
 #[derive(Debug)]
 pub struct Scratch {
     real: PathBuf,
-    made_parents: Vec<PathBuf>,
 }
 
 impl Scratch {
@@ -572,45 +570,34 @@ impl Drop for Scratch {
                 );
             }
         }
-        for p in self.made_parents.iter().rev() {
-            let _ = fs::remove_dir(p);
-        }
     }
 }
 
 impl Root {
-    /// A new scratch directory (see [`Scratch`]).
+    /// A new scratch directory (see [`Scratch`]): in the node's `/var/tmp`, or at the top of
+    /// a root that has none (a scratch root in tests), so no directory is made for it.
     pub fn scratch(&self) -> Result<Scratch, FsError> {
-        let parent = Path::new(SCRATCH_PARENT);
-        let mut made_parents = Vec::new();
-        fs::create_dir_all(&self.base).map_err(io("create directory", &self.base))?;
-        for p in self.missing_dirs(parent)? {
-            let real = self.resolve(&p)?;
-            fs::create_dir(&real).map_err(io("create directory", &p))?;
-            // As the distribution makes it: sticky and world-writable.
-            let mode = if p == parent { 0o1777 } else { 0o755 };
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode))
-                .map_err(io("chmod", &p))?;
-            made_parents.push(real);
-        }
+        let parent = self.scratch_parent()?;
         let target = parent.join(format!("{SCRATCH_PREFIX}{}", temp_suffix()));
         let real = self.resolve(&target)?;
-        let made = fs::create_dir(&real)
-            .and_then(|()| fs::set_permissions(&real, fs::Permissions::from_mode(0o700)));
-        if let Err(e) = made {
-            for p in made_parents.iter().rev() {
-                let _ = fs::remove_dir(p);
-            }
-            return Err(io("create directory", &target)(e));
-        }
-        Ok(Scratch { real, made_parents })
+        fs::create_dir(&real)
+            .and_then(|()| fs::set_permissions(&real, fs::Permissions::from_mode(0o700)))
+            .map_err(io("create directory", &target))?;
+        Ok(Scratch { real })
+    }
+
+    fn scratch_parent(&self) -> Result<PathBuf, FsError> {
+        Ok(match self.inspect(Path::new(SCRATCH_PARENT))? {
+            Existing::Dir => PathBuf::from(SCRATCH_PARENT),
+            _ => PathBuf::from("/"),
+        })
     }
 
     /// Removes scratch directories an interrupted run left; returns how many.
     pub fn sweep_scratch(&self) -> Result<usize, FsError> {
-        let parent = Path::new(SCRATCH_PARENT);
+        let parent = self.scratch_parent()?;
         let mut removed = 0;
-        for name in self.list_dir(parent)? {
+        for name in self.list_dir(&parent)? {
             let ours = name
                 .strip_prefix(SCRATCH_PREFIX)
                 .is_some_and(is_temp_suffix);
@@ -982,7 +969,10 @@ mod tests {
             Some(b"old".to_vec()),
             "the backup kept the replaced bytes"
         );
-        // The scratch directory and the /var/tmp it had to make are gone.
+        // The scratch directory is gone (made at the top: this root has no /var/tmp).
+        let mut top = root.list_dir(Path::new("/")).expect("ls");
+        top.sort();
+        assert_eq!(top, ["usr", "var"]);
         assert_eq!(root.list_dir(Path::new("/var")).expect("ls"), ["lib"]);
         assert_eq!(
             root.digest(Path::new("/usr/bin/none")).expect("absent"),
@@ -998,7 +988,7 @@ mod tests {
     fn stale_scratch_directories_are_swept() {
         let tmp = tempfile::tempdir().expect("tmp");
         let root = Root::new(tmp.path());
-        std::fs::create_dir_all(tmp.path().join("var/tmp/node-attach-stage-0123456789ab/x"))
+        std::fs::create_dir_all(tmp.path().join("var/tmp/.node-attach-stage-0123456789ab/x"))
             .expect("stale");
         std::fs::create_dir_all(tmp.path().join("var/tmp/other")).expect("foreign");
         assert_eq!(root.sweep_scratch().expect("sweep"), 1);

@@ -6,6 +6,7 @@
 //! takes, the journal records each change before it is made, and a re-run after an interruption
 //! finishes the job without repeating what was done.
 
+pub mod artifacts;
 pub mod bootstrap;
 pub mod identity;
 pub mod kubelet;
@@ -361,6 +362,7 @@ pub async fn join(
         settings.kubelet.fail_swap_on,
         joined_before,
     );
+    let checks = artifacts::waive_checks(checks, settings);
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)
         .inspect_err(|_| p.fail())?;
     let (files, dirs) = preflight::managed_paths(
@@ -401,7 +403,7 @@ pub async fn join(
     )
     .map_err(|e| Failure::new(Code::Internal, e.to_string()))
     .inspect_err(|_| p.fail())?;
-    let cluster = cluster_checks(settings, effects, &kube, &identity, joined_before)
+    let mut cluster = cluster_checks(settings, effects, &kube, &identity, joined_before)
         .await
         .inspect_err(|_| p.fail())?;
     p.end(
@@ -411,6 +413,8 @@ pub async fn join(
             cluster.version, cluster.config.source
         ),
     );
+
+    let staged = artifacts_phase(&mut p, settings, effects, &mut cluster, &records).await?;
 
     let mut applier = if settings.dry_run {
         Applier::plan(effects)
@@ -426,37 +430,31 @@ pub async fn join(
         .inspect_err(|_| p.fail())?;
     finish(&mut applier, &mut p, "host")?;
 
+    if !staged.is_empty() {
+        p.begin("install");
+        applier.enter("install").map_err(fs_failure)?;
+        artifacts::install(&mut applier, &staged)
+            .map_err(apply_failure(Code::Runtime))
+            .inspect_err(|_| p.fail())?;
+        finish(&mut applier, &mut p, "install")?;
+    }
+
     // runtime
     p.begin("runtime");
     applier.enter("runtime").map_err(fs_failure)?;
-    let package_manager = effects.packages.as_ref().map(|pm| pm.name());
-    let originals = runtime::Originals {
-        containerd: applier
-            .original(Path::new(runtime::CONTAINERD_CONFIG))
-            .map_err(fs_failure)?,
-        docker: applier
-            .original(Path::new(runtime::DOCKER_CONFIG))
-            .map_err(fs_failure)?,
-    };
-    let installed = effects.host.then(runtime::containerd_version);
-    let rt = runtime::plan(
-        settings.runtime,
-        &settings.runtime_values,
-        &cluster.version,
-        &crate::model::compat::pause_image(
+    let inputs = runtime::PhaseInputs {
+        settings,
+        server: &cluster.version,
+        cluster_pause: crate::model::compat::pause_image(
             cluster.config.image_repository.as_deref(),
             &cluster.config.version,
         ),
-        installed,
-        &originals,
-        package_manager,
-    );
+        staged: &staged,
+    };
+    let rt = runtime::phase(&mut applier, &inputs).inspect_err(|_| p.fail())?;
     for notice in &rt.notices {
         p.reporter.notice(notice);
     }
-    runtime::apply(&mut applier, &rt)
-        .map_err(apply_failure(Code::Runtime))
-        .inspect_err(|_| p.fail())?;
     finish(&mut applier, &mut p, "runtime")?;
 
     // kubelet
@@ -603,6 +601,34 @@ pub async fn join(
         .count();
     summary.steps = applier.steps;
     Ok(summary)
+}
+
+/// The `artifacts` phase (only with a mirror or image archives): stages what is missing and
+/// records the kubelet version it will install.
+async fn artifacts_phase(
+    p: &mut Phases<'_>,
+    settings: &Settings,
+    effects: &Effects,
+    cluster: &mut ClusterFacts,
+    records: &[journal::Record],
+) -> Result<artifacts::Staged, Failure> {
+    if settings.artifacts.mirror.is_none() && settings.artifacts.image_archives.is_empty() {
+        return Ok(artifacts::Staged::default());
+    }
+    p.begin("artifacts");
+    let staged = artifacts::stage(
+        settings,
+        effects,
+        Some(&cluster.version),
+        artifacts::journal_has_images(records),
+    )
+    .await
+    .inspect_err(|_| p.fail())?;
+    if let Some(v) = &staged.kubelet_version {
+        cluster.kubelet_version = Some(v.clone());
+    }
+    p.end(Status::Done, &staged.summary);
+    Ok(staged)
 }
 
 fn state_view(s: &JoinSummary) -> crate::apply::records::NodeState {

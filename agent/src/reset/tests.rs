@@ -16,6 +16,7 @@ fn effects(root: &Path, containers: RecordingContainers, network: RecordingNetwo
         containers: Box::new(containers),
         kernel: Box::new(RecordingKernel::default()),
         network: Box::new(network),
+        images: Box::new(crate::effects::images::RecordingImages::default()),
         host: true,
     }
 }

@@ -6,6 +6,7 @@
 //! label of the same key, with a notice). Every conflict or missing input is reported here, with
 //! the flag or field to fix, so a bad command line never leaves a half-configured machine.
 
+use crate::artifacts::signature::PublicKey;
 use crate::cli::join::JoinArgs;
 use crate::client::http::Limits;
 use crate::error::{Code, Failure};
@@ -16,7 +17,7 @@ use crate::model::validate::{
 use crate::model::version::KubeVersion;
 use crate::sources::values::{
     check_identifier, check_package_version, redact_url_path, ClusterValues, KubeletValues,
-    NodeNameMode, RuntimeKind, RuntimeValues,
+    NodeNameMode, RuntimeKind, RuntimeSource, RuntimeValues,
 };
 use crate::trust::pin::PinSet;
 use serde::Serialize;
@@ -66,6 +67,116 @@ mod millis {
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
+}
+
+/// Where the node's artifacts come from, merged from flags and values.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactSettings {
+    /// The mirror, when one is named (its URL and the key its manifest must verify with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
+    /// The kubelet version asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_version: Option<KubeVersion>,
+    /// Import the release's image archives from the mirror.
+    pub air_gap: bool,
+    /// Local image archives to import.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_archives: Vec<PathBuf>,
+    /// Where a missing runtime comes from.
+    pub runtime_source: RuntimeSource,
+}
+
+/// An artifact mirror.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSettings {
+    /// Its base URL.
+    #[serde(serialize_with = "plain_url")]
+    pub url: url::Url,
+    /// The key its manifest must verify with.
+    pub key: PublicKey,
+    /// Extra CA bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Overall deadline.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+fn plain_url<S: serde::Serializer>(u: &url::Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(u.as_str())
+}
+
+/// Merges the artifact flags with the values' `artifacts`: a flag wins.
+fn artifact_settings(
+    a: &crate::cli::join::ArtifactArgs,
+    v: &crate::sources::values::ArtifactValues,
+) -> Result<ArtifactSettings, Failure> {
+    let url = match &a.artifacts_url {
+        Some(u) => Some(
+            crate::artifacts::fetch::check_base(u)
+                .map_err(|e| usage(format!("invalid --artifacts-url: {e}")))?,
+        ),
+        None => v.url.clone(),
+    };
+    let key = match &a.artifacts_key {
+        Some(k) => {
+            Some(PublicKey::parse(k).map_err(|e| usage(format!("invalid --artifacts-key: {e}")))?)
+        }
+        None => v.public_key.clone(),
+    };
+    let kubelet_version = match &a.kubelet_version {
+        Some(k) => Some(
+            k.parse()
+                .map_err(|e: crate::model::version::VersionError| {
+                    usage(format!("invalid --kubelet-version: {e}"))
+                })?,
+        ),
+        None => v.kubelet_version.clone(),
+    };
+    let runtime_source = match &a.runtime_source {
+        Some(r) => RuntimeSource::parse("--runtime-source", r).map_err(syntax)?,
+        None => v.runtime_source.unwrap_or_default(),
+    };
+    let air_gap = a.air_gap || v.air_gap == Some(true);
+    for p in &a.image_archive {
+        if !p.is_absolute() {
+            return Err(usage(format!(
+                "invalid --image-archive {}: expected an absolute path",
+                p.display()
+            )));
+        }
+    }
+    let mirror = match (url, key) {
+        (Some(url), Some(key)) => Some(MirrorSettings {
+            url,
+            key,
+            ca_file: a.artifacts_ca_file.clone(),
+            timeout: a.artifacts_timeout,
+        }),
+        (Some(url), None) => {
+            return Err(usage(format!(
+                "the artifact mirror {url} needs the public key its manifest is signed with: pass --artifacts-key ed25519:<base64> (or set artifacts.publicKey in the values); unsigned mirrors are never used"
+            )))
+        }
+        (None, _) => None,
+    };
+    if mirror.is_none()
+        && (air_gap || runtime_source == RuntimeSource::Mirror || kubelet_version.is_some())
+    {
+        return Err(usage(
+            "--air-gap, --runtime-source mirror and --kubelet-version need an artifact mirror: pass --artifacts-url and --artifacts-key (or set artifacts in the values)",
+        ));
+    }
+    Ok(ArtifactSettings {
+        mirror,
+        kubelet_version,
+        air_gap,
+        image_archives: a.image_archive.clone(),
+        runtime_source,
+    })
 }
 
 /// Everything a join needs, validated.
@@ -132,6 +243,10 @@ pub struct Settings {
     /// Per-request limits.
     #[serde(skip)]
     pub limits: Limits,
+    /// Where missing artifacts come from.
+    pub artifacts: ArtifactSettings,
+    /// Which part of the join to run.
+    pub phase: crate::cli::join::Phase,
     /// Things the user should know (ignored compatibility flags, overridden values…).
     pub notices: Vec<String>,
 }
@@ -400,6 +515,8 @@ impl Settings {
                 node_wait: args.node_wait_timeout,
             },
             limits: args.network.limits(),
+            artifacts: artifact_settings(&args.artifacts, &v.artifacts)?,
+            phase: args.phase,
             notices,
         })
     }

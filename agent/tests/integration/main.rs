@@ -1,6 +1,7 @@
 //! Integration tests: the real `node-attach` binary (and its library) against the test control
 //! plane over real TLS, with the real kubectl and openssl as cross-checks.
 
+mod artifacts;
 mod differential;
 mod discover;
 mod faults;
