@@ -52,8 +52,9 @@ pub struct Needs {
 }
 
 impl Needs {
+    /// Whether the mirror is needed: crictl, optional, comes along but never alone.
     fn any(&self) -> bool {
-        self.kubelet || self.crictl || self.cni || self.runtime || self.images
+        self.kubelet || self.cni || self.runtime || self.images
     }
 }
 

@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod identity;
 pub mod kubelet;
 pub mod preflight;
+pub mod prepare;
 pub mod runtime;
 
 use crate::apply::journal::{self, Journal};
@@ -123,6 +124,9 @@ fn crash_hook(phase: &str) {
 
 /// Runs `node-attach join`.
 pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure> {
+    if args.phase == crate::cli::join::Phase::Prepare {
+        return prepare::run(args, reporter).await;
+    }
     let token = args.token.resolve()?;
     let openapi = args.openapi.resolve()?;
     let in_argv = std::env::args().any(|a| a == "--token" || a.starts_with("--token="));
@@ -306,7 +310,7 @@ pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
     for endpoint in &settings.endpoints {
         let request = DiscoveryRequest {
             endpoint: endpoint.clone(),
-            token: settings.token.clone(),
+            token: settings.bootstrap_token()?.clone(),
             pins: settings.pins.clone(),
             unsafe_skip_ca_verification: settings.unsafe_skip_ca_verification,
             timeout: settings.timeouts.discovery,
@@ -344,7 +348,7 @@ pub async fn join(
     let records = journal::Journal::load(root)
         .map_err(fs_failure)?
         .unwrap_or_default();
-    let joined_before = !records.is_empty();
+    let joined_before = prepare::joined(&records);
 
     p.begin("identity");
     let identity = identity::resolve(settings, &settings.endpoints[0], &identity::hostname())
@@ -394,7 +398,7 @@ pub async fn join(
     );
 
     p.begin("cluster");
-    let token_secret = settings.token.expose_full();
+    let token_secret = settings.bootstrap_token()?.expose_full();
     let kube = Kube::with_token(
         &found.api_server,
         &found.ca_ders,
@@ -907,6 +911,16 @@ fn kubelet_phase(
         )
         .map_err(&fail)?
         .changes();
+    let units = kubelet_units(applier).map_err(&fail)?;
+    Ok(KubeletChanges {
+        units,
+        config: changed || units,
+    })
+}
+
+/// The kubelet's unit (unless a package installed one), kubeadm's drop-in and the reset unit;
+/// returns whether any changed.
+fn kubelet_units(applier: &mut Applier<'_>) -> Result<bool, ApplyError> {
     let root = &applier.effects().root;
     let packaged_unit = kubelet::UNIT_DIRS.iter().any(|d| {
         let p = PathBuf::from(d).join("kubelet.service");
@@ -920,8 +934,7 @@ fn kubelet_phase(
                 0o644,
                 kubelet::UNIT.as_bytes(),
                 false,
-            )
-            .map_err(&fail)?
+            )?
             .changes();
     }
     units |= applier
@@ -930,8 +943,7 @@ fn kubelet_phase(
             0o644,
             kubelet::DROPIN.as_bytes(),
             false,
-        )
-        .map_err(&fail)?
+        )?
         .changes();
     if let Some(exe) = std::env::current_exe()
         .ok()
@@ -944,14 +956,10 @@ fn kubelet_phase(
                 0o644,
                 unit.as_bytes(),
                 false,
-            )
-            .map_err(&fail)?
+            )?
             .changes();
     }
-    Ok(KubeletChanges {
-        units,
-        config: changed || units,
-    })
+    Ok(units)
 }
 
 async fn bootstrap_phase(
@@ -967,7 +975,11 @@ async fn bootstrap_phase(
     let fail = apply_failure(Code::Bootstrap);
     let root = applier.effects().root.clone();
     if settings.tls_bootstrap == TlsBootstrapMode::Kubelet {
-        let cfg = Kubeconfig::bootstrap(cluster_name, info, &settings.token.expose_full());
+        let cfg = Kubeconfig::bootstrap(
+            cluster_name,
+            info,
+            &settings.bootstrap_token()?.expose_full(),
+        );
         applier
             .file(
                 Path::new(bootstrap::BOOTSTRAP_CONF),

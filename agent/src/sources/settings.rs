@@ -189,9 +189,9 @@ pub struct Settings {
     pub dry_run: bool,
     /// API server endpoints for discovery, in order.
     pub endpoints: Vec<Endpoint>,
-    /// Bootstrap token (redacted when printed).
+    /// Bootstrap token (redacted when printed); None only in bake mode (`--phase prepare`).
     #[serde(serialize_with = "redacted")]
-    pub token: BootstrapToken,
+    pub token: Option<BootstrapToken>,
     /// Accepted CA pins.
     #[serde(serialize_with = "pins")]
     pub pins: PinSet,
@@ -251,8 +251,11 @@ pub struct Settings {
     pub notices: Vec<String>,
 }
 
-fn redacted<S: serde::Serializer>(t: &BootstrapToken, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(t)
+fn redacted<S: serde::Serializer>(t: &Option<BootstrapToken>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
 }
 
 fn pins<S: serde::Serializer>(p: &PinSet, s: S) -> Result<S::Ok, S::Error> {
@@ -299,6 +302,13 @@ fn parse_node_ips(text: &str) -> Result<Vec<IpAddr>, Failure> {
 }
 
 impl Settings {
+    /// The bootstrap token (always there outside bake mode).
+    pub fn bootstrap_token(&self) -> Result<&BootstrapToken, Failure> {
+        self.token
+            .as_ref()
+            .ok_or_else(|| usage("no bootstrap token (bake mode joins no cluster)"))
+    }
+
     /// Merges the join flags with the (already validated) cluster values.
     pub fn resolve(
         args: &JoinArgs,
@@ -315,17 +325,18 @@ impl Settings {
             ));
         }
 
-        let token = token_from_flags
-            .or_else(|| v.bootstrap_token.clone())
-            .ok_or_else(|| {
-                usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file")
-            })?;
+        // Bake mode contacts no cluster: it needs no token, endpoint or pin.
+        let prepare = args.phase == crate::cli::join::Phase::Prepare;
+        let token = token_from_flags.or_else(|| v.bootstrap_token.clone());
+        if token.is_none() && !prepare {
+            return Err(usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file"));
+        }
 
         let endpoints = match &args.endpoint {
             Some(e) => vec![Endpoint::parse("--endpoint", e).map_err(syntax)?],
             None => v.api_server_endpoints.clone(),
         };
-        if endpoints.is_empty() {
+        if endpoints.is_empty() && !prepare {
             return Err(usage(
                 "no API server endpoint: pass --endpoint HOST:PORT, or --openapi-token so the control plane provides it",
             ));
@@ -336,7 +347,7 @@ impl Settings {
         } else {
             PinSet::new(args.pins.ca_cert_hashes.iter().cloned())
         };
-        if pins.is_empty() && !args.pins.unsafe_skip_ca_verification {
+        if pins.is_empty() && !args.pins.unsafe_skip_ca_verification && !prepare {
             return Err(Failure::new(
                 Code::DiscoveryNoPins,
                 "refusing to join without a CA pin: neither --discovery-token-ca-cert-hash nor the cluster values give one",
@@ -633,7 +644,7 @@ pub(crate) mod tests {
         }
         // The flag token wins over the values' token.
         let s = Settings::resolve(&args(&[]), token(), Some(&v)).expect("token");
-        assert_eq!(s.token.id(), "abcdef");
+        assert_eq!(s.token.as_ref().map(|t| t.id()), Some("abcdef"));
     }
 
     #[test]

@@ -402,3 +402,89 @@ fn a_mirror_needs_its_key_and_a_dry_run_changes_nothing() {
         .expect_output("/opt/cni/bin/loopback");
     assert_eq!(tree_with_bytes(node.dir.path()), before);
 }
+
+#[test]
+fn bake_mode_prepares_with_no_cluster_and_the_boot_join_only_joins() {
+    let m = Mirror::new();
+    let mut node = Node::new();
+    let before = tree_with_bytes(node.dir.path());
+    let mirror_flags = m.join_args(&node, "baked");
+    let at = mirror_flags
+        .iter()
+        .position(|a| a == "--artifacts-url")
+        .expect("flag");
+    let mut prepare = vec![
+        "join".to_owned(),
+        "--phase".into(),
+        "prepare".into(),
+        "--root".into(),
+        node.root(),
+        "--kubelet-version".into(),
+        "v1.20.2".into(),
+        "--output".into(),
+        "json".into(),
+    ];
+    prepare.extend(mirror_flags[at..].iter().cloned());
+    let requests = m.cp.requests().len();
+    let run = join(&prepare, &[]);
+    run.expect_code(0);
+    let api: Vec<String> = m.cp.requests()[requests..]
+        .iter()
+        .filter(|r| !r.path.starts_with("/files/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(api.is_empty(), "bake mode contacted the cluster: {api:?}");
+    assert_eq!(
+        std::fs::read(node.path("/usr/bin/kubelet")).expect("kubelet"),
+        KUBELET
+    );
+    assert!(node.path("/opt/cni/bin/loopback").exists());
+    assert!(node
+        .path("/etc/systemd/system/kubelet.service.d/10-kubeadm.conf")
+        .exists());
+    assert!(node.path("/etc/containerd/config.toml").exists());
+    assert!(
+        !node.path("/etc/kubernetes/kubelet.conf").exists(),
+        "no credentials baked in"
+    );
+    assert!(
+        !node.path("/var/lib/kubelet/config.yaml").exists(),
+        "no cluster configuration"
+    );
+
+    // The boot-time join: nothing is fetched, nothing prepared changes again.
+    node.kubelet();
+    let requests = m.cp.requests().len();
+    let mut boot = m.join_args(&node, "baked");
+    let at = boot
+        .iter()
+        .position(|a| a == "--docker-version")
+        .expect("flag");
+    boot.drain(at..at + 2);
+    boot.extend(["--output".into(), "json".into()]);
+    let run = join(&boot, &[]);
+    run.expect_code(0);
+    let files: Vec<String> = m.cp.requests()[requests..]
+        .iter()
+        .filter(|r| r.path.starts_with("/files/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(files.is_empty(), "the boot join fetched {files:?}");
+    let steps = run.json_result()["steps"]
+        .as_array()
+        .cloned()
+        .expect("steps");
+    let again: Vec<String> = steps
+        .iter()
+        .filter(|s| ["host", "install", "runtime"].contains(&s["phase"].as_str().unwrap_or("")))
+        .filter(|s| s["outcome"] == "changed")
+        .map(|s| format!("{} {}", s["kind"], s["target"]))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "the boot join redid prepared steps: {again:?}"
+    );
+    assert!(node.path("/etc/kubernetes/kubelet.conf").exists());
+    reset(&node).expect_code(0);
+    assert_eq!(tree_with_bytes(node.dir.path()), before);
+}
