@@ -27,6 +27,19 @@
 #                        restricted label is reported, not self-set, and applied by the service
 #       manual-add.yaml  manual-add.yaml as MIME multi-part (prelude part + cloud-config), the
 #                        token in a 0600 config file
+#       plain            manual-add.sh on a PLAIN guest (the image without kubelet, CNI plugins
+#                        or containerd): the one-liner, with the mirror's key pinned
+#                        (--artifacts-key; its URL comes with the values), installs the real
+#                        kubelet 1.20.2 and Debian's CNI plugins from the run's signed mirror
+#                        (node-attach artifacts publish, served by node-attach serve --files),
+#                        containerd at --runtime-version from the package manager (a flat apt
+#                        repository of Debian's containerd and runc on the same service), and
+#                        imports the pause and pod images from the mirror (--air-gap). Before
+#                        it, the same one-liner against four broken mirrors — a tampered
+#                        kubelet, a signed manifest naming another digest, a signature by
+#                        another key, only a kubelet newer than the API server — must exit 46,
+#                        46, 45 and 47 and install nothing. After reset the guest's installed-
+#                        package list is the image's again.
 #   tests/e2e/run.sh --peers    node-attach join (openapi token) and the real `kubeadm join`
 #                               1.20.2, side by side on the same image and control plane: wall
 #                               time from the join command to Node Ready, the join process's CPU
@@ -39,7 +52,10 @@
 # real kubelet from the file server into /usr/bin/kubelet; a bridge + host-local CNI conflist
 # with a pod subnet of its own inside the cluster's 10.244.0.0/16; the pause and pod images
 # (tests/e2e/images/build.sh, offline) imported into containerd (docker: `docker load` once join
-# has started docker). No registry is reachable, so the pod uses imagePullPolicy Never.
+# has started docker). No registry is reachable, so the pod uses imagePullPolicy Never. The
+# plain form's prelude does none of this but the CA, an apt source and the CNI conflist: join
+# installs the rest. attach.sh checks the binary's Ed25519 signature for every form (the run's
+# key is pinned in it, as make serve does).
 #
 # Workarounds for the real kubelet in nspawn on these machines, all in the image or the nspawn
 # command line, none in node-attach (see /work/shared/notes/real-kubernetes.md):
@@ -154,6 +170,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v bc >/dev/null || need+=(bc)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v etcd >/dev/null || need+=(etcd-server)
+command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 for t in kubectl openssl python3 curl; do command -v "$t" >/dev/null || die "$t is needed"; done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
@@ -700,7 +718,8 @@ SH
 # The guest's installed packages (name, version, status ii), as the prelude recorded them.
 guest_packages() { nsenter -t "$LEADER" -a -- dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\n' | grep ' ii'; }
 packages_as_before() { guest_packages | cmp -s - "$GROOT/var/lib/e2e/packages-before"; }
-containerd_from_apt() { guest_packages | grep -q "^containerd $CONTAINERD_DEB_VERSION ii"; }
+# (grep without -q: with pipefail, a grep that stops reading early fails the pipeline.)
+containerd_from_apt() { guest_packages | grep "^containerd $CONTAINERD_DEB_VERSION ii" >/dev/null; }
 # Nothing of a refused join is on the plain guest: no kubelet, CNI plugins, runtime, journal
 # or scratch directory, and the installed-package list is the image's.
 nothing_installed() {
@@ -718,7 +737,8 @@ plain_joins() {
   check "the plain guest has no kubelet, CNI plugins or containerd" nothing_installed
   for case in tampered:46 digest:46 badsig:45 skew:47; do
     mirror=${case%:*} want=${case#*:}
-    sed -e '1d' "$@" -e "s#@EXTRA_FLAGS@#$flags --artifacts-url $SERVE_URL/files/mirror-$mirror#g" \
+    # (The override comes first: the form's own @EXTRA_FLAGS@ substitution is among "$@".)
+    sed -e '1d' -e "s#@EXTRA_FLAGS@#$flags --artifacts-url $SERVE_URL/files/mirror-$mirror#g" "$@" \
       "$REPO/packaging/userdata/manual-add.sh" > "$RUN/seed/join-$mirror.sh"
     t0=$(date +%s%N)
     rc=0; timeout 180 nsenter -t "$LEADER" -a -- bash /var/lib/cloud/seed/nocloud/join-$mirror.sh > "$RUN/join-$mirror.log" 2>&1 || rc=$?
@@ -932,7 +952,7 @@ run_form() {
     check "containerd $CONTAINERD_DEB_VERSION came from the package manager" containerd_from_apt
     check "the journal records what the install added (containerd and runc)" sh -c "grep -q '\"kind\":\"packages-added\".*\"containerd\".*\"runc\"' '$GROOT/var/lib/node-attach/journal.jsonl'"
     check "the pause and pod images were imported from the mirror" sh -c "nsenter -t $LEADER -a -- ctr -n k8s.io images ls -q | grep -qx '$PAUSE_IMAGE' && nsenter -t $LEADER -a -- ctr -n k8s.io images ls -q | grep -qx '$POD_IMAGE'"
-    check "attach.sh checked the binary's signature" grep -q "signature verified with $SIGNING_PUB" "$GROOT/var/log/node-attach/init.log"
+    check "attach.sh checked the binary's signature" grep -q "signature verified with $SIGNING_PUB" "$RUN/join.log"
   fi
   check "kubelet.conf is 0600" sh -c "[ \$(stat -c %a $GROOT/etc/kubernetes/kubelet.conf) = 600 ]"
   check "the client certificate pair is 0600" sh -c "[ \$(stat -Lc %a $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem 2>/dev/null || stat -c %a $GROOT\$(readlink $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem)) = 600 ]"

@@ -414,10 +414,20 @@ pub fn select<'m>(
             arch: arch.as_str(),
             listed: listed(&mine),
         }),
-        (None, Some(s)) => Err(SelectError::Skew(skew_message(&format!(
-            "none of the mirror's kubelets ({}) may talk to the API server {s}",
-            listed(&mine)
-        )))),
+        (None, Some(s)) => {
+            let newest = mine
+                .iter()
+                .max_by_key(|r| {
+                    let v = r.version();
+                    (v.major, v.minor, v.patch)
+                })
+                .map(|r| skew(r).err().unwrap_or_default())
+                .unwrap_or_default();
+            Err(SelectError::Skew(skew_message(&format!(
+                "none of the mirror's kubelets ({}) may talk to the API server {s} ({newest})",
+                listed(&mine)
+            ))))
+        }
         (None, None) => unreachable!("without a server every release is allowed"),
     }
 }
