@@ -114,6 +114,40 @@ pub enum Change {
     },
 }
 
+/// The bytes `path` held before join first changed it, from these records and their
+/// backups: `Some(None)` when join created it, `None` when the records do not know it.
+pub fn original_of(
+    root: &Root,
+    records: &[Record],
+    path: &Path,
+) -> Result<Option<Option<Vec<u8>>>, JournalError> {
+    let first = records.iter().find_map(|r| match &r.change {
+        Some(Change::File { path: p, prior }) if p == path => Some(prior.clone()),
+        _ => None,
+    });
+    match first {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(prior)) => {
+            let backup = PathBuf::from(BACKUP_DIR).join(&prior.backup);
+            Ok(Some(root.read(&backup)?))
+        }
+    }
+}
+
+/// What `path` held before join: the records' backup when join changed it, the file as it
+/// is otherwise.
+pub fn original_in(
+    root: &Root,
+    records: &[Record],
+    path: &Path,
+) -> Result<Option<Vec<u8>>, JournalError> {
+    match original_of(root, records, path)? {
+        Some(before) => Ok(before),
+        None => Ok(root.read(path)?),
+    }
+}
+
 /// How the journal file ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tail {
@@ -469,18 +503,7 @@ impl Journal {
     /// The bytes `path` held before join first changed it: `Some(None)` when join created it,
     /// `None` when the journal has no record of it.
     pub fn original(&self, path: &Path) -> Result<Option<Option<Vec<u8>>>, JournalError> {
-        let first = self.records.iter().find_map(|r| match &r.change {
-            Some(Change::File { path: p, prior }) if p == path => Some(prior.clone()),
-            _ => None,
-        });
-        match first {
-            None => Ok(None),
-            Some(None) => Ok(Some(None)),
-            Some(Some(prior)) => {
-                let backup = PathBuf::from(BACKUP_DIR).join(&prior.backup);
-                Ok(Some(self.root.read(&backup)?))
-            }
-        }
+        original_of(&self.root, &self.records, path)
     }
 
     /// Whether a unit change of this kind is already recorded.

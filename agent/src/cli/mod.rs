@@ -114,7 +114,7 @@ where
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Join(args) => crate::join::run(*args, &mut reporter).await,
+            Command::Join(args) => join::run(*args, &mut reporter).await,
             Command::Discover(args) => discover::run(args, &mut reporter).await,
             Command::Reset(args) => reset::run(args, &mut reporter).await,
             Command::Status(args) => status::run(args, &mut reporter),

@@ -134,6 +134,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Things the user should know (ignored compatibility flags, overridden values…).
     pub notices: Vec<String>,
+    /// This binary's path, for the reset unit join installs (None: not installed).
+    #[serde(skip)]
+    pub agent_path: Option<PathBuf>,
 }
 
 fn redacted<S: serde::Serializer>(t: &BootstrapToken, s: S) -> Result<S::Ok, S::Error> {
@@ -401,6 +404,7 @@ impl Settings {
             },
             limits: args.network.limits(),
             notices,
+            agent_path: None,
         })
     }
 }

@@ -1,6 +1,9 @@
 //! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
 //! cluster CA, as the bootstrap token or as the node itself.
 
+pub mod objects;
+pub mod paths;
+
 use crate::client::http::{Http, HttpError, Limits, Request, RetryPolicy, Retryable, Target};
 use crate::error::{Code, Failure};
 use crate::model::secret::Secret;
@@ -277,6 +280,27 @@ impl Kube {
         .map_err(crate::client::http::RetryError::into_inner)
     }
 
+    /// GET one object as its typed form; `None` on 404.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, KubeError> {
+        match self.get(path).await? {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| KubeError::Decode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// One Node; `None` when there is none of that name.
+    pub async fn node(&self, name: &str) -> Result<Option<objects::Node>, KubeError> {
+        self.get_as(&paths::node(name)).await
+    }
+
     fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
         crate::model::strict::json(body).map_err(|e| KubeError::Decode {
             path: path.to_owned(),
@@ -324,13 +348,18 @@ impl Kube {
     /// The server's version and its clock (the `Date` header).
     pub async fn version(&self) -> Result<(KubeVersion, Option<SystemTime>), KubeError> {
         let (v, r) = self
-            .call_json(reqwest::Method::GET, "/version", None, JSON)
+            .call_json(reqwest::Method::GET, paths::VERSION, None, JSON)
             .await?;
-        let git = v["gitVersion"].as_str().unwrap_or_default();
-        let version = git.parse::<KubeVersion>().map_err(|e| KubeError::Decode {
-            path: "/version".into(),
-            reason: e.to_string(),
-        })?;
+        let decode = |reason: String| KubeError::Decode {
+            path: paths::VERSION.into(),
+            reason,
+        };
+        let info: objects::Version =
+            serde_json::from_value(v).map_err(|e| decode(e.to_string()))?;
+        let version = info
+            .git_version
+            .parse::<KubeVersion>()
+            .map_err(|e| decode(e.to_string()))?;
         let date = r
             .headers
             .get(reqwest::header::DATE)
@@ -339,14 +368,17 @@ impl Kube {
         Ok((version, date))
     }
 
-    /// Reads a watch stream, calling `on_event` with each event until it returns `Some`, the
-    /// stream ends, or `timeout` passes.
-    pub async fn watch<T>(
+    /// Reads a watch stream of `T`, calling `on_event` with each event until it returns
+    /// `Some`, the stream ends, or `timeout` passes.
+    pub async fn watch<T, R>(
         &self,
         path: &str,
         timeout: Duration,
-        mut on_event: impl FnMut(&str, &Value) -> Option<T>,
-    ) -> Result<Option<T>, KubeError> {
+        mut on_event: impl FnMut(&objects::WatchEvent<T>) -> Option<R>,
+    ) -> Result<Option<R>, KubeError>
+    where
+        T: serde::de::DeserializeOwned + Default,
+    {
         let target = self.target(path);
         let mut response = self
             .http
@@ -356,12 +388,11 @@ impl Kube {
         loop {
             let chunk = match self.http.next_chunk(&target.shown, &mut response).await {
                 Ok(Some(c)) => c,
-                Ok(None) => return Ok(None),
-                Err(HttpError::Timeout { .. }) => return Ok(None),
+                Ok(None) | Err(HttpError::Timeout { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
             buf.extend_from_slice(&chunk);
-            if buf.len() > 4 * 1024 * 1024 {
+            if buf.len() > MAX_WATCH_EVENT {
                 return Err(KubeError::Decode {
                     path: path.into(),
                     reason: "watch event larger than 4 MiB".into(),
@@ -372,12 +403,17 @@ impl Kube {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let event = Kube::decode(path, &line)?;
-                let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                if let Some(out) = on_event(&kind, &event["object"]) {
+                let event = crate::model::strict::json(&line).map_err(|e| KubeError::Decode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                if let Some(out) = on_event(&event) {
                     return Ok(Some(out));
                 }
             }
         }
     }
 }
+
+/// The largest watch event read.
+const MAX_WATCH_EVENT: usize = 4 * 1024 * 1024;
