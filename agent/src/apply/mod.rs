@@ -636,18 +636,11 @@ impl<'a> Applier<'a> {
 mod tests {
     use super::*;
     use crate::effects::fs::Root;
-    use crate::effects::{ReadyCri, RecordingPackages, RecordingSystemd};
 
     fn effects(root: &Path, host: bool) -> Effects {
         Effects {
-            root: Root::new(root),
-            systemd: Box::new(RecordingSystemd::default()),
-            packages: Some(Box::new(RecordingPackages::default())),
-            cri: Box::new(ReadyCri),
-            containers: Box::new(crate::effects::containers::RecordingContainers::default()),
-            kernel: Box::new(crate::effects::kernel::RecordingKernel::default()),
-            network: Box::new(crate::effects::network::RecordingNetwork::default()),
             host,
+            ..Effects::doubles(Root::new(root))
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod fs;
 pub mod kernel;
 pub mod network;
+pub mod probe;
 
 use std::path::Path;
 use std::process::Command;
@@ -496,6 +497,8 @@ pub struct Effects {
     pub kernel: Box<dyn kernel::Kernel>,
     /// iptables, IPVS, interfaces.
     pub network: Box<dyn network::Network>,
+    /// Host facts preflight checks.
+    pub probe: Box<dyn probe::Probe>,
     /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
     pub host: bool,
 }
@@ -512,7 +515,25 @@ impl Effects {
             containers: Box::new(containers::RuntimeContainers),
             kernel: Box::new(kernel::HostKernel),
             network: Box::new(network::HostNetwork),
+            probe: Box::new(probe::HostProbe),
             host,
+        }
+    }
+
+    /// Test doubles for every effect under this root: nothing on the host is touched, each
+    /// double records what it was asked. `host` starts false; tests that exercise host steps
+    /// set it.
+    pub fn doubles(root: fs::Root) -> Effects {
+        Effects {
+            root,
+            systemd: Box::new(RecordingSystemd::default()),
+            packages: Some(Box::new(RecordingPackages::default())),
+            cri: Box::new(ReadyCri),
+            containers: Box::new(containers::RecordingContainers::default()),
+            kernel: Box::new(kernel::RecordingKernel::default()),
+            network: Box::new(network::RecordingNetwork::default()),
+            probe: Box::new(probe::FixedProbe::default()),
+            host: false,
         }
     }
 }

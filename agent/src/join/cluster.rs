@@ -42,7 +42,10 @@ pub async fn check(
             "reading the API server's version",
         )
     })?;
-    let kubelet_version = effects.host.then(preflight::kubelet_version).flatten();
+    let kubelet_version = effects
+        .host
+        .then(|| effects.probe.kubelet_version())
+        .flatten();
     let checks = skew_checks(&version, date, kubelet_version.as_ref());
     for w in preflight::evaluate(&checks, &settings.ignore_preflight_errors)? {
         tracing::warn!("preflight (ignored): {w}");

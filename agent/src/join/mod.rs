@@ -213,14 +213,8 @@ fn local_checks(
     reporter: &mut Reporter,
 ) -> Result<(), Failure> {
     let mut phase = reporter.begin("preflight");
-    let (swap_off, fail_swap_on) = (settings.disable_swap, settings.kubelet.fail_swap_on);
-    let checks = preflight::local(
-        &effects.root,
-        effects.host,
-        swap_off,
-        fail_swap_on,
-        joined_before,
-    );
+    let swap_allowed = settings.disable_swap || settings.kubelet.fail_swap_on == Some(false);
+    let checks = preflight::local(effects, swap_allowed, joined_before);
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
     for w in &warnings {
         phase.notice(&format!("preflight (ignored): {w}"));

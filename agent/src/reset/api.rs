@@ -2,7 +2,8 @@
 //! PodDisruptionBudgets) with an admin's kubeconfig, and the deletion of this node's Node.
 
 use super::{Ctx, Outcome};
-use crate::client::kube::Kube;
+use crate::client::kube::objects::{List, Pod};
+use crate::client::kube::{paths, Kube};
 use crate::effects::fs::Root;
 use crate::error::{Code, Failure};
 use crate::join::bootstrap;
@@ -50,7 +51,7 @@ pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
     };
     let outcome = match client {
         Ok(kube) => kube
-            .delete(&format!("/api/v1/nodes/{name}"))
+            .delete(&paths::node(&name))
             .await
             .map_err(|e| (e.status(), e.to_string())),
         Err(e) => Err((None, e)),
@@ -122,14 +123,9 @@ pub fn own_node_name(root: &Root) -> Option<String> {
 /// until the timeout), then wait until they are gone. A drain that cannot finish stops reset
 /// before anything is removed.
 pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
-    let fail = |m: String| Failure::new(Code::DrainFailed, m);
     let Some(name) = own_node_name(&ctx.fx.root) else {
-        ctx.step(
-            "drain",
-            "node",
-            Outcome::Skipped,
-            "the node's name is unknown (no certificate, no state file)",
-        );
+        let why = "the node's name is unknown (no certificate, no state file)";
+        ctx.step("drain", "node", Outcome::Skipped, why);
         return Ok(());
     };
     if ctx.opts.dry_run {
@@ -145,72 +141,37 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
         request_timeout: Duration::from_secs(15),
         ..crate::client::http::Limits::default()
     };
-    let kube =
-        Kube::from_kubeconfig(admin, limits).map_err(|e| fail(format!("--kubeconfig: {e}")))?;
+    let kube = Kube::from_kubeconfig(admin, limits)
+        .map_err(|e| drain_failed(format!("--kubeconfig: {e}")))?;
     // Evictions answer 429 while a budget protects the pod: the drain loop waits those out
     // itself, so each call is asked once.
     let evictor = Kube::from_kubeconfig(admin, limits)
-        .map_err(|e| fail(format!("--kubeconfig: {e}")))?
+        .map_err(|e| drain_failed(format!("--kubeconfig: {e}")))?
         .with_retry_deadline(Duration::ZERO);
-    kube.merge_patch(
-        &format!("/api/v1/nodes/{name}"),
-        &serde_json::json!({"spec": {"unschedulable": true}}),
-    )
-    .await
-    .map_err(|e| fail(format!("cordoning {name}: {e}")))?;
+    let cordon = serde_json::json!({"spec": {"unschedulable": true}});
+    kube.merge_patch(&paths::node(&name), &cordon)
+        .await
+        .map_err(|e| drain_failed(format!("cordoning {name}: {e}")))?;
     ctx.step("drain", format!("cordon {name}"), Outcome::Done, "");
     // The Eviction's group-version follows the cluster: policy/v1 from 1.22, v1beta1 before.
-    let eviction_version = match kube.version().await {
+    let version = match kube.version().await {
         Ok((v, _)) => crate::model::compat::eviction_version(&v),
-        Err(e) => return Err(fail(format!("reading the API server's version: {e}"))),
+        Err(e) => {
+            return Err(drain_failed(format!(
+                "reading the API server's version: {e}"
+            )))
+        }
     };
     let deadline = std::time::Instant::now() + ctx.opts.drain_timeout;
-    let list_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
     loop {
-        let list = kube
-            .get(&list_path)
-            .await
-            .map_err(|e| fail(format!("listing the pods on {name}: {e}")))?
-            .unwrap_or_default();
-        let pods: Vec<serde_json::Value> = list["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| {
-                let daemon = p["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet"));
-                let mirror = !p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null();
-                !daemon && !mirror
-            })
-            .collect();
+        let pods = pods_to_evict(&kube, &name).await?;
         if pods.is_empty() {
             ctx.step("drain", format!("evict pods of {name}"), Outcome::Done, "");
             return Ok(());
         }
-        let mut blocked = Vec::new();
-        for p in &pods {
-            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
-            let pod = p["metadata"]["name"].as_str().unwrap_or_default();
-            let eviction = serde_json::json!({"apiVersion": eviction_version, "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
-            match evictor
-                .post(
-                    &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
-                    &eviction,
-                )
-                .await
-            {
-                Ok(_) => ctx.step("evict", format!("{ns}/{pod}"), Outcome::Done, ""),
-                Err(e) if e.status() == Some(404) => {}
-                Err(e) if e.status() == Some(429) => blocked.push(format!("{ns}/{pod}")),
-                // Asked again on the next round, within the drain's deadline.
-                Err(e) if e.is_transient() => blocked.push(format!("{ns}/{pod} ({e})")),
-                Err(e) => return Err(fail(format!("evicting {ns}/{pod}: {e}"))),
-            }
-        }
+        let blocked = evict(ctx, &evictor, version, &pods).await?;
         if std::time::Instant::now() >= deadline {
-            return Err(fail(format!(
+            return Err(drain_failed(format!(
                 "the drain of {name} did not finish within {:?}: PodDisruptionBudgets still protect {}; nothing was removed. Rerun with a longer --drain-timeout, or without --drain",
                 ctx.opts.drain_timeout,
                 blocked.join(", ")
@@ -218,6 +179,48 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn drain_failed(m: String) -> Failure {
+    Failure::new(Code::DrainFailed, m)
+}
+
+/// The pods on the node a drain moves (not DaemonSet or mirror pods).
+async fn pods_to_evict(kube: &Kube, node: &str) -> Result<Vec<Pod>, Failure> {
+    let list: List<Pod> = kube
+        .get_as(&paths::pods_on(node))
+        .await
+        .map_err(|e| drain_failed(format!("listing the pods on {node}: {e}")))?
+        .unwrap_or(List { items: Vec::new() });
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| !p.survives_drain())
+        .collect())
+}
+
+/// One round of evictions; returns the pods still protected (or to be asked again).
+async fn evict(
+    ctx: &mut Ctx<'_>,
+    evictor: &Kube,
+    version: &str,
+    pods: &[Pod],
+) -> Result<Vec<String>, Failure> {
+    let mut blocked = Vec::new();
+    for p in pods {
+        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+        let pod = p.metadata.name.as_str();
+        let eviction = serde_json::json!({"apiVersion": version, "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+        match evictor.post(&paths::eviction(ns, pod), &eviction).await {
+            Ok(_) => ctx.step("evict", format!("{ns}/{pod}"), Outcome::Done, ""),
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) if e.status() == Some(429) => blocked.push(format!("{ns}/{pod}")),
+            // Asked again on the next round, within the drain's deadline.
+            Err(e) if e.is_transient() => blocked.push(format!("{ns}/{pod} ({e})")),
+            Err(e) => return Err(drain_failed(format!("evicting {ns}/{pod}: {e}"))),
+        }
+    }
+    Ok(blocked)
 }
 
 fn node_name_of(pair: &[u8]) -> Option<String> {

@@ -3,20 +3,15 @@
 use super::*;
 use crate::effects::containers::RecordingContainers;
 use crate::effects::fs::Root;
-use crate::effects::kernel::RecordingKernel;
 use crate::effects::network::RecordingNetwork;
-use crate::effects::{ReadyCri, RecordingSystemd};
 
 fn effects(root: &Path, containers: RecordingContainers, network: RecordingNetwork) -> Effects {
     Effects {
-        root: Root::new(root),
-        systemd: Box::new(RecordingSystemd::default()),
         packages: None,
-        cri: Box::new(ReadyCri),
         containers: Box::new(containers),
-        kernel: Box::new(RecordingKernel::default()),
         network: Box::new(network),
         host: true,
+        ..Effects::doubles(Root::new(root))
     }
 }
 
