@@ -42,22 +42,17 @@ pub struct ServeArgs {
     pub files: Option<PathBuf>,
 }
 
-/// Admin client, CA pin and API endpoint from a kubeconfig path (or the defaults).
+/// Admin client, CA pin and API endpoint from `--kubeconfig`, else `$KUBECONFIG` (several files
+/// merged as kubectl merges them), else /etc/kubernetes/admin.conf.
 pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Failure> {
-    let path = path
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
+    let admin = crate::client::kube::kubeconfig::load(path.as_deref())
+        .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?;
+    tracing::info!("admin kubeconfig: {}", admin.describe());
     // A node waits on each answer: the service retries the cluster briefly, then says so.
-    let kube = Kube::from_kubeconfig(&text, crate::client::http::Limits::default())
-        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?
+    let kube = Kube::from_admin(&admin, crate::client::http::Limits::default())
+        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?
         .with_retry_deadline(std::time::Duration::from_secs(5));
-    let info = crate::model::kubeconfig::Kubeconfig::parse(&text)
-        .and_then(|k| k.current_cluster())
-        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
-    let pin = crate::trust::pin::certificates_from_pem(&info.ca_pem)
+    let pin = crate::trust::pin::certificates_from_pem(&admin.ca_pem)
         .ok()
         .and_then(|c| {
             c.first()
@@ -65,11 +60,7 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
         })
         .map(|p| p.to_string())
         .ok_or_else(|| Failure::new(Code::Usage, "the kubeconfig's CA is unreadable"))?;
-    let endpoint = info
-        .server
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
+    let endpoint = admin.server.trim_start_matches("https://").to_owned();
     Ok((kube, pin, endpoint))
 }
 

@@ -48,9 +48,9 @@ pub struct ResetOptions {
     pub skip: Vec<String>,
     /// Drain the node first (with [`ResetOptions::admin_kubeconfig`]).
     pub drain: bool,
-    /// An admin kubeconfig's text: drains, and deletes the Node (a node may not delete its
+    /// An admin kubeconfig, read: drains, and deletes the Node (a node may not delete its
     /// own Node object on a real cluster: the Node authorizer grants nodes no delete).
-    pub admin_kubeconfig: Option<String>,
+    pub admin_kubeconfig: Option<crate::client::kube::kubeconfig::AdminKubeconfig>,
     /// How long the drain may take.
     pub drain_timeout: Duration,
     /// Without a journal, clean the documented Kubernetes paths anyway (a node joined by other

@@ -5,6 +5,7 @@ mod differential;
 mod discover;
 mod faults;
 mod join;
+mod kubeconfigs;
 mod kubectl;
 mod metadata;
 mod operator;
