@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// listing, no symlinks followed): attach.sh, the binary and its .sha256.
     #[arg(long, value_name = "DIR")]
     pub files: Option<PathBuf>,
+    /// Keep the Node of a node whose reset reports its removal (by default the service deletes
+    /// it when the report is authenticated with that node's client certificate).
+    #[arg(long)]
+    pub keep_removed_nodes: bool,
 }
 
 /// Admin client, CA pin and API endpoint from `--kubeconfig`, else `$KUBECONFIG` (several files
@@ -64,6 +68,25 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
     Ok((kube, pin, endpoint))
 }
 
+/// Client certificates are verified (and optional) when removed nodes are deleted; without the
+/// API server's client CAs, reports cannot be authenticated and no Node is deleted.
+async fn client_verifier(
+    kube: &Kube,
+    keep_removed_nodes: bool,
+) -> std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier> {
+    let none = || rustls::server::WebPkiClientVerifier::no_client_auth();
+    if keep_removed_nodes {
+        return none();
+    }
+    match serve::identity::client_verifier(kube).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("removed nodes cannot be deleted: {e}");
+            none()
+        }
+    }
+}
+
 /// Runs the service.
 pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failure> {
     let (kube, ca_pin, endpoint) = admin_client(&args.kubeconfig)?;
@@ -78,7 +101,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| usage(e.to_string()))?
-    .with_no_client_auth()
+    .with_client_cert_verifier(client_verifier(&kube, args.keep_removed_nodes).await)
     .with_single_cert(chain, key)
     .map_err(|e| usage(format!("the TLS certificate or key: {e}")))?;
     if !args.public_url.starts_with("https://") {
@@ -99,6 +122,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
         bootstrap_ttl: args.bootstrap_ttl,
         rate_per_minute: args.rate_per_minute,
         files,
+        delete_removed_nodes: !args.keep_removed_nodes,
     };
     serve::run(cfg, args.listen, tls)
         .await

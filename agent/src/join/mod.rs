@@ -522,7 +522,7 @@ pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, 
         }
     };
     let ca = settings.values_ca_file.as_deref();
-    crate::client::callback::post_callback(url, ca, settings.limits, &body).await;
+    crate::client::callback::post_callback(url, ca, None, settings.limits, &body).await;
 }
 
 /// The text a person reads at the end.

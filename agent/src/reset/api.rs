@@ -2,39 +2,79 @@
 //! PodDisruptionBudgets) with an admin's kubeconfig, and the deletion of this node's Node.
 
 use super::{Ctx, Outcome};
+use crate::apply::records::CallbackRecord;
 use crate::client::kube::objects::{List, Pod};
 use crate::client::kube::{paths, Kube};
 use crate::effects::fs::Root;
 use crate::error::{Code, Failure};
 use crate::join::bootstrap;
 use crate::model::kubeconfig::Kubeconfig;
+use crate::trust::tls::ClientIdentity;
 use std::path::Path;
 use std::time::Duration;
 
-/// Deletes this node's Node object: with the admin kubeconfig when given, else with the
-/// node's own credentials, which a real API server refuses (its Node authorizer grants nodes
-/// create, get, update and patch on Nodes, never delete: `plugin/pkg/auth/authorizer/rbac/
-/// bootstrappolicy` `NodeRules`); that refusal is a failed step saying what to do.
-pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
+/// How this node's Node object is deleted.
+pub enum Deletion {
+    /// Settled now (deleted, absent, refused or skipped): the summary for the report.
+    Settled(String),
+    /// The values service deletes it when reset's last report, authenticated with the node's
+    /// client certificate (read now: cleanup removes the file), reaches it.
+    ByService {
+        /// The Node's name.
+        name: String,
+        /// The kubelet's client pair.
+        identity: ClientIdentity,
+        /// Where join reported.
+        callback: CallbackRecord,
+    },
+}
+
+/// Deletes this node's Node object, or says who will. With the admin kubeconfig when given;
+/// else through the values service join reported to (`callback`), which deletes the Node of
+/// a node proving its identity with its client certificate; else with the node's own
+/// credentials, which a real API server refuses (its Node authorizer grants nodes create,
+/// get, update and patch on Nodes, never delete: `plugin/pkg/auth/authorizer/rbac/
+/// bootstrappolicy` `NodeRules`), a failed step saying what to do.
+pub async fn delete_node(ctx: &mut Ctx<'_>, callback: Option<&CallbackRecord>) -> Deletion {
     let Some(name) = own_node_name(&ctx.fx.root) else {
-        ctx.step(
-            "api",
-            "DELETE node",
-            Outcome::Skipped,
-            "the node's name is unknown (no certificate, no state file)",
-        );
-        return "skipped: the node's name is unknown".into();
+        let why = "the node's name is unknown (no certificate, no state file)";
+        ctx.step("api", "DELETE node", Outcome::Skipped, why);
+        return Deletion::Settled("skipped: the node's name is unknown".into());
     };
-    let target = format!("DELETE /api/v1/nodes/{name}");
+    let identity = match (&ctx.opts.admin_kubeconfig, callback) {
+        (None, Some(cb)) => node_identity(&ctx.fx.root).map(|id| (id, cb.clone())),
+        _ => None,
+    };
     if ctx.opts.dry_run {
-        let how = if ctx.opts.admin_kubeconfig.is_some() {
-            "with the admin kubeconfig"
-        } else {
-            "as the node itself"
+        let (target, how) = match (&ctx.opts.admin_kubeconfig, &identity) {
+            (None, Some(_)) => (by_service(&name), "on reset's report"),
+            (Some(_), _) => (direct(&name), "with the admin kubeconfig"),
+            (None, None) => (direct(&name), "as the node itself"),
         };
         ctx.step("api", target, Outcome::WouldDo, how);
-        return format!("would delete {name}");
+        return Deletion::Settled(format!("would delete {name}"));
     }
+    if let Some((identity, callback)) = identity {
+        return Deletion::ByService {
+            name,
+            identity,
+            callback,
+        };
+    }
+    Deletion::Settled(delete_directly(ctx, &name).await)
+}
+
+fn direct(name: &str) -> String {
+    format!("DELETE /api/v1/nodes/{name}")
+}
+
+fn by_service(name: &str) -> String {
+    format!("DELETE node {name} (by the values service)")
+}
+
+/// `DELETE` the Node with the admin kubeconfig, or as the node itself.
+async fn delete_directly(ctx: &mut Ctx<'_>, name: &str) -> String {
+    let target = direct(name);
     let limits = crate::client::http::Limits {
         request_timeout: Duration::from_secs(10),
         ..crate::client::http::Limits::default()
@@ -51,7 +91,7 @@ pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
     };
     let outcome = match client {
         Ok(kube) => kube
-            .delete(&paths::node(&name))
+            .delete(&paths::node(name))
             .await
             .map_err(|e| (e.status(), e.to_string())),
         Err(e) => Err((None, e)),
@@ -66,19 +106,69 @@ pub async fn delete_node(ctx: &mut Ctx<'_>) -> String {
             format!("{name} was already absent")
         }
         Err((Some(403), e)) => {
-            ctx.step("api", target, Outcome::Failed, format!("{e}. A node may not delete its own Node object on a real cluster: pass --kubeconfig with an admin's kubeconfig, or delete it from the control plane (kubectl delete node {name})"));
+            ctx.step("api", target, Outcome::Failed, format!("{e}. A node may not delete its own Node object on a real cluster: pass --kubeconfig with an admin's kubeconfig, join through a values service (node-attach serve deletes the Node on reset's report), or delete it from the control plane (kubectl delete node {name})"));
             format!("not deleted: the API server refused ({name} stays until the control plane deletes it)")
         }
         Err((_, e)) => {
-            ctx.step(
-                "api",
-                target,
-                Outcome::Skipped,
-                format!("API server unreachable or refused: {e}"),
-            );
+            let detail = format!("API server unreachable or refused: {e}");
+            ctx.step("api", target, Outcome::Skipped, detail);
             format!("skipped: {e}")
         }
     }
+}
+
+/// Sends reset's last report to the values service with the node's client certificate and
+/// records whether the service deleted the Node.
+pub async fn delete_through_service(
+    ctx: &mut Ctx<'_>,
+    callback: &CallbackRecord,
+    name: &str,
+    identity: &ClientIdentity,
+) -> String {
+    let target = by_service(name);
+    let answer = super::report(callback, name, ctx.problems(), Some(identity)).await;
+    let said = |key: &str| {
+        answer
+            .as_ref()
+            .and_then(|a| a[key].as_str())
+            .map(str::to_owned)
+    };
+    let manual = format!("delete it from the control plane (kubectl delete node {name})");
+    match said("node").as_deref() {
+        Some("deleted") => {
+            ctx.step(
+                "api",
+                target,
+                Outcome::Done,
+                "the values service deleted it",
+            );
+            format!("deleted {name} (by the values service)")
+        }
+        Some("absent") => {
+            ctx.step("api", target, Outcome::Done, "already absent");
+            format!("{name} was already absent")
+        }
+        Some(_) => {
+            let reason = said("reason").unwrap_or_else(|| "no reason given".into());
+            let detail = format!("the values service refused: {reason}; {manual}");
+            ctx.step("api", target, Outcome::Failed, detail);
+            format!("not deleted: the values service refused ({reason})")
+        }
+        None => {
+            let detail = format!("the values service did not confirm a deletion; {manual}");
+            ctx.step("api", target, Outcome::Failed, detail);
+            "not deleted: no answer from the values service".to_owned()
+        }
+    }
+}
+
+/// The kubelet's current client pair, for authenticating reset's report.
+fn node_identity(root: &Root) -> Option<ClientIdentity> {
+    let pair = root
+        .read_following(Path::new(bootstrap::CURRENT))
+        .ok()
+        .flatten()?;
+    ClientIdentity::from_pem(&pair).ok()
 }
 
 /// A client authenticating as the node (kubelet.conf's cluster, the current client pair).

@@ -25,6 +25,7 @@ use crate::apply::journal::{self, Journal, JournalError, Record};
 use crate::apply::records::{self, CallbackRecord};
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
+use crate::trust::tls::ClientIdentity;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -261,10 +262,12 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
     if let (true, Some(admin)) = (opts.drain, &opts.admin_kubeconfig) {
         api::drain(&mut ctx, admin).await?;
     }
-    let node = if opts.delete_node {
-        api::delete_node(&mut ctx).await
+    // Read now: cleanup removes the certificate and the state file it comes from.
+    let name = api::own_node_name(root);
+    let deletion = if opts.delete_node {
+        api::delete_node(&mut ctx, callback.as_ref()).await
     } else {
-        "not asked (--delete-node)".to_owned()
+        api::Deletion::Settled("not asked (--delete-node)".to_owned())
     };
     let keep = replay::keep(root, records.as_deref().unwrap_or_default());
     if journal_state == JournalState::Missing && !opts.clean_without_journal {
@@ -290,10 +293,21 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
             ctx.step("journal", journal::JOURNAL_FILE, Outcome::Skipped, detail);
         }
     }
+    let node = match deletion {
+        api::Deletion::ByService {
+            name,
+            identity,
+            callback,
+        } => api::delete_through_service(&mut ctx, &callback, &name, &identity).await,
+        api::Deletion::Settled(summary) => {
+            if let (Some(cb), false) = (&callback, opts.dry_run) {
+                let name = name.as_deref().unwrap_or_default();
+                report(cb, name, ctx.problems(), None).await;
+            }
+            summary
+        }
+    };
     let problems = ctx.problems();
-    if let (Some(cb), false) = (&callback, opts.dry_run) {
-        report(cb, &node, problems).await;
-    }
     Ok(ResetReport {
         journal: journal_state,
         node,
@@ -303,17 +317,22 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
     })
 }
 
-/// Tells the callback join recorded how the removal went.
-async fn report(cb: &CallbackRecord, node: &str, problems: usize) {
-    let Ok(url) = url::Url::parse(&cb.url) else {
-        return;
-    };
+/// Tells the callback join recorded how the removal went; with the node's client certificate,
+/// it asks the values service to delete the Node too. Returns the service's answer.
+async fn report(
+    cb: &CallbackRecord,
+    node: &str,
+    problems: usize,
+    identity: Option<&ClientIdentity>,
+) -> Option<serde_json::Value> {
+    let url = url::Url::parse(&cb.url).ok()?;
     let body = serde_json::json!({
         "status": if problems == 0 { "removed" } else { "reset-incomplete" },
-        "node": node, "problems": problems,
+        "node": node, "problems": problems, "delete_node": identity.is_some(),
     });
     let limits = crate::client::http::Limits::default();
-    crate::client::callback::post_callback(&url, cb.ca_file.as_deref(), limits, &body).await;
+    let ca = cb.ca_file.as_deref();
+    crate::client::callback::post_callback(&url, ca, identity, limits, &body).await
 }
 
 #[cfg(test)]

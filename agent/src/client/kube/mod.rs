@@ -10,7 +10,7 @@ use crate::error::{Code, Failure};
 use crate::model::secret::Secret;
 use crate::model::version::KubeVersion;
 use crate::trust::tls;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
@@ -153,13 +153,9 @@ impl Kube {
         cert_and_key_pem: &[u8],
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        use rustls::pki_types::pem::PemObject;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_and_key_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| KubeError::Setup(format!("client certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(cert_and_key_pem)
-            .map_err(|e| KubeError::Setup(format!("client key: {e}")))?;
-        let config = tls::trusting_only_with_identity(ca_ders, chain, key)
+        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem)
+            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let config = tls::trusting_only_with_identity(ca_ders, &identity)
             .map_err(|e| KubeError::Setup(e.to_string()))?;
         Kube::build(server, config, None, limits)
     }

@@ -17,6 +17,7 @@
 //! the static binary and its digest, over the same HTTPS listener.
 
 pub mod files;
+pub mod identity;
 pub mod store;
 
 use crate::client::kube::Kube;
@@ -52,6 +53,9 @@ pub struct ServeConfig {
     pub rate_per_minute: u32,
     /// The directory served read-only at `/files/...`, if any.
     pub files: Option<files::Files>,
+    /// Delete the Node of a node whose reset reports its removal, authenticated with its
+    /// client certificate (nodes may not delete their own Node).
+    pub delete_removed_nodes: bool,
 }
 
 /// A response body: a small buffer, or a file streamed from disk.
@@ -119,7 +123,12 @@ fn now() -> i64 {
 }
 
 impl Service {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        caller: Option<&str>,
+    ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         if !self.limiter.allow(peer.ip()) {
@@ -147,7 +156,7 @@ impl Service {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return error(413, "body too large"),
                 };
-                self.callback(token, &body, peer).await
+                self.callback(token, &body, peer, caller).await
             }
             ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
             (method, ["files", ..]) => self.file(method, &path, peer).await,
@@ -313,48 +322,98 @@ impl Service {
         reply(200, "application/json", values.to_string())
     }
 
-    async fn callback(&self, token: String, body: &[u8], peer: SocketAddr) -> Response<Body> {
+    /// `POST /v1/callback/{token}`: join's report (restricted labels applied once the node
+    /// is proven to have joined through this token) and reset's (the Node deleted, when the
+    /// report is authenticated with the node's own client certificate).
+    async fn callback(
+        &self,
+        token: String,
+        body: &[u8],
+        peer: SocketAddr,
+        caller: Option<&str>,
+    ) -> Response<Body> {
         let Ok(parsed) = token.parse::<OpenApiToken>() else {
             return error(404, "unknown openapi token");
         };
         let short = token_hash(parsed.expose())[..12].to_owned();
-        let report: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let report: Value = crate::model::strict::json(body).unwrap_or(Value::Null);
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
-        tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), "node reported");
-        if status != "success" || crate::model::validate::check_node_name(&node).is_err() {
-            return reply(
-                200,
-                "application/json",
-                json!({"recorded": true}).to_string(),
-            );
-        }
+        tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), authenticated = caller.is_some(), "node reported");
         let store = Store {
             kube: &self.cfg.kube,
             namespace: self.cfg.namespace.clone(),
         };
+        let valid_name = crate::model::validate::check_node_name(&node).is_ok();
+        let answer = match status.as_str() {
+            "success" if valid_name => {
+                let provider_id = report["provider_id"].as_str();
+                self.joined(&store, parsed.expose(), &node, provider_id)
+                    .await
+            }
+            "removed" | "reset-incomplete" if valid_name && report["delete_node"] == true => {
+                let removal = self.remove_node(&store, parsed.expose(), &node, caller);
+                removal.await
+            }
+            _ => json!({"recorded": true}),
+        };
+        reply(200, "application/json", answer.to_string())
+    }
+
+    /// Join succeeded: applies the restricted labels and remembers the node for this use.
+    async fn joined(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+        provider_id: Option<&str>,
+    ) -> Value {
+        match self.apply_labels(store, token, node, provider_id).await {
+            Ok(applied) => json!({"recorded": true, "labels_applied": applied}),
+            Err(e) => {
+                tracing::warn!(node = %node, "restricted labels not applied: {e}");
+                json!({"recorded": true, "labels_applied": false, "reason": e})
+            }
+        }
+    }
+
+    /// Reset's report: deletes `node`'s Node if the caller proved to be that node (its client
+    /// certificate, verified against the API server's client CAs) and the node joined through
+    /// this openapi token.
+    async fn remove_node(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+        caller: Option<&str>,
+    ) -> Value {
+        let refused = |reason: &str| {
+            tracing::warn!(node = %node, "Node not deleted: {reason}");
+            json!({"recorded": true, "node": "refused", "reason": reason})
+        };
+        if !self.cfg.delete_removed_nodes {
+            return refused("this values service keeps removed nodes (--keep-removed-nodes)");
+        }
+        if caller != Some(node) {
+            return refused("the report is not authenticated with this node's client certificate");
+        }
+        match store.load(token).await {
+            Ok((record, _)) if record.uses.iter().any(|u| u.node.as_deref() == Some(node)) => {}
+            Ok(_) => return refused("this node did not join through this openapi token"),
+            Err(e) => return refused(&format!("the token's record: {e}")),
+        }
         match self
-            .apply_labels(
-                &store,
-                parsed.expose(),
-                &node,
-                report["provider_id"].as_str(),
-            )
+            .cfg
+            .kube
+            .delete(&crate::client::kube::paths::node(node))
             .await
         {
-            Ok(applied) => reply(
-                200,
-                "application/json",
-                json!({"recorded": true, "labels_applied": applied}).to_string(),
-            ),
-            Err(e) => {
-                tracing::warn!(token = %short, node = %node, "restricted labels not applied: {e}");
-                reply(
-                    200,
-                    "application/json",
-                    json!({"recorded": true, "labels_applied": false, "reason": e}).to_string(),
-                )
+            Ok(true) => {
+                tracing::info!(node = %node, "deleted the Node of a removed node");
+                json!({"recorded": true, "node": "deleted"})
             }
+            Ok(false) => json!({"recorded": true, "node": "absent"}),
+            Err(e) => refused(&format!("the API server refused: {e}")),
         }
     }
 
@@ -367,7 +426,7 @@ impl Service {
         node: &str,
         provider_id: Option<&str>,
     ) -> Result<bool, String> {
-        let (mut record, rv) = store.load(token).await.map_err(|e| e.to_string())?;
+        let (record, _) = store.load(token).await.map_err(|e| e.to_string())?;
         let labels = Labels(
             record.values["labels"]
                 .as_object()
@@ -427,10 +486,10 @@ impl Service {
             .unwrap_or_default()
             .trim_start_matches("system:bootstrap:")
             .to_owned();
-        if let Some(u) = record.uses.iter_mut().find(|u| u.bootstrap_id == requester) {
-            u.node = Some(node.to_owned());
-        }
-        let _ = store.update(&record, &rv).await;
+        store
+            .record_node(token, &requester, node)
+            .await
+            .map_err(|e| format!("recording the node: {e}"))?;
         Ok(!restricted.is_empty())
     }
 }
@@ -502,10 +561,20 @@ pub async fn run(
             else {
                 return;
             };
+            let caller: Option<Arc<str>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity::node_of)
+                .map(Arc::from);
             let io = hyper_util::rt::TokioIo::new(tls);
             let svc = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
+                let (service, caller) = (service.clone(), caller.clone());
+                async move {
+                    let answer = service.handle(req, peer, caller.as_deref()).await;
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

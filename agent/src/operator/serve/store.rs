@@ -189,4 +189,34 @@ impl Store<'_> {
             "too many concurrent updates of one token".into(),
         )))
     }
+
+    /// Remembers which node the use that minted `bootstrap_id` became. Retries on concurrent
+    /// updates.
+    pub async fn record_node(
+        &self,
+        token: &str,
+        bootstrap_id: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        for _ in 0..10 {
+            let (mut record, rv) = self.load(token).await?;
+            let Some(found) = record
+                .uses
+                .iter_mut()
+                .find(|u| u.bootstrap_id == bootstrap_id)
+            else {
+                return Ok(());
+            };
+            if found.node.as_deref() == Some(node) {
+                return Ok(());
+            }
+            found.node = Some(node.to_owned());
+            if self.update(&record, &rv).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Api(KubeError::Setup(
+            "too many concurrent updates of one token".into(),
+        )))
+    }
 }
