@@ -13,6 +13,7 @@ mod real;
 mod real_cluster;
 mod reset;
 mod serve;
+mod shell;
 mod support;
 mod trust;
 mod units;
