@@ -8,6 +8,7 @@ mod join;
 mod kubeconfigs;
 mod kubectl;
 mod metadata;
+mod metrics;
 mod operator;
 mod real;
 mod real_cluster;

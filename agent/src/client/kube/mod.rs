@@ -377,6 +377,24 @@ impl Kube {
         }
     }
 
+    /// Whether the API server answers now: one `GET /version`, not retried, within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> Result<KubeVersion, KubeError> {
+        let path = paths::VERSION;
+        let once = self.send_once(&reqwest::Method::GET, path, &None, JSON);
+        let reply = tokio::time::timeout(timeout, once)
+            .await
+            .map_err(|_| KubeError::Setup(format!("GET {path}: no answer within {timeout:?}")))??;
+        let v: Value = Kube::decode(path, &reply.body)?;
+        v["gitVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<KubeVersion>()
+            .map_err(|e| KubeError::Decode {
+                path: path.into(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The server's version and its clock (the `Date` header).
     pub async fn version(&self) -> Result<(KubeVersion, Option<SystemTime>), KubeError> {
         let (v, r) = self

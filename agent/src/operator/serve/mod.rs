@@ -18,6 +18,7 @@
 
 pub mod files;
 pub mod identity;
+pub mod metrics;
 pub mod store;
 
 use crate::client::kube::Kube;
@@ -94,6 +95,7 @@ impl Limiter {
 struct Service {
     cfg: ServeConfig,
     limiter: Limiter,
+    metrics: metrics::Metrics,
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -158,7 +160,6 @@ impl Service {
                 };
                 self.callback(token, &body, peer, caller).await
             }
-            ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
             (method, ["files", ..]) => self.file(method, &path, peer).await,
             _ => error(404, "not found"),
         }
@@ -242,6 +243,11 @@ impl Service {
         {
             Ok(r) => r,
             Err(e @ (StoreError::Unknown | StoreError::Expired | StoreError::UsedUp)) => {
+                self.metrics.token_use(match e {
+                    StoreError::Unknown => metrics::Use::Unknown,
+                    StoreError::Expired => metrics::Use::Expired,
+                    _ => metrics::Use::UsedUp,
+                });
                 tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
                 let status = if matches!(e, StoreError::Unknown) {
                     404
@@ -251,6 +257,7 @@ impl Service {
                 return error(status, &e.to_string());
             }
             Err(e) => {
+                self.metrics.token_use(metrics::Use::Failed);
                 tracing::warn!(token = short, "openapi token lookup failed: {e}");
                 return error(503, "the values service cannot reach the cluster");
             }
@@ -274,9 +281,15 @@ impl Service {
             .post("/api/v1/namespaces/kube-system/secrets", &secret)
             .await
         {
+            self.metrics.mint_failure();
+            self.metrics.token_use(metrics::Use::Failed);
             tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
+            if let Err(e) = store.give_back(parsed.expose(), minted.id()).await {
+                tracing::warn!(token = short, "the use stays counted: {e}");
+            }
             return error(503, "the values service cannot reach the cluster");
         }
+        self.metrics.token_use(metrics::Use::Served);
         tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), uses_left = record.uses_left, "openapi token used");
         let callback = format!(
             "{}/v1/callback/{}",
@@ -339,6 +352,8 @@ impl Service {
         let report: Value = crate::model::strict::json(body).unwrap_or(Value::Null);
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
+        self.metrics
+            .callback(&status, report["code"].as_str().unwrap_or_default());
         tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), authenticated = caller.is_some(), "node reported");
         let store = Store {
             kube: &self.cfg.kube,
@@ -388,6 +403,7 @@ impl Service {
         caller: Option<&str>,
     ) -> Value {
         let refused = |reason: &str| {
+            self.metrics.removal("refused");
             tracing::warn!(node = %node, "Node not deleted: {reason}");
             json!({"recorded": true, "node": "refused", "reason": reason})
         };
@@ -409,10 +425,14 @@ impl Service {
             .await
         {
             Ok(true) => {
+                self.metrics.removal("deleted");
                 tracing::info!(node = %node, "deleted the Node of a removed node");
                 json!({"recorded": true, "node": "deleted"})
             }
-            Ok(false) => json!({"recorded": true, "node": "absent"}),
+            Ok(false) => {
+                self.metrics.removal("absent");
+                json!({"recorded": true, "node": "absent"})
+            }
             Err(e) => refused(&format!("the API server refused: {e}")),
         }
     }
@@ -479,6 +499,7 @@ impl Service {
                 .merge_patch(&format!("/api/v1/nodes/{node}"), &patch)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.metrics.labels_applied(restricted.0.len());
             tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
         }
         let requester = csr["spec"]["username"]
@@ -544,6 +565,7 @@ pub async fn run(
             buckets: Mutex::new(HashMap::new()),
             per_minute,
         },
+        metrics: metrics::Metrics::default(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -572,7 +594,7 @@ pub async fn run(
             let svc = hyper::service::service_fn(move |req| {
                 let (service, caller) = (service.clone(), caller.clone());
                 async move {
-                    let answer = service.handle(req, peer, caller.as_deref()).await;
+                    let answer = service.serve_counted(req, peer, caller.as_deref()).await;
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });
