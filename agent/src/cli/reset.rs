@@ -122,9 +122,7 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
 
 fn options(args: &ResetArgs) -> Result<ResetOptions, Failure> {
     let admin_kubeconfig = match &args.kubeconfig {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display()))
-        })?),
+        Some(path) => Some(super::common::read_input_text(path, "--kubeconfig")?),
         None => None,
     };
     Ok(ResetOptions {

@@ -52,8 +52,7 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
         .clone()
         .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display())))?;
+    let text = super::common::read_input_text(&path, "--kubeconfig")?;
     // A node waits on each answer: the service retries the cluster briefly, then says so.
     let kube = Kube::from_kubeconfig(&text, crate::client::http::Limits::default())
         .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?

@@ -30,6 +30,12 @@ pub enum KubeError {
     /// The client could not be built.
     #[error("cannot build an API client: {0}")]
     Setup(String),
+    /// The TLS configuration could not be built (CA, client certificate).
+    #[error("cannot build an API client: {0}")]
+    Tls(#[source] tls::TlsError),
+    /// The kubeconfig does not parse or names no cluster.
+    #[error("cannot build an API client from the kubeconfig: {0}")]
+    Kubeconfig(#[source] crate::model::kubeconfig::KubeconfigError),
     /// A 2xx answer whose JSON does not parse (cut short, or not JSON at all).
     #[error("{path}: the answer does not parse as JSON ({reason}); it may have been cut short")]
     Truncated {
@@ -114,7 +120,7 @@ impl Kube {
         token: Option<Secret>,
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        let config = tls::trusting_only(ca_ders).map_err(|e| KubeError::Setup(e.to_string()))?;
+        let config = tls::trusting_only(ca_ders).map_err(KubeError::Tls)?;
         Kube::build(server, config, token, limits)
     }
 
@@ -125,10 +131,9 @@ impl Kube {
         cert_and_key_pem: &[u8],
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let config = tls::trusting_only_with_identity(ca_ders, &identity)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem).map_err(KubeError::Tls)?;
+        let config =
+            tls::trusting_only_with_identity(ca_ders, &identity).map_err(KubeError::Tls)?;
         Kube::build(server, config, None, limits)
     }
 
@@ -137,11 +142,9 @@ impl Kube {
     pub fn from_kubeconfig(text: &str, limits: Limits) -> Result<Kube, KubeError> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let cfg = crate::model::kubeconfig::Kubeconfig::parse(text)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let info = cfg
-            .current_cluster()
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let cfg =
+            crate::model::kubeconfig::Kubeconfig::parse(text).map_err(KubeError::Kubeconfig)?;
+        let info = cfg.current_cluster().map_err(KubeError::Kubeconfig)?;
         let ca = crate::trust::pin::certificates_from_pem(&info.ca_pem)
             .map_err(|e| KubeError::Setup(format!("the kubeconfig's CA: {e}")))?;
         let context = cfg.contexts.iter().find(|c| c.name == cfg.current_context);
