@@ -4,6 +4,7 @@
 mod differential;
 mod discover;
 mod faults;
+mod hostile;
 mod join;
 mod kubectl;
 mod metadata;
