@@ -616,6 +616,13 @@ fn cases() -> Vec<Case> {
             scale(ctx, &[])
         })
         .fresh(),
+        case("cluster-info", "a stray quote before deep nesting in the kubeconfig", 27, "flow collections", move |ctx| {
+            rewrite_cluster_info_text(ctx.cp, |t| {
+                format!("{t}preferences: {{x: it's}}\nextensions: {}\n", deep(20_000))
+            });
+            scale(ctx, &[])
+        })
+        .fresh(),
         cluster_info_rewrite(
             "cluster-info",
             "credentials in the server URL",
@@ -754,6 +761,11 @@ fn cases() -> Vec<Case> {
         }),
         config_map("kubeadm-config: duplicate keys", "kubeadm-config", "ClusterConfiguration", "twice", || {
             "kind: ClusterConfiguration\nkubernetesVersion: v1.31.2\nkubernetesVersion: v1.18.0\n".into()
+        }),
+        config_map("kubelet-config: a stray quote before deep nesting", "kubelet", "kubelet", "flow collections", move || {
+            // A quote YAML reads literally; a scan that took it for a quoted string saw none of
+            // the nesting after it, and libyaml took a minute over 40,000 levels.
+            format!("kind: KubeletConfiguration\nstaticPodPath: it's\nx: {}", deep(40_000))
         }),
         config_map("kubelet-config: invalid YAML", "kubelet", "kubelet", "kubelet configuration", || {
             "maxPods: [1,".into()
