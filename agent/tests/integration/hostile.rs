@@ -953,11 +953,36 @@ fn csr_replies() -> Vec<Case> {
             scale(ctx, &[])
         })
         .tree(Tree::ResetRestores),
-        csr("failed by the signer", 52, "signer failed", CsrReply::Failed),
-        csr("a certificate for another key", 52, "another key", CsrReply::OtherKey),
-        csr("a certificate naming another node", 52, "someone-else", CsrReply::OtherName),
-        csr("a certificate from another CA", 52, "not signed by the pinned cluster CA", CsrReply::OtherCa),
-        csr("a certificate that is not one", 52, "unreadable", CsrReply::Garbage),
+        csr(
+            "failed by the signer",
+            52,
+            "signer failed",
+            CsrReply::Failed,
+        ),
+        csr(
+            "a certificate for another key",
+            52,
+            "another key",
+            CsrReply::OtherKey,
+        ),
+        csr(
+            "a certificate naming another node",
+            52,
+            "someone-else",
+            CsrReply::OtherName,
+        ),
+        csr(
+            "a certificate from another CA",
+            52,
+            "not signed by the pinned cluster CA",
+            CsrReply::OtherCa,
+        ),
+        csr(
+            "a certificate that is not one",
+            52,
+            "unreadable",
+            CsrReply::Garbage,
+        ),
         case("CSR replies", "the POST refused", 52, "HTTP 403", |ctx| {
             ctx.cp.set_faults(|f| {
                 f.api.push_back(api_fault(
@@ -969,29 +994,91 @@ fn csr_replies() -> Vec<Case> {
             scale(ctx, &[])
         })
         .tree(Tree::ResetRestores),
-        case("CSR replies", "the POST answered with a forged approved CSR", 52, "another key", |ctx| {
-            // Approved and signed by the cluster CA, naming this node, for a key that is not
-            // the node's: as if issued at once.
-            let forged = ctx.cp.issue_client(&format!("system:node:{}", ctx.name), &["system:nodes"]);
-            let object = json!({
-                "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-                "metadata": {"name": "node-csr-forged", "uid": "forged", "resourceVersion": "1"},
-                "status": {
-                    "conditions": [{"type": "Approved", "status": "True", "reason": "Forged"}],
-                    "certificate": b64(&forged.cert_pem),
-                },
-            });
-            ctx.cp.set_faults(|f| {
-                f.api.push_back(api_fault(
-                    "POST",
-                    "/certificatesigningrequests",
-                    ApiFaultKind::Body(201, object.to_string()),
-                ))
-            });
-            scale(ctx, &[])
-        })
+        case(
+            "CSR replies",
+            "the POST answered with a forged approved CSR",
+            52,
+            "another key",
+            |ctx| {
+                let object = forged_csr(ctx, "forged");
+                ctx.cp.set_faults(|f| {
+                    f.api.push_back(api_fault(
+                        "POST",
+                        "/certificatesigningrequests",
+                        ApiFaultKind::Body(201, object.to_string()),
+                    ))
+                });
+                scale(ctx, &[])
+            },
+        )
+        .tree(Tree::ResetRestores),
+        case(
+            "CSR replies",
+            "the watch answered with a forged approved CSR",
+            52,
+            "another key",
+            |ctx| {
+                ctx.cp.set_approval(Approval::Pending);
+                let event = json!({"type": "MODIFIED", "object": forged_csr(ctx, "forged")});
+                ctx.cp.set_faults(|f| {
+                    f.api.push_back(ApiFault {
+                        query_contains: "watch=true".into(),
+                        ..api_fault(
+                            "GET",
+                            "/certificatesigningrequests",
+                            ApiFaultKind::Body(200, format!("{event}\n")),
+                        )
+                    })
+                });
+                scale(ctx, &["--csr-timeout", "20s"])
+            },
+        )
+        .tree(Tree::ResetRestores),
+        case(
+            "CSR replies",
+            "the CSR read back as someone else's",
+            52,
+            "recreated by someone else",
+            |ctx| {
+                // The watch fails, and the read that follows it finds another object (another uid).
+                ctx.cp.set_approval(Approval::Pending);
+                let object = forged_csr(ctx, "someone-elses-uid");
+                ctx.cp.set_faults(|f| {
+                    f.api.push_back(ApiFault {
+                        query_contains: "watch=true".into(),
+                        ..api_fault(
+                            "GET",
+                            "/certificatesigningrequests",
+                            ApiFaultKind::Status(500, None),
+                        )
+                    });
+                    f.api.push_back(api_fault(
+                        "GET",
+                        "/certificatesigningrequests/node-csr-",
+                        ApiFaultKind::Body(200, object.to_string()),
+                    ));
+                });
+                scale(ctx, &["--csr-timeout", "20s"])
+            },
+        )
         .tree(Tree::ResetRestores),
     ]
+}
+
+/// A CSR object as if approved and signed by the cluster CA, naming this case's node, for a key
+/// that is not the node's.
+fn forged_csr(ctx: &Ctx, uid: &str) -> Value {
+    let forged = ctx
+        .cp
+        .issue_client(&format!("system:node:{}", ctx.name), &["system:nodes"]);
+    json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "node-csr-forged", "uid": uid, "resourceVersion": "1"},
+        "status": {
+            "conditions": [{"type": "Approved", "status": "True", "reason": "Forged"}],
+            "certificate": b64(&forged.cert_pem),
+        },
+    })
 }
 
 /// kubeadm-config and kubelet-config, read with the token after discovery.
