@@ -5,8 +5,10 @@
 //! and the openapi token never appear in the output, and the node's tree (a before/after
 //! snapshot of its root, with every byte) is untouched — or, where the refusal can only come
 //! after join has configured the node (a CSR answer), no credential is written and reset
-//! returns the tree to what it was. Nothing outside the root is ever written either (a
-//! directory that the cases' symlinks point into is snapshotted too).
+//! returns the tree to what it was; or, where reset goes on past a path it refuses (a
+//! swapped-in symlink or FIFO, a damaged journal), that path stays exactly as it was. Nothing
+//! outside the root is ever written either (a directory that the cases' symlinks point into is
+//! snapshotted too).
 //!
 //! Cases that only change the stand-in's faults share one control plane (the faults are
 //! cleared after each); cases that rewrite its objects get one of their own.
