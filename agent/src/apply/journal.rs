@@ -12,7 +12,7 @@
 //! paths). A journal that parses but names a path that is not a clean absolute path, or a backup
 //! that is not one of node-attach's own numbered files, is "tampered" and refused outright.
 
-use crate::effects::fs::{AppendFile, FsError, Root};
+use crate::effects::fs::{AppendFile, Existing, FsError, Root};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -219,6 +219,10 @@ pub enum JournalError {
     /// Writing failed.
     #[error("cannot write the journal {JOURNAL_FILE}: {0}")]
     Write(std::io::Error),
+    /// Something node-attach never writes sits where the journal belongs (a symlink, a FIFO, a
+    /// directory): it is neither read through nor taken for a missing journal.
+    #[error("the journal {JOURNAL_FILE} is {0}, not a regular file; node-attach never writes one there. Nothing was changed: inspect it, then remove it (reset then cleans only the documented Kubernetes paths)")]
+    NotAFile(String),
 }
 
 /// Why a record cannot be trusted, if it cannot: every path must be clean and absolute (so it
@@ -315,8 +319,17 @@ impl Journal {
 
     /// The records, and how the file ends.
     fn read(root: &Root) -> Result<Option<(Vec<Record>, Tail)>, JournalError> {
-        let Some(bytes) = root.read(Path::new(JOURNAL_FILE))? else {
-            return Ok(None);
+        let bytes = match root.inspect(Path::new(JOURNAL_FILE))? {
+            Existing::Absent => return Ok(None),
+            Existing::File { bytes, .. } => bytes,
+            Existing::Dir => return Err(JournalError::NotAFile("a directory".into())),
+            Existing::Symlink(to) => {
+                return Err(JournalError::NotAFile(format!(
+                    "a symbolic link to {}",
+                    to.display()
+                )))
+            }
+            Existing::Special(kind) => return Err(JournalError::NotAFile(format!("a {kind}"))),
         };
         let mut out = Vec::new();
         let mut tail = Tail::Clean;

@@ -269,9 +269,17 @@ impl Kube {
         let what = format!("{method} {path}");
         crate::client::http::retry(self.retry, &what, |_| async {
             let reply = self.send_once(&method, path, &body, content_type).await?;
-            let value = Kube::decode(path, &reply.body).map_err(|e| match e {
-                KubeError::Decode { path, reason } => KubeError::Truncated { path, reason },
-                other => other,
+            // Only an answer that does not parse may heal on a retry (a body cut short); one
+            // that parses into something refused (a key twice, too deep, too large) is what
+            // the server holds, and fails at once.
+            let value = crate::model::strict::json(&reply.body).map_err(|e| {
+                let (path, reason) = (path.to_owned(), e.to_string());
+                match e {
+                    crate::model::strict::StrictError::Syntax(_) => {
+                        KubeError::Truncated { path, reason }
+                    }
+                    _ => KubeError::Decode { path, reason },
+                }
             })?;
             Ok((value, reply))
         })
@@ -298,13 +306,6 @@ impl Kube {
     /// One Node; `None` when there is none of that name.
     pub async fn node(&self, name: &str) -> Result<Option<objects::Node>, KubeError> {
         self.get_as(&paths::node(name)).await
-    }
-
-    fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
-        crate::model::strict::json(body).map_err(|e| KubeError::Decode {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
     }
 
     /// GET; `None` on 404.
