@@ -196,8 +196,9 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StrictError> {
 /// Bounds a YAML text before libyaml sees it. Its flow collections are counted blind to
 /// quoting: YAML reads a quote inside a plain scalar, a comment or a block scalar literally, so a
 /// quote-aware scan can be made to miss nesting (a stray `'` before 40,000 nested `{` took a
-/// minute in libyaml). Every `[` and `{` counts, which bounds libyaml's flow depth whatever the
-/// quotes, and a rendering of the parsed document never counts more.
+/// minute in libyaml). Every `[` and `{` counts but an empty pair, which bounds libyaml's flow
+/// depth (to one more) whatever the quotes, and a rendering of the parsed document counts no
+/// more.
 fn bounded_yaml(text: &str) -> Result<(), StrictError> {
     if text.len() > MAX_BYTES {
         return Err(StrictError::TooLarge);
@@ -206,7 +207,16 @@ fn bounded_yaml(text: &str) -> Result<(), StrictError> {
     if block > MAX_DEPTH {
         return Err(StrictError::TooDeep);
     }
-    let flow = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+    // An empty `[]` or `{}` is not counted: it nests at most one level, closed at once (and a
+    // rendering adds such pairs for empty fields the text left out).
+    let bytes = text.as_bytes();
+    let flow = (0..bytes.len())
+        .filter(|&i| match bytes[i] {
+            b'[' => bytes.get(i + 1) != Some(&b']'),
+            b'{' => bytes.get(i + 1) != Some(&b'}'),
+            _ => false,
+        })
+        .count();
     if block + flow > MAX_YAML_NESTING {
         return Err(StrictError::TooNested);
     }
@@ -272,11 +282,14 @@ mod tests {
 
     #[test]
     fn yaml_counts_every_flow_collection_and_reads_its_own_rendering() {
-        let flat = format!("a: [{}]\n", "[], ".repeat(MAX_YAML_NESTING));
+        let flat = format!("a: [{}]\n", "[1], ".repeat(MAX_YAML_NESTING));
         assert_eq!(
             yaml::<serde_yaml_ng::Value>(&flat),
             Err(StrictError::TooNested)
         );
+        // Empty pairs, which a rendering adds for empty fields, do not count.
+        let empty = format!("a: [{}]\n", "[], {}, ".repeat(MAX_YAML_NESTING));
+        assert!(yaml::<serde_yaml_ng::Value>(&empty).is_ok());
         // Found by fuzzing: a plain scalar with quotes and braces, accepted, rendered quoted,
         // must read back.
         let text = "a: x{{{'y{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{'z{{{{{{{{{{{{{{{{{\n";
