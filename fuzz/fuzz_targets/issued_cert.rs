@@ -1,4 +1,4 @@
-//! The check of the certificate a CSR comes back with (`bootstrap::verify_issued`): whatever
+//! The check of the certificate a CSR comes back with (`join::csr::verify_issued`): whatever
 //! the API server answers, it never panics, and it accepts a certificate only when it is for
 //! the node's own key, names the node, and is signed by the pinned CA. Inputs are DER (wrapped
 //! into a PEM block here, so the fuzzer works on the certificate itself) and, as they are,
@@ -8,7 +8,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use node_attach::join::bootstrap::verify_issued;
+use node_attach::join::csr::verify_issued;
 
 const CA: &str = "MIIBkjCCATegAwIBAgIUdicCkcCRu6VK4HnoIzFvq64VCewwCgYIKoZIzj0EAwIwFTETMBEGA1UEAwwKa3ViZXJuZXRlczAgFw0yNjEyMDEyMTE5MDNaGA8yMTI2MTEwNzIxMTkwM1owFTETMBEGA1UEAwwKa3ViZXJuZXRlczBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABFih+AJ0m7DVaWDv+X0Edj2MEk0Ex6+MX8OQ7EkPwOwwDgb65ZkoTODRYGKDVrmyskUU8f6sI2Yv1hmciYcadHqjYzBhMB0GA1UdDgQWBBSWAuYQSLFTyXhWX6CZAmrxA2nU9TAfBgNVHSMEGDAWgBSWAuYQSLFTyXhWX6CZAmrxA2nU9TAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAKBggqhkjOPQQDAgNJADBGAiEAlXO3uG3Z/frkUMApHQr1MXakS1qdBRMlMeVQDgXyx0ICIQDvkuYB7nTmq2QGHkbaUHy8JwmV3sTQqYjwiUFnYrDMsQ==";
 /// The node's public key (SubjectPublicKeyInfo, base64 DER).
