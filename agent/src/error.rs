@@ -133,7 +133,7 @@ codes! {
         "A file could not be written or read as the message says: check disk space, permissions, and that no path is a symlink."),
     /// The journal names paths outside the root or backups node-attach did not write.
     JournalTampered = ("journal.tampered", 72,
-        "The journal was changed by something other than node-attach (a path outside the root, a backup that is not node-attach's): nothing was changed. Inspect /var/lib/node-attach/journal.jsonl, then remove it to let reset clean only the documented Kubernetes paths."),
+        "The journal was changed by something other than node-attach (a path outside the root, a backup that is not node-attach's, a symlink or FIFO in its place): nothing was changed. Inspect /var/lib/node-attach/journal.jsonl, then remove it to let reset clean only the documented Kubernetes paths."),
     /// Another join or reset holds the run lock.
     Busy = ("busy", 71,
         "Another node-attach join or reset is running on this machine (cloud-init's, a service's or an operator's): wait for it to finish (`node-attach status` shows its phase), then rerun if still needed."),

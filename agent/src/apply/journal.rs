@@ -12,11 +12,8 @@
 //! paths). A journal that parses but names a path that is not a clean absolute path, or a backup
 //! that is not one of node-attach's own numbered files, is "tampered" and refused outright.
 
-use crate::effects::fs::{FsError, Root};
+use crate::effects::fs::{AppendFile, Existing, FsError, Root};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// node-attach's state directory.
@@ -222,6 +219,10 @@ pub enum JournalError {
     /// Writing failed.
     #[error("cannot write the journal {JOURNAL_FILE}: {0}")]
     Write(std::io::Error),
+    /// Something node-attach never writes sits where the journal belongs (a symlink, a FIFO, a
+    /// directory): it is neither read through nor taken for a missing journal.
+    #[error("the journal {JOURNAL_FILE} is {0}, not a regular file; node-attach never writes one there. Nothing was changed: inspect it, then remove it (reset then cleans only the documented Kubernetes paths)")]
+    NotAFile(String),
 }
 
 /// Why a record cannot be trusted, if it cannot: every path must be clean and absolute (so it
@@ -267,7 +268,7 @@ pub struct Journal {
     /// Directories opening the journal created (outermost first).
     pub created: Vec<PathBuf>,
     root: Root,
-    file: std::fs::File,
+    file: AppendFile,
     next_seq: u64,
     records: Vec<Record>,
 }
@@ -318,8 +319,17 @@ impl Journal {
 
     /// The records, and how the file ends.
     fn read(root: &Root) -> Result<Option<(Vec<Record>, Tail)>, JournalError> {
-        let Some(bytes) = root.read(Path::new(JOURNAL_FILE))? else {
-            return Ok(None);
+        let bytes = match root.inspect(Path::new(JOURNAL_FILE))? {
+            Existing::Absent => return Ok(None),
+            Existing::File { bytes, .. } => bytes,
+            Existing::Dir => return Err(JournalError::NotAFile("a directory".into())),
+            Existing::Symlink(to) => {
+                return Err(JournalError::NotAFile(format!(
+                    "a symbolic link to {}",
+                    to.display()
+                )))
+            }
+            Existing::Special(kind) => return Err(JournalError::NotAFile(format!("a {kind}"))),
         };
         let mut out = Vec::new();
         let mut tail = Tail::Clean;
@@ -363,35 +373,27 @@ impl Journal {
 
     /// Makes the file end with a whole line: a torn tail is cut off, a whole last record
     /// without its newline gets one. Nothing is ever appended after a partial line.
-    fn repair(real: &Path, tail: Tail) -> Result<(), JournalError> {
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(real)
-            .map_err(JournalError::Write)?;
+    fn repair(file: &mut AppendFile, tail: Tail) -> Result<(), JournalError> {
         match tail {
             Tail::Clean => return Ok(()),
-            Tail::Torn(intact) => f.set_len(intact).map_err(JournalError::Write)?,
-            Tail::NoNewline => f.write_all(b"\n").map_err(JournalError::Write)?,
+            Tail::Torn(intact) => file.truncate(intact).map_err(JournalError::Write)?,
+            Tail::NoNewline => file.append(b"\n").map_err(JournalError::Write)?,
         }
-        f.sync_all().map_err(JournalError::Write)?;
         tracing::warn!("repaired the journal's last line");
         Ok(())
     }
 
     /// Opens the file for appending, after repairing its tail.
-    fn append_to(real: &Path, tail: Tail) -> Result<std::fs::File, JournalError> {
-        Journal::repair(real, tail)?;
-        OpenOptions::new()
-            .append(true)
-            .open(real)
-            .map_err(JournalError::Write)
+    fn append_to(real: &Path, tail: Tail) -> Result<AppendFile, JournalError> {
+        let mut file = AppendFile::open(real).map_err(JournalError::Write)?;
+        Journal::repair(&mut file, tail)?;
+        Ok(file)
     }
 
     fn append(&mut self, record: Record) -> Result<(), JournalError> {
         let mut line = serde_json::to_vec(&record).map_err(|e| JournalError::Write(e.into()))?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(JournalError::Write)?;
-        self.file.sync_data().map_err(JournalError::Write)?;
+        self.file.append(&line).map_err(JournalError::Write)?;
         self.records.push(record);
         Ok(())
     }
@@ -544,11 +546,12 @@ fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
                 lines.push(b'\n');
             }
         }
-        write_new_file(
-            &staged_state.join("journal.jsonl"),
-            &lines,
-            Path::new(JOURNAL_FILE),
-        )
+        let real = staged_state.join("journal.jsonl");
+        crate::effects::fs::write_new_file(&real, &lines, 0o600).map_err(|source| FsError::Io {
+            op: "create",
+            path: JOURNAL_FILE.to_owned(),
+            source,
+        })
     };
     let created = root.mkdir_all_staged(state, mode_of, fill)?;
     if created.is_empty() {
@@ -556,25 +559,6 @@ fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
         root.write_atomic(Path::new(JOURNAL_FILE), b"", 0o600)?;
     }
     Ok(created)
-}
-
-/// Writes a new 0600 file at a real (already resolved) path, fsynced.
-fn write_new_file(real: &Path, bytes: &[u8], shown: &Path) -> Result<(), FsError> {
-    let fail = |op: &'static str| {
-        move |source| FsError::Io {
-            op,
-            path: shown.display().to_string(),
-            source,
-        }
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(real)
-        .map_err(fail("create"))?;
-    f.write_all(bytes).map_err(fail("write"))?;
-    f.sync_all().map_err(fail("fsync"))
 }
 
 /// The last status recorded for each phase, in the order phases first appeared.

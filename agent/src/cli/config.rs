@@ -13,7 +13,7 @@
 
 use crate::error::{Code, Failure};
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// The default configuration file of `node-attach.service`.
 pub const DEFAULT_CONFIG: &str = "/etc/node-attach/config.yaml";
@@ -63,16 +63,15 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
 /// The file's mapping of option names to values: private (it may hold a token), at most
 /// 1 MiB, strict YAML.
 fn read_options(path: &str) -> Result<serde_yaml_ng::Mapping, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| usage(format!("--config {path}: {e}")))?;
-    if meta.mode() & 0o007 != 0 {
+    let file = super::common::read_input(Path::new(path), "--config", 1024 * 1024)?;
+    if file.readable_by_others(false) {
         return Err(usage(format!(
             "--config {path} is readable by other users and may hold a token: chmod 600 (or 640) it"
         )));
     }
-    if meta.len() > 1024 * 1024 {
-        return Err(usage(format!("--config {path}: larger than 1 MiB")));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("--config {path}: {e}")))?;
+    let text = file
+        .into_text(Path::new(path))
+        .map_err(|e| usage(format!("--config {e}")))?;
     match crate::model::strict::yaml(&text)
         .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?
     {

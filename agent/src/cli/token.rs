@@ -216,8 +216,7 @@ async fn list(kube: &Kube, show_secret: bool, reporter: &mut Reporter) -> Result
 /// bootstrap token of its own (one is minted per use).
 fn openapi_values(o: &OpenapiArgs) -> Result<serde_json::Value, Failure> {
     let usage = |m: String| Failure::new(Code::Usage, m);
-    let text = std::fs::read_to_string(&o.values)
-        .map_err(|e| usage(format!("--values {}: {e}", o.values.display())))?;
+    let text = super::common::read_input_text(&o.values, "--values")?;
     let values: serde_json::Value = crate::model::strict::json(text.as_bytes())
         .map_err(|e| usage(format!("--values: not JSON: {e}")))?;
     if !values["bootstrapToken"].is_null() {

@@ -32,7 +32,7 @@ pub async fn post_callback(
     let http = Http::new(tls, limits).ok()?;
     let target = Target {
         url: url.clone(),
-        shown: crate::sources::values::redact_url_path(url),
+        shown: crate::model::secret::redact_url_path(url),
     };
     let sent = crate::client::http::retry(
         RetryPolicy::until(Duration::from_secs(20), Duration::from_secs(5)),

@@ -13,16 +13,7 @@ use crate::model::kubeconfig::{ClusterInfo, Kubeconfig};
 use crate::sources::settings::TlsBootstrapMode;
 use std::path::{Path, PathBuf};
 
-/// The kubelet's client certificate store.
-pub const PKI_DIR: &str = "/var/lib/kubelet/pki";
-/// The current pair, as the kubelet's store names it.
-pub const CURRENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
-/// The key kept across retries until a certificate is issued.
-pub const TMP_KEY: &str = "/var/lib/kubelet/pki/kubelet-client.key.tmp";
-/// The kubelet's kubeconfig.
-pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
-/// kubeadm's bootstrap kubeconfig (only with `--tls-bootstrap=kubelet`).
-pub const BOOTSTRAP_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+pub use crate::model::paths::{BOOTSTRAP_CONF, CURRENT, KUBELET_CONF, PKI_DIR, TMP_KEY};
 
 /// How an error of the applier reads in this phase.
 fn failed(e: ApplyError) -> Failure {

@@ -130,6 +130,14 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
         what: "kubeadm-config ClusterConfiguration".into(),
         reason: e.to_string(),
     })?;
+    // Anything but a mapping (or a blank document) would read as "no fields" and join with
+    // defaults.
+    if !doc.is_mapping() && !doc.is_null() {
+        return Err(ClusterConfigError::Yaml {
+            what: "kubeadm-config ClusterConfiguration".into(),
+            reason: "not a mapping".into(),
+        });
+    }
     let field = |k: &str| doc.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     if let Some(n) = field("clusterName") {
         facts.cluster_name = n.to_owned();

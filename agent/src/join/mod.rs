@@ -25,7 +25,7 @@ use crate::effects::Effects;
 use crate::error::{Code, Failure};
 use crate::model::validate::{Labels, Taint};
 use crate::report::{Reporter, Status};
-use crate::sources::settings::Settings;
+use crate::sources::settings::{Settings, TlsBootstrapMode};
 use crate::trust::discovery::{self, Discovered, DiscoveryError, DiscoveryRequest};
 use cluster::ClusterFacts;
 use identity::Identity;
@@ -216,6 +216,9 @@ fn local_checks(
     let swap_allowed = settings.disable_swap || settings.kubelet.fail_swap_on == Some(false);
     let checks = preflight::local(effects, swap_allowed, joined_before);
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
+    let kubelet_bootstraps = settings.tls_bootstrap == TlsBootstrapMode::Kubelet;
+    let (files, dirs) = preflight::managed_paths(settings.runtime, kubelet_bootstraps);
+    preflight::managed_paths_usable(&effects.root, &files, &dirs)?;
     for w in &warnings {
         phase.notice(&format!("preflight (ignored): {w}"));
     }

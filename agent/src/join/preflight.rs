@@ -146,6 +146,78 @@ fn foreign_kubeconfig(root: &Root, joined_before: bool) -> Check {
     check("existing-kubeconfig", !foreign, found, hint)
 }
 
+/// The files join writes (the journal's own are checked when it is read), and the directories
+/// it writes into, for this runtime and TLS bootstrap mode.
+pub fn managed_paths(
+    runtime: crate::sources::values::RuntimeKind,
+    kubelet_bootstraps: bool,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    use crate::join::{bootstrap, kubelet, runtime as rt};
+    let mut files = vec![
+        crate::join::host::MODULES_FILE,
+        crate::join::host::SYSCTL_FILE,
+        kubelet::CONFIG_PATH,
+        kubelet::FLAGS_PATH,
+        kubelet::CA_PATH,
+        kubelet::UNIT_PATH,
+        kubelet::DROPIN_PATH,
+        kubelet::RESET_UNIT_PATH,
+        crate::apply::records::STATE_FILE,
+        crate::apply::records::CALLBACK_FILE,
+    ];
+    let mut dirs = vec![bootstrap::PKI_DIR, crate::apply::journal::BACKUP_DIR];
+    match runtime {
+        crate::sources::values::RuntimeKind::Containerd => {
+            files.push(rt::CONTAINERD_CONFIG);
+            dirs.push(rt::containerd::CERTS_D);
+        }
+        crate::sources::values::RuntimeKind::Docker => {
+            files.extend([rt::DOCKER_CONFIG, rt::CRI_DOCKERD_DROPIN]);
+        }
+    }
+    if kubelet_bootstraps {
+        files.push(bootstrap::BOOTSTRAP_CONF);
+    } else {
+        files.extend([bootstrap::KUBELET_CONF, bootstrap::TMP_KEY]);
+    }
+    (files, dirs)
+}
+
+/// Refuses, before anything is written, what join would otherwise refuse halfway through (with
+/// its journal and earlier phases' files already on disk): a managed path under a symbolic
+/// link, or something other than a regular file where join writes a file (a FIFO, a socket, a
+/// device, a directory, a symlink), or other than a directory where it writes into one.
+pub fn managed_paths_usable(root: &Root, files: &[&str], dirs: &[&str]) -> Result<(), Failure> {
+    use crate::effects::fs::{Existing, FsError};
+    let refuse = |e: FsError| Failure::new(Code::Filesystem, e.to_string());
+    for (path, want_dir) in files
+        .iter()
+        .map(|p| (p, false))
+        .chain(dirs.iter().map(|p| (p, true)))
+    {
+        let what = root.inspect(Path::new(path)).map_err(refuse)?;
+        let kind = match (&what, want_dir) {
+            (Existing::Absent, _) | (Existing::File { .. }, false) | (Existing::Dir, true) => {
+                continue
+            }
+            (Existing::Special(kind), _) => *kind,
+            (Existing::Dir, false) => "directory",
+            (Existing::Symlink(_), _) => "symbolic link",
+            (Existing::File { .. }, true) => {
+                return Err(Failure::new(
+                    Code::Filesystem,
+                    format!("refusing {path}: it is a regular file, where node-attach writes into a directory"),
+                ))
+            }
+        };
+        return Err(refuse(FsError::Special {
+            path: (*path).to_owned(),
+            kind,
+        }));
+    }
+    Ok(())
+}
+
 /// Fails with every failed check not ignored; returns the ignored failures as warnings.
 pub fn evaluate(checks: &[Check], ignore: &[String]) -> Result<Vec<String>, Failure> {
     let ignored = |id: &str| {

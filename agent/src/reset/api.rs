@@ -7,8 +7,8 @@ use crate::client::kube::objects::{List, Pod};
 use crate::client::kube::{paths, Kube};
 use crate::effects::fs::Root;
 use crate::error::{Code, Failure};
-use crate::join::bootstrap;
 use crate::model::kubeconfig::Kubeconfig;
+use crate::model::paths::{CURRENT, KUBELET_CONF};
 use crate::trust::tls::ClientIdentity;
 use std::path::Path;
 use std::time::Duration;
@@ -164,22 +164,19 @@ pub async fn delete_through_service(
 
 /// The kubelet's current client pair, for authenticating reset's report.
 fn node_identity(root: &Root) -> Option<ClientIdentity> {
-    let pair = root
-        .read_following(Path::new(bootstrap::CURRENT))
-        .ok()
-        .flatten()?;
+    let pair = root.read_following(Path::new(CURRENT)).ok().flatten()?;
     ClientIdentity::from_pem(&pair).ok()
 }
 
 /// A client authenticating as the node (kubelet.conf's cluster, the current client pair).
 fn node_client(root: &Root, limits: crate::client::http::Limits) -> Result<Kube, String> {
     let conf = root
-        .read(Path::new(bootstrap::KUBELET_CONF))
+        .read(Path::new(KUBELET_CONF))
         .ok()
         .flatten()
         .ok_or("no /etc/kubernetes/kubelet.conf: no node credentials")?;
     let pair = root
-        .read_following(Path::new(bootstrap::CURRENT))
+        .read_following(Path::new(CURRENT))
         .ok()
         .flatten()
         .ok_or("no client certificate")?;
@@ -193,7 +190,7 @@ fn node_client(root: &Root, limits: crate::client::http::Limits) -> Result<Kube,
 /// The node's name, from its client certificate, or from join's state file.
 pub fn own_node_name(root: &Root) -> Option<String> {
     if let Some(name) = root
-        .read_following(Path::new(bootstrap::CURRENT))
+        .read_following(Path::new(CURRENT))
         .ok()
         .flatten()
         .and_then(|p| node_name_of(&p))

@@ -8,7 +8,6 @@
 use super::{Ctx, Outcome};
 use crate::effects::fs::{Existing, Root};
 use crate::effects::network::Family;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The node's credentials in /etc/kubernetes (never the directory's other files). The kubelet
@@ -207,12 +206,9 @@ fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
             return;
         }
     };
-    let Ok(meta) = std::fs::symlink_metadata(&real) else {
+    let Some(dev) = ctx.fx.root.dir_device(dir) else {
         return;
     };
-    if !meta.is_dir() {
-        return;
-    }
     for name in ctx.fx.root.list_dir(dir).unwrap_or_default() {
         let target = dir.join(&name).display().to_string();
         if ctx.opts.dry_run {
@@ -221,7 +217,7 @@ fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
         }
         let child = real.join(&name);
         let keep: Vec<PathBuf> = ctx.pinned.iter().chain(&ctx.restored).cloned().collect();
-        match remove_tree(&child, meta.dev(), &keep) {
+        match crate::effects::fs::remove_tree_on(&child, dev, &keep) {
             Ok(true) => ctx.step("remove", target, Outcome::Done, ""),
             // Only what the journal restores is in the way: kept on purpose.
             Ok(false) if !ctx.pinned.iter().any(|m| m.starts_with(&child)) => {}
@@ -234,36 +230,6 @@ fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
             Err(e) => ctx.step("remove", target, Outcome::Failed, e.to_string()),
         }
     }
-}
-
-/// Removes a tree on device `dev`; returns false when something was kept (a pinned path).
-fn remove_tree(path: &Path, dev: u64, pinned: &[PathBuf]) -> std::io::Result<bool> {
-    if pinned.iter().any(|p| p.starts_with(path)) {
-        // Remove what we can around the pinned paths, keep the way to them.
-        let meta = std::fs::symlink_metadata(path)?;
-        if meta.is_dir() && !pinned.iter().any(|p| p == path) {
-            for e in std::fs::read_dir(path)? {
-                remove_tree(&e?.path(), dev, pinned)?;
-            }
-        }
-        return Ok(false);
-    }
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        std::fs::remove_file(path)?;
-        return Ok(true);
-    }
-    if meta.dev() != dev {
-        return Ok(false);
-    }
-    let mut all = true;
-    for e in std::fs::read_dir(path)? {
-        all &= remove_tree(&e?.path(), dev, pinned)?;
-    }
-    if all {
-        std::fs::remove_dir(path)?;
-    }
-    Ok(all)
 }
 
 /// Removes one regular file or symlink; a special file is refused, never opened.

@@ -232,7 +232,7 @@ fn open_journal(fx: &Effects, dry_run: bool) -> Result<Found, Failure> {
             tracing::warn!("the journal is damaged at line {line} ({reason}): cleaning the documented Kubernetes paths only");
             Ok((None, None, JournalState::Damaged))
         }
-        Err(e @ JournalError::Tampered { .. }) => {
+        Err(e @ (JournalError::Tampered { .. } | JournalError::NotAFile(_))) => {
             Err(Failure::new(Code::JournalTampered, e.to_string()))
         }
         Err(e) => Err(Failure::new(Code::Filesystem, e.to_string())),

@@ -8,12 +8,16 @@
 //!
 //! One crypto provider (ring) is installed once at start-up.
 
+use crate::effects::input;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The largest CA bundle read (Debian's whole bundle is about 220 KiB).
+const MAX_BUNDLE: u64 = 8 * 1024 * 1024;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +32,11 @@ pub enum TlsError {
     )]
     NoSystemRoots(String),
     /// A CA file could not be read.
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read CA file {source}")]
     ReadCa {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (names the file).
+        #[source]
+        source: input::InputError,
     },
     /// A client certificate or key was refused.
     #[error("the client certificate or key cannot be used: {0}")]
@@ -89,18 +92,17 @@ fn system_root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsError> {
         .into_iter()
         .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from));
     for path in candidates {
-        if let Ok(bytes) = std::fs::read(&path) {
-            add_pem(&mut roots, &bytes);
+        if let Ok(file) = input::read(&path, MAX_BUNDLE) {
+            add_pem(&mut roots, &file.bytes);
             if !roots.is_empty() {
                 break;
             }
         }
     }
     if let Some(path) = extra {
-        let bytes = std::fs::read(path).map_err(|source| TlsError::ReadCa {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = input::read(path, MAX_BUNDLE)
+            .map_err(|source| TlsError::ReadCa { source })?
+            .bytes;
         let before = roots.len();
         add_pem(&mut roots, &bytes);
         if roots.len() == before {

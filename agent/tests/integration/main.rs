@@ -1,9 +1,13 @@
 //! Integration tests: the real `node-attach` binary (and its library) against the test control
 //! plane over real TLS, with the real kubectl and openssl as cross-checks.
 
+// The tests run programs and inspect the trees they made directly.
+#![allow(clippy::disallowed_methods)]
+
 mod differential;
 mod discover;
 mod faults;
+mod hostile;
 mod join;
 mod kubeconfigs;
 mod kubectl;

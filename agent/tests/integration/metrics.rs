@@ -4,11 +4,11 @@
 
 use crate::join::{join, Node};
 use crate::support::*;
-use test_control_plane::{ApiFault, ApiFaultKind};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use test_control_plane::{ApiFault, ApiFaultKind};
 
 /// One sample: the metric name and its labels, sorted.
 pub type Series = (String, BTreeMap<String, String>);

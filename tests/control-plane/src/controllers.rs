@@ -5,7 +5,7 @@
 use crate::auth::{authorize, Attributes, User};
 use crate::store::{Key, Kind};
 use crate::version::Release;
-use crate::{secret_data, token_expired, Approval, Shared, State};
+use crate::{secret_data, token_expired, Approval, CsrReply, Shared, State};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -302,18 +302,20 @@ pub fn approve_csrs(state: &mut State, release: Release) {
 /// approved without a certificate; before 1.18 every approved CSR is signed (see
 /// [`Release::csr_signer_validates`]).
 pub fn sign_csrs(state: &mut State, shared: &Shared) {
+    let reply = state.faults.csr_reply;
     for key in state.store.keys(Kind::Csr) {
         let Some(csr) = state.store.get(&key).cloned() else {
             continue;
         };
-        if let Some(updated) = signed(&csr, shared) {
+        if let Some(updated) = signed(&csr, shared, reply) {
             write_back(state, key, updated);
         }
     }
 }
 
-/// The CSR after the signer's turn, or `None` when it leaves it alone.
-fn signed(csr: &Value, shared: &Shared) -> Option<Value> {
+/// The CSR after the signer's turn, or `None` when it leaves it alone; `reply` crafts what it
+/// issues (see [`CsrReply`]).
+fn signed(csr: &Value, shared: &Shared, reply: CsrReply) -> Option<Value> {
     let release = shared.release;
     let approved = has_condition(csr, "Approved") && !has_condition(csr, "Denied");
     if !approved
@@ -332,9 +334,23 @@ fn signed(csr: &Value, shared: &Shared) -> Option<Value> {
             .and_then(|pem| pem_to_der(&pem))
             .ok_or_else(|| "the request is not a PEM certificate request".to_string())
             .and_then(|der| {
-                shared
-                    .ca
-                    .sign_client_csr(&der, &usages(csr), time::Duration::days(365))
+                let (usages, ttl) = (usages(csr), time::Duration::days(365));
+                match reply {
+                    CsrReply::Sign => shared.ca.sign_client_csr(&der, &usages, ttl),
+                    CsrReply::Failed => Err("refused by the test's CsrReply::Failed".into()),
+                    CsrReply::OtherKey => shared
+                        .ca
+                        .sign_client_csr_crafted(&der, &usages, ttl, None, true),
+                    CsrReply::OtherName => shared.ca.sign_client_csr_crafted(
+                        &der,
+                        &usages,
+                        ttl,
+                        Some("system:node:someone-else"),
+                        false,
+                    ),
+                    CsrReply::OtherCa => shared.foreign_ca.sign_client_csr(&der, &usages, ttl),
+                    CsrReply::Garbage => Ok("not a certificate".into()),
+                }
             }),
     };
     let mut updated = csr.clone();

@@ -19,7 +19,8 @@
 //!   `selfnodeclient`) allows it, then sign them with the cluster CA;
 //! * faults can be switched on to test refusals (tampered or re-serialized cluster-info, wrong
 //!   kid, `alg: none`, oversized bodies, a serving certificate from another CA, redirects,
-//!   scripted failures of the values endpoint).
+//!   scripted failures of the values endpoint, API answers of exact bytes, crafted CSR
+//!   replies).
 
 pub mod api;
 pub mod auth;
@@ -157,6 +158,9 @@ pub enum ApiFaultKind {
     CutShort,
     /// The request is handled, then half its JSON is sent as a complete chunked answer.
     TruncatedJson,
+    /// This status and exactly these bytes as a JSON answer, before the request is handled (a
+    /// crafted or hostile answer: duplicate keys, deep nesting, a forged object).
+    Body(u16, String),
 }
 
 /// A fault for the next request whose method and path match.
@@ -170,6 +174,25 @@ pub struct ApiFault {
     pub query_contains: String,
     /// What goes wrong.
     pub kind: ApiFaultKind,
+}
+
+/// What the CSR signer puts into an approved kubelet client CSR (crafted replies for hostile
+/// tests; the approver still decides as configured by [`Approval`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CsrReply {
+    /// As kube-controller-manager: a certificate for the request, from the cluster CA.
+    #[default]
+    Sign,
+    /// A `Failed` condition (`SignerValidationFailure`) instead of a certificate.
+    Failed,
+    /// A certificate from the cluster CA with the request's subject, for another key.
+    OtherKey,
+    /// A certificate from the cluster CA for the request's key, naming another node.
+    OtherName,
+    /// A certificate for the request, signed by a CA nobody trusts.
+    OtherCa,
+    /// `status.certificate` holds bytes that are no certificate.
+    Garbage,
 }
 
 /// Switchable misbehaviour.
@@ -188,6 +211,8 @@ pub struct Faults {
     pub values_script: VecDeque<Scripted>,
     /// Redirect the values endpoint to this URL.
     pub values_redirect: Option<String>,
+    /// What the CSR signer issues.
+    pub csr_reply: CsrReply,
 }
 
 /// One openapi token's values.

@@ -141,8 +141,26 @@ impl Ca {
         usages: &[String],
         ttl: Duration,
     ) -> Result<String, String> {
+        self.sign_client_csr_crafted(csr_der, usages, ttl, None, false)
+    }
+
+    /// [`Ca::sign_client_csr`], crafted for hostile tests: the subject's CN replaced by `cn`,
+    /// and with `other_key` the certificate is for a fresh key instead of the request's.
+    pub fn sign_client_csr_crafted(
+        &self,
+        csr_der: &[u8],
+        usages: &[String],
+        ttl: Duration,
+        cn: Option<&str>,
+        other_key: bool,
+    ) -> Result<String, String> {
         let der = CertificateSigningRequestDer::from(csr_der.to_vec());
         let mut req = CertificateSigningRequestParams::from_der(&der).map_err(|e| e.to_string())?;
+        if let Some(cn) = cn {
+            req.params
+                .distinguished_name
+                .push(DnType::CommonName, cn.to_owned());
+        }
         let now = OffsetDateTime::now_utc();
         let p = &mut req.params;
         p.not_before = now - Duration::minutes(5);
@@ -162,6 +180,14 @@ impl Ca {
                     .push(ExtendedKeyUsagePurpose::ClientAuth),
                 other => return Err(format!("usage {other:?} is not allowed for this signer")),
             }
+        }
+        if other_key {
+            let key = KeyPair::generate().map_err(|e| e.to_string())?;
+            let cert = req
+                .params
+                .signed_by(&key, &self.issuer)
+                .map_err(|e| e.to_string())?;
+            return Ok(cert.pem());
         }
         let cert = req.signed_by(&self.issuer).map_err(|e| e.to_string())?;
         Ok(cert.pem())

@@ -233,6 +233,13 @@ async fn respond(
             .body(Full::new(Bytes::from(body.to_string())).boxed())
             .expect("response");
     }
+    if let Some(crate::ApiFaultKind::Body(status, body)) = fault.as_ref().map(|f| &f.kind) {
+        return Response::builder()
+            .status(*status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())).boxed())
+            .expect("response");
+    }
     if let Some(crate::ApiFaultKind::Status(status, retry_after)) =
         &fault.as_ref().map(|f| f.kind.clone())
     {

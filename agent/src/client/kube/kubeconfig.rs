@@ -132,26 +132,26 @@ fn shown(files: &[PathBuf]) -> String {
         .join(":")
 }
 
-/// Reads a file of at most [`MAX_FILE`] bytes.
+/// Reads a regular file of at most [`MAX_FILE`] bytes (through [`crate::effects::input`]).
 pub fn read_capped(what: &str, path: &Path) -> Result<Vec<u8>, AdminConfigError> {
-    use std::io::Read;
-    let read = |source| AdminConfigError::Read {
-        what: what.to_owned(),
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let mut buf = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(read)?;
-    if buf.len() as u64 > MAX_FILE {
-        return Err(AdminConfigError::TooLarge {
+    use crate::effects::input::{self, InputError};
+    match input::read(path, MAX_FILE) {
+        Ok(f) => Ok(f.bytes),
+        Err(InputError::Io { source, .. }) => Err(AdminConfigError::Read {
             what: what.to_owned(),
             path: path.to_owned(),
-        });
+            source,
+        }),
+        Err(InputError::TooLarge { .. }) => Err(AdminConfigError::TooLarge {
+            what: what.to_owned(),
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(AdminConfigError::Read {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        }),
     }
-    Ok(buf)
 }
 
 fn parse_file(path: &Path, what: &str) -> Result<Kubeconfig, AdminConfigError> {

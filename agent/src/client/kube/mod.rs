@@ -31,6 +31,12 @@ pub enum KubeError {
     /// The client could not be built.
     #[error("cannot build an API client: {0}")]
     Setup(String),
+    /// The TLS configuration could not be built (CA, client certificate).
+    #[error("cannot build an API client: {0}")]
+    Tls(#[source] tls::TlsError),
+    /// The kubeconfig does not parse or names no cluster.
+    #[error("cannot build an API client from the kubeconfig: {0}")]
+    Kubeconfig(#[source] crate::model::kubeconfig::KubeconfigError),
     /// A 2xx answer whose JSON does not parse (cut short, or not JSON at all).
     #[error("{path}: the answer does not parse as JSON ({reason}); it may have been cut short")]
     Truncated {
@@ -142,7 +148,7 @@ impl Kube {
         token: Option<Secret>,
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        let config = tls::trusting_only(ca_ders).map_err(|e| KubeError::Setup(e.to_string()))?;
+        let config = tls::trusting_only(ca_ders).map_err(KubeError::Tls)?;
         Kube::build(server, config, token, limits)
     }
 
@@ -153,10 +159,9 @@ impl Kube {
         cert_and_key_pem: &[u8],
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let config = tls::trusting_only_with_identity(ca_ders, &identity)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem).map_err(KubeError::Tls)?;
+        let config =
+            tls::trusting_only_with_identity(ca_ders, &identity).map_err(KubeError::Tls)?;
         Kube::build(server, config, None, limits)
     }
 
@@ -302,9 +307,17 @@ impl Kube {
         let what = format!("{method} {path}");
         crate::client::http::retry(self.retry, &what, |_| async {
             let reply = self.send_once(&method, path, &body, content_type).await?;
-            let value = Kube::decode(path, &reply.body).map_err(|e| match e {
-                KubeError::Decode { path, reason } => KubeError::Truncated { path, reason },
-                other => other,
+            // Only an answer that does not parse may heal on a retry (a body cut short); one
+            // that parses into something refused (a key twice, too deep, too large) is what
+            // the server holds, and fails at once.
+            let value = crate::model::strict::json(&reply.body).map_err(|e| {
+                let (path, reason) = (path.to_owned(), e.to_string());
+                match e {
+                    crate::model::strict::StrictError::Syntax(_) => {
+                        KubeError::Truncated { path, reason }
+                    }
+                    _ => KubeError::Decode { path, reason },
+                }
             })?;
             Ok((value, reply))
         })
@@ -331,13 +344,6 @@ impl Kube {
     /// One Node; `None` when there is none of that name.
     pub async fn node(&self, name: &str) -> Result<Option<objects::Node>, KubeError> {
         self.get_as(&paths::node(name)).await
-    }
-
-    fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
-        crate::model::strict::json(body).map_err(|e| KubeError::Decode {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
     }
 
     /// GET; `None` on 404.
@@ -384,7 +390,10 @@ impl Kube {
         let reply = tokio::time::timeout(timeout, once)
             .await
             .map_err(|_| KubeError::Setup(format!("GET {path}: no answer within {timeout:?}")))??;
-        let v: Value = Kube::decode(path, &reply.body)?;
+        let v: Value = crate::model::strict::json(&reply.body).map_err(|e| KubeError::Decode {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         v["gitVersion"]
             .as_str()
             .unwrap_or_default()

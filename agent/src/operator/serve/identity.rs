@@ -20,7 +20,7 @@ pub const AUTHENTICATION_CONFIGMAP: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The ConfigMap could not be read.
-    #[error("cannot read kube-system/extension-apiserver-authentication")]
+    #[error("cannot read kube-system/extension-apiserver-authentication: {0}")]
     Api(#[source] KubeError),
     /// It holds no usable CA.
     #[error("kube-system/extension-apiserver-authentication holds no usable client-ca-file")]

@@ -66,6 +66,17 @@ pub enum Use {
 }
 
 impl Use {
+    /// The outcome a store refusal counts as.
+    pub fn of(e: &super::store::StoreError) -> Use {
+        use super::store::StoreError;
+        match e {
+            StoreError::Unknown => Use::Unknown,
+            StoreError::Expired => Use::Expired,
+            StoreError::UsedUp => Use::UsedUp,
+            _ => Use::Failed,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Use::Served => "served",
@@ -91,6 +102,9 @@ pub struct Metrics {
     callbacks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     removals: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// One metric family: its name, help text, and samples (`{label="value",…}` or empty, count).
+type Family = (&'static str, &'static str, Vec<(String, u64)>);
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, by: u64) {
     let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,107 +167,94 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let lock = |m: &Mutex<BTreeMap<(&'static str, u16), u64>>| {
-            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        };
-        family(
-            &mut out,
-            "node_attach_serve_requests_total",
-            "Requests answered, by route and HTTP status code.",
-        );
-        for ((route, code), n) in lock(&self.requests) {
-            let _ = writeln!(
-                out,
-                "node_attach_serve_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
-            );
+        for (name, help, samples) in self.families() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (labels, n) in samples {
+                let _ = writeln!(out, "{name}{labels} {n}");
+            }
         }
-        family(
-            &mut out,
-            "node_attach_serve_token_uses_total",
-            "Openapi token uses, by outcome (served, unknown, expired, used_up, failed).",
-        );
-        let uses = self.uses.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for outcome in [
+        out
+    }
+
+    /// Every family, in exposition order.
+    fn families(&self) -> Vec<Family> {
+        fn copy<K: Clone + Ord>(m: &Mutex<BTreeMap<K, u64>>) -> BTreeMap<K, u64> {
+            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+        let requests = copy(&self.requests)
+            .into_iter()
+            .map(|((route, code), n)| (format!("{{route=\"{route}\",code=\"{code}\"}}"), n))
+            .collect();
+        let uses = copy(&self.uses);
+        let uses = [
             Use::Served,
             Use::Unknown,
             Use::Expired,
             Use::UsedUp,
             Use::Failed,
-        ] {
-            let n = uses.get(&outcome).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "node_attach_serve_token_uses_total{{outcome=\"{}\"}} {n}",
-                outcome.label()
-            );
-        }
-        family(
-            &mut out,
-            "node_attach_serve_mint_failures_total",
-            "Bootstrap tokens that could not be created for a use.",
-        );
-        let _ = writeln!(
-            out,
-            "node_attach_serve_mint_failures_total {}",
-            read(&self.mint_failures)
-        );
-        family(
-            &mut out,
-            "node_attach_serve_labels_applied_total",
-            "Restricted labels applied to Nodes.",
-        );
-        let _ = writeln!(
-            out,
-            "node_attach_serve_labels_applied_total {}",
-            read(&self.labels_applied)
-        );
-        family(
-            &mut out,
-            "node_attach_serve_nodes_labelled_total",
-            "Nodes the restricted labels were applied to.",
-        );
-        let _ = writeln!(
-            out,
-            "node_attach_serve_nodes_labelled_total {}",
-            read(&self.nodes_labelled)
-        );
-        family(
-            &mut out,
-            "node_attach_serve_callback_reports_total",
-            "Reports from nodes, by status and failure code.",
-        );
-        let callbacks = self
-            .callbacks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for ((status, code), n) in callbacks {
-            let _ = writeln!(out, "node_attach_serve_callback_reports_total{{status=\"{status}\",code=\"{code}\"}} {n}");
-        }
-        family(
-            &mut out,
-            "node_attach_serve_node_removals_total",
-            "Nodes of removed nodes, by outcome (deleted, absent, refused).",
-        );
-        let removals = self
-            .removals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for outcome in ["deleted", "absent", "refused"] {
-            let n = removals.get(outcome).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "node_attach_serve_node_removals_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        out
+        ]
+        .into_iter()
+        .map(|u| {
+            (
+                format!("{{outcome=\"{}\"}}", u.label()),
+                uses.get(&u).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+        let callbacks = copy(&self.callbacks)
+            .into_iter()
+            .map(|((status, code), n)| (format!("{{status=\"{status}\",code=\"{code}\"}}"), n))
+            .collect();
+        let removals = copy(&self.removals);
+        let removals = ["deleted", "absent", "refused"]
+            .into_iter()
+            .map(|o| {
+                (
+                    format!("{{outcome=\"{o}\"}}"),
+                    removals.get(o).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let single = |n: &Mutex<u64>| vec![(String::new(), read(n))];
+        vec![
+            (
+                "node_attach_serve_requests_total",
+                "Requests answered, by route and HTTP status code.",
+                requests,
+            ),
+            (
+                "node_attach_serve_token_uses_total",
+                "Openapi token uses, by outcome (served, unknown, expired, used_up, failed).",
+                uses,
+            ),
+            (
+                "node_attach_serve_mint_failures_total",
+                "Bootstrap tokens that could not be created for a use.",
+                single(&self.mint_failures),
+            ),
+            (
+                "node_attach_serve_labels_applied_total",
+                "Restricted labels applied to Nodes.",
+                single(&self.labels_applied),
+            ),
+            (
+                "node_attach_serve_nodes_labelled_total",
+                "Nodes the restricted labels were applied to.",
+                single(&self.nodes_labelled),
+            ),
+            (
+                "node_attach_serve_callback_reports_total",
+                "Reports from nodes, by status and failure code.",
+                callbacks,
+            ),
+            (
+                "node_attach_serve_node_removals_total",
+                "Nodes of removed nodes, by outcome (deleted, absent, refused).",
+                removals,
+            ),
+        ]
     }
-}
-
-fn family(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
 }
 
 impl Service {

@@ -213,6 +213,8 @@ impl Service {
             .unwrap_or_else(|_| error(500, "cannot build the response"))
     }
 
+    /// `GET /v1/values/{token}` (JSON) or ACK's `node_info` (`ack`: key=value text): takes one
+    /// use of the openapi token and mints a fresh bootstrap token for it.
     async fn values(
         &self,
         token: String,
@@ -242,45 +244,12 @@ impl Service {
             .await
         {
             Ok(r) => r,
-            Err(e @ (StoreError::Unknown | StoreError::Expired | StoreError::UsedUp)) => {
-                self.metrics.token_use(match e {
-                    StoreError::Unknown => metrics::Use::Unknown,
-                    StoreError::Expired => metrics::Use::Expired,
-                    _ => metrics::Use::UsedUp,
-                });
-                tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
-                let status = if matches!(e, StoreError::Unknown) {
-                    404
-                } else {
-                    410
-                };
-                return error(status, &e.to_string());
-            }
             Err(e) => {
-                self.metrics.token_use(metrics::Use::Failed);
-                tracing::warn!(token = short, "openapi token lookup failed: {e}");
-                return error(503, "the values service cannot reach the cluster");
+                self.metrics.token_use(metrics::Use::of(&e));
+                return refusal(short, peer, &e);
             }
         };
-        let secret = crate::operator::bootstrap_tokens::secret_for(
-            &crate::operator::bootstrap_tokens::NewToken {
-                token: minted.clone(),
-                ttl: Some(self.cfg.bootstrap_ttl),
-                usages: vec!["signing".into(), "authentication".into()],
-                groups: vec![crate::operator::bootstrap_tokens::DEFAULT_GROUP.into()],
-                description: Some(format!(
-                    "node-attach serve: openapi token {short}, use {}",
-                    record.uses.len()
-                )),
-            },
-            time::OffsetDateTime::now_utc(),
-        );
-        if let Err(e) = self
-            .cfg
-            .kube
-            .post("/api/v1/namespaces/kube-system/secrets", &secret)
-            .await
-        {
+        if let Err(e) = self.mint(&minted, short, record.uses.len()).await {
             self.metrics.mint_failure();
             self.metrics.token_use(metrics::Use::Failed);
             tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
@@ -296,43 +265,53 @@ impl Service {
             self.cfg.public_url.trim_end_matches('/'),
             parsed.expose()
         );
-        let mut values = record.values.clone();
-        values["apiVersion"] = json!(crate::sources::values::schema::API_VERSION);
-        values["kind"] = json!(crate::sources::values::schema::KIND);
-        values["bootstrapToken"] = json!(minted.expose_full().expose());
-        values["callbackURL"] = json!(callback);
-        if values["apiServerEndpoints"]
-            .as_array()
-            .is_none_or(|a| a.is_empty())
-        {
-            values["apiServerEndpoints"] = json!([self.cfg.endpoint]);
-        }
-        if values["caCertHashes"]
-            .as_array()
-            .is_none_or(|a| a.is_empty())
-        {
-            values["caCertHashes"] = json!([self.cfg.ca_pin]);
-        }
+        let values = self.answer(record.values, &minted, &callback);
         if ack {
-            let mut text = format!(
-                "token={}\nendpoint={}\ncallback_url={callback}\n",
-                minted.expose_full().expose(),
-                values["apiServerEndpoints"][0].as_str().unwrap_or_default()
-            );
-            if let Some(dns) = values["clusterDNS"][0].as_str() {
-                text.push_str(&format!("cluster_dns={dns}\n"));
-            }
-            if let Some(mode) = values["nodeNameMode"].as_str() {
-                text.push_str(&format!("name_mode={mode}\n"));
-            }
-            if values["runtime"]["name"] == "docker" {
-                if let Some(v) = values["runtime"]["version"].as_str() {
-                    text.push_str(&format!("docker_version={v}\n"));
-                }
-            }
-            return reply(200, "text/plain", text);
+            return reply(200, "text/plain", ack_text(&values, &minted, &callback));
         }
         reply(200, "application/json", values.to_string())
+    }
+
+    /// Creates the bootstrap token Secret for one use.
+    async fn mint(
+        &self,
+        minted: &BootstrapToken,
+        short: &str,
+        use_number: usize,
+    ) -> Result<(), crate::client::kube::KubeError> {
+        use crate::operator::bootstrap_tokens::{secret_for, NewToken, DEFAULT_GROUP};
+        let secret = secret_for(
+            &NewToken {
+                token: minted.clone(),
+                ttl: Some(self.cfg.bootstrap_ttl),
+                usages: vec!["signing".into(), "authentication".into()],
+                groups: vec![DEFAULT_GROUP.into()],
+                description: Some(format!(
+                    "node-attach serve: openapi token {short}, use {use_number}"
+                )),
+            },
+            time::OffsetDateTime::now_utc(),
+        );
+        let path = "/api/v1/namespaces/kube-system/secrets";
+        self.cfg.kube.post(path, &secret).await.map(|_| ())
+    }
+
+    /// The values a node gets: the token's template with the minted bootstrap token, the
+    /// callback, and the service's endpoint and CA pin where the template names none.
+    fn answer(&self, mut values: Value, minted: &BootstrapToken, callback: &str) -> Value {
+        use crate::sources::values::schema::{API_VERSION, KIND};
+        values["apiVersion"] = json!(API_VERSION);
+        values["kind"] = json!(KIND);
+        values["bootstrapToken"] = json!(minted.expose_full().expose());
+        values["callbackURL"] = json!(callback);
+        let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+        if empty(&values["apiServerEndpoints"]) {
+            values["apiServerEndpoints"] = json!([self.cfg.endpoint]);
+        }
+        if empty(&values["caCertHashes"]) {
+            values["caCertHashes"] = json!([self.cfg.ca_pin]);
+        }
+        values
     }
 
     /// `POST /v1/callback/{token}`: join's report (restricted labels applied once the node
@@ -513,6 +492,47 @@ impl Service {
             .map_err(|e| format!("recording the node: {e}"))?;
         Ok(!restricted.is_empty())
     }
+}
+
+/// The answer to a token that cannot be used (404 unknown, 410 expired or used up, 503 when
+/// the cluster cannot be asked).
+fn refusal(short: &str, peer: SocketAddr, e: &StoreError) -> Response<Body> {
+    match e {
+        StoreError::Unknown | StoreError::Expired | StoreError::UsedUp => {
+            tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
+            let status = if matches!(e, StoreError::Unknown) {
+                404
+            } else {
+                410
+            };
+            error(status, &e.to_string())
+        }
+        _ => {
+            tracing::warn!(token = short, "openapi token lookup failed: {e}");
+            error(503, "the values service cannot reach the cluster")
+        }
+    }
+}
+
+/// ACK's `node_info` text form of the values.
+fn ack_text(values: &Value, minted: &BootstrapToken, callback: &str) -> String {
+    let mut text = format!(
+        "token={}\nendpoint={}\ncallback_url={callback}\n",
+        minted.expose_full().expose(),
+        values["apiServerEndpoints"][0].as_str().unwrap_or_default()
+    );
+    if let Some(dns) = values["clusterDNS"][0].as_str() {
+        text.push_str(&format!("cluster_dns={dns}\n"));
+    }
+    if let Some(mode) = values["nodeNameMode"].as_str() {
+        text.push_str(&format!("name_mode={mode}\n"));
+    }
+    if values["runtime"]["name"] == "docker" {
+        if let Some(v) = values["runtime"]["version"].as_str() {
+            text.push_str(&format!("docker_version={v}\n"));
+        }
+    }
+    text
 }
 
 fn csr_common_name(csr: &Value) -> Option<String> {

@@ -79,6 +79,10 @@ pub enum StoreError {
     /// API failure.
     #[error(transparent)]
     Api(#[from] KubeError),
+    /// Too many concurrent updates of one token's record (each retried on a stale
+    /// resourceVersion).
+    #[error("too many concurrent updates of one token")]
+    Contended,
     /// A stored record does not parse.
     #[error("the stored record {0} is damaged")]
     Damaged(String),
@@ -185,9 +189,7 @@ impl Store<'_> {
                 return Ok(record);
             }
         }
-        Err(StoreError::Api(KubeError::Setup(
-            "too many concurrent updates of one token".into(),
-        )))
+        Err(StoreError::Contended)
     }
 
     /// Remembers which node the use that minted `bootstrap_id` became. Retries on concurrent
@@ -215,9 +217,7 @@ impl Store<'_> {
                 return Ok(());
             }
         }
-        Err(StoreError::Api(KubeError::Setup(
-            "too many concurrent updates of one token".into(),
-        )))
+        Err(StoreError::Contended)
     }
 
     /// Gives back the use that was to mint `bootstrap_id` (its bootstrap token could not be

@@ -222,6 +222,16 @@ fn runtime(r: RuntimeDoc) -> Result<RuntimeValues, ValuesError> {
     for (host, mirrors) in r.registry_mirrors {
         check_registry_host(&format!("runtime.registryMirrors[{host:?}]"), &host)?;
         for m in &mirrors {
+            // The URL parser drops tabs and newlines and escapes quotes; the string as given is
+            // what goes into hosts.toml and daemon.json, so it must need none of that.
+            if m.chars().any(|c| {
+                c.is_control() || c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '`')
+            }) {
+                return Err(invalid(
+                    format!("runtime.registryMirrors[{host:?}]"),
+                    "a mirror must be a plain URL: no spaces, control characters, quotes or backslashes",
+                ));
+            }
             let u = url::Url::parse(m).map_err(|e| {
                 invalid(
                     format!("runtime.registryMirrors[{host:?}]"),
