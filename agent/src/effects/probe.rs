@@ -20,8 +20,15 @@ pub trait Probe: Send + Sync {
     fn has_program(&self, name: &str) -> bool;
     /// Whether a TCP port is free to listen on.
     fn port_free(&self, port: u16) -> bool;
+    /// What `PROGRAM --version` prints, if the program is installed and answers.
+    fn version_of(&self, program: &str) -> Option<String>;
+
     /// The installed kubelet's version, if one answers `kubelet --version`.
-    fn kubelet_version(&self) -> Option<KubeVersion>;
+    fn kubelet_version(&self) -> Option<KubeVersion> {
+        let out = self.version_of("kubelet")?;
+        out.split_whitespace()
+            .find_map(|w| w.parse::<KubeVersion>().ok())
+    }
 }
 
 /// The machine node-attach runs on.
@@ -61,11 +68,9 @@ impl Probe for HostProbe {
         std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
     }
 
-    fn kubelet_version(&self) -> Option<KubeVersion> {
-        which("kubelet")?;
-        let out = run_command("kubelet", &["--version"], Duration::from_secs(20)).ok()?;
-        out.split_whitespace()
-            .find_map(|w| w.parse::<KubeVersion>().ok())
+    fn version_of(&self, program: &str) -> Option<String> {
+        which(program)?;
+        run_command(program, &["--version"], Duration::from_secs(20)).ok()
     }
 }
 
@@ -82,12 +87,12 @@ pub struct FixedProbe {
     pub programs: Vec<String>,
     /// Ports in use.
     pub busy_ports: Vec<u16>,
-    /// The kubelet's version.
-    pub kubelet: Option<KubeVersion>,
+    /// What `PROGRAM --version` prints, by program.
+    pub versions: Vec<(String, String)>,
 }
 
 impl Default for FixedProbe {
-    /// A healthy node: root, Debian, cgroup v2, every tool, port 10250 free, no kubelet.
+    /// A healthy node: root, Debian, cgroup v2, every tool, port 10250 free, no versions known.
     fn default() -> Self {
         FixedProbe {
             root: true,
@@ -97,7 +102,7 @@ impl Default for FixedProbe {
                 .map(String::from)
                 .to_vec(),
             busy_ports: Vec::new(),
-            kubelet: None,
+            versions: Vec::new(),
         }
     }
 }
@@ -118,7 +123,8 @@ impl Probe for FixedProbe {
     fn port_free(&self, port: u16) -> bool {
         !self.busy_ports.contains(&port)
     }
-    fn kubelet_version(&self) -> Option<KubeVersion> {
-        self.kubelet.clone()
+    fn version_of(&self, program: &str) -> Option<String> {
+        let found = self.versions.iter().find(|(p, _)| p == program);
+        found.map(|(_, v)| v.clone())
     }
 }

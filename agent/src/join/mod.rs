@@ -273,7 +273,9 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         &settings.runtime_values,
         &cluster.version,
         &pause,
-        effects.host.then(runtime::containerd_version),
+        effects
+            .host
+            .then(|| runtime::containerd_version(effects.probe.as_ref())),
         &originals,
         effects.packages.as_ref().map(|pm| pm.name()),
     );

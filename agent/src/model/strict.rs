@@ -198,7 +198,7 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StrictError> {
 /// quote-aware scan can be made to miss nesting (a stray `'` before 40,000 nested `{` took a
 /// minute in libyaml). Every `[` and `{` counts but an empty pair, which bounds libyaml's flow
 /// depth (to one more) whatever the quotes, and a rendering of the parsed document counts no
-/// more.
+/// more (but for aliases, which a rendering spells out).
 fn bounded_yaml(text: &str) -> Result<(), StrictError> {
     if text.len() > MAX_BYTES {
         return Err(StrictError::TooLarge);

@@ -7,6 +7,7 @@
 mod differential;
 mod discover;
 mod faults;
+mod golden;
 mod hostile;
 mod join;
 mod kubeconfigs;

@@ -414,7 +414,20 @@ fn removal_report(
 
 #[test]
 fn the_service_deletes_the_node_of_a_reset_that_proves_it_is_that_node() {
-    let cp = control_plane();
+    removal_through_the_service(control_plane());
+}
+
+/// On a 1.18 cluster CSRs are certificates.k8s.io/v1beta1: the service finds the node's CSR
+/// there.
+#[test]
+fn the_service_finds_the_nodes_csr_in_the_api_of_a_1_18_cluster() {
+    removal_through_the_service(control_plane_with(Options {
+        kubernetes_version: "v1.18.20".into(),
+        ..Options::default()
+    }));
+}
+
+fn removal_through_the_service(cp: TestControlPlane) {
     let dir = tempfile::tempdir().expect("tmp");
     let (service, token) = service_with_token(&cp, dir.path(), 2, &[]);
     let ca = dir.path().join("ca.pem");

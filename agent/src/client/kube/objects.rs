@@ -64,8 +64,19 @@ pub struct Condition {
 pub struct Node {
     /// Metadata.
     pub metadata: ObjectMeta,
+    /// Spec.
+    pub spec: NodeSpec,
     /// Status.
     pub status: NodeStatus,
+}
+
+/// A Node's spec.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NodeSpec {
+    /// The cloud provider's id of the instance.
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
 }
 
 /// A Node's status.

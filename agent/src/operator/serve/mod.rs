@@ -96,6 +96,8 @@ struct Service {
     cfg: ServeConfig,
     limiter: Limiter,
     metrics: metrics::Metrics,
+    /// The certificates.k8s.io version of the cluster's release (v1beta1 before 1.19).
+    csr_api: &'static str,
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -416,6 +418,38 @@ impl Service {
         }
     }
 
+    /// The bootstrap token id of the use `node` came from: its kubelet CSR was made with a
+    /// bootstrap token minted for a use of this openapi token (CSRs in the API version of the
+    /// cluster's release).
+    async fn joined_through(&self, record: &store::Record, node: &str) -> Result<String, String> {
+        use crate::client::kube::objects::{Csr, List};
+        let path = crate::client::kube::paths::csrs(self.csr_api);
+        let csrs: Option<List<Csr>> = self
+            .cfg
+            .kube
+            .get_as(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let minted: Vec<String> = record
+            .uses
+            .iter()
+            .filter(|u| u.node.is_none())
+            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
+            .collect();
+        let subject = format!("system:node:{node}");
+        let made_by_use = csrs.into_iter().flat_map(|l| l.items).find(|c| {
+            minted.contains(&c.spec.username)
+                && csr_common_name(&c.spec.request).as_deref() == Some(&subject)
+        });
+        let csr = made_by_use.ok_or_else(|| {
+            format!(
+                "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
+            )
+        })?;
+        let id = csr.spec.username.trim_start_matches("system:bootstrap:");
+        Ok(id.to_owned())
+    }
+
     /// Applies the token's restricted labels to `node` if, and only if, that node's kubelet
     /// certificate was requested with a bootstrap token minted for a use of this openapi token.
     async fn apply_labels(
@@ -437,55 +471,22 @@ impl Service {
                 .unwrap_or_default(),
         );
         let (_, restricted) = labels.split_by_class();
-        let csrs = self
-            .cfg
-            .kube
-            .get("/apis/certificates.k8s.io/v1/certificatesigningrequests")
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        let minted: Vec<String> = record
-            .uses
-            .iter()
-            .filter(|u| u.node.is_none())
-            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
-            .collect();
-        let made_by_use = csrs["items"].as_array().into_iter().flatten().find(|c| {
-            minted.iter().any(|m| c["spec"]["username"] == m.as_str())
-                && csr_common_name(c).as_deref() == Some(&format!("system:node:{node}"))
-        });
-        let Some(csr) = made_by_use else {
-            return Err(format!(
-                "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
-            ));
-        };
-        let nobj = self
-            .cfg
-            .kube
-            .get(&format!("/api/v1/nodes/{node}"))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the Node is not registered yet")?;
-        if let Some(p) = provider_id {
-            if nobj["spec"]["providerID"].as_str() != Some(p) {
-                return Err("the Node's providerID does not match the report".into());
-            }
+        let requester = self.joined_through(&record, node).await?;
+        let registered = self.cfg.kube.node(node).await.map_err(|e| e.to_string())?;
+        let registered = registered.ok_or("the Node is not registered yet")?;
+        if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
+            return Err("the Node's providerID does not match the report".into());
         }
         if !restricted.is_empty() {
             let patch = json!({"metadata": {"labels": restricted.0}});
             self.cfg
                 .kube
-                .merge_patch(&format!("/api/v1/nodes/{node}"), &patch)
+                .merge_patch(&crate::client::kube::paths::node(node), &patch)
                 .await
                 .map_err(|e| e.to_string())?;
             self.metrics.labels_applied(restricted.0.len());
             tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
         }
-        let requester = csr["spec"]["username"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches("system:bootstrap:")
-            .to_owned();
         store
             .record_node(token, &requester, node)
             .await
@@ -535,12 +536,13 @@ fn ack_text(values: &Value, minted: &BootstrapToken, callback: &str) -> String {
     text
 }
 
-fn csr_common_name(csr: &Value) -> Option<String> {
+/// The subject CN of a CSR's request (PEM, base64).
+fn csr_common_name(request: &str) -> Option<String> {
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
     let pem = base64::engine::general_purpose::STANDARD
-        .decode(csr["spec"]["request"].as_str()?)
+        .decode(request)
         .ok()?;
     let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&pem).ok()?;
     let (_, req) =
@@ -572,6 +574,8 @@ pub async fn run(
     for c in changes {
         tracing::info!("RBAC: {c}");
     }
+    let (version, _) = cfg.kube.version().await.map_err(|e| e.to_string())?;
+    let csr_api = crate::model::compat::csr_api_version(&version);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -580,6 +584,7 @@ pub async fn run(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let per_minute = f64::from(cfg.rate_per_minute.max(1));
     let service = Arc::new(Service {
+        csr_api,
         cfg,
         limiter: Limiter {
             buckets: Mutex::new(HashMap::new()),
