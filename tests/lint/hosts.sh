@@ -20,6 +20,8 @@ allowed() {
   case $host in
     # Reserved for documentation and tests (RFC 2606, RFC 6761).
     example.com|example.org|example.net|*.example|*.example.com|*.example.org|*.invalid|*.test|localhost) return 0 ;;
+    # In-cluster Service names (deploy/'s kubeconfig reaches the API server from a pod).
+    *.svc|*.svc.cluster.local) return 0 ;;
     # Documentation links in the systemd units.
     kubernetes.io) return 0 ;;
     # ACK's values endpoint, which --openapi-token reads by default (ACK's own attach_node.sh).

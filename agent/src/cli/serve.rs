@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// Namespace of the openapi token Secrets.
     #[arg(long, default_value = "node-attach")]
     pub namespace: String,
+    /// The API server endpoint nodes are given when a token's values name none (default: the
+    /// kubeconfig's server; set it when the service reaches the API server by another address
+    /// than nodes do, as in a pod through kubernetes.default.svc).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    pub endpoint: Option<String>,
     /// This service's public base URL (callbacks point there), e.g. https://values.example.com.
     #[arg(long, value_name = "URL")]
     pub public_url: String,
@@ -44,6 +49,12 @@ pub struct ServeArgs {
     /// it when the report is authenticated with that node's client certificate).
     #[arg(long)]
     pub keep_removed_nodes: bool,
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    crate::model::validate::Endpoint::parse("--endpoint", s)
+        .map(|e| e.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Admin client, CA pin and API endpoint from `--kubeconfig`, else `$KUBECONFIG` (several files
@@ -116,7 +127,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
     let cfg = ServeConfig {
         kube,
         namespace: args.namespace,
-        endpoint,
+        endpoint: args.endpoint.unwrap_or(endpoint),
         ca_pin,
         public_url: args.public_url,
         bootstrap_ttl: args.bootstrap_ttl,

@@ -323,6 +323,14 @@ fn metrics_count_what_the_service_did_and_readyz_follows_the_api_server() {
     assert_eq!(get(&format!("{}/healthz", service.url), &ca).0, 200);
     let m = scrape(&service.url, &ca);
     assert_eq!(value(&m, REQ, &[("route", "readyz"), ("code", "503")]), 2.0);
-    let log = service.stderr.lock().expect("lock").clone();
+    // The log is whole once the process has exited and its reader thread let go of it.
+    let stderr = service.stderr.clone();
+    drop(service);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::sync::Arc::strong_count(&stderr) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = stderr.lock().expect("lock").clone();
+    assert!(log.contains("openapi token used"), "{log}");
     assert!(!log.contains(&token), "{log}");
 }
