@@ -382,3 +382,38 @@ fn serve_does_its_whole_job_with_the_deploy_rbac_alone() {
         "{log}"
     );
 }
+
+/// Two replicas starting together both find a joining binding missing and both create it: the
+/// second create answers 409 AlreadyExists, which is no failure (here the 409 is injected for
+/// the first binding, so the run also shows nothing else is created twice or lost).
+#[test]
+fn a_create_conflict_in_the_joining_rbac_is_another_replica_s_create() {
+    let cp = control_plane_with(Options {
+        kubeadm_rbac: false,
+        ..Options::default()
+    });
+    cp.set_faults(|f| {
+        f.api.push_back(test_control_plane::ApiFault {
+            method: "POST".into(),
+            path_contains: "/clusterrolebindings".into(),
+            query_contains: String::new(),
+            kind: test_control_plane::ApiFaultKind::Echo(409, "already exists".into()),
+        })
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let admin = write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
+    let created = run(&[
+        "token",
+        "create",
+        "--kubeconfig",
+        &admin.display().to_string(),
+    ]);
+    created
+        .expect_code(0)
+        .expect_output("created kubeadm:node-autoapprove-bootstrap");
+    assert!(
+        !created.all().contains("created kubeadm:kubelet-bootstrap"),
+        "{}",
+        created.all()
+    );
+}
