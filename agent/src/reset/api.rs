@@ -126,7 +126,7 @@ pub async fn delete_through_service(
     identity: &ClientIdentity,
 ) -> String {
     let target = by_service(name);
-    let answer = super::report(callback, name, ctx.problems(), Some(identity)).await;
+    let answer = super::report(callback, name, ctx.problems(), &ctx.audit, Some(identity)).await;
     let said = |key: &str| {
         answer
             .as_ref()

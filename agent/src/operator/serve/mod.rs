@@ -62,6 +62,9 @@ pub struct ServeConfig {
 /// A response body: a small buffer, or a file streamed from disk.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// The largest report a node may send (reset's carries part of its audit of the paths).
+pub const MAX_REPORT: usize = 64 * 1024;
+
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
@@ -153,7 +156,7 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let body = match http_body_util::Limited::new(req.into_body(), 16 * 1024)
+                let body = match http_body_util::Limited::new(req.into_body(), MAX_REPORT)
                     .collect()
                     .await
                 {
