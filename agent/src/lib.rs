@@ -14,6 +14,12 @@
 //!
 //! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
 
+// Functions short enough to read at once (the threshold is in clippy.toml); tests may be longer.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+// Tests set up and inspect scratch trees directly; the code under test may not (clippy.toml).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod apply;
 pub mod artifacts;
 pub mod cli;

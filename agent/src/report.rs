@@ -181,3 +181,50 @@ impl Reporter {
         }
     }
 }
+
+/// A phase under way: reported started when made, and done with [`Phase::end`]; dropped
+/// without it (a `?` returned early), it is reported failed.
+pub struct Phase<'r> {
+    reporter: &'r mut Reporter,
+    name: &'static str,
+    started: std::time::Instant,
+    ended: bool,
+}
+
+impl Reporter {
+    /// Starts a phase.
+    pub fn begin(&mut self, name: &'static str) -> Phase<'_> {
+        self.phase(name, Status::Started, None, "");
+        Phase {
+            reporter: self,
+            name,
+            started: std::time::Instant::now(),
+            ended: false,
+        }
+    }
+}
+
+impl Phase<'_> {
+    /// Reports the phase's end.
+    pub fn end(mut self, status: Status, detail: &str) {
+        self.ended = true;
+        let elapsed = self.started.elapsed();
+        self.reporter
+            .phase(self.name, status, Some(elapsed), detail);
+    }
+
+    /// Something the user should know, said while the phase runs.
+    pub fn notice(&mut self, text: &str) {
+        self.reporter.notice(text);
+    }
+}
+
+impl Drop for Phase<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let elapsed = self.started.elapsed();
+            self.reporter
+                .phase(self.name, Status::Failed, Some(elapsed), "");
+        }
+    }
+}

@@ -10,10 +10,12 @@
 # HTTPS) in the cluster netns. Each form must end with its Node Ready in the real API server and
 # one pod Running on it; then `systemctl start node-attach-reset` in the guest must stop the
 # kubelet, remove the pod's sandbox (through the CRI: its netns and veth go too) and put every
-# path join touched back to the image's state, and the Node must be gone. A real API server
-# refuses a node deleting its own Node (the Node authorizer grants no delete): when reset's only
-# failed step is that 403, the harness deletes the Node as the control plane would and prints a
-# KNOWN line (listed again at the end; not a failure). No kubelet stand-in is used: every form
+# path join touched back to the image's state, and the Node must be gone: the values service
+# deletes it on reset's report, authenticated with the kubelet's client certificate. A real API
+# server refuses a node deleting its own Node (the Node authorizer grants no delete): for the
+# scale-out form, which has no values service, when reset's only failed step is that 403, the
+# harness deletes the Node as the control plane would and prints a KNOWN line (listed again at
+# the end; not a failure). No kubelet stand-in is used: every form
 # runs on the real kubelet.
 #
 #   tests/e2e/run.sh            the forms (E2E_FORMS, default: manual-add scale-out autoscaler
@@ -993,15 +995,21 @@ run_form() {
   failed_steps=$(grep -E 'node-attach\[[0-9]+\]:   [a-z-]+ +(failed|refused) ' "$RUN/reset.log" || true)
   stage_done "exit $reset_rc"
   check "the reset unit ran to its end" grep -q 'reset.*done\|reset steps failed' "$RUN/reset.log"
-  if [ "$reset_rc" = 0 ]; then
+  if [ "$form" != scale-out ]; then
+    # Joined through the values service: reset's last report, authenticated with the kubelet's
+    # client certificate, has the service delete the Node (a node may not delete it itself).
+    check "systemctl start node-attach-reset succeeded (exit $reset_rc)" test "$reset_rc" = 0
+    check "the values service deleted Node $node on reset's authenticated report" grep -q "deleted $node (by the values service)" "$RUN/reset.log"
+  elif [ "$reset_rc" = 0 ]; then
     check "systemctl start node-attach-reset succeeded" true
   else
-    # A real API server refuses a node deleting its own Node (the Node authorizer grants nodes no
-    # delete): reset then reports that one step failed and exits non-zero, having done the rest.
-    # The control plane's side of the removal (kubectl delete node) is then the harness's.
+    # No values service (the cluster values spelled out): a real API server refuses a node
+    # deleting its own Node (the Node authorizer grants nodes no delete); reset reports that one
+    # step failed and exits non-zero, having done the rest. The control plane's side of the
+    # removal (kubectl delete node) is then the harness's.
     check "reset's only failed step is the Node deletion the API server refused (a node may not delete its own Node)" \
       sh -c "[ \"\$(printf '%s\n' \"\$1\" | grep -c .)\" = 1 ] && printf '%s\n' \"\$1\" | grep -q 'api *failed *DELETE /api/v1/nodes/$node .*403'" _ "$failed_steps"
-    known "form $form: node-attach-reset cannot delete Node $node on a real API server (403: the Node authorizer grants a node no delete); exit $reset_rc (reset.incomplete); deleted by the harness as the control plane"
+    known "form $form: node-attach-reset cannot delete Node $node on a real API server (403: the Node authorizer grants a node no delete; no values service to ask); exit $reset_rc (reset.incomplete); deleted by the harness as the control plane"
     k delete node "$node" --wait=false >/dev/null 2>&1 || true
   fi
   check_within 30 "Node $node is gone from the API" node_gone "$node"

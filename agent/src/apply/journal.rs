@@ -12,11 +12,8 @@
 //! paths). A journal that parses but names a path that is not a clean absolute path, or a backup
 //! that is not one of node-attach's own numbered files, is "tampered" and refused outright.
 
-use crate::effects::fs::{Existing, FsError, Root};
+use crate::effects::fs::{AppendFile, Existing, FsError, Root};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// node-attach's state directory.
@@ -127,6 +124,40 @@ pub enum Change {
         /// Why not.
         reason: String,
     },
+}
+
+/// The bytes `path` held before join first changed it, from these records and their
+/// backups: `Some(None)` when join created it, `None` when the records do not know it.
+pub fn original_of(
+    root: &Root,
+    records: &[Record],
+    path: &Path,
+) -> Result<Option<Option<Vec<u8>>>, JournalError> {
+    let first = records.iter().find_map(|r| match &r.change {
+        Some(Change::File { path: p, prior }) if p == path => Some(prior.clone()),
+        _ => None,
+    });
+    match first {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(prior)) => {
+            let backup = PathBuf::from(BACKUP_DIR).join(&prior.backup);
+            Ok(Some(root.read(&backup)?))
+        }
+    }
+}
+
+/// What `path` held before join: the records' backup when join changed it, the file as it
+/// is otherwise.
+pub fn original_in(
+    root: &Root,
+    records: &[Record],
+    path: &Path,
+) -> Result<Option<Vec<u8>>, JournalError> {
+    match original_of(root, records, path)? {
+        Some(before) => Ok(before),
+        None => Ok(root.read(path)?),
+    }
 }
 
 /// How the journal file ends.
@@ -252,7 +283,7 @@ pub struct Journal {
     /// Directories opening the journal created (outermost first).
     pub created: Vec<PathBuf>,
     root: Root,
-    file: std::fs::File,
+    file: AppendFile,
     next_seq: u64,
     records: Vec<Record>,
 }
@@ -357,35 +388,27 @@ impl Journal {
 
     /// Makes the file end with a whole line: a torn tail is cut off, a whole last record
     /// without its newline gets one. Nothing is ever appended after a partial line.
-    fn repair(real: &Path, tail: Tail) -> Result<(), JournalError> {
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(real)
-            .map_err(JournalError::Write)?;
+    fn repair(file: &mut AppendFile, tail: Tail) -> Result<(), JournalError> {
         match tail {
             Tail::Clean => return Ok(()),
-            Tail::Torn(intact) => f.set_len(intact).map_err(JournalError::Write)?,
-            Tail::NoNewline => f.write_all(b"\n").map_err(JournalError::Write)?,
+            Tail::Torn(intact) => file.truncate(intact).map_err(JournalError::Write)?,
+            Tail::NoNewline => file.append(b"\n").map_err(JournalError::Write)?,
         }
-        f.sync_all().map_err(JournalError::Write)?;
         tracing::warn!("repaired the journal's last line");
         Ok(())
     }
 
     /// Opens the file for appending, after repairing its tail.
-    fn append_to(real: &Path, tail: Tail) -> Result<std::fs::File, JournalError> {
-        Journal::repair(real, tail)?;
-        OpenOptions::new()
-            .append(true)
-            .open(real)
-            .map_err(JournalError::Write)
+    fn append_to(real: &Path, tail: Tail) -> Result<AppendFile, JournalError> {
+        let mut file = AppendFile::open(real).map_err(JournalError::Write)?;
+        Journal::repair(&mut file, tail)?;
+        Ok(file)
     }
 
     fn append(&mut self, record: Record) -> Result<(), JournalError> {
         let mut line = serde_json::to_vec(&record).map_err(|e| JournalError::Write(e.into()))?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(JournalError::Write)?;
-        self.file.sync_data().map_err(JournalError::Write)?;
+        self.file.append(&line).map_err(JournalError::Write)?;
         self.records.push(record);
         Ok(())
     }
@@ -507,18 +530,7 @@ impl Journal {
     /// The bytes `path` held before join first changed it: `Some(None)` when join created it,
     /// `None` when the journal has no record of it.
     pub fn original(&self, path: &Path) -> Result<Option<Option<Vec<u8>>>, JournalError> {
-        let first = self.records.iter().find_map(|r| match &r.change {
-            Some(Change::File { path: p, prior }) if p == path => Some(prior.clone()),
-            _ => None,
-        });
-        match first {
-            None => Ok(None),
-            Some(None) => Ok(Some(None)),
-            Some(Some(prior)) => {
-                let backup = PathBuf::from(BACKUP_DIR).join(&prior.backup);
-                Ok(Some(self.root.read(&backup)?))
-            }
-        }
+        original_of(&self.root, &self.records, path)
     }
 
     /// Whether a unit change of this kind is already recorded.
@@ -559,11 +571,12 @@ fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
                 lines.push(b'\n');
             }
         }
-        write_new_file(
-            &staged_state.join("journal.jsonl"),
-            &lines,
-            Path::new(JOURNAL_FILE),
-        )
+        let real = staged_state.join("journal.jsonl");
+        crate::effects::fs::write_new_file(&real, &lines, 0o600).map_err(|source| FsError::Io {
+            op: "create",
+            path: JOURNAL_FILE.to_owned(),
+            source,
+        })
     };
     let created = root.mkdir_all_staged(state, mode_of, fill)?;
     if created.is_empty() {
@@ -571,25 +584,6 @@ fn create(root: &Root) -> Result<Vec<PathBuf>, JournalError> {
         root.write_atomic(Path::new(JOURNAL_FILE), b"", 0o600)?;
     }
     Ok(created)
-}
-
-/// Writes a new 0600 file at a real (already resolved) path, fsynced.
-fn write_new_file(real: &Path, bytes: &[u8], shown: &Path) -> Result<(), FsError> {
-    let fail = |op: &'static str| {
-        move |source| FsError::Io {
-            op,
-            path: shown.display().to_string(),
-            source,
-        }
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(real)
-        .map_err(fail("create"))?;
-    f.write_all(bytes).map_err(fail("write"))?;
-    f.sync_all().map_err(fail("fsync"))
 }
 
 /// The last status recorded for each phase, in the order phases first appeared.

@@ -84,21 +84,13 @@ pub struct Applier<'a> {
 const SKIP_REASON: &str =
     "--root is not /: host services, packages and kernel settings are left alone";
 
+/// A unified diff of two texts (two lines of context), in order, as `diff -u` shows it
+/// without the file headers.
 fn line_diff(old: &str, new: &str) -> String {
-    let old_lines: Vec<&str> = old.lines().collect();
-    let new_lines: Vec<&str> = new.lines().collect();
-    let mut out = String::new();
-    for l in &old_lines {
-        if !new_lines.contains(l) {
-            out.push_str(&format!("-{l}\n"));
-        }
-    }
-    for l in &new_lines {
-        if !old_lines.contains(l) {
-            out.push_str(&format!("+{l}\n"));
-        }
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(2)
+        .to_string()
 }
 
 impl<'a> Applier<'a> {
@@ -651,7 +643,19 @@ mod tests {
     use crate::effects::fs::Root;
 
     fn effects(root: &Path, host: bool) -> Effects {
-        Effects::doubles(Root::new(root), host)
+        Effects {
+            host,
+            ..Effects::doubles(Root::new(root))
+        }
+    }
+
+    #[test]
+    fn the_dry_run_diff_keeps_order_and_repeated_lines() {
+        let old = "a\nb\nc\nb\nd\n";
+        let new = "a\nc\nb\nb\nd\ne\n";
+        let diff = line_diff(old, new);
+        // A set difference would show nothing for the moved and repeated `b`.
+        assert_eq!(diff, "@@ -1,5 +1,6 @@\n a\n+c\n b\n-c\n b\n d\n+e\n");
     }
 
     #[test]

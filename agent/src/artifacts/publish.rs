@@ -96,20 +96,10 @@ fn add_file(out: &Root, src: &Path, rel: &str) -> Result<FileRef, PublishError> 
 fn cni_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PublishError> {
     let mut out = Vec::new();
     for p in inputs {
-        let meta = std::fs::metadata(p).map_err(|e| input(format!("{}: {e}", p.display())))?;
-        if !meta.is_dir() {
-            out.push(p.clone());
-            continue;
+        match crate::effects::input::list_files(p).map_err(|e| input(e.to_string()))? {
+            Some(names) => out.extend(names),
+            None => out.push(p.clone()),
         }
-        let mut names: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| input(format!("{}: {e}", p.display())))?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .collect();
-        names.sort();
-        out.extend(names);
     }
     Ok(out)
 }

@@ -97,11 +97,27 @@ fn usage(m: impl Into<String>) -> Failure {
 
 /// A file the user named, as an absolute path with no symlinks.
 fn local(p: &Path) -> Result<PathBuf, Failure> {
-    std::fs::canonicalize(p).map_err(|e| usage(format!("{}: {e}", p.display())))
+    crate::effects::input::canonical(p).map_err(|e| usage(e.to_string()))
+}
+
+/// The largest key file read.
+const KEY_MAX: u64 = 64 << 10;
+/// The largest file signed or verified (read whole: Ed25519 signs the message itself).
+const SIGNED_MAX: u64 = 1 << 30;
+/// The largest signature file read.
+const SIG_MAX: u64 = 4 << 10;
+
+/// A file to sign or verify, whole.
+fn read_signed(p: &Path) -> Result<Vec<u8>, Failure> {
+    Ok(crate::effects::input::read(p, SIGNED_MAX)
+        .map_err(|e| usage(e.to_string()))?
+        .bytes)
 }
 
 fn read_key(p: &Path) -> Result<SigningKey, Failure> {
-    let bytes = std::fs::read(p).map_err(|e| usage(format!("{}: {e}", p.display())))?;
+    let bytes = crate::effects::input::read(p, KEY_MAX)
+        .map_err(|e| usage(e.to_string()))?
+        .bytes;
     SigningKey::from_pem(&bytes).map_err(|e| usage(format!("{}: {e}", p.display())))
 }
 
@@ -172,7 +188,7 @@ fn run_publish(a: &PublishArgs, reporter: &mut Reporter) -> Result<(), Failure> 
             "nothing to publish: pass --kubernetes-version and --kubelet, or --containerd-version and --runtime-binary",
         ));
     }
-    std::fs::create_dir_all(&a.dir).map_err(|e| usage(format!("{}: {e}", a.dir.display())))?;
+    crate::effects::input::create_dir_all(&a.dir).map_err(|e| usage(e.to_string()))?;
     let dir = local(&a.dir)?;
     let m = publish::publish(&dir, &key, rel.as_ref(), rt.as_ref()).map_err(|e| match e {
         publish::PublishError::Fs(e) => Failure::new(Code::Filesystem, e.to_string()),
@@ -220,7 +236,7 @@ pub fn run(args: ArtifactsArgs, reporter: &mut Reporter) -> Result<(), Failure> 
         Action::Sign { key, files } => {
             let key = read_key(&key)?;
             for f in &files {
-                let bytes = std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
+                let bytes = read_signed(f)?;
                 let mut sig = f.clone().into_os_string();
                 sig.push(".sig");
                 write_beside(Path::new(&sig), key.sign(&bytes).as_bytes(), 0o644)?;
@@ -233,11 +249,12 @@ pub fn run(args: ArtifactsArgs, reporter: &mut Reporter) -> Result<(), Failure> 
         }
         Action::Verify { public_key, file } => {
             let key = PublicKey::parse(&public_key).map_err(|e| usage(e.to_string()))?;
-            let bytes =
-                std::fs::read(&file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+            let bytes = read_signed(&file)?;
             let mut sig = file.clone().into_os_string();
             sig.push(".sig");
-            let sig = std::fs::read(&sig).unwrap_or_default();
+            let sig = crate::effects::input::read(Path::new(&sig), SIG_MAX)
+                .map(|f| f.bytes)
+                .unwrap_or_default();
             key.verify(&bytes, &sig).map_err(|e| {
                 Failure::new(Code::ArtifactsSignature, format!("{}: {e}", file.display()))
             })?;

@@ -89,23 +89,34 @@ impl OpenApiTokenArgs {
     }
 }
 
+/// The largest file a flag may name (kubeconfigs, values, config files).
+pub const MAX_INPUT_FILE: u64 = 1024 * 1024;
+
+/// Reads a file a flag names (at most `max` bytes), as a usage error naming the flag.
+pub fn read_input(
+    path: &Path,
+    flag: &str,
+    max: u64,
+) -> Result<crate::effects::input::InputFile, Failure> {
+    crate::effects::input::read(path, max)
+        .map_err(|e| Failure::new(Code::Usage, format!("{flag} {e}")))
+}
+
+/// Reads a UTF-8 file a flag names, at most [`MAX_INPUT_FILE`] bytes.
+pub fn read_input_text(path: &Path, flag: &str) -> Result<String, Failure> {
+    read_input(path, flag, MAX_INPUT_FILE)?
+        .into_text(path)
+        .map_err(|e| Failure::new(Code::Usage, format!("{flag} {e}")))
+}
+
 /// Reads the first line of a secret file; warns when others may read it.
 pub fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, Failure> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Failure::new(Code::Usage, format!("{flag} {}: {e}", path.display())))?;
-    if meta.len() > 64 * 1024 {
-        return Err(Failure::new(
-            Code::Usage,
-            format!("{flag} {}: too large for a token file", path.display()),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
+    let file = read_input(path, flag, 64 * 1024)?;
+    if file.readable_by_others(true) {
         tracing::warn!(path = %path.display(), "the secret file is readable by other users; chmod 600 it");
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(Code::Usage, format!("{flag} {}: {e}", path.display())))?;
-    let first = text.lines().next().unwrap_or("").trim();
+    let text = Secret::new(String::from_utf8_lossy(&file.bytes).into_owned());
+    let first = text.expose().lines().next().unwrap_or("").trim();
     Ok(Secret::new(first))
 }
 

@@ -13,7 +13,7 @@
 
 use crate::error::{Code, Failure};
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// The default configuration file of `node-attach.service`.
 pub const DEFAULT_CONFIG: &str = "/etc/node-attach/config.yaml";
@@ -41,76 +41,87 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
             2,
         ),
     };
-    let meta = std::fs::metadata(&path).map_err(|e| usage(format!("--config {path}: {e}")))?;
-    if meta.mode() & 0o007 != 0 {
-        return Err(usage(format!(
-            "--config {path} is readable by other users and may hold a token: chmod 600 (or 640) it"
-        )));
-    }
-    if meta.len() > 1024 * 1024 {
-        return Err(usage(format!("--config {path}: larger than 1 MiB")));
-    }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| usage(format!("--config {path}: {e}")))?;
-    let doc: serde_yaml_ng::Value = crate::model::strict::yaml(&text)
-        .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?;
-    let map = match doc {
-        serde_yaml_ng::Value::Mapping(m) => m,
-        serde_yaml_ng::Value::Null => Default::default(),
-        _ => {
-            return Err(usage(format!(
-                "--config {path}: expected a mapping of option names to values"
-            )))
-        }
-    };
-    let mut out: Vec<OsString> = argv[..pos].to_vec();
-    let rest: Vec<OsString> = argv[pos + consumed..].to_vec();
+    let map = read_options(&path)?;
     let given = |flag: &str| {
         argv.iter().any(|a| {
             let a = a.to_string_lossy();
             a == flag || a.starts_with(&format!("{flag}="))
         })
     };
+    let mut out: Vec<OsString> = argv[..pos].to_vec();
     for (k, v) in map {
-        let key = k
-            .as_str()
-            .ok_or_else(|| usage(format!("--config {path}: keys must be option names")))?;
-        if key == "config"
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(usage(format!(
-                "--config {path}: {key:?} is not an option name"
-            )));
-        }
+        let key = option_name(&path, &k)?;
         let flag = format!("--{key}");
-        if given(&flag) {
-            continue;
-        }
-        let scalar = |v: &serde_yaml_ng::Value| -> Result<String, Failure> {
-            match v {
-                serde_yaml_ng::Value::String(s) => Ok(s.clone()),
-                serde_yaml_ng::Value::Number(n) => Ok(n.to_string()),
-                serde_yaml_ng::Value::Bool(b) => Ok(b.to_string()),
-                _ => Err(usage(format!(
-                    "--config {path}: {key} must be a string, number or boolean"
-                ))),
-            }
-        };
-        match &v {
-            serde_yaml_ng::Value::Bool(true) => out.push(flag.clone().into()),
-            serde_yaml_ng::Value::Bool(false) | serde_yaml_ng::Value::Null => {}
-            serde_yaml_ng::Value::Sequence(items) => {
-                for item in items {
-                    out.push(format!("{flag}={}", scalar(item)?).into());
-                }
-            }
-            other => out.push(format!("{flag}={}", scalar(other)?).into()),
+        if !given(&flag) {
+            out.extend(flags_for(&path, &flag, &v)?);
         }
     }
-    out.extend(rest);
+    out.extend(argv[pos + consumed..].iter().cloned());
     Ok(out)
+}
+
+/// The file's mapping of option names to values: private (it may hold a token), at most
+/// 1 MiB, strict YAML.
+fn read_options(path: &str) -> Result<serde_yaml_ng::Mapping, Failure> {
+    let file = super::common::read_input(Path::new(path), "--config", 1024 * 1024)?;
+    if file.readable_by_others(false) {
+        return Err(usage(format!(
+            "--config {path} is readable by other users and may hold a token: chmod 600 (or 640) it"
+        )));
+    }
+    let text = file
+        .into_text(Path::new(path))
+        .map_err(|e| usage(format!("--config {e}")))?;
+    match crate::model::strict::yaml(&text)
+        .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?
+    {
+        serde_yaml_ng::Value::Mapping(m) => Ok(m),
+        serde_yaml_ng::Value::Null => Ok(Default::default()),
+        _ => Err(usage(format!(
+            "--config {path}: expected a mapping of option names to values"
+        ))),
+    }
+}
+
+fn option_name<'k>(path: &str, k: &'k serde_yaml_ng::Value) -> Result<&'k str, Failure> {
+    let key = k
+        .as_str()
+        .ok_or_else(|| usage(format!("--config {path}: keys must be option names")))?;
+    let valid = key != "config"
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(usage(format!(
+            "--config {path}: {key:?} is not an option name"
+        )));
+    }
+    Ok(key)
+}
+
+/// One option's flags: `--flag` for true, nothing for false or null, one `--flag=v` per item.
+fn flags_for(path: &str, flag: &str, v: &serde_yaml_ng::Value) -> Result<Vec<OsString>, Failure> {
+    use serde_yaml_ng::Value;
+    let scalar = |v: &Value| -> Result<String, Failure> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(usage(format!(
+                "--config {path}: {} must be a string, number or boolean",
+                flag.trim_start_matches("--")
+            ))),
+        }
+    };
+    Ok(match v {
+        Value::Bool(true) => vec![flag.into()],
+        Value::Bool(false) | Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| scalar(item).map(|s| format!("{flag}={s}").into()))
+            .collect::<Result<_, _>>()?,
+        other => vec![format!("{flag}={}", scalar(other)?).into()],
+    })
 }
 
 #[cfg(test)]

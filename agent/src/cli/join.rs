@@ -342,3 +342,26 @@ impl CompatArgs {
         out
     }
 }
+
+/// Runs `node-attach join`: every input gathered into one `Settings`, then the phases.
+pub async fn run(
+    args: JoinArgs,
+    reporter: &mut crate::report::Reporter,
+) -> Result<(), crate::error::Failure> {
+    let in_argv = std::env::args().any(|a| a == "--token" || a.starts_with("--token="));
+    if args.token.token.is_some() && in_argv {
+        tracing::warn!("the bootstrap token was given on the command line, where other users can read it in the process list; prefer NODE_ATTACH_TOKEN or --token-file");
+    }
+    if args.phase == Phase::Prepare {
+        return crate::join::prepare::run(args, reporter).await;
+    }
+    let settings = crate::sources::gather(&args, reporter).await?;
+    let effects = crate::effects::Effects::real(crate::effects::fs::Root::new(&settings.root));
+    let outcome = crate::join::run(&settings, &effects, reporter).await;
+    if !settings.dry_run {
+        crate::join::report_callback(&settings, &outcome).await;
+    }
+    let summary = outcome?;
+    reporter.result(&summary, &crate::join::summary_text(&summary));
+    Ok(())
+}

@@ -11,6 +11,7 @@ pub mod discover;
 pub mod join;
 pub mod reset;
 pub mod serve;
+pub mod shell;
 pub mod status;
 pub mod token;
 pub mod version;
@@ -61,6 +62,10 @@ pub enum Command {
     Version(version::VersionArgs),
     /// Build and sign artifact mirrors (the kubelet, CNI plugins, runtimes, images).
     Artifacts(artifacts::ArtifactsArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(shell::CompletionsArgs),
+    /// Print a man page (roff), or list them.
+    Man(shell::ManArgs),
 }
 
 impl Command {
@@ -74,6 +79,8 @@ impl Command {
             Command::Serve(_) => "serve",
             Command::Version(_) => "version",
             Command::Artifacts(_) => "artifacts",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -118,7 +125,7 @@ where
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Join(args) => crate::join::run(*args, &mut reporter).await,
+            Command::Join(args) => join::run(*args, &mut reporter).await,
             Command::Discover(args) => discover::run(args, &mut reporter).await,
             Command::Reset(args) => reset::run(args, &mut reporter).await,
             Command::Status(args) => status::run(args, &mut reporter),
@@ -126,6 +133,8 @@ where
             Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
             Command::Artifacts(args) => artifacts::run(args, &mut reporter),
+            Command::Completions(args) => shell::completions(&args),
+            Command::Man(args) => shell::man(&args),
         }
     });
     match outcome {

@@ -58,6 +58,11 @@ pub struct ResetArgs {
     /// Cleanup steps to skip: mounts, containers, kubelet-state, cni, iptables, interfaces.
     #[arg(long, value_name = "STEPS", value_delimiter = ',')]
     pub skip: Vec<String>,
+
+    /// Write the audit report here (JSON, mode 0600): every path restored, removed or kept,
+    /// what was there before and after (SHA-256, mode, link target) and why, and every step.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 const STEPS: &[&str] = &[
@@ -72,25 +77,22 @@ const STEPS: &[&str] = &[
 
 /// Runs reset and prints its report.
 pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure> {
-    for s in &args.skip {
-        if !STEPS.contains(&s.as_str()) {
-            return Err(Failure::new(
-                Code::Usage,
-                format!(
-                    "invalid --skip {s:?}: expected some of {}",
-                    STEPS.join(", ")
-                ),
-            ));
-        }
+    if let Some(s) = args.skip.iter().find(|s| !STEPS.contains(&s.as_str())) {
+        return Err(Failure::new(
+            Code::Usage,
+            format!(
+                "invalid --skip {s:?}: expected some of {}",
+                STEPS.join(", ")
+            ),
+        ));
     }
     let root = Root::new(&args.root);
-    if args.only_if_marked
-        && root
-            .read(std::path::Path::new(crate::apply::records::REMOVAL_MARKER))
-            .ok()
-            .flatten()
-            .is_none()
-    {
+    let marked = root
+        .read(std::path::Path::new(crate::apply::records::REMOVAL_MARKER))
+        .ok()
+        .flatten()
+        .is_some();
+    if args.only_if_marked && !marked {
         reporter.notice(
             "not marked for removal (no /var/lib/node-attach/remove-on-shutdown): nothing to do",
         );
@@ -102,58 +104,23 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
             "reset changes the host: run it as root (or --root DIR for a scratch tree)",
         ));
     }
-    let admin_kubeconfig = match &args.kubeconfig {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            Failure::new(Code::Usage, format!("--kubeconfig {}: {e}", path.display()))
-        })?),
-        None => None,
-    };
+    let opts = options(&args)?;
     let fx = Effects::real(root);
-    let opts = ResetOptions {
-        dry_run: args.dry_run,
-        delete_node: args.delete_node,
-        keep_packages: args.keep_packages,
-        skip: args.skip,
-        drain: args.drain,
-        clean_without_journal: args.clean_kubernetes_paths,
-        admin_kubeconfig,
-        drain_timeout: args.drain_timeout,
-    };
-    let started = std::time::Instant::now();
-    reporter.phase("reset", Status::Started, None, "");
+    let phase = reporter.begin("reset");
     let report = reset::run(&fx, &opts).await?;
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+    }
     let status = if report.problems > 0 {
         Status::Failed
     } else {
         Status::Done
     };
-    reporter.phase(
-        "reset",
+    phase.end(
         status,
-        Some(started.elapsed()),
         &format!("{} steps, journal {}", report.steps.len(), report.journal),
     );
-    if report.journal != reset::JournalState::Used {
-        reporter.notice(&format!(
-            "the journal is {}: only the documented Kubernetes paths were cleaned (docs/reset.md)",
-            report.journal
-        ));
-    }
-    let mut text = format!("node: {}\n", report.node);
-    for s in &report.steps {
-        text.push_str(&format!(
-            "  {:<10} {:<8} {}{}\n",
-            s.kind,
-            s.outcome.to_string(),
-            s.target,
-            if s.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", s.detail)
-            }
-        ));
-    }
-    reporter.result(&report, &text);
+    print_report(&report, reporter);
     if report.problems > 0 {
         return Err(Failure::new(
             Code::ResetIncomplete,
@@ -164,4 +131,63 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
         ));
     }
     Ok(())
+}
+
+/// `--report FILE`: the whole report as JSON.
+fn write_report(path: &std::path::Path, report: &reset::ResetReport) -> Result<(), Failure> {
+    let mut json = serde_json::to_vec_pretty(report)
+        .map_err(|e| Failure::new(Code::Internal, format!("the report as JSON: {e}")))?;
+    json.push(b'\n');
+    crate::effects::input::write_output(path, &json, 0o600)
+        .map_err(|e| Failure::new(Code::Filesystem, format!("--report {e}")))
+}
+
+fn options(args: &ResetArgs) -> Result<ResetOptions, Failure> {
+    let admin_kubeconfig = match &args.kubeconfig {
+        Some(path) => Some(
+            crate::client::kube::kubeconfig::load(Some(path))
+                .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?,
+        ),
+        None => None,
+    };
+    Ok(ResetOptions {
+        dry_run: args.dry_run,
+        delete_node: args.delete_node,
+        keep_packages: args.keep_packages,
+        skip: args.skip.clone(),
+        drain: args.drain,
+        clean_without_journal: args.clean_kubernetes_paths,
+        admin_kubeconfig,
+        drain_timeout: args.drain_timeout,
+    })
+}
+
+fn print_report(report: &reset::ResetReport, reporter: &mut Reporter) {
+    match report.journal {
+        reset::JournalState::Used => {}
+        reset::JournalState::Missing => reporter.notice(
+            "the journal is missing: nothing of join's is left to undo (docs/reset.md)",
+        ),
+        reset::JournalState::Damaged => reporter.notice(
+            "the journal is damaged: only the documented Kubernetes paths were cleaned (docs/reset.md)",
+        ),
+    }
+    let c = reset::audit::counts(&report.paths);
+    let mut text = format!(
+        "node: {}\npaths: {} restored, {} removed, {} kept, {} refused or failed (--report FILE lists each with its SHA-256 before and after)\n",
+        report.node, c.restored, c.removed, c.kept, c.problems
+    );
+    for s in &report.steps {
+        let detail = match s.detail.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", s.detail),
+        };
+        text.push_str(&format!(
+            "  {:<10} {:<8} {}{detail}\n",
+            s.kind,
+            s.outcome.to_string(),
+            s.target
+        ));
+    }
+    reporter.result(report, &text);
 }

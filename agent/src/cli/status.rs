@@ -39,7 +39,7 @@ pub fn run(args: StatusArgs, reporter: &mut Reporter) -> Result<(), Failure> {
     let phases = journal::phases(&records);
     let joined = phases.iter().any(|(p, s)| p == "done" && s == "done");
     let node: serde_json::Value = root
-        .read(Path::new(crate::join::STATE_FILE))
+        .read(Path::new(crate::apply::records::STATE_FILE))
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())

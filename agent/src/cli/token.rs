@@ -1,6 +1,6 @@
 //! `node-attach token create|list|delete`: bootstrap tokens, run where an admin kubeconfig is.
 
-use crate::client::kube::Kube;
+use crate::client::kube::{paths, Kube};
 use crate::error::{Code, Failure};
 use crate::model::token::BootstrapToken;
 use crate::operator::bootstrap_tokens::{self as tokens, NewToken, DEFAULT_GROUP};
@@ -115,182 +115,195 @@ fn api(e: crate::client::kube::KubeError) -> Failure {
 pub async fn run(args: TokenArgs, reporter: &mut Reporter) -> Result<(), Failure> {
     let (kube, pin, server_endpoint) = admin(&args)?;
     match args.action {
-        TokenAction::Create(c) => {
-            for g in &c.groups {
-                if !tokens::valid_group(g) {
-                    return Err(Failure::new(
-                        Code::Usage,
-                        format!(
-                            "invalid --groups entry {g:?}: expected system:bootstrappers:<name>"
-                        ),
-                    ));
-                }
-            }
-            let token = BootstrapToken::generate()
-                .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
-            let new = NewToken {
-                token: token.clone(),
-                ttl: (!c.ttl.is_zero()).then_some(c.ttl),
-                usages: vec!["signing".into(), "authentication".into()],
-                groups: c.groups.clone(),
-                description: c.description.clone(),
-            };
-            let secret = tokens::secret_for(&new, time::OffsetDateTime::now_utc());
-            kube.post("/api/v1/namespaces/kube-system/secrets", &secret)
-                .await
-                .map_err(api)?;
-            let changes = tokens::ensure_cluster_rbac(&kube, &c.groups)
-                .await
-                .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
-            for ch in &changes {
-                reporter.notice(&format!("RBAC: {ch}"));
-            }
-            let endpoint = c.endpoint.clone().unwrap_or(server_endpoint);
-            let full = token.expose_full();
-            let mut text = format!("{}\n", full.expose());
-            let flags = format!("--endpoint {endpoint} --discovery-token-ca-cert-hash {pin}");
-            if c.print_join_command {
-                text = match &c.base_url {
-                    Some(base) => format!(
-                        "curl -fsSL {base}/attach.sh | NODE_ATTACH_TOKEN='{}' bash -s -- {flags}\n",
-                        full.expose()
-                    ),
-                    None => format!(
-                        "NODE_ATTACH_TOKEN='{}' node-attach join {flags}\n",
-                        full.expose()
-                    ),
-                };
-            }
-            if let Some(form) = c.print_userdata {
-                let base = c.base_url.clone().ok_or_else(|| {
-                    Failure::new(
-                        Code::Usage,
-                        "--print-userdata needs --base-url (where attach.sh is served)",
-                    )
-                })?;
-                text = match form {
-                    UserdataForm::Bash => format!(
-                        "#!/bin/bash\n# node-attach userdata (token expires in {:?})\nset -euo pipefail\ncurl -fsSL --retry 5 --retry-connrefused {base}/attach.sh | NODE_ATTACH_TOKEN='{}' bash -s -- {flags}\n",
-                        c.ttl,
-                        full.expose()
-                    ),
-                    UserdataForm::CloudConfig => format!(
-                        "#cloud-config\n# node-attach userdata (token expires in {:?})\nwrite_files:\n  - path: /etc/node-attach/config.yaml\n    owner: root:root\n    permissions: \"0600\"\n    content: |\n      token: \"{}\"\n      endpoint: \"{endpoint}\"\n      discovery-token-ca-cert-hash: [\"{pin}\"]\nruncmd:\n  - [sh, -c, \"curl -fsSL --retry 5 --retry-connrefused {base}/attach.sh | bash -s -- --config /etc/node-attach/config.yaml\"]\n",
-                        c.ttl,
-                        full.expose()
-                    ),
-                };
-            }
-            let view = serde_json::json!({"id": token.id(), "token": full.expose(), "ca_pin": pin, "endpoint": endpoint, "rbac_changes": changes});
-            reporter.result(&view, &text);
-        }
-        TokenAction::List { show_secret } => {
-            let list = tokens::list(&kube, show_secret).await.map_err(api)?;
-            let mut text = format!(
-                "{:<24} {:<22} {:<28} {}\n",
-                "TOKEN", "EXPIRES", "USAGES", "GROUPS"
-            );
-            for t in &list {
-                text.push_str(&format!(
-                    "{:<24} {:<22} {:<28} {}\n",
-                    t.token
-                        .clone()
-                        .unwrap_or_else(|| format!("{}.<hidden>", t.id)),
-                    t.expires.clone().unwrap_or_else(|| "<never>".into()),
-                    t.usages.join(","),
-                    t.groups.join(",")
-                ));
-            }
-            reporter.result(&list, &text);
-        }
-        TokenAction::Openapi(o) => {
-            let text = std::fs::read_to_string(&o.values).map_err(|e| {
-                Failure::new(Code::Usage, format!("--values {}: {e}", o.values.display()))
-            })?;
-            let mut values: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Failure::new(Code::Usage, format!("--values: not JSON: {e}")))?;
-            if !values["bootstrapToken"].is_null() {
-                return Err(Failure::new(
-                    Code::Usage,
-                    "--values must not hold a bootstrapToken: one is minted for each use",
-                ));
-            }
-            // Validate as a node would, with a placeholder token.
-            let mut probe = values.clone();
-            probe["bootstrapToken"] = serde_json::json!("abcdef.0123456789abcdef");
-            crate::sources::values::schema::parse(&probe.to_string())
-                .map_err(|e| Failure::new(Code::Usage, format!("--values: {e}")))?;
-            values.as_object_mut().map(|m| m.remove("bootstrapToken"));
-            let token = crate::model::token::random_token_chars(32)
-                .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
-            let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}});
-            if kube
-                .get(&format!("/api/v1/namespaces/{}", o.namespace))
-                .await
-                .map_err(api)?
-                .is_none()
-            {
-                kube.post("/api/v1/namespaces", &ns).await.map_err(api)?;
-            }
-            let record = crate::operator::serve::store::Record {
-                hash: crate::operator::serve::store::token_hash(&token),
-                values,
-                expires: if o.ttl.is_zero() {
-                    0
-                } else {
-                    time::OffsetDateTime::now_utc().unix_timestamp() + o.ttl.as_secs() as i64
-                },
-                uses_left: o.uses,
-                uses: Vec::new(),
-                description: o.description.clone().unwrap_or_default(),
-            };
-            let store = crate::operator::serve::store::Store {
-                kube: &kube,
-                namespace: o.namespace.clone(),
-            };
-            store
-                .create(&record)
-                .await
-                .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
-            let mut text = format!("{token}\n");
-            if let Some(public) = &o.public_url {
-                let values_url = format!("{}/v1/values/{{token}}", public.trim_end_matches('/'));
-                text = match &o.base_url {
-                    Some(base) => format!("curl -fsSL {base}/attach.sh | NODE_ATTACH_OPENAPI_TOKEN='{token}' bash -s -- --values-url '{values_url}'\n"),
-                    None => format!("NODE_ATTACH_OPENAPI_TOKEN='{token}' node-attach join --values-url '{values_url}'\n"),
-                };
-            }
-            let _ = (&pin, &server_endpoint);
-            reporter.result(
-                &serde_json::json!({"token": token, "uses": o.uses, "namespace": o.namespace}),
-                &text,
-            );
-        }
-        TokenAction::Delete { id } => {
-            let id = id.split('.').next().unwrap_or_default().to_owned();
-            if id.len() != 6
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            {
-                return Err(Failure::new(
-                    Code::Usage,
-                    "expected a token id ([a-z0-9]{6}) or ID.SECRET",
-                ));
-            }
-            let gone = kube
-                .delete(&format!(
-                    "/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"
-                ))
-                .await
-                .map_err(api)?;
-            let text = if gone {
-                format!("bootstrap token {id} deleted\n")
-            } else {
-                format!("bootstrap token {id} was not there\n")
-            };
-            reporter.result(&serde_json::json!({"id": id, "deleted": gone}), &text);
-        }
+        TokenAction::Create(c) => create(&kube, &pin, server_endpoint, &c, reporter).await,
+        TokenAction::List { show_secret } => list(&kube, show_secret, reporter).await,
+        TokenAction::Openapi(o) => openapi(&kube, &o, reporter).await,
+        TokenAction::Delete { id } => delete(&kube, &id, reporter).await,
     }
+}
+
+/// `token create`: the Secret as kubeadm writes it, the RBAC joining needs, and how to join.
+async fn create(
+    kube: &Kube,
+    pin: &str,
+    server_endpoint: String,
+    c: &CreateArgs,
+    reporter: &mut Reporter,
+) -> Result<(), Failure> {
+    if let Some(g) = c.groups.iter().find(|g| !tokens::valid_group(g)) {
+        return Err(Failure::new(
+            Code::Usage,
+            format!("invalid --groups entry {g:?}: expected system:bootstrappers:<name>"),
+        ));
+    }
+    if c.print_userdata.is_some() && c.base_url.is_none() {
+        return Err(Failure::new(
+            Code::Usage,
+            "--print-userdata needs --base-url (where attach.sh is served)",
+        ));
+    }
+    let token =
+        BootstrapToken::generate().map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+    let new = NewToken {
+        token: token.clone(),
+        ttl: (!c.ttl.is_zero()).then_some(c.ttl),
+        usages: vec!["signing".into(), "authentication".into()],
+        groups: c.groups.clone(),
+        description: c.description.clone(),
+    };
+    let secret = tokens::secret_for(&new, time::OffsetDateTime::now_utc());
+    kube.post(&paths::secrets("kube-system"), &secret)
+        .await
+        .map_err(api)?;
+    let changes = tokens::ensure_cluster_rbac(kube, &c.groups)
+        .await
+        .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
+    for ch in &changes {
+        reporter.notice(&format!("RBAC: {ch}"));
+    }
+    let endpoint = c.endpoint.clone().unwrap_or(server_endpoint);
+    let full = token.expose_full();
+    let text = join_text(c, full.expose(), &endpoint, pin);
+    let view = serde_json::json!({"id": token.id(), "token": full.expose(), "ca_pin": pin, "endpoint": endpoint, "rbac_changes": changes});
+    reporter.result(&view, &text);
+    Ok(())
+}
+
+/// What `token create` prints: the token, a join command, or userdata, as asked.
+fn join_text(c: &CreateArgs, token: &str, endpoint: &str, pin: &str) -> String {
+    let flags = format!("--endpoint {endpoint} --discovery-token-ca-cert-hash {pin}");
+    let base = c.base_url.as_deref();
+    match (c.print_userdata, base, c.print_join_command) {
+        (Some(UserdataForm::Bash), Some(base), _) => format!(
+            "#!/bin/bash\n# node-attach userdata (token expires in {:?})\nset -euo pipefail\ncurl -fsSL --retry 5 --retry-connrefused {base}/attach.sh | NODE_ATTACH_TOKEN='{token}' bash -s -- {flags}\n",
+            c.ttl
+        ),
+        (Some(UserdataForm::CloudConfig), Some(base), _) => format!(
+            "#cloud-config\n# node-attach userdata (token expires in {:?})\nwrite_files:\n  - path: /etc/node-attach/config.yaml\n    owner: root:root\n    permissions: \"0600\"\n    content: |\n      token: \"{token}\"\n      endpoint: \"{endpoint}\"\n      discovery-token-ca-cert-hash: [\"{pin}\"]\nruncmd:\n  - [sh, -c, \"curl -fsSL --retry 5 --retry-connrefused {base}/attach.sh | bash -s -- --config /etc/node-attach/config.yaml\"]\n",
+            c.ttl
+        ),
+        (_, Some(base), true) => {
+            format!("curl -fsSL {base}/attach.sh | NODE_ATTACH_TOKEN='{token}' bash -s -- {flags}\n")
+        }
+        (_, None, true) => format!("NODE_ATTACH_TOKEN='{token}' node-attach join {flags}\n"),
+        _ => format!("{token}\n"),
+    }
+}
+
+/// `token list`.
+async fn list(kube: &Kube, show_secret: bool, reporter: &mut Reporter) -> Result<(), Failure> {
+    let list = tokens::list(kube, show_secret).await.map_err(api)?;
+    let row = |a: &str, b: &str, c: &str, d: &str| format!("{a:<24} {b:<22} {c:<28} {d}\n");
+    let mut text = row("TOKEN", "EXPIRES", "USAGES", "GROUPS");
+    for t in &list {
+        let shown = t
+            .token
+            .clone()
+            .unwrap_or_else(|| format!("{}.<hidden>", t.id));
+        let expires = t.expires.clone().unwrap_or_else(|| "<never>".into());
+        text.push_str(&row(
+            &shown,
+            &expires,
+            &t.usages.join(","),
+            &t.groups.join(","),
+        ));
+    }
+    reporter.result(&list, &text);
+    Ok(())
+}
+
+/// The `--values` document for an openapi token: valid as a node would read it, with no
+/// bootstrap token of its own (one is minted per use).
+fn openapi_values(o: &OpenapiArgs) -> Result<serde_json::Value, Failure> {
+    let usage = |m: String| Failure::new(Code::Usage, m);
+    let text = super::common::read_input_text(&o.values, "--values")?;
+    let values: serde_json::Value = crate::model::strict::json(text.as_bytes())
+        .map_err(|e| usage(format!("--values: not JSON: {e}")))?;
+    if !values["bootstrapToken"].is_null() {
+        return Err(usage(
+            "--values must not hold a bootstrapToken: one is minted for each use".into(),
+        ));
+    }
+    // Validate as a node would, with a placeholder token.
+    let mut probe = values.clone();
+    probe["bootstrapToken"] = serde_json::json!("abcdef.0123456789abcdef");
+    crate::sources::values::schema::parse(&probe.to_string())
+        .map_err(|e| usage(format!("--values: {e}")))?;
+    Ok(values)
+}
+
+/// `token openapi`: a Secret in the values service's namespace holding the values, under the
+/// hash of a new openapi token; prints the token (or the one-liner using it).
+async fn openapi(kube: &Kube, o: &OpenapiArgs, reporter: &mut Reporter) -> Result<(), Failure> {
+    use crate::operator::serve::store::{token_hash, Record, Store};
+    let values = openapi_values(o)?;
+    let token = crate::model::token::random_token_chars(32)
+        .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+    if kube
+        .get(&paths::namespace(&o.namespace))
+        .await
+        .map_err(api)?
+        .is_none()
+    {
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}});
+        kube.post(paths::NAMESPACES, &ns).await.map_err(api)?;
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let record = Record {
+        hash: token_hash(&token),
+        values,
+        expires: if o.ttl.is_zero() {
+            0
+        } else {
+            now + o.ttl.as_secs() as i64
+        },
+        uses_left: o.uses,
+        uses: Vec::new(),
+        description: o.description.clone().unwrap_or_default(),
+    };
+    let store = Store {
+        kube,
+        namespace: o.namespace.clone(),
+    };
+    store
+        .create(&record)
+        .await
+        .map_err(|e| Failure::new(Code::ClusterConfig, e.to_string()))?;
+    let text = match (&o.public_url, &o.base_url) {
+        (Some(public), Some(base)) => {
+            let values_url = format!("{}/v1/values/{{token}}", public.trim_end_matches('/'));
+            format!("curl -fsSL {base}/attach.sh | NODE_ATTACH_OPENAPI_TOKEN='{token}' bash -s -- --values-url '{values_url}'\n")
+        }
+        (Some(public), None) => {
+            let values_url = format!("{}/v1/values/{{token}}", public.trim_end_matches('/'));
+            format!("NODE_ATTACH_OPENAPI_TOKEN='{token}' node-attach join --values-url '{values_url}'\n")
+        }
+        _ => format!("{token}\n"),
+    };
+    let view = serde_json::json!({"token": token, "uses": o.uses, "namespace": o.namespace});
+    reporter.result(&view, &text);
+    Ok(())
+}
+
+/// `token delete ID`.
+async fn delete(kube: &Kube, id: &str, reporter: &mut Reporter) -> Result<(), Failure> {
+    let id = id.split('.').next().unwrap_or_default().to_owned();
+    let valid = id.len() == 6
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !valid {
+        return Err(Failure::new(
+            Code::Usage,
+            "expected a token id ([a-z0-9]{6}) or ID.SECRET",
+        ));
+    }
+    let path = paths::secret("kube-system", &format!("bootstrap-token-{id}"));
+    let gone = kube.delete(&path).await.map_err(api)?;
+    let text = match gone {
+        true => format!("bootstrap token {id} deleted\n"),
+        false => format!("bootstrap token {id} was not there\n"),
+    };
+    reporter.result(&serde_json::json!({"id": id, "deleted": gone}), &text);
     Ok(())
 }

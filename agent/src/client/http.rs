@@ -242,17 +242,9 @@ impl Http {
             .request(req.method.clone(), req.target.url.clone())
             .header(reqwest::header::ACCEPT, req.accept);
         if let Some(token) = req.bearer {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    HttpError::Other {
-                        url: shown.clone(),
-                        detail: "the bearer token is not a valid header value".into(),
-                    }
-                })?;
-            value.set_sensitive(true);
-            builder = builder.header(AUTHORIZATION, value);
+            builder = builder.header(AUTHORIZATION, bearer_header(token, &shown)?);
         }
-        if let Some(body) = req.json {
+        if let Some(body) = req.json.clone() {
             builder = builder
                 .header(reqwest::header::CONTENT_TYPE, req.content_type)
                 .body(body);
@@ -261,45 +253,9 @@ impl Http {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         if (300..400).contains(&status) {
-            let location = headers
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect::<String>();
-            let location = req.scrub.iter().fold(location, |t, s| s.scrub(&t));
-            return Err(HttpError::Redirect {
-                url: shown,
-                location,
-            });
+            return Err(redirect(&headers, &req, shown));
         }
-        if let Some(len) = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.limits.max_body as u64 {
-                return Err(HttpError::TooLarge {
-                    url: shown,
-                    limit: self.limits.max_body,
-                });
-            }
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(&shown, e))?
-        {
-            if body.len() + chunk.len() > self.limits.max_body {
-                return Err(HttpError::TooLarge {
-                    url: shown,
-                    limit: self.limits.max_body,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.read_body(&mut response, &headers, &shown).await?;
         if !(200..300).contains(&status) {
             let detail =
                 server_message(&body).map(|m| req.scrub.iter().fold(m, |t, s| s.scrub(&t)));
@@ -317,6 +273,38 @@ impl Http {
         })
     }
 
+    /// The whole body, refused past the cap (by Content-Length first, then as it arrives).
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+        headers: &HeaderMap,
+        shown: &str,
+    ) -> Result<Vec<u8>, HttpError> {
+        let too_large = || HttpError::TooLarge {
+            url: shown.to_owned(),
+            limit: self.limits.max_body,
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.limits.max_body as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.classify(shown, e))?
+        {
+            if body.len() + chunk.len() > self.limits.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     /// Opens a streaming GET (a watch): returns the response once headers arrived; the caller
     /// reads chunks. `timeout` bounds the whole stream.
     pub async fn open_stream(
@@ -331,15 +319,7 @@ impl Http {
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(timeout);
         if let Some(token) = bearer {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    HttpError::Other {
-                        url: target.shown.clone(),
-                        detail: "the bearer token is not a valid header value".into(),
-                    }
-                })?;
-            value.set_sensitive(true);
-            builder = builder.header(AUTHORIZATION, value);
+            builder = builder.header(AUTHORIZATION, bearer_header(token, &target.shown)?);
         }
         let response = builder
             .send()
@@ -387,6 +367,34 @@ impl Http {
             return HttpError::Connect { url, detail };
         }
         HttpError::Other { url, detail }
+    }
+}
+
+/// `Authorization: Bearer …`, marked sensitive so it is never logged.
+fn bearer_header(token: &Secret, shown: &str) -> Result<HeaderValue, HttpError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+        HttpError::Other {
+            url: shown.to_owned(),
+            detail: "the bearer token is not a valid header value".into(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A 3xx answer as an error naming where it pointed (scrubbed); redirects are never followed.
+fn redirect(headers: &HeaderMap, req: &Request<'_>, shown: String) -> HttpError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let location = req.scrub.iter().fold(location, |t, s| s.scrub(&t));
+    HttpError::Redirect {
+        url: shown,
+        location,
     }
 }
 

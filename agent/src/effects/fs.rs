@@ -474,6 +474,13 @@ impl Root {
         }
     }
 
+    /// The device of the directory at `target` (None: absent, or not a directory; a symlink
+    /// is not followed).
+    pub fn dir_device(&self, target: &Path) -> Option<u64> {
+        let meta = fs::symlink_metadata(self.resolve(target).ok()?).ok()?;
+        meta.is_dir().then(|| meta.dev())
+    }
+
     /// Names in a directory (empty when absent).
     pub fn list_dir(&self, target: &Path) -> Result<Vec<String>, FsError> {
         let real = self.resolve(target)?;
@@ -824,6 +831,72 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Removes the tree at a real (resolved) path on device `dev`: never follows a symlink, never
+/// crosses into another filesystem, and keeps the pinned paths and the way to them. Returns
+/// false when something was kept.
+pub fn remove_tree_on(path: &Path, dev: u64, pinned: &[PathBuf]) -> std::io::Result<bool> {
+    if pinned.iter().any(|p| p.starts_with(path)) {
+        // Remove what we can around the pinned paths, keep the way to them.
+        let meta = fs::symlink_metadata(path)?;
+        if meta.is_dir() && !pinned.iter().any(|p| p == path) {
+            for e in fs::read_dir(path)? {
+                remove_tree_on(&e?.path(), dev, pinned)?;
+            }
+        }
+        return Ok(false);
+    }
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        fs::remove_file(path)?;
+        return Ok(true);
+    }
+    if meta.dev() != dev {
+        return Ok(false);
+    }
+    let mut all = true;
+    for e in fs::read_dir(path)? {
+        all &= remove_tree_on(&e?.path(), dev, pinned)?;
+    }
+    if all {
+        fs::remove_dir(path)?;
+    }
+    Ok(all)
+}
+
+/// A file only ever appended to, each append synced before it returns (the journal).
+#[derive(Debug)]
+pub struct AppendFile(File);
+
+impl AppendFile {
+    /// Opens an existing file at a real (resolved) path for appending.
+    pub fn open(real: &Path) -> std::io::Result<AppendFile> {
+        OpenOptions::new().append(true).open(real).map(AppendFile)
+    }
+
+    /// Cuts the file to `len` bytes, synced.
+    pub fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)?;
+        self.0.sync_all()
+    }
+
+    /// Appends `bytes`, synced.
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)?;
+        self.0.sync_data()
+    }
+}
+
+/// Writes a new file (it must not exist) at a real (resolved) path with `mode`, fsynced.
+pub fn write_new_file(real: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(real)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

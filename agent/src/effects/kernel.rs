@@ -144,6 +144,8 @@ pub struct RecordingKernel {
     pub calls: Mutex<Vec<String>>,
     /// Mount points to report (real paths).
     pub mounts: Vec<PathBuf>,
+    /// Swap devices to report as active.
+    pub swaps: Vec<String>,
 }
 
 impl RecordingKernel {
@@ -173,7 +175,7 @@ impl Kernel for RecordingKernel {
         Ok(())
     }
     fn active_swaps(&self) -> Vec<String> {
-        Vec::new()
+        self.swaps.clone()
     }
     fn swap_off(&self) -> Result<(), EffectError> {
         self.note("swapoff".into());

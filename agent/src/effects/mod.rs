@@ -4,14 +4,21 @@
 //! ([`images::Images`]). The filesystem goes through
 //! [`fs::Root`]. When the root is not `/`, node-attach touches no host service or package: those
 //! steps are journaled as skipped instead.
+//!
+//! This is the only module that may touch the host directly (`agent/clippy.toml` refuses
+//! `std::fs`, `std::process::Command` and mount calls everywhere else).
+#![allow(clippy::disallowed_methods)]
 
 pub mod containers;
 pub mod cri;
 pub mod fs;
 pub mod images;
+pub mod input;
 pub mod kernel;
 pub mod network;
 pub mod packages;
+pub mod probe;
+pub mod seen;
 
 pub use packages::{detect_packages, Packages, RecordingPackages};
 
@@ -358,6 +365,8 @@ pub struct Effects {
     pub network: Box<dyn network::Network>,
     /// Container images in the runtime (air-gap imports).
     pub images: Box<dyn images::Images>,
+    /// Host facts preflight checks.
+    pub probe: Box<dyn probe::Probe>,
     /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
     pub host: bool,
 }
@@ -375,13 +384,15 @@ impl Effects {
             kernel: Box::new(kernel::HostKernel),
             network: Box::new(network::HostNetwork),
             images: Box::new(images::RuntimeImages),
+            probe: Box::new(probe::HostProbe),
             host,
         }
     }
 
-    /// Test doubles for every host effect, with the real filesystem under `root`; `host` as
-    /// given (true: host steps run against the doubles).
-    pub fn doubles(root: fs::Root, host: bool) -> Effects {
+    /// Test doubles for every effect under this root: nothing on the host is touched, each
+    /// double records what it was asked. `host` starts false; tests that exercise host steps
+    /// set it.
+    pub fn doubles(root: fs::Root) -> Effects {
         Effects {
             root,
             systemd: Box::new(RecordingSystemd::default()),
@@ -391,7 +402,8 @@ impl Effects {
             kernel: Box::new(kernel::RecordingKernel::default()),
             network: Box::new(network::RecordingNetwork::default()),
             images: Box::new(images::RecordingImages::default()),
-            host,
+            probe: Box::new(probe::FixedProbe::default()),
+            host: false,
         }
     }
 }

@@ -297,43 +297,7 @@ pub async fn stage(
         staged.kubelet_version = Some(release.version());
     }
     staged.static_runtime = runtime.map(|r| r.version.clone());
-    if !settings.dry_run && (!files.is_empty() || !images.is_empty()) {
-        let _ = effects.root.sweep_scratch();
-        let scratch = effects
-            .root
-            .scratch()
-            .map_err(|e| Failure::new(Code::Filesystem, e.to_string()))?;
-        for (i, (f, r)) in files.iter_mut().enumerate() {
-            let real = mirror
-                .download(&f.what, r, &scratch, &format!("file-{i}"))
-                .await
-                .map_err(|e| failure(&e))?;
-            f.staged = Some(real);
-        }
-        for (i, img) in images.iter().enumerate() {
-            let real = mirror
-                .download(
-                    "an image archive",
-                    &img.file,
-                    &scratch,
-                    &format!("image-{i}.tar"),
-                )
-                .await
-                .map_err(|e| failure(&e))?;
-            staged.images.push(StagedImages {
-                what: img.file.path.clone(),
-                archive: Some(real),
-                refs: img.refs.clone(),
-            });
-        }
-        staged.scratch = Some(scratch);
-    } else {
-        staged.images.extend(images.iter().map(|img| StagedImages {
-            what: img.file.path.clone(),
-            archive: None,
-            refs: img.refs.clone(),
-        }));
-    }
+    download_all(settings, effects, &mirror, &mut files, &images, &mut staged).await?;
     staged.summary = format!(
         "kubelet {} from {} (signature verified): {} file(s){}{}",
         release.version(),
@@ -352,6 +316,56 @@ pub async fn stage(
     );
     staged.files = files.into_iter().map(|(f, _)| f).collect();
     Ok(staged)
+}
+
+/// Downloads and verifies every wanted file and image archive into a fresh scratch directory
+/// (a dry run only lists the images).
+async fn download_all(
+    settings: &Settings,
+    effects: &Effects,
+    mirror: &Mirror,
+    files: &mut [(StagedFile, manifest::FileRef)],
+    images: &[&manifest::ImageArchive],
+    staged: &mut Staged,
+) -> Result<(), Failure> {
+    if settings.dry_run || (files.is_empty() && images.is_empty()) {
+        staged.images.extend(images.iter().map(|img| StagedImages {
+            what: img.file.path.clone(),
+            archive: None,
+            refs: img.refs.clone(),
+        }));
+        return Ok(());
+    }
+    let _ = effects.root.sweep_scratch();
+    let scratch = effects
+        .root
+        .scratch()
+        .map_err(|e| Failure::new(Code::Filesystem, e.to_string()))?;
+    for (i, (f, r)) in files.iter_mut().enumerate() {
+        let real = mirror
+            .download(&f.what, r, &scratch, &format!("file-{i}"))
+            .await
+            .map_err(|e| failure(&e))?;
+        f.staged = Some(real);
+    }
+    for (i, img) in images.iter().enumerate() {
+        let real = mirror
+            .download(
+                "an image archive",
+                &img.file,
+                &scratch,
+                &format!("image-{i}.tar"),
+            )
+            .await
+            .map_err(|e| failure(&e))?;
+        staged.images.push(StagedImages {
+            what: img.file.path.clone(),
+            archive: Some(real),
+            refs: img.refs.clone(),
+        });
+    }
+    staged.scratch = Some(scratch);
+    Ok(())
 }
 
 fn mirror_of(settings: &Settings, m: &MirrorSettings) -> Result<Mirror, Failure> {

@@ -437,6 +437,94 @@ pub fn render_flags(f: &FlagInputs<'_>) -> String {
     format!("KUBELET_KUBEADM_ARGS={}\n", go_quote(&joined.join(" ")))
 }
 
+/// The kubelet's files for this node, rendered before anything changes.
+#[derive(Clone, Debug)]
+pub struct KubeletFiles {
+    /// `/var/lib/kubelet/config.yaml`.
+    pub config: String,
+    /// `/var/lib/kubelet/kubeadm-flags.env`.
+    pub flags: String,
+    /// The cluster CA for `/etc/kubernetes/pki/ca.crt` (only the pinned certificates).
+    pub ca: Vec<u8>,
+    /// The reset unit, pointing at this binary (None when its path is unknown).
+    pub reset_unit: Option<String>,
+}
+
+/// What writing them changed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KubeletChanges {
+    /// A unit file (daemon-reload needed).
+    pub units: bool,
+    /// Anything the kubelet reads (restart needed).
+    pub config: bool,
+}
+
+/// The reset unit for the binary at `agent`.
+pub fn reset_unit(agent: &std::path::Path) -> Option<String> {
+    let exe = agent.to_str()?;
+    Some(RESET_UNIT.replace("/usr/local/bin/node-attach", exe))
+}
+
+/// Writes the kubelet's files and units (the packaged kubelet.service is kept when there is
+/// one); says what changed.
+pub fn apply(
+    applier: &mut crate::apply::Applier<'_>,
+    files: &KubeletFiles,
+) -> Result<KubeletChanges, crate::apply::ApplyError> {
+    use std::path::Path;
+    for (dir, mode) in [
+        ("/etc/kubernetes/pki", 0o755),
+        ("/etc/kubernetes/manifests", 0o755),
+        ("/var/lib/kubelet", 0o700),
+    ] {
+        applier.dir(Path::new(dir), mode)?;
+    }
+    let mut config = false;
+    for (path, bytes) in [
+        (CA_PATH, files.ca.as_slice()),
+        (CONFIG_PATH, files.config.as_bytes()),
+        (FLAGS_PATH, files.flags.as_bytes()),
+    ] {
+        config |= applier
+            .file(Path::new(path), 0o644, bytes, false)?
+            .changes();
+    }
+    let unit_changed = units(applier, files.reset_unit.as_deref())?;
+    Ok(KubeletChanges {
+        units: unit_changed,
+        config: config || unit_changed,
+    })
+}
+
+/// The kubelet's unit (unless a package installed one), kubeadm's drop-in and the reset unit
+/// (bake mode writes these too); returns whether any changed.
+pub fn units(
+    applier: &mut crate::apply::Applier<'_>,
+    reset_unit: Option<&str>,
+) -> Result<bool, crate::apply::ApplyError> {
+    use std::path::{Path, PathBuf};
+    let root = &applier.effects().root;
+    let packaged_unit = UNIT_DIRS.iter().any(|d| {
+        let p = PathBuf::from(d).join("kubelet.service");
+        p != Path::new(UNIT_PATH) && root.read(&p).ok().flatten().is_some()
+    });
+    let mut units: Vec<(&str, &[u8])> = Vec::new();
+    if !packaged_unit {
+        units.push((UNIT_PATH, UNIT.as_bytes()));
+    }
+    units.push((DROPIN_PATH, DROPIN.as_bytes()));
+    if let Some(unit) = reset_unit {
+        units.push((RESET_UNIT_PATH, unit.as_bytes()));
+    }
+    let mut unit_changed = false;
+    for (path, bytes) in units {
+        unit_changed |= applier
+            .file(Path::new(path), 0o644, bytes, false)?
+            .changes();
+    }
+    Ok(unit_changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

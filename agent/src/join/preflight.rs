@@ -2,9 +2,9 @@
 //! downgrades named checks (or `all`) to warnings, like kubeadm.
 
 use crate::effects::fs::Root;
-use crate::effects::which;
+use crate::effects::probe::Probe;
+use crate::effects::Effects;
 use crate::error::{Code, Failure};
-use crate::model::version::KubeVersion;
 use std::path::Path;
 
 /// One check's outcome.
@@ -29,122 +29,121 @@ fn check(id: &'static str, ok: bool, message: impl Into<String>, hint: &'static 
     }
 }
 
-/// Active swap devices, from /proc/swaps.
-pub fn active_swap() -> Vec<String> {
-    std::fs::read_to_string("/proc/swaps")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
-/// The local kubelet's version, if a kubelet is installed.
-pub fn kubelet_version() -> Option<KubeVersion> {
-    which("kubelet")?;
-    let out = crate::effects::run_command(
-        "kubelet",
-        &["--version"],
-        std::time::Duration::from_secs(20),
-    )
-    .ok()?;
-    out.split_whitespace()
-        .find_map(|w| w.parse::<KubeVersion>().ok())
-}
-
-/// Checks that need no cluster.
-pub fn local(
-    root: &Root,
-    host: bool,
-    disable_swap: bool,
-    fail_swap_on: Option<bool>,
-    joined_before: bool,
-) -> Vec<Check> {
+/// Checks that need no cluster. `swap_allowed`: swap may stay on (`--disable-swap` turns it off,
+/// or the kubelet runs with `failSwapOn: false`).
+pub fn local(effects: &Effects, swap_allowed: bool, joined_before: bool) -> Vec<Check> {
     let mut out = Vec::new();
-    if host {
-        let euid = nix::unistd::geteuid();
-        out.push(check(
-            "root",
-            euid.is_root(),
-            format!("running as uid {euid}"),
-            "run node-attach as root (sudo), or use --root DIR to try it on a scratch directory",
-        ));
-        let arch = std::env::consts::ARCH;
-        out.push(check(
-            "arch",
-            matches!(arch, "x86_64" | "aarch64"),
-            format!("architecture {arch}"),
-            "Kubernetes nodes need x86_64 or aarch64",
-        ));
-        let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-        let name = os
-            .lines()
-            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-            .unwrap_or("unknown")
-            .trim_matches('"')
-            .to_owned();
-        out.push(check(
-            "os",
-            !os.is_empty(),
-            format!("operating system {name}"),
-            "node-attach supports Linux distributions with /etc/os-release",
-        ));
-        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let v1 = Path::new("/sys/fs/cgroup/memory").exists();
-        out.push(check(
-            "cgroups",
-            v1 || v2,
-            format!(
-                "cgroup {}",
-                if v2 {
-                    "v2"
-                } else if v1 {
-                    "v1"
-                } else {
-                    "none"
-                }
-            ),
-            "mount cgroups (v2 preferred) before joining",
-        ));
-        let swap = active_swap();
-        let swap_ok = swap.is_empty() || disable_swap || fail_swap_on == Some(false);
-        out.push(check("swap", swap_ok, if swap.is_empty() { "swap is off".to_owned() } else { format!("swap is on: {}", swap.join(", ")) }, "pass --disable-swap (turns it off now and at boot), or set kubelet.failSwapOn: false in the cluster values"));
-        for bin in ["ip", "iptables", "mount", "nsenter"] {
-            out.push(check(
-                "binaries",
-                which(bin).is_some(),
-                format!(
-                    "{bin} {}",
-                    if which(bin).is_some() {
-                        "found"
-                    } else {
-                        "is missing"
-                    }
-                ),
-                "install the missing tool (iproute2, iptables, util-linux)",
-            ));
-        }
-        let port_free = std::net::TcpListener::bind(("0.0.0.0", 10250)).is_ok();
-        out.push(check(
-            "port-10250",
-            port_free,
-            if port_free {
-                "port 10250 is free"
-            } else {
-                "port 10250 is in use (another kubelet?)"
-            },
-            "stop whatever listens on 10250 (ss -ltnp 'sport = :10250')",
-        ));
-        out.push(check("kubelet", which("kubelet").is_some(), if which("kubelet").is_some() { "kubelet found" } else { "no kubelet binary in PATH" }, "install the kubelet package for your cluster's version (e.g. apt-get install kubelet=1.31.*)"));
+    if effects.host {
+        let probe = effects.probe.as_ref();
+        out.push(root(probe));
+        out.push(arch());
+        out.push(os(probe));
+        out.push(cgroups(probe));
+        out.push(swap(&effects.kernel.active_swaps(), swap_allowed));
+        out.extend(["ip", "iptables", "mount", "nsenter"].map(|b| binary(probe, b)));
+        out.push(kubelet_port(probe));
+        out.push(kubelet_binary(probe));
     }
-    let foreign = !joined_before
-        && root
-            .read(Path::new(crate::join::bootstrap::KUBELET_CONF))
-            .ok()
-            .flatten()
-            .is_some();
-    out.push(check("existing-kubeconfig", !foreign, if foreign { "/etc/kubernetes/kubelet.conf exists and was not written by node-attach" } else { "no foreign kubelet.conf" }, "this machine was joined by another tool: run `kubeadm reset -f` (or remove /etc/kubernetes/kubelet.conf) first"));
+    out.push(foreign_kubeconfig(&effects.root, joined_before));
     out
+}
+
+fn root(probe: &dyn Probe) -> Check {
+    let root = probe.is_root();
+    let found = if root {
+        "running as root"
+    } else {
+        "not running as root"
+    };
+    let hint = "run node-attach as root (sudo), or use --root DIR to try it on a scratch directory";
+    check("root", root, found, hint)
+}
+
+fn arch() -> Check {
+    let arch = std::env::consts::ARCH;
+    let ok = matches!(arch, "x86_64" | "aarch64");
+    check(
+        "arch",
+        ok,
+        format!("architecture {arch}"),
+        "Kubernetes nodes need x86_64 or aarch64",
+    )
+}
+
+fn os(probe: &dyn Probe) -> Check {
+    let name = probe.os_name();
+    let found = format!("operating system {}", name.as_deref().unwrap_or("unknown"));
+    let hint = "node-attach supports Linux distributions with /etc/os-release";
+    check("os", name.is_some(), found, hint)
+}
+
+fn cgroups(probe: &dyn Probe) -> Check {
+    let version = probe.cgroup_version();
+    let found = match version {
+        Some(v) => format!("cgroup v{v}"),
+        None => "no cgroups mounted".to_owned(),
+    };
+    check(
+        "cgroups",
+        version.is_some(),
+        found,
+        "mount cgroups (v2 preferred) before joining",
+    )
+}
+
+fn swap(active: &[String], allowed: bool) -> Check {
+    let found = if active.is_empty() {
+        "swap is off".to_owned()
+    } else {
+        format!("swap is on: {}", active.join(", "))
+    };
+    let hint = "pass --disable-swap (turns it off now and at boot), or set kubelet.failSwapOn: false in the cluster values";
+    check("swap", active.is_empty() || allowed, found, hint)
+}
+
+fn binary(probe: &dyn Probe, name: &str) -> Check {
+    let found = probe.has_program(name);
+    let state = if found { "found" } else { "is missing" };
+    let hint = "install the missing tool (iproute2, iptables, util-linux)";
+    check("binaries", found, format!("{name} {state}"), hint)
+}
+
+fn kubelet_port(probe: &dyn Probe) -> Check {
+    let free = probe.port_free(10250);
+    let found = if free {
+        "port 10250 is free"
+    } else {
+        "port 10250 is in use (another kubelet?)"
+    };
+    let hint = "stop whatever listens on 10250 (ss -ltnp 'sport = :10250')";
+    check("port-10250", free, found, hint)
+}
+
+fn kubelet_binary(probe: &dyn Probe) -> Check {
+    let found = probe.has_program("kubelet");
+    let state = if found {
+        "kubelet found"
+    } else {
+        "no kubelet binary in PATH"
+    };
+    let hint = "install the kubelet package for your cluster's version (e.g. apt-get install kubelet=1.31.*)";
+    check("kubelet", found, state, hint)
+}
+
+fn foreign_kubeconfig(root: &Root, joined_before: bool) -> Check {
+    let exists = root
+        .read(Path::new(crate::join::bootstrap::KUBELET_CONF))
+        .ok()
+        .flatten()
+        .is_some();
+    let foreign = exists && !joined_before;
+    let found = if foreign {
+        "/etc/kubernetes/kubelet.conf exists and was not written by node-attach"
+    } else {
+        "no foreign kubelet.conf"
+    };
+    let hint = "this machine was joined by another tool: run `kubeadm reset -f` (or remove /etc/kubernetes/kubelet.conf) first";
+    check("existing-kubeconfig", !foreign, found, hint)
 }
 
 /// The files join writes (the journal's own are checked when it is read), and the directories
@@ -155,8 +154,8 @@ pub fn managed_paths(
 ) -> (Vec<&'static str>, Vec<&'static str>) {
     use crate::join::{bootstrap, kubelet, runtime as rt};
     let mut files = vec![
-        crate::join::MODULES_FILE,
-        crate::join::SYSCTL_FILE,
+        crate::join::host::MODULES_FILE,
+        crate::join::host::SYSCTL_FILE,
         kubelet::CONFIG_PATH,
         kubelet::FLAGS_PATH,
         kubelet::CA_PATH,
@@ -249,6 +248,8 @@ pub fn evaluate(checks: &[Check], ignore: &[String]) -> Result<Vec<String>, Fail
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::effects::kernel::RecordingKernel;
+    use crate::effects::probe::FixedProbe;
 
     #[test]
     fn ignored_checks_become_warnings() {
@@ -269,11 +270,85 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(tmp.path().join("etc/kubernetes")).expect("dir");
         std::fs::write(tmp.path().join("etc/kubernetes/kubelet.conf"), "x").expect("file");
-        let checks = local(&Root::new(tmp.path()), false, false, None, false);
+        let effects = Effects::doubles(Root::new(tmp.path()));
+        let checks = local(&effects, false, false);
         assert!(checks
             .iter()
             .any(|c| c.id == "existing-kubeconfig" && !c.ok));
-        let checks = local(&Root::new(tmp.path()), false, false, None, true);
+        let checks = local(&effects, false, true);
         assert!(checks.iter().all(|c| c.ok));
+    }
+
+    fn failed(probe: FixedProbe, swaps: &[&str], swap_allowed: bool) -> Vec<&'static str> {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kernel = RecordingKernel {
+            swaps: swaps.iter().map(|s| s.to_string()).collect(),
+            ..RecordingKernel::default()
+        };
+        let effects = Effects {
+            host: true,
+            probe: Box::new(probe),
+            kernel: Box::new(kernel),
+            ..Effects::doubles(Root::new(tmp.path()))
+        };
+        let checks = local(&effects, swap_allowed, false);
+        checks.iter().filter(|c| !c.ok).map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn a_healthy_host_passes_every_check() {
+        assert_eq!(
+            failed(FixedProbe::default(), &[], false),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn each_host_fault_names_its_check() {
+        let p = FixedProbe::default;
+        assert_eq!(
+            failed(FixedProbe { root: false, ..p() }, &[], false),
+            ["root"]
+        );
+        assert_eq!(failed(FixedProbe { os: None, ..p() }, &[], false), ["os"]);
+        assert_eq!(
+            failed(
+                FixedProbe {
+                    cgroups: None,
+                    ..p()
+                },
+                &[],
+                false
+            ),
+            ["cgroups"]
+        );
+        let no_kubelet = FixedProbe {
+            programs: vec![
+                "ip".into(),
+                "iptables".into(),
+                "mount".into(),
+                "nsenter".into(),
+            ],
+            ..p()
+        };
+        assert_eq!(failed(no_kubelet, &[], false), ["kubelet"]);
+        let no_tools = FixedProbe {
+            programs: vec!["kubelet".into()],
+            ..p()
+        };
+        assert_eq!(failed(no_tools, &[], false), ["binaries"; 4]);
+        assert_eq!(
+            failed(
+                FixedProbe {
+                    busy_ports: vec![10250],
+                    ..p()
+                },
+                &[],
+                false
+            ),
+            ["port-10250"]
+        );
+        assert_eq!(failed(p(), &["/swapfile"], false), ["swap"]);
+        assert!(failed(p(), &["/swapfile"], true).is_empty());
     }
 }

@@ -9,8 +9,7 @@
 //! identity, discovery, the cluster's kubelet configuration, the CSR and the start. A reset
 //! undoes both.
 
-use super::{apply_failure, Phases};
-use super::{artifacts, finish, fs_failure, host_phase, kubelet_units, preflight, runtime};
+use super::{applied, artifacts, fs_failure, host, kubelet, preflight, runtime};
 use crate::apply::journal::{Event, Journal, Record};
 use crate::apply::Applier;
 use crate::cli::join::JoinArgs;
@@ -61,7 +60,8 @@ pub async fn run(args: JoinArgs, reporter: &mut Reporter) -> Result<(), Failure>
     if token.is_some() || args.endpoint.is_some() {
         reporter.notice("--phase prepare contacts no cluster: the token and endpoint are left for the boot-time join");
     }
-    let settings = Settings::resolve(&args, token, None)?;
+    let mut settings = Settings::resolve(&args, token, None)?;
+    settings.agent_path = std::env::current_exe().ok();
     for notice in &settings.notices {
         reporter.notice(notice);
     }
@@ -90,7 +90,7 @@ fn version(
         .kubelet_version
         .clone()
         .or_else(|| settings.artifacts.kubelet_version.clone())
-        .or_else(|| effects.host.then(preflight::kubelet_version).flatten())
+        .or_else(|| effects.host.then(|| effects.probe.kubelet_version()).flatten())
         .ok_or_else(|| {
             Failure::new(
                 Code::Usage,
@@ -106,51 +106,27 @@ pub async fn prepare(
     reporter: &mut Reporter,
 ) -> Result<PrepareSummary, Failure> {
     let root = &effects.root;
-    let mut p = Phases {
-        reporter,
-        current: None,
-    };
-    let _lock = if settings.dry_run {
-        None
-    } else {
-        Some(crate::apply::lock::lock(root)?)
+    let _lock = match settings.dry_run {
+        true => None,
+        false => Some(crate::apply::lock::lock(root)?),
     };
     let records = Journal::load(root).map_err(fs_failure)?.unwrap_or_default();
-
-    p.begin("preflight");
-    let checks = preflight::local(
-        root,
-        effects.host,
-        settings.disable_swap,
-        settings.kubelet.fail_swap_on,
-        joined(&records),
-    );
-    let checks = artifacts::waive_checks(checks, settings);
-    let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)
-        .inspect_err(|_| p.fail())?;
-    p.end(
-        Status::Done,
-        &format!("{} checks, {} ignored", checks.len(), warnings.len()),
-    );
-
-    p.begin("artifacts");
+    local_checks(settings, effects, &records, reporter)?;
+    let phase = reporter.begin("artifacts");
     let staged = artifacts::stage(
         settings,
         effects,
         None,
         artifacts::journal_has_images(&records),
     )
-    .await
-    .inspect_err(|_| p.fail())?;
-    let version = version(settings, effects, &staged).inspect_err(|_| p.fail())?;
-    p.end(Status::Done, &staged.summary);
-
-    let mut applier = if settings.dry_run {
-        Applier::plan(effects)
-    } else {
-        Applier::apply(effects, Journal::open(root).map_err(fs_failure)?)
+    .await?;
+    let version = version(settings, effects, &staged)?;
+    phase.end(Status::Done, &staged.summary);
+    let mut applier = match settings.dry_run {
+        true => Applier::plan(effects),
+        false => Applier::apply(effects, Journal::open(root).map_err(fs_failure)?),
     };
-    apply_phases(&mut applier, &mut p, settings, &staged, &version)?;
+    apply_phases(&mut applier, reporter, settings, &staged, &version)?;
     let changed = applier.steps.iter().filter(|s| s.outcome.changes()).count();
     Ok(PrepareSummary {
         kubelet_version: version.to_string(),
@@ -161,37 +137,45 @@ pub async fn prepare(
     })
 }
 
+/// Preflight as the join's, less the checks a mirror makes moot.
+fn local_checks(
+    settings: &Settings,
+    effects: &Effects,
+    records: &[Record],
+    reporter: &mut Reporter,
+) -> Result<(), Failure> {
+    let phase = reporter.begin("preflight");
+    let swap_allowed = settings.disable_swap || settings.kubelet.fail_swap_on == Some(false);
+    let checks = preflight::local(effects, swap_allowed, joined(records));
+    let checks = artifacts::waive_checks(checks, settings);
+    let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
+    phase.end(
+        Status::Done,
+        &format!("{} checks, {} ignored", checks.len(), warnings.len()),
+    );
+    Ok(())
+}
+
 fn apply_phases(
     applier: &mut Applier<'_>,
-    p: &mut Phases<'_>,
+    reporter: &mut Reporter,
     settings: &Settings,
     staged: &artifacts::Staged,
     version: &KubeVersion,
 ) -> Result<(), Failure> {
-    p.begin("host");
-    applier.enter("host").map_err(fs_failure)?;
-    host_phase(applier, settings)
-        .map_err(apply_failure(Code::Preflight))
-        .inspect_err(|_| p.fail())?;
-    finish(applier, p, "host")?;
-
-    let mut units = false;
+    applied(reporter, applier, "host", Code::Preflight, |a| {
+        host::apply(a, settings)
+    })?;
     if !staged.is_empty() {
-        p.begin("install");
-        applier.enter("install").map_err(fs_failure)?;
-        units |= artifacts::install(applier, staged)
-            .map_err(apply_failure(Code::Runtime))
-            .inspect_err(|_| p.fail())?;
-        finish(applier, p, "install")?;
+        let units = applied(reporter, applier, "install", Code::Runtime, |a| {
+            artifacts::install(a, staged)
+        })?;
+        if units {
+            applier
+                .daemon_reload()
+                .map_err(super::apply_failure(Code::Runtime))?;
+        }
     }
-    if units {
-        applier
-            .daemon_reload()
-            .map_err(apply_failure(Code::Runtime))?;
-    }
-
-    p.begin("runtime");
-    applier.enter("runtime").map_err(fs_failure)?;
     let inputs = runtime::PhaseInputs {
         settings,
         server: version,
@@ -200,23 +184,20 @@ fn apply_phases(
         cluster_pause: crate::model::compat::pause_image(None, version),
         staged,
     };
-    let rt = runtime::phase(applier, &inputs).inspect_err(|_| p.fail())?;
-    for notice in &rt.notices {
-        p.reporter.notice(notice);
-    }
-    finish(applier, p, "runtime")?;
-
-    p.begin("kubelet-units");
-    applier.enter("kubelet-units").map_err(fs_failure)?;
-    if kubelet_units(applier)
-        .map_err(apply_failure(Code::KubeletConfig))
-        .inspect_err(|_| p.fail())?
-    {
+    super::runtime_phase(reporter, applier, &inputs, &[])?;
+    let reset_unit = settings.agent_path.as_deref().and_then(kubelet::reset_unit);
+    let units = applied(
+        reporter,
+        applier,
+        "kubelet-units",
+        Code::KubeletConfig,
+        |a| kubelet::units(a, reset_unit.as_deref()),
+    )?;
+    if units {
         applier
             .daemon_reload()
-            .map_err(apply_failure(Code::Start))?;
+            .map_err(super::apply_failure(Code::Start))?;
     }
-    finish(applier, p, "kubelet-units")?;
     if !applier.dry_run() {
         applier.enter("prepared").map_err(fs_failure)?;
         applier.finish("done").map_err(fs_failure)?;

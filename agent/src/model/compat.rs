@@ -4,14 +4,19 @@
 
 use crate::model::version::KubeVersion;
 
+/// Usages for an ECDSA key from 1.25, in the kubelet's order.
+pub const USAGES: [&str; 2] = ["digital signature", "client auth"];
+/// Usages before 1.25, when the approver and the signer also wanted `key encipherment`.
+pub const LEGACY_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+
 /// The usages a kubelet client CSR must ask for: before 1.25 the csrapproving controller and
 /// the kubelet-client signer want `key encipherment` too (`pkg/apis/certificates/helpers.go`
 /// `IsKubeletClientCSR` at v1.20.2; relaxed for ECDSA keys by kubernetes#111061 in 1.25).
 pub fn csr_usages(server: &KubeVersion) -> &'static [&'static str] {
     if server.minor_key() < (1, 25) {
-        &crate::join::bootstrap::LEGACY_USAGES
+        &LEGACY_USAGES
     } else {
-        &crate::join::bootstrap::USAGES
+        &USAGES
     }
 }
 

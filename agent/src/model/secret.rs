@@ -79,6 +79,18 @@ impl serde::Serialize for Secret {
     }
 }
 
+/// A URL with its path and query hidden: callback URLs usually carry a token in the path.
+pub fn redact_url_path(u: &url::Url) -> String {
+    let mut shown = format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default());
+    if let Some(port) = u.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    if u.path() != "/" || u.query().is_some() {
+        shown.push_str("/…");
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

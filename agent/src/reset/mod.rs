@@ -18,6 +18,7 @@
 //! changes.
 
 pub mod api;
+pub mod audit;
 pub mod cleanup;
 pub mod replay;
 
@@ -25,12 +26,17 @@ use crate::apply::journal::{self, Journal, JournalError, Record};
 use crate::apply::records::{self, CallbackRecord};
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
+use crate::trust::tls::ClientIdentity;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cleanup::{CHAIN_PREFIXES, CNI_DIRS, CNI_INTERFACES, KUBERNETES_FILES, STATE_DIRS};
 pub use records::REMOVAL_MARKER;
+
+/// How much of the audit's path list a report to the callback carries (the values service
+/// reads reports of up to 64 KiB).
+pub const CALLBACK_AUDIT_BYTES: usize = 40 * 1024;
 
 /// Test hook: abort the process (as `kill -9` would) at reset's Nth step.
 pub const CRASH_HOOK: &str = "NODE_ATTACH_TEST_RESET_CRASH_AT";
@@ -48,9 +54,9 @@ pub struct ResetOptions {
     pub skip: Vec<String>,
     /// Drain the node first (with [`ResetOptions::admin_kubeconfig`]).
     pub drain: bool,
-    /// An admin kubeconfig's text: drains, and deletes the Node (a node may not delete its
+    /// An admin kubeconfig, read: drains, and deletes the Node (a node may not delete its
     /// own Node object on a real cluster: the Node authorizer grants nodes no delete).
-    pub admin_kubeconfig: Option<String>,
+    pub admin_kubeconfig: Option<crate::client::kube::kubeconfig::AdminKubeconfig>,
     /// How long the drain may take.
     pub drain_timeout: Duration,
     /// Without a journal, clean the documented Kubernetes paths anyway (a node joined by other
@@ -143,6 +149,8 @@ pub struct ResetReport {
     pub problems: usize,
     /// Dry run.
     pub dry_run: bool,
+    /// Every path restored, removed or kept, before and after ([`audit`]).
+    pub paths: Vec<audit::PathEntry>,
 }
 
 /// What the steps share.
@@ -154,6 +162,8 @@ pub struct Ctx<'a> {
     pinned: Vec<PathBuf>,
     /// Real paths the journal restores, which cleanup keeps.
     restored: Vec<PathBuf>,
+    /// The paths audited so far.
+    audit: Vec<audit::PathEntry>,
     crash_at: Option<usize>,
 }
 
@@ -166,6 +176,7 @@ impl<'a> Ctx<'a> {
             steps: Vec::new(),
             pinned: Vec::new(),
             restored: Vec::new(),
+            audit: Vec::new(),
             crash_at,
         }
     }
@@ -261,10 +272,12 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
     if let (true, Some(admin)) = (opts.drain, &opts.admin_kubeconfig) {
         api::drain(&mut ctx, admin).await?;
     }
-    let node = if opts.delete_node {
-        api::delete_node(&mut ctx).await
+    // Read now: cleanup removes the certificate and the state file it comes from.
+    let name = api::own_node_name(root);
+    let deletion = if opts.delete_node {
+        api::delete_node(&mut ctx, callback.as_ref()).await
     } else {
-        "not asked (--delete-node)".to_owned()
+        api::Deletion::Settled("not asked (--delete-node)".to_owned())
     };
     let keep = replay::keep(root, records.as_deref().unwrap_or_default());
     if journal_state == JournalState::Missing && !opts.clean_without_journal {
@@ -290,30 +303,49 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
             ctx.step("journal", journal::JOURNAL_FILE, Outcome::Skipped, detail);
         }
     }
+    let node = match deletion {
+        api::Deletion::ByService {
+            name,
+            identity,
+            callback,
+        } => api::delete_through_service(&mut ctx, &callback, &name, &identity).await,
+        api::Deletion::Settled(summary) => {
+            if let (Some(cb), false) = (&callback, opts.dry_run) {
+                let name = name.as_deref().unwrap_or_default();
+                report(cb, name, ctx.problems(), &ctx.audit, None).await;
+            }
+            summary
+        }
+    };
     let problems = ctx.problems();
-    if let (Some(cb), false) = (&callback, opts.dry_run) {
-        report(cb, &node, problems).await;
-    }
     Ok(ResetReport {
         journal: journal_state,
         node,
         steps: ctx.steps,
         problems,
         dry_run: opts.dry_run,
+        paths: ctx.audit,
     })
 }
 
-/// Tells the callback join recorded how the removal went.
-async fn report(cb: &CallbackRecord, node: &str, problems: usize) {
-    let Ok(url) = url::Url::parse(&cb.url) else {
-        return;
-    };
+/// Tells the callback join recorded how the removal went; with the node's client certificate,
+/// it asks the values service to delete the Node too. Returns the service's answer.
+async fn report(
+    cb: &CallbackRecord,
+    node: &str,
+    problems: usize,
+    paths: &[audit::PathEntry],
+    identity: Option<&ClientIdentity>,
+) -> Option<serde_json::Value> {
+    let url = url::Url::parse(&cb.url).ok()?;
     let body = serde_json::json!({
         "status": if problems == 0 { "removed" } else { "reset-incomplete" },
-        "node": node, "problems": problems,
+        "node": node, "problems": problems, "delete_node": identity.is_some(),
+        "audit": audit::for_callback(paths, CALLBACK_AUDIT_BYTES),
     });
     let limits = crate::client::http::Limits::default();
-    crate::client::callback::post_callback(&url, cb.ca_file.as_deref(), limits, &body).await;
+    let ca = cb.ca_file.as_deref();
+    crate::client::callback::post_callback(&url, ca, identity, limits, &body).await
 }
 
 #[cfg(test)]

@@ -3,21 +3,16 @@
 use super::*;
 use crate::effects::containers::RecordingContainers;
 use crate::effects::fs::Root;
-use crate::effects::kernel::RecordingKernel;
 use crate::effects::network::RecordingNetwork;
-use crate::effects::{ReadyCri, RecordingSystemd};
 
 fn effects(root: &Path, containers: RecordingContainers, network: RecordingNetwork) -> Effects {
     Effects {
-        root: Root::new(root),
-        systemd: Box::new(RecordingSystemd::default()),
         packages: None,
-        cri: Box::new(ReadyCri),
         containers: Box::new(containers),
-        kernel: Box::new(RecordingKernel::default()),
         network: Box::new(network),
         images: Box::new(crate::effects::images::RecordingImages::default()),
         host: true,
+        ..Effects::doubles(Root::new(root))
     }
 }
 

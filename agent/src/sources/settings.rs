@@ -249,6 +249,9 @@ pub struct Settings {
     pub phase: crate::cli::join::Phase,
     /// Things the user should know (ignored compatibility flags, overridden values…).
     pub notices: Vec<String>,
+    /// This binary's path, for the reset unit join installs (None: not installed).
+    #[serde(skip)]
+    pub agent_path: Option<PathBuf>,
 }
 
 fn redacted<S: serde::Serializer>(t: &Option<BootstrapToken>, s: S) -> Result<S::Ok, S::Error> {
@@ -301,6 +304,219 @@ fn parse_node_ips(text: &str) -> Result<Vec<IpAddr>, Failure> {
     }
 }
 
+/// The trust group: the bootstrap token, the endpoints, the CA pins.
+struct Trust {
+    token: Option<BootstrapToken>,
+    endpoints: Vec<Endpoint>,
+    pins: PinSet,
+}
+
+fn trust(
+    args: &JoinArgs,
+    flag_token: Option<BootstrapToken>,
+    v: &ClusterValues,
+) -> Result<Trust, Failure> {
+    // Bake mode contacts no cluster: it needs no token, endpoint or pin.
+    let prepare = args.phase == crate::cli::join::Phase::Prepare;
+    let token = flag_token.or_else(|| v.bootstrap_token.clone());
+    if token.is_none() && !prepare {
+        return Err(usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file"));
+    }
+    let endpoints = match &args.endpoint {
+        Some(e) => vec![Endpoint::parse("--endpoint", e).map_err(syntax)?],
+        None => v.api_server_endpoints.clone(),
+    };
+    if endpoints.is_empty() && !prepare {
+        return Err(usage(
+            "no API server endpoint: pass --endpoint HOST:PORT, or --openapi-token so the control plane provides it",
+        ));
+    }
+    let pins = match args.pins.ca_cert_hashes.is_empty() {
+        true => PinSet::new(v.ca_cert_hashes.iter().cloned()),
+        false => PinSet::new(args.pins.ca_cert_hashes.iter().cloned()),
+    };
+    if pins.is_empty() && !args.pins.unsafe_skip_ca_verification && !prepare {
+        return Err(Failure::new(
+            Code::DiscoveryNoPins,
+            "refusing to join without a CA pin: neither --discovery-token-ca-cert-hash nor the cluster values give one",
+        ));
+    }
+    Ok(Trust {
+        token,
+        endpoints,
+        pins,
+    })
+}
+
+/// Cluster DNS addresses and domain.
+fn dns(args: &JoinArgs, v: &ClusterValues) -> Result<(Vec<IpAddr>, Option<String>), Failure> {
+    let cluster_dns = match &args.cluster_dns {
+        Some(d) => parse_ip_list("--cluster-dns", d).map_err(syntax)?,
+        None => v.cluster_dns.clone(),
+    };
+    let cluster_domain = match &args.cluster_domain {
+        Some(d) => {
+            check_dns_subdomain("--cluster-domain", d).map_err(syntax)?;
+            Some(d.clone())
+        }
+        None => v.cluster_domain.clone(),
+    };
+    Ok((cluster_dns, cluster_domain))
+}
+
+/// The runtime and its values: a flag (or `--docker-version`) wins over the values, and a
+/// version the values give for another runtime is dropped.
+fn runtime(args: &JoinArgs, v: &ClusterValues) -> Result<(RuntimeKind, RuntimeValues), Failure> {
+    let mut values = v.runtime.clone();
+    let flag = args
+        .runtime
+        .as_deref()
+        .map(|r| RuntimeKind::parse("--runtime", r))
+        .transpose()
+        .map_err(syntax)?;
+    if flag == Some(RuntimeKind::Containerd) && args.docker_version.is_some() {
+        return Err(usage(
+            "--runtime containerd conflicts with --docker-version; drop one of them",
+        ));
+    }
+    let kind = flag
+        .or(args.docker_version.as_ref().map(|_| RuntimeKind::Docker))
+        .or(v.runtime.name)
+        .unwrap_or(RuntimeKind::Containerd);
+    match args
+        .runtime_version
+        .as_ref()
+        .or(args.docker_version.as_ref())
+    {
+        Some(ver) => {
+            check_package_version("--runtime-version", ver).map_err(|e| usage(e.to_string()))?;
+            values.version = Some(ver.clone());
+        }
+        // The values' version belongs to another runtime.
+        None if v.runtime.name.is_some_and(|n| n != kind) => values.version = None,
+        None => {}
+    }
+    values.name = Some(kind);
+    Ok((kind, values))
+}
+
+/// Labels (a flag label overrides a value label of the same key, with a notice) and taints.
+fn labels_taints(
+    args: &JoinArgs,
+    v: &ClusterValues,
+    notices: &mut Vec<String>,
+) -> Result<(Labels, Vec<Taint>), Failure> {
+    let mut labels = v.labels.clone();
+    if let Some(text) = &args.labels {
+        for (k, val) in Labels::parse_list("--labels", text).map_err(syntax)?.0 {
+            match labels.0.insert(k.clone(), val.clone()) {
+                Some(old) if old != val => notices.push(format!(
+                    "--labels {k}={val} overrides the cluster values' {k}={old}"
+                )),
+                _ => {}
+            }
+        }
+    }
+    let mut taints = v.taints.clone();
+    if let Some(text) = &args.taints {
+        for t in Taint::parse_list("--taints", text).map_err(syntax)? {
+            push_taint("--taints", &mut taints, t).map_err(syntax)?;
+        }
+    }
+    Ok((labels, taints))
+}
+
+/// How the node is named, and the identifiers naming it uses.
+fn naming(args: &JoinArgs, v: &ClusterValues) -> Result<NodeNaming, Failure> {
+    for (flag, value) in [
+        ("--instance-id", &args.instance_id),
+        ("--region", &args.region),
+    ] {
+        if let Some(val) = value {
+            check_identifier(flag, val).map_err(syntax)?;
+        }
+    }
+    if let Some(p) = &args.provider_id {
+        let ok = !p.is_empty()
+            && p.len() <= 256
+            && p.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            return Err(usage(format!(
+                "invalid --provider-id {p:?}: expected printable characters without quotes, such as cn-hangzhou.i-abc or aws:///us-east-1a/i-123"
+            )));
+        }
+    }
+    let naming = match &args.node_name {
+        Some(name) => {
+            check_node_name(name).map_err(syntax)?;
+            NodeNaming::Explicit(name.clone())
+        }
+        None => NodeNaming::Mode(match &args.node_name_mode {
+            Some(m) => NodeNameMode::parse("--node-name-mode", m).map_err(syntax)?,
+            None => v.node_name_mode.unwrap_or(NodeNameMode::Hostname),
+        }),
+    };
+    if naming == NodeNaming::Mode(NodeNameMode::InstanceId) && args.instance_id.is_none() {
+        return Err(usage(
+            "node name mode instanceid needs the instance id: pass --instance-id (and --region), or --node-name",
+        ));
+    }
+    Ok(naming)
+}
+
+/// The kubelet's settings: the values', with `--cpu-policy` over them.
+fn kubelet(args: &JoinArgs, v: &ClusterValues) -> Result<KubeletValues, Failure> {
+    let mut kubelet = v.kubelet.clone();
+    if let Some(policy) = &args.cpu_policy {
+        if policy != "none" && policy != "static" {
+            return Err(usage(format!(
+                "invalid --cpu-policy {policy:?}: expected none or static"
+            )));
+        }
+        kubelet.cpu_manager_policy = Some(policy.clone());
+    }
+    Ok(kubelet)
+}
+
+fn tls_bootstrap(args: &JoinArgs) -> Result<TlsBootstrapMode, Failure> {
+    match args.tls_bootstrap.as_str() {
+        "node-attach" => Ok(TlsBootstrapMode::NodeAttach),
+        "kubelet" => Ok(TlsBootstrapMode::Kubelet),
+        other => Err(usage(format!(
+            "invalid --tls-bootstrap {other:?}: expected node-attach or kubelet"
+        ))),
+    }
+}
+
+/// The values' callback, unless it is plain http and that was not allowed.
+fn callback_url(args: &JoinArgs, v: &ClusterValues, notices: &mut Vec<String>) -> Option<url::Url> {
+    let url = v.callback_url.clone()?;
+    if url.scheme() == "http" && !args.allow_insecure_values_url {
+        notices.push(format!(
+            "not reporting to the callback {}: it is plain http (pass --allow-insecure-values-url to allow)",
+            redact_url_path(&url)
+        ));
+        return None;
+    }
+    Some(url)
+}
+
+/// Notices about the inputs themselves.
+fn input_notices(args: &JoinArgs, v: &ClusterValues, pins: &PinSet) -> Vec<String> {
+    let mut notices = args.compat.notices();
+    if !v.ignored_keys.is_empty() {
+        notices.push(format!(
+            "the control plane sent keys this agent does not know, ignored: {}",
+            v.ignored_keys.join(", ")
+        ));
+    }
+    if args.pins.unsafe_skip_ca_verification && pins.is_empty() {
+        notices.push("--discovery-token-unsafe-skip-ca-verification: the API server is trusted on the token's signature alone".into());
+    }
+    notices
+}
+
 impl Settings {
     /// The bootstrap token (always there outside bake mode).
     pub fn bootstrap_token(&self) -> Result<&BootstrapToken, Failure> {
@@ -309,189 +525,29 @@ impl Settings {
             .ok_or_else(|| usage("no bootstrap token (bake mode joins no cluster)"))
     }
 
-    /// Merges the join flags with the (already validated) cluster values.
+    /// Merges the join flags with the (already validated) cluster values, group by group.
+    /// Precedence: a flag (or its environment variable or file) over the values over defaults.
     pub fn resolve(
         args: &JoinArgs,
         token_from_flags: Option<BootstrapToken>,
         values: Option<&ClusterValues>,
     ) -> Result<Settings, Failure> {
-        let mut notices = args.compat.notices();
         let empty = ClusterValues::empty(crate::sources::values::ValuesFormat::Json);
         let v = values.unwrap_or(&empty);
-        if !v.ignored_keys.is_empty() {
-            notices.push(format!(
-                "the control plane sent keys this agent does not know, ignored: {}",
-                v.ignored_keys.join(", ")
-            ));
-        }
-
-        // Bake mode contacts no cluster: it needs no token, endpoint or pin.
-        let prepare = args.phase == crate::cli::join::Phase::Prepare;
-        let token = token_from_flags.or_else(|| v.bootstrap_token.clone());
-        if token.is_none() && !prepare {
-            return Err(usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file"));
-        }
-
-        let endpoints = match &args.endpoint {
-            Some(e) => vec![Endpoint::parse("--endpoint", e).map_err(syntax)?],
-            None => v.api_server_endpoints.clone(),
-        };
-        if endpoints.is_empty() && !prepare {
-            return Err(usage(
-                "no API server endpoint: pass --endpoint HOST:PORT, or --openapi-token so the control plane provides it",
-            ));
-        }
-
-        let pins = if args.pins.ca_cert_hashes.is_empty() {
-            PinSet::new(v.ca_cert_hashes.iter().cloned())
-        } else {
-            PinSet::new(args.pins.ca_cert_hashes.iter().cloned())
-        };
-        if pins.is_empty() && !args.pins.unsafe_skip_ca_verification && !prepare {
-            return Err(Failure::new(
-                Code::DiscoveryNoPins,
-                "refusing to join without a CA pin: neither --discovery-token-ca-cert-hash nor the cluster values give one",
-            ));
-        }
-
-        let cluster_dns = match &args.cluster_dns {
-            Some(d) => parse_ip_list("--cluster-dns", d).map_err(syntax)?,
-            None => v.cluster_dns.clone(),
-        };
-        let cluster_domain = match &args.cluster_domain {
-            Some(d) => {
-                check_dns_subdomain("--cluster-domain", d).map_err(syntax)?;
-                Some(d.clone())
-            }
-            None => v.cluster_domain.clone(),
-        };
-
-        let mut runtime_values = v.runtime.clone();
-        let flag_runtime = args
-            .runtime
-            .as_deref()
-            .map(|r| RuntimeKind::parse("--runtime", r))
-            .transpose()
-            .map_err(syntax)?;
-        if flag_runtime == Some(RuntimeKind::Containerd) && args.docker_version.is_some() {
-            return Err(usage(
-                "--runtime containerd conflicts with --docker-version; drop one of them",
-            ));
-        }
-        let runtime = flag_runtime
-            .or(args.docker_version.as_ref().map(|_| RuntimeKind::Docker))
-            .or(v.runtime.name)
-            .unwrap_or(RuntimeKind::Containerd);
-        let flag_version = args
-            .runtime_version
-            .clone()
-            .or_else(|| args.docker_version.clone());
-        if let Some(ver) = &flag_version {
-            check_package_version("--runtime-version", ver).map_err(|e| usage(e.to_string()))?;
-            runtime_values.version = Some(ver.clone());
-        } else if v.runtime.name.is_some_and(|n| n != runtime) {
-            // The values' version belongs to another runtime.
-            runtime_values.version = None;
-        }
-        runtime_values.name = Some(runtime);
-
-        let mut labels = v.labels.clone();
-        if let Some(text) = &args.labels {
-            let flag_labels = Labels::parse_list("--labels", text).map_err(syntax)?;
-            for (k, val) in flag_labels.0 {
-                if let Some(old) = labels.0.insert(k.clone(), val.clone()) {
-                    if old != val {
-                        notices.push(format!(
-                            "--labels {k}={val} overrides the cluster values' {k}={old}"
-                        ));
-                    }
-                }
-            }
-        }
-        let mut taints = v.taints.clone();
-        if let Some(text) = &args.taints {
-            for t in Taint::parse_list("--taints", text).map_err(syntax)? {
-                push_taint("--taints", &mut taints, t).map_err(syntax)?;
-            }
-        }
-
-        let node_naming = match &args.node_name {
-            Some(name) => {
-                check_node_name(name).map_err(syntax)?;
-                NodeNaming::Explicit(name.clone())
-            }
-            None => {
-                let mode = match &args.node_name_mode {
-                    Some(m) => NodeNameMode::parse("--node-name-mode", m).map_err(syntax)?,
-                    None => v.node_name_mode.unwrap_or(NodeNameMode::Hostname),
-                };
-                NodeNaming::Mode(mode)
-            }
-        };
+        let Trust {
+            token,
+            endpoints,
+            pins,
+        } = trust(args, token_from_flags, v)?;
+        let mut notices = input_notices(args, v, &pins);
+        let (cluster_dns, cluster_domain) = dns(args, v)?;
+        let (runtime, runtime_values) = runtime(args, v)?;
+        let (labels, taints) = labels_taints(args, v, &mut notices)?;
+        let node_naming = naming(args, v)?;
         let node_ips = match args.node_ip.as_deref() {
             Some(text) => parse_node_ips(text)?,
             None => Vec::new(),
         };
-        for (flag, value) in [
-            ("--instance-id", &args.instance_id),
-            ("--region", &args.region),
-        ] {
-            if let Some(val) = value {
-                check_identifier(flag, val).map_err(syntax)?;
-            }
-        }
-        if let Some(p) = &args.provider_id {
-            let ok = !p.is_empty()
-                && p.len() <= 256
-                && p.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-            if !ok {
-                return Err(usage(format!(
-                    "invalid --provider-id {p:?}: expected printable characters without quotes, such as cn-hangzhou.i-abc or aws:///us-east-1a/i-123"
-                )));
-            }
-        }
-        if node_naming == NodeNaming::Mode(NodeNameMode::InstanceId) && args.instance_id.is_none() {
-            return Err(usage(
-                "node name mode instanceid needs the instance id: pass --instance-id (and --region), or --node-name",
-            ));
-        }
-
-        let mut kubelet = v.kubelet.clone();
-        if let Some(policy) = &args.cpu_policy {
-            if policy != "none" && policy != "static" {
-                return Err(usage(format!(
-                    "invalid --cpu-policy {policy:?}: expected none or static"
-                )));
-            }
-            kubelet.cpu_manager_policy = Some(policy.clone());
-        }
-
-        let tls_bootstrap = match args.tls_bootstrap.as_str() {
-            "node-attach" => TlsBootstrapMode::NodeAttach,
-            "kubelet" => TlsBootstrapMode::Kubelet,
-            other => {
-                return Err(usage(format!(
-                    "invalid --tls-bootstrap {other:?}: expected node-attach or kubelet"
-                )))
-            }
-        };
-
-        let mut callback_url = v.callback_url.clone();
-        if let Some(u) = &callback_url {
-            if u.scheme() == "http" && !args.allow_insecure_values_url {
-                notices.push(format!(
-                    "not reporting to the callback {}: it is plain http (pass --allow-insecure-values-url to allow)",
-                    redact_url_path(u)
-                ));
-                callback_url = None;
-            }
-        }
-
-        if args.pins.unsafe_skip_ca_verification && pins.is_empty() {
-            notices.push("--discovery-token-unsafe-skip-ca-verification: the API server is trusted on the token's signature alone".into());
-        }
-
         Ok(Settings {
             root: args.root.clone(),
             dry_run: args.dry_run,
@@ -514,11 +570,11 @@ impl Settings {
             region: args.region.clone(),
             node_pool_id: v.node_pool_id.clone(),
             disable_swap: args.disable_swap,
-            kubelet,
-            callback_url,
+            kubelet: kubelet(args, v)?,
+            callback_url: callback_url(args, v, &mut notices),
             values_ca_file: args.values_ca_file.clone(),
             ignore_preflight_errors: args.ignore_preflight_errors.clone(),
-            tls_bootstrap,
+            tls_bootstrap: tls_bootstrap(args)?,
             timeouts: Timeouts {
                 values: args.values_timeout,
                 discovery: args.network.discovery_timeout,
@@ -529,6 +585,7 @@ impl Settings {
             artifacts: artifact_settings(&args.artifacts, &v.artifacts)?,
             phase: args.phase,
             notices,
+            agent_path: None,
         })
     }
 }

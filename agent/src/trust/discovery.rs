@@ -99,7 +99,7 @@ pub enum DiscoveryError {
         /// The endpoint.
         endpoint: Endpoint,
         /// The last error.
-        source: RetryError<HttpError>,
+        source: Box<RetryError<HttpError>>,
     },
     /// cluster-info is missing or not readable anonymously.
     #[error("cluster-info is not available from {endpoint}: {source}")]
@@ -107,7 +107,7 @@ pub enum DiscoveryError {
         /// The endpoint.
         endpoint: Endpoint,
         /// The last error.
-        source: RetryError<HttpError>,
+        source: Box<RetryError<HttpError>>,
     },
     /// No JWS for this token id appeared before the timeout.
     #[error("token id {token_id:?} is invalid for this cluster or it has expired: cluster-info carries no signature {JWS_KEY_PREFIX}{token_id} (waited {waited:?})")]
@@ -287,7 +287,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     };
     let target = cluster_info_target(&endpoint).map_err(|e| malformed(e.to_string()))?;
     let token_id = req.token.id().to_owned();
-
+    // 1. Unverified read, polled while the signature is missing.
     tracing::info!(endpoint = %endpoint, token_id = %token_id, "reading cluster-info");
     let insecure =
         Http::new(tls::danger_unverified(), req.limits).map_err(|e| malformed(e.to_string()))?;
@@ -295,47 +295,69 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     let (kubeconfig, signature) = fetch_signed(&insecure, &target, &token_id, req.timeout)
         .await
         .map_err(|e| poll_failure(e, &endpoint, &token_id, started.elapsed()))?;
-
-    if !jws::verify_detached(
-        &signature,
-        kubeconfig.as_bytes(),
-        &token_id,
-        req.token.secret().expose(),
-    ) {
+    // 2. The detached JWS over the bytes as served.
+    let secret = req.token.secret().expose();
+    if !jws::verify_detached(&signature, kubeconfig.as_bytes(), &token_id, secret) {
         return Err(DiscoveryError::SignatureMismatch { token_id });
     }
     tracing::info!("cluster-info signature verified with the bootstrap token");
-
     let info = Kubeconfig::parse(&kubeconfig)
         .and_then(|k| k.current_cluster())
         .map_err(|e| malformed(e.to_string()))?;
-    check_server_url(&info.server).map_err(malformed)?;
+    check_server_url(&info.server).map_err(&malformed)?;
     let ca_ders = certificates_from_pem(&info.ca_pem).map_err(|e| malformed(e.to_string()))?;
     let ca_bundle_pins = ca_ders
         .iter()
         .map(|d| CaPin::of_certificate_der(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| malformed(e.to_string()))?;
-
     if req.pins.is_empty() {
         tracing::warn!(
             "--discovery-token-unsafe-skip-ca-verification: trusting the API server on the \
              token's signature alone; anyone holding the token can impersonate it"
         );
+        let (api_server, ca_pem) = (info.server, info.ca_pem);
         return Ok(Discovered {
             endpoint,
-            api_server: info.server,
+            api_server,
             ca_pin: None,
             ca_bundle_pins,
             ca_verified: false,
-            ca_pem: info.ca_pem,
+            ca_pem,
             ca_ders,
         });
     }
+    // 3. The pin, and only what it names.
+    let (matched, trusted) = pin_ca(req, &ca_ders, ca_bundle_pins.clone(), &malformed)?;
+    // 4. The pinned re-fetch.
+    let remaining = req
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    refetch_pinned(req, &target, &trusted, &kubeconfig, remaining, &malformed).await?;
+    tracing::info!(api_server = %info.server, "API server trusted: signature, CA pin and pinned TLS re-fetch all hold");
+    Ok(Discovered {
+        endpoint,
+        api_server: info.server,
+        ca_pin: Some(matched),
+        ca_bundle_pins,
+        ca_verified: true,
+        ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
+        ca_ders: trusted,
+    })
+}
 
+/// The certificates a pin names (each fit to be a CA), and the pin that matched first; the
+/// rest of the bundle is not trusted.
+fn pin_ca(
+    req: &DiscoveryRequest,
+    ca_ders: &[Vec<u8>],
+    ca_bundle_pins: Vec<CaPin>,
+    malformed: &impl Fn(String) -> DiscoveryError,
+) -> Result<(CaPin, Vec<Vec<u8>>), DiscoveryError> {
     let pinned = req
         .pins
-        .pinned(&ca_ders)
+        .pinned(ca_ders)
         .map_err(|e| malformed(e.to_string()))?;
     let Some((_, matched)) = pinned.first().cloned() else {
         return Err(DiscoveryError::PinMismatch {
@@ -359,14 +381,25 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         );
     }
     tracing::info!(pin = %matched, "cluster CA matches the pin");
+    Ok((matched, trusted))
+}
 
-    let pinned_tls = tls::trusting_only(&trusted).map_err(|e| malformed(e.to_string()))?;
+/// cluster-info read again over TLS that trusts only the pinned CA: the same bytes, or no
+/// trust.
+async fn refetch_pinned(
+    req: &DiscoveryRequest,
+    target: &Target,
+    trusted: &[Vec<u8>],
+    kubeconfig: &str,
+    remaining: Duration,
+    malformed: &impl Fn(String) -> DiscoveryError,
+) -> Result<(), DiscoveryError> {
+    let endpoint = req.endpoint.clone();
+    let token_id = req.token.id();
+    let pinned_tls = tls::trusting_only(trusted).map_err(|e| malformed(e.to_string()))?;
     let pinned = Http::new(pinned_tls, req.limits).map_err(|e| malformed(e.to_string()))?;
-    let remaining = req
-        .timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_secs(1));
-    let (again, _) = match fetch_signed(&pinned, &target, &token_id, remaining).await {
+    let started = std::time::Instant::now();
+    let (again, _) = match fetch_signed(&pinned, target, token_id, remaining).await {
         Ok(v) => v,
         Err(RetryError::Fatal(PollError::Http(e @ HttpError::Tls { .. }))) => {
             return Err(DiscoveryError::PinnedTls {
@@ -374,21 +407,12 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
                 source: e,
             })
         }
-        Err(e) => return Err(poll_failure(e, &endpoint, &token_id, started.elapsed())),
+        Err(e) => return Err(poll_failure(e, &endpoint, token_id, started.elapsed())),
     };
     if again.as_bytes() != kubeconfig.as_bytes() {
         return Err(DiscoveryError::Changed { endpoint });
     }
-    tracing::info!(api_server = %info.server, "API server trusted: signature, CA pin and pinned TLS re-fetch all hold");
-    Ok(Discovered {
-        endpoint,
-        api_server: info.server,
-        ca_pin: Some(matched),
-        ca_bundle_pins,
-        ca_verified: true,
-        ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
-        ca_ders: trusted,
-    })
+    Ok(())
 }
 
 /// The API server URL cluster-info names must be https, and carry no credentials (which would
@@ -443,12 +467,12 @@ fn poll_failure(
         PollError::Http(e) if matches!(e.status(), Some(401 | 403 | 404)) => {
             DiscoveryError::NoClusterInfo {
                 endpoint,
-                source: rewrap(e, exhausted),
+                source: Box::new(rewrap(e, exhausted)),
             }
         }
         PollError::Http(e) => DiscoveryError::Unreachable {
             endpoint,
-            source: rewrap(e, exhausted),
+            source: Box::new(rewrap(e, exhausted)),
         },
     }
 }

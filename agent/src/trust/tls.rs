@@ -8,12 +8,16 @@
 //!
 //! One crypto provider (ring) is installed once at start-up.
 
+use crate::effects::input;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The largest CA bundle read (Debian's whole bundle is about 220 KiB).
+const MAX_BUNDLE: u64 = 8 * 1024 * 1024;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +32,11 @@ pub enum TlsError {
     )]
     NoSystemRoots(String),
     /// A CA file could not be read.
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read CA file {source}")]
     ReadCa {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (names the file).
+        #[source]
+        source: input::InputError,
     },
     /// A client certificate or key was refused.
     #[error("the client certificate or key cannot be used: {0}")]
@@ -66,24 +69,40 @@ const SYSTEM_BUNDLES: &[&str] = &[
 
 /// A configuration trusting the operating system's CA bundle plus `extra` (a PEM file).
 pub fn system_roots(extra: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    Ok(builder()
+        .with_root_certificates(system_root_store(extra)?)
+        .with_no_client_auth())
+}
+
+/// Like [`system_roots`], presenting a client certificate (the node's, to the values service).
+pub fn system_roots_with_identity(
+    extra: Option<&Path>,
+    identity: &ClientIdentity,
+) -> Result<ClientConfig, TlsError> {
+    builder()
+        .with_root_certificates(system_root_store(extra)?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| TlsError::ClientIdentity(e.to_string()))
+}
+
+fn system_root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let candidates = env
         .into_iter()
         .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from));
     for path in candidates {
-        if let Ok(bytes) = std::fs::read(&path) {
-            add_pem(&mut roots, &bytes);
+        if let Ok(file) = input::read(&path, MAX_BUNDLE) {
+            add_pem(&mut roots, &file.bytes);
             if !roots.is_empty() {
                 break;
             }
         }
     }
     if let Some(path) = extra {
-        let bytes = std::fs::read(path).map_err(|source| TlsError::ReadCa {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = input::read(path, MAX_BUNDLE)
+            .map_err(|source| TlsError::ReadCa { source })?
+            .bytes;
         let before = roots.len();
         add_pem(&mut roots, &bytes);
         if roots.len() == before {
@@ -96,9 +115,38 @@ pub fn system_roots(extra: Option<&Path>) -> Result<ClientConfig, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoSystemRoots(SYSTEM_BUNDLES.join(", ")));
     }
-    Ok(builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
+}
+
+/// A client certificate chain and its private key, such as the kubelet's client pair
+/// (`kubelet-client-current.pem` holds both).
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// Reads a PEM holding the certificate chain and the key, in any order.
+    pub fn from_pem(pem: &[u8]) -> Result<ClientIdentity, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::ClientIdentity(format!("client certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(TlsError::ClientIdentity("no client certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(pem)
+            .map_err(|e| TlsError::ClientIdentity(format!("client key: {e}")))?;
+        Ok(ClientIdentity { chain, key })
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn add_pem(roots: &mut RootCertStore, pem: &[u8]) {
@@ -117,12 +165,11 @@ pub fn trusting_only(ca_ders: &[Vec<u8>]) -> Result<ClientConfig, TlsError> {
 /// Like [`trusting_only`], presenting a client certificate chain and key.
 pub fn trusting_only_with_identity(
     ca_ders: &[Vec<u8>],
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    identity: &ClientIdentity,
 ) -> Result<ClientConfig, TlsError> {
     builder()
         .with_root_certificates(root_store(ca_ders)?)
-        .with_client_auth_cert(chain, key)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| TlsError::ClientIdentity(e.to_string()))
 }
 

@@ -672,3 +672,72 @@ fn reset_drains_through_the_real_eviction_api_and_honours_a_pdb() {
     assert!(!node_exists(rc, name));
     let _ = rc.kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// `node-attach serve` on the real cluster: a node joins through an openapi token, and its
+/// reset, with no admin kubeconfig, has the service delete its Node. The service trusts the
+/// real API server's client CAs (`extension-apiserver-authentication`) for the kubelet's
+/// certificate the real signer issued.
+#[test]
+fn the_values_service_deletes_the_node_of_a_reset_on_the_real_cluster() {
+    let Some(rc) = real_cluster() else { return };
+    let name = "real-serve-removal-1";
+    delete_node(rc, name);
+    let dir = tempfile::tempdir().expect("tmp");
+    let admin = std::fs::read_to_string(rc.admin_kubeconfig_path()).expect("admin.conf");
+    write(dir.path(), "admin.conf", &admin);
+    let ca = test_control_plane::pki::Ca::new("values-service-ca");
+    let cert = ca.issue_server(&["127.0.0.1".into()]);
+    write(dir.path(), "svc.crt", &cert.cert_pem);
+    write(dir.path(), "svc.key", &cert.key_pem);
+    let ca_file = write(dir.path(), "ca.pem", ca.cert_pem());
+    let values = r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"]}"#;
+    let values = write(dir.path(), "values.json", values)
+        .display()
+        .to_string();
+    let service = replica(dir.path(), free_port());
+    let admin = dir.path().join("admin.conf").display().to_string();
+    let args = [
+        "token",
+        "openapi",
+        "--kubeconfig",
+        &admin,
+        "--values",
+        &values,
+    ];
+    let created = run(&[&args[..], &["--uses", "1", "--public-url", &service.url]].concat());
+    created.expect_code(0);
+    let token = created.stdout.split('\'').nth(1).expect("token").to_owned();
+
+    let mut node = Node::new();
+    node.kubelet();
+    let url = format!("{}/v1/values/{{token}}", service.url);
+    let ca_path = ca_file.display().to_string();
+    let args = ["join", "--root", &node.root(), "--values-url", &url];
+    let args = [
+        &args[..],
+        &["--values-ca-file", &ca_path, "--node-name", name],
+    ]
+    .concat();
+    let args = [&args[..], &["--node-wait-timeout", "60s"]].concat();
+    let joined = run_with(
+        &args,
+        &[("NODE_ATTACH_OPENAPI_TOKEN", &token)],
+        Duration::from_secs(120),
+    );
+    joined.expect_code(0).expect_no_secret(&[&token]);
+    assert!(node_exists(rc, name));
+
+    let reset = run_with(
+        &["reset", "--root", &node.root(), "--delete-node"],
+        &[],
+        Duration::from_secs(60),
+    );
+    reset
+        .expect_code(0)
+        .expect_output(&format!("deleted {name} (by the values service)"));
+    assert!(
+        eventually(Duration::from_secs(10), || !node_exists(rc, name)),
+        "the Node is still there"
+    );
+    assert!(!service.stderr.lock().expect("lock").contains(&token));
+}

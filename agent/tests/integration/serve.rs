@@ -4,70 +4,8 @@
 
 use crate::join::{join, Node};
 use crate::support::*;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Replica {
-    child: Child,
-    url: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn replica(dir: &std::path::Path, port: u16) -> Replica {
-    replica_with(dir, port, &[])
-}
-
-fn replica_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Replica {
-    let mut child = Command::new(binary())
-        .args(["serve", "--kubeconfig"])
-        .arg(dir.join("admin.conf"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
-        .arg(dir.join("svc.crt"))
-        .arg("--tls-key")
-        .arg(dir.join("svc.key"))
-        .args(["--public-url", &format!("https://127.0.0.1:{port}"), "-v"])
-        .args(extra)
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut first = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("listening line");
-    assert!(first.starts_with("listening on"), "{first}");
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = stderr.clone();
-    let mut err = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        let mut buf = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut buf);
-        sink.lock().expect("lock").push_str(&buf);
-    });
-    Replica {
-        child,
-        url: format!("https://127.0.0.1:{port}"),
-        stderr,
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn wait_label(cp: &TestControlPlane, node: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -174,10 +112,6 @@ fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
         })
         .count();
     assert_eq!(minted, 2);
-    drop(a);
-    drop(b);
-    std::thread::sleep(Duration::from_millis(200));
-    // (the stderr readers finish when the processes exit)
 }
 
 #[test]
@@ -389,4 +323,168 @@ fn files_are_served_read_only_streamed_and_confined_to_their_directory() {
     );
     let log = r.stderr.lock().expect("lock").clone();
     assert!(!log.contains("outside the served directory"), "{log}");
+}
+
+/// The service in `dir` (admin.conf, svc.crt/key, ca.pem written; `extra` flags) and an
+/// openapi token for `uses` joins.
+fn service_with_token(
+    cp: &TestControlPlane,
+    dir: &std::path::Path,
+    uses: u32,
+    extra: &[&str],
+) -> (Replica, String) {
+    write(dir, "admin.conf", &cp.admin_kubeconfig());
+    let cert = cp.issue_server(&["127.0.0.1".into()]);
+    write(dir, "svc.crt", &cert.cert_pem);
+    write(dir, "svc.key", &cert.key_pem);
+    write(dir, "ca.pem", &cp.ca_pem());
+    let values = r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"]}"#;
+    let values = write(dir, "values.json", values).display().to_string();
+    let service = replica_with(dir, free_port(), extra);
+    let admin = dir.join("admin.conf").display().to_string();
+    let uses = uses.to_string();
+    let args = [
+        "token",
+        "openapi",
+        "--kubeconfig",
+        &admin,
+        "--values",
+        &values,
+    ];
+    let created = run(&[&args[..], &["--uses", &uses, "--public-url", &service.url]].concat());
+    created.expect_code(0);
+    let token = created.stdout.split('\'').nth(1).expect("token").to_owned();
+    (service, token)
+}
+
+/// A node joined through the service as `name`.
+fn join_through(service: &Replica, token: &str, ca: &std::path::Path, name: &str) -> Node {
+    let mut node = Node::new();
+    node.kubelet();
+    let url = format!("{}/v1/values/{{token}}", service.url);
+    let args = [
+        "join",
+        "--root",
+        &node.root(),
+        "--values-url",
+        &url,
+        "--values-ca-file",
+    ];
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.extend([ca.display().to_string(), "--node-name".into(), name.into()]);
+    args.extend(["--node-wait-timeout".into(), "30s".into()]);
+    join(&args, &[("NODE_ATTACH_OPENAPI_TOKEN", token)]).expect_code(0);
+    node
+}
+
+/// POSTs a removal report for `node` to the callback with curl, presenting `cert` if given;
+/// returns the service's JSON answer.
+fn removal_report(
+    service: &Replica,
+    token: &str,
+    ca: &std::path::Path,
+    node: &str,
+    cert: Option<&std::path::Path>,
+) -> serde_json::Value {
+    let body =
+        serde_json::json!({"status": "removed", "node": node, "problems": 0, "delete_node": true});
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "20", "--cacert"]).arg(ca);
+    if let Some(cert) = cert {
+        curl.arg("--cert").arg(cert);
+    }
+    let url = format!("{}/v1/callback/{token}", service.url);
+    let out = curl
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON answer")
+}
+
+#[test]
+fn the_service_deletes_the_node_of_a_reset_that_proves_it_is_that_node() {
+    removal_through_the_service(control_plane());
+}
+
+/// On a 1.18 cluster CSRs are certificates.k8s.io/v1beta1: the service finds the node's CSR
+/// there.
+#[test]
+fn the_service_finds_the_nodes_csr_in_the_api_of_a_1_18_cluster() {
+    removal_through_the_service(control_plane_with(Options {
+        kubernetes_version: "v1.18.20".into(),
+        ..Options::default()
+    }));
+}
+
+fn removal_through_the_service(cp: TestControlPlane) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 2, &[]);
+    let ca = dir.path().join("ca.pem");
+    let n1 = join_through(&service, &token, &ca, "removed-1");
+    let _n2 = join_through(&service, &token, &ca, "removed-2");
+
+    // Neither an anonymous report nor another node's certificate deletes a Node.
+    let anonymous = removal_report(&service, &token, &ca, "removed-2", None);
+    assert_eq!(anonymous["node"], "refused", "{anonymous}");
+    assert!(
+        anonymous["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not authenticated")),
+        "{anonymous}"
+    );
+    // The kubelet's "current" link is absolute inside the node's root.
+    let link = n1.path("/var/lib/kubelet/pki/kubelet-client-current.pem");
+    let target = std::fs::read_link(&link).expect("the current link");
+    let n1_cert = n1.path(&target.display().to_string());
+    let other = removal_report(&service, &token, &ca, "removed-2", Some(&n1_cert));
+    assert_eq!(other["node"], "refused", "{other}");
+    assert!(
+        cp.get(Kind::Node, "", "removed-2").is_some(),
+        "removed-2 was deleted"
+    );
+
+    // The node's own reset, with no admin kubeconfig: the service deletes exactly its Node.
+    let reset = run(&["reset", "--root", &n1.root(), "--delete-node"]);
+    reset
+        .expect_code(0)
+        .expect_output("deleted removed-1 (by the values service)")
+        .expect_no_secret(&[&token]);
+    assert!(
+        cp.get(Kind::Node, "", "removed-1").is_none(),
+        "removed-1 is still there"
+    );
+    assert!(
+        cp.get(Kind::Node, "", "removed-2").is_some(),
+        "removed-2 was deleted"
+    );
+    assert!(
+        !service.stderr.lock().expect("lock").contains(&token),
+        "the service logged the token"
+    );
+}
+
+#[test]
+fn a_service_that_keeps_removed_nodes_says_so_and_reset_names_the_fix() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 1, &["--keep-removed-nodes"]);
+    let ca = dir.path().join("ca.pem");
+    let node = join_through(&service, &token, &ca, "kept-1");
+    let reset = run(&["reset", "--root", &node.root(), "--delete-node"]);
+    reset
+        .expect_code(80)
+        .expect_output("--keep-removed-nodes")
+        .expect_output("kubectl delete node kept-1");
+    assert!(cp.get(Kind::Node, "", "kept-1").is_some());
 }

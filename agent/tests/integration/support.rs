@@ -188,3 +188,69 @@ pub fn admin_kubeconfig_file(cp: &TestControlPlane) -> (tempfile::TempDir, Strin
     let path = write(dir.path(), "admin.conf", &cp.admin_kubeconfig());
     (dir, path.display().to_string())
 }
+
+/// A running `node-attach serve`, killed on drop.
+pub struct Replica {
+    pub child: std::process::Child,
+    /// Its base URL.
+    pub url: String,
+    /// What it logged so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve` with `dir`/admin.conf, svc.crt and svc.key on 127.0.0.1:`port`.
+pub fn replica(dir: &std::path::Path, port: u16) -> Replica {
+    replica_with(dir, port, &[])
+}
+
+/// Like [`replica`], with `extra` flags.
+pub fn replica_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Replica {
+    let mut child = Command::new(binary())
+        .args(["serve", "--kubeconfig"])
+        .arg(dir.join("admin.conf"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(dir.join("svc.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("svc.key"))
+        .args(["--public-url", &format!("https://127.0.0.1:{port}"), "-v"])
+        .args(extra)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("listening line");
+    assert!(first.starts_with("listening on"), "{first}");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let mut err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut buf);
+        sink.lock().expect("lock").push_str(&buf);
+    });
+    Replica {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+        stderr,
+    }
+}
+
+/// A loopback port nobody listens on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

@@ -10,14 +10,22 @@ use test_control_plane::store::Kind;
 use test_control_plane::Faults;
 
 /// Rewrites cluster-info's kubeconfig (the signer re-signs it, as the real one does).
-fn rewrite_cluster_info(cp: &TestControlPlane, edit: impl Fn(&mut Value)) {
+pub fn rewrite_cluster_info(cp: &TestControlPlane, edit: impl Fn(&mut Value)) {
+    rewrite_cluster_info_text(cp, |text| {
+        let mut doc: Value = serde_yaml_ng::from_str(text).expect("yaml");
+        edit(&mut doc);
+        serde_yaml_ng::to_string(&doc).expect("yaml")
+    })
+}
+
+/// Rewrites cluster-info's kubeconfig as text (so it can hold what no YAML library writes),
+/// and waits until the signer has signed the new bytes.
+pub fn rewrite_cluster_info_text(cp: &TestControlPlane, edit: impl Fn(&str) -> String) {
     let mut cm = cp
         .get(Kind::ConfigMap, "kube-public", "cluster-info")
         .expect("cluster-info");
     let text = cm["data"]["kubeconfig"].as_str().expect("kubeconfig");
-    let mut doc: Value = serde_yaml_ng::from_str(text).expect("yaml");
-    edit(&mut doc);
-    cm["data"]["kubeconfig"] = serde_json::json!(serde_yaml_ng::to_string(&doc).expect("yaml"));
+    cm["data"]["kubeconfig"] = serde_json::json!(edit(text));
     if let Some(m) = cm["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
@@ -45,17 +53,17 @@ fn rewrite_cluster_info(cp: &TestControlPlane, edit: impl Fn(&mut Value)) {
     }
 }
 
-fn set_cluster_field(doc: &mut Value, key: &str, value: String) {
+pub fn set_cluster_field(doc: &mut Value, key: &str, value: String) {
     doc["clusters"][0]["cluster"][key] = Value::String(value);
 }
 
-fn b64(pem: &str) -> String {
+pub fn b64(pem: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(pem)
 }
 
 /// A self-signed certificate: its PEM and its pin.
-fn self_signed(
+pub fn self_signed(
     ca: bool,
     not_before: time::OffsetDateTime,
     not_after: time::OffsetDateTime,

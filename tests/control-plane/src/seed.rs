@@ -375,6 +375,14 @@ pub fn seed(store: &mut Store, opts: &Options, server_url: &str, ca_pem: &str) {
         json!({"metadata": {"name": "cluster-info", "namespace": "kube-public"},
                "data": {"kubeconfig": cluster_info_kubeconfig(server_url, ca_pem)}}),
     );
+    // The API server publishes the CAs it verifies client certificates with (1.20.2
+    // `pkg/controlplane/controller/clusterauthenticationtrust`; `pkg/master/client_ca_hook.go`
+    // before 1.17), readable by `extension-apiserver-authentication-reader`.
+    store.put(
+        Key::new(Kind::ConfigMap, "kube-system", "extension-apiserver-authentication"),
+        json!({"metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+               "data": {"client-ca-file": ca_pem}}),
+    );
     let endpoint = server_url.trim_start_matches("https://");
     let mut kubeadm = json!({"ClusterConfiguration": cluster_configuration_yaml(endpoint, opts)});
     if opts.release().kubeadm_cluster_status() {

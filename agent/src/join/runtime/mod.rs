@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod docker;
 
 use crate::apply::{Applier, ApplyError};
+use crate::effects::probe::Probe;
 use crate::model::version::KubeVersion;
 use crate::sources::values::{RuntimeKind, RuntimeValues};
 use std::path::{Path, PathBuf};
@@ -104,9 +105,8 @@ fn hosts_toml(registry: &str, mirrors: &[String], insecure: bool) -> String {
 }
 
 /// The installed containerd's version (1.6 when it cannot be asked: Debian bookworm's).
-pub fn containerd_version() -> containerd::ContainerdVersion {
-    let out = crate::effects::run_command("containerd", &["--version"], Duration::from_secs(10))
-        .unwrap_or_default();
+pub fn containerd_version(probe: &dyn Probe) -> containerd::ContainerdVersion {
+    let out = probe.version_of("containerd").unwrap_or_default();
     parse_containerd_version(&out).unwrap_or(containerd::ContainerdVersion { major: 1, minor: 6 })
 }
 
@@ -311,7 +311,9 @@ pub fn phase(
     let configured = containerd::cni_bin_dir(current.as_deref());
     let cni = crate::join::artifacts::cni_bin_dir_override(effects, configured.as_deref());
     let host = HostRuntime {
-        installed: effects.host.then(containerd_version),
+        installed: effects
+            .host
+            .then(|| containerd_version(effects.probe.as_ref())),
         package_manager,
         cni_bin_dir: cni,
     };

@@ -17,6 +17,8 @@
 //! the static binary and its digest, over the same HTTPS listener.
 
 pub mod files;
+pub mod identity;
+pub mod metrics;
 pub mod store;
 
 use crate::client::kube::Kube;
@@ -52,10 +54,16 @@ pub struct ServeConfig {
     pub rate_per_minute: u32,
     /// The directory served read-only at `/files/...`, if any.
     pub files: Option<files::Files>,
+    /// Delete the Node of a node whose reset reports its removal, authenticated with its
+    /// client certificate (nodes may not delete their own Node).
+    pub delete_removed_nodes: bool,
 }
 
 /// A response body: a small buffer, or a file streamed from disk.
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The largest report a node may send (reset's carries part of its audit of the paths).
+pub const MAX_REPORT: usize = 64 * 1024;
 
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
@@ -90,6 +98,9 @@ impl Limiter {
 struct Service {
     cfg: ServeConfig,
     limiter: Limiter,
+    metrics: metrics::Metrics,
+    /// The certificates.k8s.io version of the cluster's release (v1beta1 before 1.19).
+    csr_api: &'static str,
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -119,7 +130,12 @@ fn now() -> i64 {
 }
 
 impl Service {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        caller: Option<&str>,
+    ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         if !self.limiter.allow(peer.ip()) {
@@ -140,16 +156,15 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let body = match http_body_util::Limited::new(req.into_body(), 16 * 1024)
+                let body = match http_body_util::Limited::new(req.into_body(), MAX_REPORT)
                     .collect()
                     .await
                 {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return error(413, "body too large"),
                 };
-                self.callback(token, &body, peer).await
+                self.callback(token, &body, peer, caller).await
             }
-            ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
             (method, ["files", ..]) => self.file(method, &path, peer).await,
             _ => error(404, "not found"),
         }
@@ -203,6 +218,8 @@ impl Service {
             .unwrap_or_else(|_| error(500, "cannot build the response"))
     }
 
+    /// `GET /v1/values/{token}` (JSON) or ACK's `node_info` (`ack`: key=value text): takes one
+    /// use of the openapi token and mints a fresh bootstrap token for it.
     async fn values(
         &self,
         token: String,
@@ -232,130 +249,208 @@ impl Service {
             .await
         {
             Ok(r) => r,
-            Err(e @ (StoreError::Unknown | StoreError::Expired | StoreError::UsedUp)) => {
-                tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
-                let status = if matches!(e, StoreError::Unknown) {
-                    404
-                } else {
-                    410
-                };
-                return error(status, &e.to_string());
-            }
             Err(e) => {
-                tracing::warn!(token = short, "openapi token lookup failed: {e}");
-                return error(503, "the values service cannot reach the cluster");
+                self.metrics.token_use(metrics::Use::of(&e));
+                return refusal(short, peer, &e);
             }
         };
-        let secret = crate::operator::bootstrap_tokens::secret_for(
-            &crate::operator::bootstrap_tokens::NewToken {
-                token: minted.clone(),
-                ttl: Some(self.cfg.bootstrap_ttl),
-                usages: vec!["signing".into(), "authentication".into()],
-                groups: vec![crate::operator::bootstrap_tokens::DEFAULT_GROUP.into()],
-                description: Some(format!(
-                    "node-attach serve: openapi token {short}, use {}",
-                    record.uses.len()
-                )),
-            },
-            time::OffsetDateTime::now_utc(),
-        );
-        if let Err(e) = self
-            .cfg
-            .kube
-            .post("/api/v1/namespaces/kube-system/secrets", &secret)
-            .await
-        {
+        if let Err(e) = self.mint(&minted, short, record.uses.len()).await {
+            self.metrics.mint_failure();
+            self.metrics.token_use(metrics::Use::Failed);
             tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
+            if let Err(e) = store.give_back(parsed.expose(), minted.id()).await {
+                tracing::warn!(token = short, "the use stays counted: {e}");
+            }
             return error(503, "the values service cannot reach the cluster");
         }
+        self.metrics.token_use(metrics::Use::Served);
         tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), uses_left = record.uses_left, "openapi token used");
         let callback = format!(
             "{}/v1/callback/{}",
             self.cfg.public_url.trim_end_matches('/'),
             parsed.expose()
         );
-        let mut values = record.values.clone();
-        values["apiVersion"] = json!(crate::sources::values::schema::API_VERSION);
-        values["kind"] = json!(crate::sources::values::schema::KIND);
-        values["bootstrapToken"] = json!(minted.expose_full().expose());
-        values["callbackURL"] = json!(callback);
-        if values["apiServerEndpoints"]
-            .as_array()
-            .is_none_or(|a| a.is_empty())
-        {
-            values["apiServerEndpoints"] = json!([self.cfg.endpoint]);
-        }
-        if values["caCertHashes"]
-            .as_array()
-            .is_none_or(|a| a.is_empty())
-        {
-            values["caCertHashes"] = json!([self.cfg.ca_pin]);
-        }
+        let values = self.answer(record.values, &minted, &callback);
         if ack {
-            let mut text = format!(
-                "token={}\nendpoint={}\ncallback_url={callback}\n",
-                minted.expose_full().expose(),
-                values["apiServerEndpoints"][0].as_str().unwrap_or_default()
-            );
-            if let Some(dns) = values["clusterDNS"][0].as_str() {
-                text.push_str(&format!("cluster_dns={dns}\n"));
-            }
-            if let Some(mode) = values["nodeNameMode"].as_str() {
-                text.push_str(&format!("name_mode={mode}\n"));
-            }
-            if values["runtime"]["name"] == "docker" {
-                if let Some(v) = values["runtime"]["version"].as_str() {
-                    text.push_str(&format!("docker_version={v}\n"));
-                }
-            }
-            return reply(200, "text/plain", text);
+            return reply(200, "text/plain", ack_text(&values, &minted, &callback));
         }
         reply(200, "application/json", values.to_string())
     }
 
-    async fn callback(&self, token: String, body: &[u8], peer: SocketAddr) -> Response<Body> {
+    /// Creates the bootstrap token Secret for one use.
+    async fn mint(
+        &self,
+        minted: &BootstrapToken,
+        short: &str,
+        use_number: usize,
+    ) -> Result<(), crate::client::kube::KubeError> {
+        use crate::operator::bootstrap_tokens::{secret_for, NewToken, DEFAULT_GROUP};
+        let secret = secret_for(
+            &NewToken {
+                token: minted.clone(),
+                ttl: Some(self.cfg.bootstrap_ttl),
+                usages: vec!["signing".into(), "authentication".into()],
+                groups: vec![DEFAULT_GROUP.into()],
+                description: Some(format!(
+                    "node-attach serve: openapi token {short}, use {use_number}"
+                )),
+            },
+            time::OffsetDateTime::now_utc(),
+        );
+        let path = "/api/v1/namespaces/kube-system/secrets";
+        self.cfg.kube.post(path, &secret).await.map(|_| ())
+    }
+
+    /// The values a node gets: the token's template with the minted bootstrap token, the
+    /// callback, and the service's endpoint and CA pin where the template names none.
+    fn answer(&self, mut values: Value, minted: &BootstrapToken, callback: &str) -> Value {
+        use crate::sources::values::schema::{API_VERSION, KIND};
+        values["apiVersion"] = json!(API_VERSION);
+        values["kind"] = json!(KIND);
+        values["bootstrapToken"] = json!(minted.expose_full().expose());
+        values["callbackURL"] = json!(callback);
+        let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+        if empty(&values["apiServerEndpoints"]) {
+            values["apiServerEndpoints"] = json!([self.cfg.endpoint]);
+        }
+        if empty(&values["caCertHashes"]) {
+            values["caCertHashes"] = json!([self.cfg.ca_pin]);
+        }
+        values
+    }
+
+    /// `POST /v1/callback/{token}`: join's report (restricted labels applied once the node
+    /// is proven to have joined through this token) and reset's (the Node deleted, when the
+    /// report is authenticated with the node's own client certificate).
+    async fn callback(
+        &self,
+        token: String,
+        body: &[u8],
+        peer: SocketAddr,
+        caller: Option<&str>,
+    ) -> Response<Body> {
         let Ok(parsed) = token.parse::<OpenApiToken>() else {
             return error(404, "unknown openapi token");
         };
         let short = token_hash(parsed.expose())[..12].to_owned();
-        let report: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let report: Value = crate::model::strict::json(body).unwrap_or(Value::Null);
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
-        tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), "node reported");
-        if status != "success" || crate::model::validate::check_node_name(&node).is_err() {
-            return reply(
-                200,
-                "application/json",
-                json!({"recorded": true}).to_string(),
-            );
-        }
+        self.metrics
+            .callback(&status, report["code"].as_str().unwrap_or_default());
+        tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), authenticated = caller.is_some(), "node reported");
         let store = Store {
             kube: &self.cfg.kube,
             namespace: self.cfg.namespace.clone(),
         };
-        match self
-            .apply_labels(
-                &store,
-                parsed.expose(),
-                &node,
-                report["provider_id"].as_str(),
-            )
-            .await
-        {
-            Ok(applied) => reply(
-                200,
-                "application/json",
-                json!({"recorded": true, "labels_applied": applied}).to_string(),
-            ),
+        let valid_name = crate::model::validate::check_node_name(&node).is_ok();
+        let answer = match status.as_str() {
+            "success" if valid_name => {
+                let provider_id = report["provider_id"].as_str();
+                self.joined(&store, parsed.expose(), &node, provider_id)
+                    .await
+            }
+            "removed" | "reset-incomplete" if valid_name && report["delete_node"] == true => {
+                let removal = self.remove_node(&store, parsed.expose(), &node, caller);
+                removal.await
+            }
+            _ => json!({"recorded": true}),
+        };
+        reply(200, "application/json", answer.to_string())
+    }
+
+    /// Join succeeded: applies the restricted labels and remembers the node for this use.
+    async fn joined(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+        provider_id: Option<&str>,
+    ) -> Value {
+        match self.apply_labels(store, token, node, provider_id).await {
+            Ok(applied) => json!({"recorded": true, "labels_applied": applied}),
             Err(e) => {
-                tracing::warn!(token = %short, node = %node, "restricted labels not applied: {e}");
-                reply(
-                    200,
-                    "application/json",
-                    json!({"recorded": true, "labels_applied": false, "reason": e}).to_string(),
-                )
+                tracing::warn!(node = %node, "restricted labels not applied: {e}");
+                json!({"recorded": true, "labels_applied": false, "reason": e})
             }
         }
+    }
+
+    /// Reset's report: deletes `node`'s Node if the caller proved to be that node (its client
+    /// certificate, verified against the API server's client CAs) and the node joined through
+    /// this openapi token.
+    async fn remove_node(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+        caller: Option<&str>,
+    ) -> Value {
+        let refused = |reason: &str| {
+            self.metrics.removal("refused");
+            tracing::warn!(node = %node, "Node not deleted: {reason}");
+            json!({"recorded": true, "node": "refused", "reason": reason})
+        };
+        if !self.cfg.delete_removed_nodes {
+            return refused("this values service keeps removed nodes (--keep-removed-nodes)");
+        }
+        if caller != Some(node) {
+            return refused("the report is not authenticated with this node's client certificate");
+        }
+        match store.load(token).await {
+            Ok((record, _)) if record.uses.iter().any(|u| u.node.as_deref() == Some(node)) => {}
+            Ok(_) => return refused("this node did not join through this openapi token"),
+            Err(e) => return refused(&format!("the token's record: {e}")),
+        }
+        match self
+            .cfg
+            .kube
+            .delete(&crate::client::kube::paths::node(node))
+            .await
+        {
+            Ok(true) => {
+                self.metrics.removal("deleted");
+                tracing::info!(node = %node, "deleted the Node of a removed node");
+                json!({"recorded": true, "node": "deleted"})
+            }
+            Ok(false) => {
+                self.metrics.removal("absent");
+                json!({"recorded": true, "node": "absent"})
+            }
+            Err(e) => refused(&format!("the API server refused: {e}")),
+        }
+    }
+
+    /// The bootstrap token id of the use `node` came from: its kubelet CSR was made with a
+    /// bootstrap token minted for a use of this openapi token (CSRs in the API version of the
+    /// cluster's release).
+    async fn joined_through(&self, record: &store::Record, node: &str) -> Result<String, String> {
+        use crate::client::kube::objects::{Csr, List};
+        let path = crate::client::kube::paths::csrs(self.csr_api);
+        let csrs: Option<List<Csr>> = self
+            .cfg
+            .kube
+            .get_as(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let minted: Vec<String> = record
+            .uses
+            .iter()
+            .filter(|u| u.node.is_none())
+            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
+            .collect();
+        let subject = format!("system:node:{node}");
+        let made_by_use = csrs.into_iter().flat_map(|l| l.items).find(|c| {
+            minted.contains(&c.spec.username)
+                && csr_common_name(&c.spec.request).as_deref() == Some(&subject)
+        });
+        let csr = made_by_use.ok_or_else(|| {
+            format!(
+                "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
+            )
+        })?;
+        let id = csr.spec.username.trim_start_matches("system:bootstrap:");
+        Ok(id.to_owned())
     }
 
     /// Applies the token's restricted labels to `node` if, and only if, that node's kubelet
@@ -367,7 +462,7 @@ impl Service {
         node: &str,
         provider_id: Option<&str>,
     ) -> Result<bool, String> {
-        let (mut record, rv) = store.load(token).await.map_err(|e| e.to_string())?;
+        let (record, _) = store.load(token).await.map_err(|e| e.to_string())?;
         let labels = Labels(
             record.values["labels"]
                 .as_object()
@@ -379,68 +474,78 @@ impl Service {
                 .unwrap_or_default(),
         );
         let (_, restricted) = labels.split_by_class();
-        let csrs = self
-            .cfg
-            .kube
-            .get("/apis/certificates.k8s.io/v1/certificatesigningrequests")
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        let minted: Vec<String> = record
-            .uses
-            .iter()
-            .filter(|u| u.node.is_none())
-            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
-            .collect();
-        let made_by_use = csrs["items"].as_array().into_iter().flatten().find(|c| {
-            minted.iter().any(|m| c["spec"]["username"] == m.as_str())
-                && csr_common_name(c).as_deref() == Some(&format!("system:node:{node}"))
-        });
-        let Some(csr) = made_by_use else {
-            return Err(format!(
-                "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
-            ));
-        };
-        let nobj = self
-            .cfg
-            .kube
-            .get(&format!("/api/v1/nodes/{node}"))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the Node is not registered yet")?;
-        if let Some(p) = provider_id {
-            if nobj["spec"]["providerID"].as_str() != Some(p) {
-                return Err("the Node's providerID does not match the report".into());
-            }
+        let requester = self.joined_through(&record, node).await?;
+        let registered = self.cfg.kube.node(node).await.map_err(|e| e.to_string())?;
+        let registered = registered.ok_or("the Node is not registered yet")?;
+        if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
+            return Err("the Node's providerID does not match the report".into());
         }
         if !restricted.is_empty() {
             let patch = json!({"metadata": {"labels": restricted.0}});
             self.cfg
                 .kube
-                .merge_patch(&format!("/api/v1/nodes/{node}"), &patch)
+                .merge_patch(&crate::client::kube::paths::node(node), &patch)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.metrics.labels_applied(restricted.0.len());
             tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
         }
-        let requester = csr["spec"]["username"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches("system:bootstrap:")
-            .to_owned();
-        if let Some(u) = record.uses.iter_mut().find(|u| u.bootstrap_id == requester) {
-            u.node = Some(node.to_owned());
-        }
-        let _ = store.update(&record, &rv).await;
+        store
+            .record_node(token, &requester, node)
+            .await
+            .map_err(|e| format!("recording the node: {e}"))?;
         Ok(!restricted.is_empty())
     }
 }
 
-fn csr_common_name(csr: &Value) -> Option<String> {
+/// The answer to a token that cannot be used (404 unknown, 410 expired or used up, 503 when
+/// the cluster cannot be asked).
+fn refusal(short: &str, peer: SocketAddr, e: &StoreError) -> Response<Body> {
+    match e {
+        StoreError::Unknown | StoreError::Expired | StoreError::UsedUp => {
+            tracing::info!(token = short, peer = %peer.ip(), "openapi token refused: {e}");
+            let status = if matches!(e, StoreError::Unknown) {
+                404
+            } else {
+                410
+            };
+            error(status, &e.to_string())
+        }
+        _ => {
+            tracing::warn!(token = short, "openapi token lookup failed: {e}");
+            error(503, "the values service cannot reach the cluster")
+        }
+    }
+}
+
+/// ACK's `node_info` text form of the values.
+fn ack_text(values: &Value, minted: &BootstrapToken, callback: &str) -> String {
+    let mut text = format!(
+        "token={}\nendpoint={}\ncallback_url={callback}\n",
+        minted.expose_full().expose(),
+        values["apiServerEndpoints"][0].as_str().unwrap_or_default()
+    );
+    if let Some(dns) = values["clusterDNS"][0].as_str() {
+        text.push_str(&format!("cluster_dns={dns}\n"));
+    }
+    if let Some(mode) = values["nodeNameMode"].as_str() {
+        text.push_str(&format!("name_mode={mode}\n"));
+    }
+    if values["runtime"]["name"] == "docker" {
+        if let Some(v) = values["runtime"]["version"].as_str() {
+            text.push_str(&format!("docker_version={v}\n"));
+        }
+    }
+    text
+}
+
+/// The subject CN of a CSR's request (PEM, base64).
+fn csr_common_name(request: &str) -> Option<String> {
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
     let pem = base64::engine::general_purpose::STANDARD
-        .decode(csr["spec"]["request"].as_str()?)
+        .decode(request)
         .ok()?;
     let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&pem).ok()?;
     let (_, req) =
@@ -472,6 +577,8 @@ pub async fn run(
     for c in changes {
         tracing::info!("RBAC: {c}");
     }
+    let (version, _) = cfg.kube.version().await.map_err(|e| e.to_string())?;
+    let csr_api = crate::model::compat::csr_api_version(&version);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -480,11 +587,13 @@ pub async fn run(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let per_minute = f64::from(cfg.rate_per_minute.max(1));
     let service = Arc::new(Service {
+        csr_api,
         cfg,
         limiter: Limiter {
             buckets: Mutex::new(HashMap::new()),
             per_minute,
         },
+        metrics: metrics::Metrics::default(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -502,10 +611,20 @@ pub async fn run(
             else {
                 return;
             };
+            let caller: Option<Arc<str>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity::node_of)
+                .map(Arc::from);
             let io = hyper_util::rt::TokioIo::new(tls);
             let svc = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
+                let (service, caller) = (service.clone(), caller.clone());
+                async move {
+                    let answer = service.serve_counted(req, peer, caller.as_deref()).await;
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -79,6 +79,10 @@ pub enum StoreError {
     /// API failure.
     #[error(transparent)]
     Api(#[from] KubeError),
+    /// Too many concurrent updates of one token's record (each retried on a stale
+    /// resourceVersion).
+    #[error("too many concurrent updates of one token")]
+    Contended,
     /// A stored record does not parse.
     #[error("the stored record {0} is damaged")]
     Damaged(String),
@@ -183,6 +187,53 @@ impl Store<'_> {
             });
             if self.update(&record, &rv).await? {
                 return Ok(record);
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// Remembers which node the use that minted `bootstrap_id` became. Retries on concurrent
+    /// updates.
+    pub async fn record_node(
+        &self,
+        token: &str,
+        bootstrap_id: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        for _ in 0..10 {
+            let (mut record, rv) = self.load(token).await?;
+            let Some(found) = record
+                .uses
+                .iter_mut()
+                .find(|u| u.bootstrap_id == bootstrap_id)
+            else {
+                return Ok(());
+            };
+            if found.node.as_deref() == Some(node) {
+                return Ok(());
+            }
+            found.node = Some(node.to_owned());
+            if self.update(&record, &rv).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// Gives back the use that was to mint `bootstrap_id` (its bootstrap token could not be
+    /// created, so nobody can join with it): the entry removed, the use counted again. Retries
+    /// on concurrent updates.
+    pub async fn give_back(&self, token: &str, bootstrap_id: &str) -> Result<(), StoreError> {
+        for _ in 0..10 {
+            let (mut record, rv) = self.load(token).await?;
+            let before = record.uses.len();
+            record.uses.retain(|u| u.bootstrap_id != bootstrap_id);
+            if record.uses.len() == before {
+                return Ok(());
+            }
+            record.uses_left += 1;
+            if self.update(&record, &rv).await? {
+                return Ok(());
             }
         }
         Err(StoreError::Api(KubeError::Setup(

@@ -282,17 +282,7 @@ fn shown_url<S: serde::Serializer>(u: &Option<url::Url>, s: S) -> Result<S::Ok, 
     }
 }
 
-/// A URL with its path and query hidden: callback URLs usually carry a token in the path.
-pub fn redact_url_path(u: &url::Url) -> String {
-    let mut shown = format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default());
-    if let Some(port) = u.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    if u.path() != "/" || u.query().is_some() {
-        shown.push_str("/…");
-    }
-    shown
-}
+pub use crate::model::secret::redact_url_path;
 
 impl ClusterValues {
     /// Empty values of the given format, to be filled by a parser.

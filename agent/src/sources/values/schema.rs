@@ -168,22 +168,7 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         return Err(invalid("kind", format!("expected {KIND}")));
     }
     let mut v = ClusterValues::empty(ValuesFormat::Json);
-    for (i, e) in doc.api_server_endpoints.iter().enumerate() {
-        v.api_server_endpoints
-            .push(Endpoint::parse(&format!("apiServerEndpoints[{i}]"), e)?);
-    }
-    if let Some(t) = &doc.bootstrap_token {
-        v.bootstrap_token = Some(
-            t.parse::<BootstrapToken>()
-                .map_err(|e| invalid("bootstrapToken", e.to_string()))?,
-        );
-    }
-    for (i, h) in doc.ca_cert_hashes.iter().enumerate() {
-        v.ca_cert_hashes.push(
-            h.parse::<CaPin>()
-                .map_err(|e| invalid(format!("caCertHashes[{i}]"), e.to_string()))?,
-        );
-    }
+    trust(&doc, &mut v)?;
     if !doc.cluster_dns.is_empty() {
         v.cluster_dns =
             crate::model::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
@@ -231,6 +216,27 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         v.artifacts = artifacts(a)?;
     }
     Ok(v)
+}
+
+/// The trust fields: endpoints, the bootstrap token, the CA pins.
+fn trust(doc: &Document, v: &mut ClusterValues) -> Result<(), ValuesError> {
+    for (i, e) in doc.api_server_endpoints.iter().enumerate() {
+        v.api_server_endpoints
+            .push(Endpoint::parse(&format!("apiServerEndpoints[{i}]"), e)?);
+    }
+    if let Some(t) = &doc.bootstrap_token {
+        v.bootstrap_token = Some(
+            t.parse::<BootstrapToken>()
+                .map_err(|e| invalid("bootstrapToken", e.to_string()))?,
+        );
+    }
+    for (i, h) in doc.ca_cert_hashes.iter().enumerate() {
+        v.ca_cert_hashes.push(
+            h.parse::<CaPin>()
+                .map_err(|e| invalid(format!("caCertHashes[{i}]"), e.to_string()))?,
+        );
+    }
+    Ok(())
 }
 
 fn artifacts(a: ArtifactsDoc) -> Result<ArtifactValues, ValuesError> {

@@ -1,12 +1,16 @@
 //! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
 //! cluster CA, as the bootstrap token or as the node itself.
 
+pub mod kubeconfig;
+pub mod objects;
+pub mod paths;
+
 use crate::client::http::{Http, HttpError, Limits, Request, RetryPolicy, Retryable, Target};
 use crate::error::{Code, Failure};
 use crate::model::secret::Secret;
 use crate::model::version::KubeVersion;
 use crate::trust::tls;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +31,12 @@ pub enum KubeError {
     /// The client could not be built.
     #[error("cannot build an API client: {0}")]
     Setup(String),
+    /// The TLS configuration could not be built (CA, client certificate).
+    #[error("cannot build an API client: {0}")]
+    Tls(#[source] tls::TlsError),
+    /// The kubeconfig does not parse or names no cluster.
+    #[error("cannot build an API client from the kubeconfig: {0}")]
+    Kubeconfig(#[source] crate::model::kubeconfig::KubeconfigError),
     /// A 2xx answer whose JSON does not parse (cut short, or not JSON at all).
     #[error("{path}: the answer does not parse as JSON ({reason}); it may have been cut short")]
     Truncated {
@@ -82,10 +92,37 @@ pub struct Kube {
     http: Http,
     server: url::Url,
     bearer: Option<Secret>,
+    /// A token file read again while the client runs (its last good content wins over
+    /// `bearer`, as in client-go).
+    token_file: Option<TokenFile>,
     /// What a server's message must never echo: the bearer, and a bootstrap token's secret
     /// half on its own.
     scrub: Vec<Secret>,
     retry: RetryPolicy,
+}
+
+/// How long a token file's content is used before the file is read again (client-go's period).
+pub const TOKEN_FILE_PERIOD: Duration = Duration::from_secs(60);
+
+/// A bearer token kept in a file that may be rotated (a projected service account token).
+struct TokenFile {
+    path: std::path::PathBuf,
+    cached: std::sync::Mutex<(std::time::Instant, Secret)>,
+}
+
+impl TokenFile {
+    /// The token: the cached one, or the file read again once [`TOKEN_FILE_PERIOD`] has passed
+    /// (an unreadable file keeps the last good token).
+    fn current(&self) -> Secret {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0.elapsed() >= TOKEN_FILE_PERIOD {
+            match kubeconfig::read_token_file(&self.path) {
+                Ok(t) => *cached = (std::time::Instant::now(), t),
+                Err(e) => tracing::warn!("keeping the last token read: {e}"),
+            }
+        }
+        cached.1.clone()
+    }
 }
 
 /// How long a call keeps retrying by default.
@@ -111,7 +148,7 @@ impl Kube {
         token: Option<Secret>,
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        let config = tls::trusting_only(ca_ders).map_err(|e| KubeError::Setup(e.to_string()))?;
+        let config = tls::trusting_only(ca_ders).map_err(KubeError::Tls)?;
         Kube::build(server, config, token, limits)
     }
 
@@ -122,51 +159,57 @@ impl Kube {
         cert_and_key_pem: &[u8],
         limits: Limits,
     ) -> Result<Kube, KubeError> {
-        use rustls::pki_types::pem::PemObject;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_and_key_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| KubeError::Setup(format!("client certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(cert_and_key_pem)
-            .map_err(|e| KubeError::Setup(format!("client key: {e}")))?;
-        let config = tls::trusting_only_with_identity(ca_ders, chain, key)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
+        let identity = tls::ClientIdentity::from_pem(cert_and_key_pem).map_err(KubeError::Tls)?;
+        let config =
+            tls::trusting_only_with_identity(ca_ders, &identity).map_err(KubeError::Tls)?;
         Kube::build(server, config, None, limits)
     }
 
-    /// A client from a kubeconfig (an admin's): inline CA data, and inline client certificate
-    /// data or a token.
-    pub fn from_kubeconfig(text: &str, limits: Limits) -> Result<Kube, KubeError> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let cfg = crate::model::kubeconfig::Kubeconfig::parse(text)
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let info = cfg
-            .current_cluster()
-            .map_err(|e| KubeError::Setup(e.to_string()))?;
-        let ca = crate::trust::pin::certificates_from_pem(&info.ca_pem)
-            .map_err(|e| KubeError::Setup(format!("the kubeconfig's CA: {e}")))?;
-        let context = cfg.contexts.iter().find(|c| c.name == cfg.current_context);
-        let user = context
-            .and_then(|c| cfg.users.iter().find(|u| u.name == c.context.user))
-            .or(cfg.users.first())
-            .ok_or_else(|| KubeError::Setup("the kubeconfig has no user".into()))?;
-        let decode = |field: &Option<String>, what: &str| -> Result<Vec<u8>, KubeError> {
-            let text = field
-                .as_deref()
-                .ok_or_else(|| KubeError::Setup(format!("the kubeconfig's user has no {what}")))?;
-            b64.decode(text.trim())
-                .map_err(|_| KubeError::Setup(format!("the kubeconfig's {what} is not base64")))
+    /// A client from an admin kubeconfig ([`kubeconfig::load`]): its CA, and its client
+    /// certificate, token or token file (a certificate and a token together are both sent, as
+    /// kubectl sends them).
+    pub fn from_admin(
+        admin: &kubeconfig::AdminKubeconfig,
+        limits: Limits,
+    ) -> Result<Kube, KubeError> {
+        let ca = crate::trust::pin::certificates_from_pem(&admin.ca_pem).map_err(|e| {
+            KubeError::Setup(format!(
+                "{}: certificate-authority: {e}",
+                admin.files_shown()
+            ))
+        })?;
+        let mut kube = match &admin.client_pair {
+            Some(pair) => {
+                let mut k =
+                    Kube::with_certificate(&admin.server, &ca, pair.expose().as_bytes(), limits)?;
+                k.set_bearer(admin.token.clone());
+                k
+            }
+            None => Kube::with_token(&admin.server, &ca, admin.token.clone(), limits)?,
         };
-        if let Some(token) = &user.user.token {
-            return Kube::with_token(&info.server, &ca, Some(Secret::new(token.clone())), limits);
+        if let Some(path) = &admin.token_file {
+            let first = admin.token.clone().unwrap_or_default();
+            kube.token_file = Some(TokenFile {
+                path: path.clone(),
+                cached: std::sync::Mutex::new((std::time::Instant::now(), first)),
+            });
         }
-        let mut pair = decode(
-            &user.user.client_certificate_data,
-            "client-certificate-data",
-        )?;
-        pair.push(b'\n');
-        pair.extend(decode(&user.user.client_key_data, "client-key-data")?);
-        Kube::with_certificate(&info.server, &ca, &pair, limits)
+        Ok(kube)
+    }
+
+    fn set_bearer(&mut self, bearer: Option<Secret>) {
+        if let Some(b) = &bearer {
+            self.scrub.push(b.clone());
+        }
+        self.bearer = bearer;
+    }
+
+    /// The bearer token to send now: the token file's, else the inline one.
+    fn current_bearer(&self) -> Option<Secret> {
+        match &self.token_file {
+            Some(f) => Some(f.current()).filter(|t| !t.is_empty()),
+            None => self.bearer.clone(),
+        }
     }
 
     fn build(
@@ -188,6 +231,7 @@ impl Kube {
             http,
             server,
             bearer,
+            token_file: None,
             scrub,
             retry: RetryPolicy::until(DEFAULT_RETRY_DEADLINE, Duration::from_secs(5)),
         })
@@ -205,11 +249,6 @@ impl Kube {
     /// The HTTP client (for streams).
     pub fn http(&self) -> &Http {
         &self.http
-    }
-
-    /// The bearer token, if any.
-    pub fn bearer(&self) -> Option<&Secret> {
-        self.bearer.as_ref()
     }
 
     /// A target for an API path.
@@ -234,8 +273,9 @@ impl Kube {
         req.method = method.clone();
         req.json = body.clone();
         req.content_type = content_type;
-        req.bearer = self.bearer.as_ref();
-        req.scrub = self.scrub.iter().collect();
+        let bearer = self.current_bearer();
+        req.bearer = bearer.as_ref();
+        req.scrub = self.scrub.iter().chain(bearer.as_ref()).collect();
         Ok(self.http.send(req).await?)
     }
 
@@ -285,11 +325,25 @@ impl Kube {
         .map_err(crate::client::http::RetryError::into_inner)
     }
 
-    fn decode(path: &str, body: &[u8]) -> Result<Value, KubeError> {
-        crate::model::strict::json(body).map_err(|e| KubeError::Decode {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+    /// GET one object as its typed form; `None` on 404.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, KubeError> {
+        match self.get(path).await? {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| KubeError::Decode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// One Node; `None` when there is none of that name.
+    pub async fn node(&self, name: &str) -> Result<Option<objects::Node>, KubeError> {
+        self.get_as(&paths::node(name)).await
     }
 
     /// GET; `None` on 404.
@@ -329,16 +383,42 @@ impl Kube {
         }
     }
 
+    /// Whether the API server answers now: one `GET /version`, not retried, within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> Result<KubeVersion, KubeError> {
+        let path = paths::VERSION;
+        let once = self.send_once(&reqwest::Method::GET, path, &None, JSON);
+        let reply = tokio::time::timeout(timeout, once)
+            .await
+            .map_err(|_| KubeError::Setup(format!("GET {path}: no answer within {timeout:?}")))??;
+        let v: Value = crate::model::strict::json(&reply.body).map_err(|e| KubeError::Decode {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        v["gitVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<KubeVersion>()
+            .map_err(|e| KubeError::Decode {
+                path: path.into(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The server's version and its clock (the `Date` header).
     pub async fn version(&self) -> Result<(KubeVersion, Option<SystemTime>), KubeError> {
         let (v, r) = self
-            .call_json(reqwest::Method::GET, "/version", None, JSON)
+            .call_json(reqwest::Method::GET, paths::VERSION, None, JSON)
             .await?;
-        let git = v["gitVersion"].as_str().unwrap_or_default();
-        let version = git.parse::<KubeVersion>().map_err(|e| KubeError::Decode {
-            path: "/version".into(),
-            reason: e.to_string(),
-        })?;
+        let decode = |reason: String| KubeError::Decode {
+            path: paths::VERSION.into(),
+            reason,
+        };
+        let info: objects::Version =
+            serde_json::from_value(v).map_err(|e| decode(e.to_string()))?;
+        let version = info
+            .git_version
+            .parse::<KubeVersion>()
+            .map_err(|e| decode(e.to_string()))?;
         let date = r
             .headers
             .get(reqwest::header::DATE)
@@ -347,29 +427,31 @@ impl Kube {
         Ok((version, date))
     }
 
-    /// Reads a watch stream, calling `on_event` with each event until it returns `Some`, the
-    /// stream ends, or `timeout` passes.
-    pub async fn watch<T>(
+    /// Reads a watch stream of `T`, calling `on_event` with each event until it returns
+    /// `Some`, the stream ends, or `timeout` passes.
+    pub async fn watch<T, R>(
         &self,
         path: &str,
         timeout: Duration,
-        mut on_event: impl FnMut(&str, &Value) -> Option<T>,
-    ) -> Result<Option<T>, KubeError> {
+        mut on_event: impl FnMut(&objects::WatchEvent<T>) -> Option<R>,
+    ) -> Result<Option<R>, KubeError>
+    where
+        T: serde::de::DeserializeOwned + Default,
+    {
         let target = self.target(path);
         let mut response = self
             .http
-            .open_stream(&target, self.bearer.as_ref(), timeout)
+            .open_stream(&target, self.current_bearer().as_ref(), timeout)
             .await?;
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let chunk = match self.http.next_chunk(&target.shown, &mut response).await {
                 Ok(Some(c)) => c,
-                Ok(None) => return Ok(None),
-                Err(HttpError::Timeout { .. }) => return Ok(None),
+                Ok(None) | Err(HttpError::Timeout { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
             buf.extend_from_slice(&chunk);
-            if buf.len() > 4 * 1024 * 1024 {
+            if buf.len() > MAX_WATCH_EVENT {
                 return Err(KubeError::Decode {
                     path: path.into(),
                     reason: "watch event larger than 4 MiB".into(),
@@ -380,12 +462,17 @@ impl Kube {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let event = Kube::decode(path, &line)?;
-                let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                if let Some(out) = on_event(&kind, &event["object"]) {
+                let event = crate::model::strict::json(&line).map_err(|e| KubeError::Decode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                if let Some(out) = on_event(&event) {
                     return Ok(Some(out));
                 }
             }
         }
     }
 }
+
+/// The largest watch event read.
+const MAX_WATCH_EVENT: usize = 4 * 1024 * 1024;
