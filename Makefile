@@ -155,10 +155,13 @@ cri:
 .PHONY: static serve mirror deb e2e shellcheck cri bench-peers
 
 ## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json;
-## as root, then node-attach next to kubeadm on the real Kubernetes 1.20.2 (bench-peers).
+## then installing from a signed mirror in one join, in bake mode and at the prepared root's
+## boot (bench-bake, target/bench/bake.json); as root, then node-attach next to kubeadm on the
+## real Kubernetes 1.20.2 (bench-peers).
 bench: build static
 	cp $(STATIC_BIN) target/debug/node-attach-static
 	./target/debug/bench --node-attach target/debug/node-attach-static $(BENCH_ARGS)
+	./target/debug/bench-bake --node-attach target/debug/node-attach-static
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 .PHONY: bench
