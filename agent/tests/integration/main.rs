@@ -6,6 +6,7 @@
 
 mod differential;
 mod discover;
+mod ess;
 mod faults;
 mod golden;
 mod hostile;
