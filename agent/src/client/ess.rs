@@ -132,16 +132,12 @@ impl EssApi {
         let mut nonce = [0u8; 16];
         let _ = getrandom::fill(&mut nonce);
         let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-        let now = time::OffsetDateTime::now_utc();
-        let timestamp = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            now.year(),
-            u8::from(now.month()),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second()
-        );
+        // ISO 8601 in UTC to the second, as the API asks: 2016-02-23T12:46:24Z.
+        let timestamp = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
         let creds = &self.credentials;
         let params: BTreeMap<&str, String> = [
             ("AccessKeyId", creds.access_key_id.clone()),
