@@ -312,10 +312,7 @@ pub async fn run(
     let settings = crate::sources::gather(&args, reporter).await?;
     let effects = crate::effects::Effects::real(crate::effects::fs::Root::new(&settings.root));
     let outcome = crate::join::run_reporting_stalls(&settings, &effects, reporter).await;
-    if !settings.dry_run {
-        crate::join::report_callback(&settings, &outcome).await;
-        crate::join::lifecycle::complete(&settings, outcome.is_ok()).await;
-    }
+    crate::join::announce(&settings, &outcome).await;
     let summary = outcome?;
     reporter.result(&summary, &crate::join::summary_text(&summary));
     Ok(())

@@ -562,6 +562,17 @@ pub async fn run_reporting_stalls(
     outcome
 }
 
+/// Tells whoever waits on this node how join ended: the callback the values named, then the
+/// scaling group's lifecycle action (CONTINUE when joined, ABANDON otherwise). A dry run tells
+/// no one.
+pub async fn announce(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
+    if settings.dry_run {
+        return;
+    }
+    report_callback(settings, outcome).await;
+    lifecycle::complete(settings, outcome.is_ok()).await;
+}
+
 /// Reports join's outcome to the callback the values named.
 pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
     let Some(url) = &settings.callback_url else {
