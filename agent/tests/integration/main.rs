@@ -9,6 +9,7 @@ mod audit;
 mod deploy;
 mod differential;
 mod discover;
+mod ess;
 mod faults;
 mod golden;
 mod hostile;
