@@ -74,6 +74,19 @@ impl Images for RuntimeImages {
     }
 }
 
+/// A shared handle works as the effect it holds (a test keeps one to look at a double).
+impl<T: Images> Images for std::sync::Arc<T> {
+    fn list(&self, runtime: RuntimeKind) -> Result<Vec<String>, EffectError> {
+        (**self).list(runtime)
+    }
+    fn import(&self, runtime: RuntimeKind, archive: &Path) -> Result<(), EffectError> {
+        (**self).import(runtime, archive)
+    }
+    fn remove(&self, runtime: RuntimeKind, reference: &str) -> Result<(), EffectError> {
+        (**self).remove(runtime, reference)
+    }
+}
+
 /// A double: images in memory; an archive's references are the lines of the file.
 #[derive(Default)]
 pub struct RecordingImages {

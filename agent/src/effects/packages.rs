@@ -182,6 +182,22 @@ pub fn detect_packages() -> Option<Box<dyn Packages>> {
     None
 }
 
+/// A shared handle works as the package manager it holds (a test keeps one to look at a double).
+impl<T: Packages> Packages for std::sync::Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        (**self).installed_version(package)
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        (**self).install(package, version)
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        (**self).remove(packages)
+    }
+}
+
 /// A package manager double: installed packages in memory; an install adds the package and
 /// the dependencies registered for it ([`RecordingPackages::depends`]).
 #[derive(Default)]
