@@ -11,7 +11,10 @@
 //! Per case: API requests, mirror requests, CPU time of the node-attach process (user + system,
 //! getrusage of children) and wall time, medians; then prepare and boot-join as ratios to
 //! join-mirror. Writes `target/bench/bake.json`. Wall time on a shared 2-core machine is
-//! noisy; requests and CPU are what to watch.
+//! noisy; requests and CPU are what to watch. boot-join may count one API request more than
+//! join-mirror: being faster, its confirm asks for the Node once before the kubelet stand-in
+//! has registered it (the same requests otherwise: discovery, version, Node, kubeadm-config,
+//! kubelet-config, the CSR and its watch, the Node's patch).
 
 use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Value};
