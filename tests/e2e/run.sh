@@ -412,7 +412,23 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ control plane and values service
 stage "real control plane (tests/kubernetes/cluster.sh up)"
-bash "$REPO/tests/kubernetes/cluster.sh" up "$CLUSTER" --owner-pid $$ 2> "$RUNROOT/cluster-up.log" ||
+# The guests' kubelets share this machine's disk, which other work fills: with the kubelet's
+# default hard thresholds (imagefs 15 %, nodefs 10 % free) a disk at 86 % full evicted the test
+# pods, and image GC (from 85 % used) collected the imported images, which no registry serves
+# again. The cluster's kubelet defaults (kubeadm's KubeletConfiguration, which join takes from
+# kubelet-config-1.20) keep disk pressure out of the test; memory keeps the kubelet's default.
+cat > "$RUNROOT/kubelet-defaults.yaml" <<'YAML'
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+YAML
+bash "$REPO/tests/kubernetes/cluster.sh" up "$CLUSTER" --owner-pid $$ --kubelet-config "$RUNROOT/kubelet-defaults.yaml" 2> "$RUNROOT/cluster-up.log" ||
   { tail -n 40 "$RUNROOT/cluster-up.log"; die "cluster.sh up failed"; }
 # shellcheck disable=SC1091
 . "$CLUSTER/env"

@@ -5,7 +5,7 @@
 # 1.20 makes. Shared by the Rust integration tests (agent/tests/integration/real_cluster.rs) and
 # the bash end-to-end test. Needs root; the components come from tests/kubernetes/build.sh.
 #
-#   cluster.sh up DIR [--owner-pid PID] [--token ID.SECRET]
+#   cluster.sh up DIR [--owner-pid PID] [--token ID.SECRET] [--kubelet-config FILE]
 #       Starts the cluster; prints only progress, on stderr. On success DIR holds:
 #         admin.conf   cluster-admin kubeconfig (server https://NS_IP:6443, reachable from the host)
 #         ca.crt       the cluster CA
@@ -22,8 +22,12 @@
 #                      omitted (one ResponseComplete event per request; watches also ResponseStarted)
 #         etcd.log kube-apiserver.log kube-controller-manager.log kubeadm.log (supervisor.log)
 #       With --owner-pid PID a detached supervisor (setsid) runs `down DIR` once PID has exited,
-#       so a test process that dies does not leak the cluster. A failed `up` tears down what it
-#       started (logs stay) and exits non-zero with the relevant log tail on stderr.
+#       so a test process that dies does not leak the cluster. --kubelet-config FILE: a
+#       KubeletConfiguration document (kubelet.config.k8s.io/v1beta1) given to kubeadm with the
+#       init configuration, as an operator sets the cluster's kubelet defaults; kubeadm merges it
+#       into kubelet-config-1.20. Without it, kubelet-config-1.20 is kubeadm's default. A failed
+#       `up` tears down what it started (logs stay) and exits non-zero with the relevant log tail
+#       on stderr.
 #
 #   cluster.sh down DIR
 #       Stops every recorded process (TERM, bounded wait, KILL), removes the links, the netns and
@@ -244,6 +248,10 @@ apiServer:
   - 127.0.0.1
   - $NS_IP
 EOF
+  if [ -n "$KUBELET_CONFIG" ]; then
+    grep -q '^kind: KubeletConfiguration$' "$KUBELET_CONFIG" || die "$KUBELET_CONFIG is no KubeletConfiguration"
+    { echo '---'; cat "$KUBELET_CONFIG"; } >>"$DIR/kubeadm.yaml"
+  fi
   cp "$HERE/audit-policy.yaml" "$DIR/audit-policy.yaml"
 }
 
@@ -307,9 +315,11 @@ cmd_up() {
   set_dir "${1:-}"
   shift || true
   TOKEN=""
+  KUBELET_CONFIG=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --owner-pid) owner=${2:?--owner-pid needs a PID}; shift 2 ;;
+      --kubelet-config) KUBELET_CONFIG=${2:?--kubelet-config needs a FILE}; shift 2 ;;
       --token) TOKEN=${2:?--token needs ID.SECRET}; shift 2 ;;
       *) die "unknown argument to up: $1" ;;
     esac
