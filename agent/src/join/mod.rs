@@ -187,8 +187,12 @@ async fn prepare<'a>(
     );
     let phase = reporter.begin("cluster");
     let token = Some(settings.token.expose_full());
-    let kube = Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits)
-        .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+    let kube = match &found.http {
+        // Discovery's client: its verified connection carries the join's next requests.
+        Some(http) => Kube::with_http(&found.api_server, http.clone(), token),
+        None => Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits),
+    }
+    .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
     let cluster = cluster::check(settings, effects, &kube, &identity, joined_before).await?;
     let detail = format!(
         "{} (kubelet config from {})",

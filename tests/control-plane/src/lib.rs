@@ -207,6 +207,10 @@ pub struct Faults {
     /// Serve the foreign certificate from the handshake after this many (a certificate
     /// swapped mid-join: discovery's handshakes pass, later ones do not).
     pub foreign_serving_cert_after: Option<usize>,
+    /// Close every connection after one response and offer no TLS session resumption (as a
+    /// balancer that keeps no connection alive and spreads handshakes over backends): each
+    /// request then makes a full handshake of its own.
+    pub close_connections: bool,
     /// Answers the values endpoint gives before answering normally.
     pub values_script: VecDeque<Scripted>,
     /// Redirect the values endpoint to this URL.
