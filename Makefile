@@ -1,8 +1,9 @@
-# node-attach — see README.md. Every target works on a fresh machine once .ci/run's setup ran.
+# node-attach — see README.md. `make test` first runs `make setup`, which installs what is missing
+# (as root; otherwise it names the command to run), so a fresh clone needs only `make test`.
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test lint fmt fmt-check clippy unit fuzz clean
+.PHONY: all build demo setup test lint fmt fmt-check clippy unit fuzz clean hosts
 
 all: build
 
@@ -13,11 +14,21 @@ build:
 demo: build
 	./target/debug/demo
 
-## Everything: formatting, lints, unit and integration tests, shell lint, and the end-to-end test
-## (which skips, loudly, when not root).
-test: lint unit cri shellcheck e2e
+## What the tests need (apt packages, kubectl, rust components and targets): installed when
+## missing, as root; otherwise the missing ones and `sudo make setup` are named. Idempotent.
+setup:
+	@bash tests/setup.sh
 
-lint: fmt-check clippy
+## Everything: formatting, lints, unit and integration tests, shell lint, and the end-to-end test
+## (which skips, loudly, when not root). Runs `make setup` first.
+test: setup
+	@$(MAKE) --no-print-directory lint unit cri shellcheck e2e
+
+lint: fmt-check clippy hosts
+
+## No package registry or mirror host written in the tree (tests/lint/hosts.sh).
+hosts:
+	@bash tests/lint/hosts.sh
 
 fmt:
 	$(CARGO) fmt --all
@@ -31,6 +42,7 @@ clippy:
 shellcheck:
 	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
 	shellcheck -S warning tests/e2e/run.sh tests/e2e/apt-mirror.sh tests/e2e/images/*.sh tests/kubernetes/*.sh tests/cri/*.sh
+	shellcheck -S style tests/setup.sh tests/lint/hosts.sh .ci/run
 
 # The integration tests run the workspace binaries (node-attach, kubelet-standin): build them
 # first. As root, one real Kubernetes control plane (tests/kubernetes/cluster.sh) serves the whole
@@ -48,8 +60,8 @@ unit:
 	  $(CARGO) test --workspace; \
 	fi
 
-## Fuzz each untrusted parser for FUZZ_SECONDS (FUZZ_TARGETS to pick some). cargo-fuzz (installed
-## from crates.io if missing) on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z
+## Fuzz each untrusted parser for FUZZ_SECONDS (FUZZ_TARGETS to pick some). cargo-fuzz (cargo
+## install'ed if missing) on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z
 ## flags, and --sanitizer none needs no sanitizer runtime (libFuzzer's coverage and its own
 ## checks still run; Rust is memory-safe without ASan). New inputs go to fuzz/target/corpus/T,
 ## seeded from the committed fuzz/corpus/T; crashes land in fuzz/artifacts/T. Not in CI.

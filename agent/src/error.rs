@@ -4,6 +4,7 @@
 //! callbacks (`discovery.signature-mismatch`), a process exit code, and a plain-language hint.
 //! `docs/exit-codes.md` lists them all; a test keeps that page and this table in step.
 
+use crate::model::cause::Cause;
 use serde::Serialize;
 use std::fmt;
 
@@ -165,6 +166,10 @@ impl Serialize for Code {
 pub trait Coded: std::error::Error {
     /// Its code.
     fn code(&self) -> Code;
+    /// The class of the network failure behind it, if one is.
+    fn network_cause(&self) -> Option<Cause> {
+        None
+    }
 }
 
 /// A failure as reported to the user: code, message (with causes) and hint.
@@ -176,6 +181,9 @@ pub struct Failure {
     pub message: String,
     /// What to do.
     pub hint: &'static str,
+    /// The class of the network failure behind it, if one is (DNS, TCP timeout, TLS, 401…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl Failure {
@@ -185,12 +193,19 @@ impl Failure {
             code,
             message: message.into(),
             hint: code.hint(),
+            cause: None,
         }
+    }
+
+    /// The same failure, naming the class of the network failure behind it.
+    pub fn with_cause(mut self, cause: Option<Cause>) -> Failure {
+        self.cause = cause;
+        self
     }
 
     /// Builds a failure from a coded error, joining the chain of causes.
     pub fn from_error<E: Coded>(err: &E) -> Failure {
-        Failure::new(err.code(), chain(err))
+        Failure::new(err.code(), chain(err)).with_cause(err.network_cause())
     }
 }
 

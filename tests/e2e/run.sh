@@ -737,7 +737,9 @@ run_form() {
       check "Node $node has its providerID" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.spec.providerID}')\" = cn-e2e.i-e2e0001 ]"
       check "the restricted label is reported for the control plane" grep -q 'labels for the control plane to apply.*k8s.io/cluster-autoscaler=true' "$GROOT/var/log/cloud-init-output.log"
       check "the restricted label is not self-set (not in the kubelet's --node-labels)" sh -c "! grep -q cluster-autoscaler '$GROOT/var/lib/kubelet/kubeadm-flags.env'"
-      check_within 30 "the values service applied the restricted label to Node $node" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.metadata.labels.k8s\.io/cluster-autoscaler}')\" = true ]" ;;
+      check_within 30 "the values service applied the restricted label to Node $node" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.metadata.labels.k8s\.io/cluster-autoscaler}')\" = true ]"
+      check "the kubelet registered Node $node with the startup taint while the label waited" grep -q 'register-with-taints=[^ "]*node.node-attach.io/labels-pending:NoSchedule' "$GROOT/var/lib/kubelet/kubeadm-flags.env"
+      check "the values service removed the startup taint with the label" sh -c "! kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.spec.taints}' | grep -q labels-pending" ;;
   esac
   check "kubelet.conf is 0600" sh -c "[ \$(stat -c %a $GROOT/etc/kubernetes/kubelet.conf) = 600 ]"
   check "the client certificate pair is 0600" sh -c "[ \$(stat -Lc %a $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem 2>/dev/null || stat -c %a $GROOT\$(readlink $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem)) = 600 ]"

@@ -109,6 +109,26 @@ pub struct JoinArgs {
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
+    /// The ESS scale-out lifecycle hook (ash-…) holding this instance: join completes its
+    /// action, CONTINUE once joined, ABANDON when the join failed (so ESS replaces the
+    /// instance now). Needs --ess-lifecycle-action-token and the instance's RAM role.
+    #[arg(long, value_name = "ID", requires = "ess_lifecycle_action_token")]
+    pub ess_lifecycle_hook_id: Option<String>,
+
+    /// The lifecycle action's token (or NODE_ATTACH_ESS_LIFECYCLE_ACTION_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "NODE_ATTACH_ESS_LIFECYCLE_ACTION_TOKEN",
+        hide_env_values = true,
+        requires = "ess_lifecycle_hook_id"
+    )]
+    pub ess_lifecycle_action_token: Option<String>,
+
+    /// The ESS API endpoint (default https://ess.REGION.aliyuncs.com).
+    #[arg(long, value_name = "URL")]
+    pub ess_endpoint: Option<url::Url>,
+
     /// Where to fetch cluster values with --openapi-token: a URL template with {token}, and
     /// optionally {instance_id} and {region}.
     #[arg(long, value_name = "URL", default_value = crate::sources::values::DEFAULT_VALUES_URL)]
@@ -291,9 +311,10 @@ pub async fn run(
     }
     let settings = crate::sources::gather(&args, reporter).await?;
     let effects = crate::effects::Effects::real(crate::effects::fs::Root::new(&settings.root));
-    let outcome = crate::join::run(&settings, &effects, reporter).await;
+    let outcome = crate::join::run_reporting_stalls(&settings, &effects, reporter).await;
     if !settings.dry_run {
         crate::join::report_callback(&settings, &outcome).await;
+        crate::join::lifecycle::complete(&settings, outcome.is_ok()).await;
     }
     let summary = outcome?;
     reporter.result(&summary, &crate::join::summary_text(&summary));

@@ -10,6 +10,7 @@ pub mod discover;
 pub mod join;
 pub mod reset;
 pub mod serve;
+pub mod shell;
 pub mod status;
 pub mod token;
 pub mod version;
@@ -58,6 +59,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the version.
     Version(version::VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(shell::CompletionsArgs),
+    /// Print a man page (roff), or list them.
+    Man(shell::ManArgs),
 }
 
 impl Command {
@@ -70,6 +75,8 @@ impl Command {
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
             Command::Version(_) => "version",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -121,6 +128,8 @@ where
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
+            Command::Completions(args) => shell::completions(&args),
+            Command::Man(args) => shell::man(&args),
         }
     });
     match outcome {

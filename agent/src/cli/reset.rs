@@ -53,6 +53,11 @@ pub struct ResetArgs {
     /// Cleanup steps to skip: mounts, containers, kubelet-state, cni, iptables, interfaces.
     #[arg(long, value_name = "STEPS", value_delimiter = ',')]
     pub skip: Vec<String>,
+
+    /// Write the audit report here (JSON, mode 0600): every path restored, removed or kept,
+    /// what was there before and after (SHA-256, mode, link target) and why, and every step.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 const STEPS: &[&str] = &[
@@ -98,6 +103,9 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
     let fx = Effects::real(root);
     let phase = reporter.begin("reset");
     let report = reset::run(&fx, &opts).await?;
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+    }
     let status = if report.problems > 0 {
         Status::Failed
     } else {
@@ -120,9 +128,21 @@ pub async fn run(args: ResetArgs, reporter: &mut Reporter) -> Result<(), Failure
     Ok(())
 }
 
+/// `--report FILE`: the whole report as JSON.
+fn write_report(path: &std::path::Path, report: &reset::ResetReport) -> Result<(), Failure> {
+    let mut json = serde_json::to_vec_pretty(report)
+        .map_err(|e| Failure::new(Code::Internal, format!("the report as JSON: {e}")))?;
+    json.push(b'\n');
+    crate::effects::input::write_output(path, &json, 0o600)
+        .map_err(|e| Failure::new(Code::Filesystem, format!("--report {e}")))
+}
+
 fn options(args: &ResetArgs) -> Result<ResetOptions, Failure> {
     let admin_kubeconfig = match &args.kubeconfig {
-        Some(path) => Some(super::common::read_input_text(path, "--kubeconfig")?),
+        Some(path) => Some(
+            crate::client::kube::kubeconfig::load(Some(path))
+                .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?,
+        ),
         None => None,
     };
     Ok(ResetOptions {
@@ -147,7 +167,11 @@ fn print_report(report: &reset::ResetReport, reporter: &mut Reporter) {
             "the journal is damaged: only the documented Kubernetes paths were cleaned (docs/reset.md)",
         ),
     }
-    let mut text = format!("node: {}\n", report.node);
+    let c = reset::audit::counts(&report.paths);
+    let mut text = format!(
+        "node: {}\npaths: {} restored, {} removed, {} kept, {} refused or failed (--report FILE lists each with its SHA-256 before and after)\n",
+        report.node, c.restored, c.removed, c.kept, c.problems
+    );
     for s in &report.steps {
         let detail = match s.detail.is_empty() {
             true => String::new(),

@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// Namespace of the openapi token Secrets.
     #[arg(long, default_value = "node-attach")]
     pub namespace: String,
+    /// The API server endpoint nodes are given when a token's values name none (default: the
+    /// kubeconfig's server; set it when the service reaches the API server by another address
+    /// than nodes do, as in a pod through kubernetes.default.svc).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    pub endpoint: Option<String>,
     /// This service's public base URL (callbacks point there), e.g. https://values.example.com.
     #[arg(long, value_name = "URL")]
     pub public_url: String,
@@ -46,21 +51,23 @@ pub struct ServeArgs {
     pub keep_removed_nodes: bool,
 }
 
-/// Admin client, CA pin and API endpoint from a kubeconfig path (or the defaults).
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    crate::model::validate::Endpoint::parse("--endpoint", s)
+        .map(|e| e.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Admin client, CA pin and API endpoint from `--kubeconfig`, else `$KUBECONFIG` (several files
+/// merged as kubectl merges them), else /etc/kubernetes/admin.conf.
 pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Failure> {
-    let path = path
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/admin.conf"));
-    let text = super::common::read_input_text(&path, "--kubeconfig")?;
+    let admin = crate::client::kube::kubeconfig::load(path.as_deref())
+        .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?;
+    tracing::info!("admin kubeconfig: {}", admin.describe());
     // A node waits on each answer: the service retries the cluster briefly, then says so.
-    let kube = Kube::from_kubeconfig(&text, crate::client::http::Limits::default())
-        .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", path.display())))?
+    let kube = Kube::from_admin(&admin, crate::client::http::Limits::default())
+        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?
         .with_retry_deadline(std::time::Duration::from_secs(5));
-    let info = crate::model::kubeconfig::Kubeconfig::parse(&text)
-        .and_then(|k| k.current_cluster())
-        .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
-    let pin = crate::trust::pin::certificates_from_pem(&info.ca_pem)
+    let pin = crate::trust::pin::certificates_from_pem(&admin.ca_pem)
         .ok()
         .and_then(|c| {
             c.first()
@@ -68,11 +75,7 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
         })
         .map(|p| p.to_string())
         .ok_or_else(|| Failure::new(Code::Usage, "the kubeconfig's CA is unreadable"))?;
-    let endpoint = info
-        .server
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
+    let endpoint = admin.server.trim_start_matches("https://").to_owned();
     Ok((kube, pin, endpoint))
 }
 
@@ -124,7 +127,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
     let cfg = ServeConfig {
         kube,
         namespace: args.namespace,
-        endpoint,
+        endpoint: args.endpoint.unwrap_or(endpoint),
         ca_pin,
         public_url: args.public_url,
         bootstrap_ttl: args.bootstrap_ttl,

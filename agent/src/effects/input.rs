@@ -1,4 +1,5 @@
-//! Files the operator names on the command line (`--config`, `--kubeconfig`, `--values`,
+//! Files the operator names on the command line (and the one it asks node-attach to write,
+//! [`write_output`]). Inputs (`--config`, `--kubeconfig`, `--values`,
 //! `--token-file`…) and the system's CA bundle, read from the host as given (never under
 //! `--root`): opened once, bounded in size, with the mode of the file that was read (no
 //! check-then-read race), so callers can refuse or warn about secrets others may read.
@@ -86,6 +87,50 @@ pub fn read(path: &Path, max: u64) -> Result<InputFile, InputError> {
         bytes,
         mode: meta.mode() & 0o7777,
     })
+}
+
+/// Writes a file the operator named (`reset --report FILE`) atomically: a temporary file beside
+/// it, created with exactly `mode`, written and synced, then renamed over `path`; the directory
+/// is synced. A final symlink is replaced, not followed.
+pub fn write_output(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InputError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut suffix = [0u8; 6];
+    let _ = getrandom::fill(&mut suffix);
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.node-attach-{suffix}"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(fail)
 }
 
 /// Reads a UTF-8 text file of at most `max` bytes.

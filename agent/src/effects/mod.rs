@@ -15,6 +15,7 @@ pub mod input;
 pub mod kernel;
 pub mod network;
 pub mod probe;
+pub mod seen;
 
 use std::path::Path;
 use std::process::Command;

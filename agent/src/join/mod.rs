@@ -14,6 +14,7 @@ pub mod csr;
 pub mod host;
 pub mod identity;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod preflight;
 pub mod runtime;
 
@@ -92,6 +93,9 @@ struct Plan {
     kubelet: kubelet::KubeletFiles,
     own_labels: Labels,
     pending_labels: Labels,
+    /// What the kubelet registers the Node with: the settings' and, while labels wait for the
+    /// values service, the startup taint.
+    taints: Vec<Taint>,
 }
 
 fn fs_failure(e: impl std::fmt::Display) -> Failure {
@@ -287,12 +291,13 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         reporter.notice(notice);
     }
     let (own_labels, pending_labels) = labels_for(settings);
+    let taints = taints_for(settings, &pending_labels);
     let host = kubelet_host_facts(effects);
     let config = kubelet::render_config(&cluster.config, settings, &ctx.identity, &host)
         .map_err(|e| Failure::new(Code::KubeletConfig, e.to_string()))?;
     let flags = kubelet::render_flags(&kubelet::FlagInputs {
         labels: &own_labels,
-        taints: &settings.taints,
+        taints: &taints,
         identity: &ctx.identity,
         endpoint: runtime.endpoint.as_deref(),
         pause_image: &runtime.pause_image,
@@ -310,7 +315,18 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         kubelet,
         own_labels,
         pending_labels,
+        taints,
     })
+}
+
+/// The settings' taints, and the startup taint when restricted labels wait for a values
+/// service that will apply them (and remove it). Without one, nobody would remove it.
+fn taints_for(settings: &Settings, pending_labels: &Labels) -> Vec<Taint> {
+    let mut taints = settings.taints.clone();
+    if !pending_labels.is_empty() && settings.callback_url.is_some() {
+        taints.push(Taint::startup());
+    }
+    taints
 }
 
 /// The labels the kubelet may set (with the node pool's and, for autoscaled pools, the
@@ -457,7 +473,7 @@ fn record(
         cri_endpoint: plan.runtime.endpoint.clone(),
         labels: plan.own_labels,
         pending_labels: plan.pending_labels,
-        taints: settings.taints.clone(),
+        taints: plan.taints,
         provider_id: ctx.identity.provider_id.clone(),
         registered: seen.registered,
         ready: seen.ready,
@@ -517,6 +533,39 @@ fn write_records(
     Ok(())
 }
 
+/// [`run`], with the first failure of any retried call (the API server unreachable, a 503…)
+/// told to the callback at once, with its class and retry deadline: the control plane then
+/// knows within seconds that this node is stuck and why, rather than when the deadline passes.
+pub async fn run_reporting_stalls(
+    settings: &Settings,
+    effects: &Effects,
+    reporter: &mut Reporter,
+) -> Result<JoinSummary, Failure> {
+    let (sink, mut stalls) = tokio::sync::mpsc::unbounded_channel();
+    let callback = settings.callback_url.clone().filter(|_| !settings.dry_run);
+    let ca = settings.values_ca_file.clone();
+    let limits = settings.limits;
+    let teller = tokio::spawn(async move {
+        // Only the first: one report per join, never a storm.
+        let Some(stall) = stalls.recv().await else {
+            return;
+        };
+        let Some(url) = callback else { return };
+        let mut body = serde_json::json!({"status": "retrying"});
+        if let (Ok(serde_json::Value::Object(fields)), Some(map)) =
+            (serde_json::to_value(&stall), body.as_object_mut())
+        {
+            map.extend(fields);
+        }
+        crate::client::callback::post_callback(&url, ca.as_deref(), None, limits, &body).await;
+        while stalls.recv().await.is_some() {}
+    });
+    let outcome =
+        crate::client::http::reporting_stalls(sink, run(settings, effects, reporter)).await;
+    let _ = teller.await;
+    outcome
+}
+
 /// Reports join's outcome to the callback the values named.
 pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
     let Some(url) = &settings.callback_url else {
@@ -527,7 +576,7 @@ pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, 
             serde_json::json!({"status": "success", "node": s.node_name, "provider_id": s.provider_id, "changed": s.changed})
         }
         Err(f) => {
-            serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
+            serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "cause": f.cause, "message": f.message})
         }
     };
     let ca = settings.values_ca_file.as_deref();

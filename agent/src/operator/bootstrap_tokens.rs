@@ -97,33 +97,44 @@ async fn ensure_binding(
     log: &mut Vec<String>,
 ) -> Result<(), KubeError> {
     let item = format!("{collection}/{name}");
-    match kube.get(&item).await? {
-        None => {
-            kube.post(collection, &obj).await?;
+    let mut existing = match kube.get(&item).await? {
+        Some(e) => e,
+        None if create(kube, collection, &obj).await? => {
             log.push(format!("created {name}"));
+            return Ok(());
         }
-        Some(mut existing) => {
-            let want = obj["subjects"].as_array().cloned().unwrap_or_default();
-            let mut have = existing["subjects"].as_array().cloned().unwrap_or_default();
-            let mut changed = false;
-            for s in want {
-                if !have
-                    .iter()
-                    .any(|h| h["kind"] == s["kind"] && h["name"] == s["name"])
-                {
-                    have.push(s);
-                    changed = true;
-                }
-            }
-            if changed {
-                existing["subjects"] = Value::Array(have);
-                kube.merge_patch(&item, &json!({"subjects": existing["subjects"]}))
-                    .await?;
-                log.push(format!("added the token's groups to {name}"));
-            }
+        // Another replica created it meanwhile: add what it lacks, as to any existing one.
+        None => kube.get(&item).await?.unwrap_or(obj.clone()),
+    };
+    let want = obj["subjects"].as_array().cloned().unwrap_or_default();
+    let mut have = existing["subjects"].as_array().cloned().unwrap_or_default();
+    let mut changed = false;
+    for s in want {
+        if !have
+            .iter()
+            .any(|h| h["kind"] == s["kind"] && h["name"] == s["name"])
+        {
+            have.push(s);
+            changed = true;
         }
     }
+    if changed {
+        existing["subjects"] = Value::Array(have);
+        kube.merge_patch(&item, &json!({"subjects": existing["subjects"]}))
+            .await?;
+        log.push(format!("added the token's groups to {name}"));
+    }
     Ok(())
+}
+
+/// Creates `obj` in `collection`; `false` when it exists already (409: another replica of the
+/// values service, or an operator, created it between our read and our create).
+async fn create(kube: &Kube, collection: &str, obj: &Value) -> Result<bool, KubeError> {
+    match kube.post(collection, obj).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.status() == Some(409) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// [`ensure_rbac`] for the cluster's own version, read from kubeadm-config (else `/version`).
@@ -167,9 +178,11 @@ pub async fn ensure_rbac(
     let subjects: Vec<Value> = groups.iter().map(|g| group_subject(g)).collect();
     let get_nodes = "kubeadm:get-nodes";
     let with_get_nodes = crate::model::compat::has_get_nodes_role(cluster);
-    if with_get_nodes && kube.get(&format!("{cr}/{get_nodes}")).await?.is_none() {
-        kube.post(cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": get_nodes},
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?;
+    if with_get_nodes
+        && kube.get(&format!("{cr}/{get_nodes}")).await?.is_none()
+        && create(kube, cr, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": get_nodes},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]})).await?
+    {
         log.push(format!("created ClusterRole {get_nodes}"));
     }
     let mut bindings = vec![
@@ -222,9 +235,10 @@ pub async fn ensure_rbac(
         ),
     ] {
         let roles = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles");
-        if kube.get(&format!("{roles}/{name}")).await?.is_none() {
-            kube.post(&roles, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": ns},
-                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [resource_name], "verbs": ["get"]}]})).await?;
+        if kube.get(&format!("{roles}/{name}")).await?.is_none()
+            && create(kube, &roles, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": ns},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [resource_name], "verbs": ["get"]}]})).await?
+        {
             log.push(format!("created Role {ns}/{name}"));
         }
         let rbs = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings");

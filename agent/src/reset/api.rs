@@ -81,7 +81,7 @@ async fn delete_directly(ctx: &mut Ctx<'_>, name: &str) -> String {
     };
     let (client, how) = match &ctx.opts.admin_kubeconfig {
         Some(admin) => (
-            Kube::from_kubeconfig(admin, limits).map_err(|e| e.to_string()),
+            Kube::from_admin(admin, limits).map_err(|e| e.to_string()),
             "with the admin kubeconfig",
         ),
         None => (
@@ -126,7 +126,7 @@ pub async fn delete_through_service(
     identity: &ClientIdentity,
 ) -> String {
     let target = by_service(name);
-    let answer = super::report(callback, name, ctx.problems(), Some(identity)).await;
+    let answer = super::report(callback, name, ctx.problems(), &ctx.audit, Some(identity)).await;
     let said = |key: &str| {
         answer
             .as_ref()
@@ -209,7 +209,10 @@ pub fn own_node_name(root: &Root) -> Option<String> {
 /// mirror pods through the eviction API (which honours PodDisruptionBudgets: a 429 is retried
 /// until the timeout), then wait until they are gone. A drain that cannot finish stops reset
 /// before anything is removed.
-pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
+pub async fn drain(
+    ctx: &mut Ctx<'_>,
+    admin: &crate::client::kube::kubeconfig::AdminKubeconfig,
+) -> Result<(), Failure> {
     let Some(name) = own_node_name(&ctx.fx.root) else {
         let why = "the node's name is unknown (no certificate, no state file)";
         ctx.step("drain", "node", Outcome::Skipped, why);
@@ -228,11 +231,11 @@ pub async fn drain(ctx: &mut Ctx<'_>, admin: &str) -> Result<(), Failure> {
         request_timeout: Duration::from_secs(15),
         ..crate::client::http::Limits::default()
     };
-    let kube = Kube::from_kubeconfig(admin, limits)
-        .map_err(|e| drain_failed(format!("--kubeconfig: {e}")))?;
+    let kube =
+        Kube::from_admin(admin, limits).map_err(|e| drain_failed(format!("--kubeconfig: {e}")))?;
     // Evictions answer 429 while a budget protects the pod: the drain loop waits those out
     // itself, so each call is asked once.
-    let evictor = Kube::from_kubeconfig(admin, limits)
+    let evictor = Kube::from_admin(admin, limits)
         .map_err(|e| drain_failed(format!("--kubeconfig: {e}")))?
         .with_retry_deadline(Duration::ZERO);
     let cordon = serde_json::json!({"spec": {"unschedulable": true}});

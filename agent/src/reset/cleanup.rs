@@ -5,9 +5,11 @@
 //! CNI iptables chains and IPVS, and CNI interfaces. Each is its own step, each skippable; a
 //! path the journal restores is never removed here.
 
+use super::audit::Action;
 use super::{Ctx, Outcome};
 use crate::effects::fs::{Existing, Root};
 use crate::effects::network::Family;
+use crate::effects::seen::Seen;
 use std::path::{Path, PathBuf};
 
 /// The node's credentials in /etc/kubernetes (never the directory's other files). The kubelet
@@ -62,17 +64,20 @@ pub async fn run(ctx: &mut Ctx<'_>, keep: &Keep) {
     ctx.restored.extend(keep.restored.iter().cloned());
     if !ctx.skipped("kubelet-state") {
         for dir in STATE_DIRS {
-            empty_dir(ctx, Path::new(dir));
+            let why = "the kubelet's state (a documented Kubernetes path, docs/reset.md)";
+            empty_dir(ctx, Path::new(dir), why);
         }
         for f in KUBERNETES_FILES {
             if !keep.journaled.iter().any(|j| j == Path::new(f)) {
-                remove_path(ctx, Path::new(f), "kubelet-state");
+                let why = "the kubelet's credentials (a documented Kubernetes path, docs/reset.md)";
+                remove_path(ctx, Path::new(f), "kubelet-state", why);
             }
         }
     }
     if !ctx.skipped("cni") {
         for dir in CNI_DIRS {
-            empty_dir(ctx, Path::new(dir));
+            let why = "CNI configuration and state (a documented Kubernetes path, docs/reset.md)";
+            empty_dir(ctx, Path::new(dir), why);
         }
     }
     if !ctx.skipped("iptables") {
@@ -193,7 +198,7 @@ fn cri_sockets(root: &Root) -> Vec<PathBuf> {
 
 /// Removes the contents of a documented directory, never crossing into another filesystem,
 /// never following symlinks, and keeping anything that holds a mount or a restored file.
-fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
+fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path, why: &str) {
     let real = match ctx.fx.root.resolve(dir) {
         Ok(r) => r,
         Err(e) => {
@@ -210,30 +215,121 @@ fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path) {
         return;
     };
     for name in ctx.fx.root.list_dir(dir).unwrap_or_default() {
-        let target = dir.join(&name).display().to_string();
+        let target = dir.join(&name);
+        let shown = target.display().to_string();
+        let before = seen_tree(ctx, &target);
         if ctx.opts.dry_run {
-            ctx.step("remove", target, Outcome::WouldDo, "");
+            ctx.step("remove", shown, Outcome::WouldDo, "");
+            audit_tree(ctx, before, why);
             continue;
         }
         let child = real.join(&name);
         let keep: Vec<PathBuf> = ctx.pinned.iter().chain(&ctx.restored).cloned().collect();
         match crate::effects::fs::remove_tree_on(&child, dev, &keep) {
-            Ok(true) => ctx.step("remove", target, Outcome::Done, ""),
+            Ok(true) => ctx.step("remove", shown, Outcome::Done, ""),
             // Only what the journal restores is in the way: kept on purpose.
             Ok(false) if !ctx.pinned.iter().any(|m| m.starts_with(&child)) => {}
             Ok(false) => ctx.step(
                 "remove",
-                target,
+                shown,
                 Outcome::Failed,
                 "kept: it holds a mount that would not unmount",
             ),
-            Err(e) => ctx.step("remove", target, Outcome::Failed, e.to_string()),
+            Err(e) => ctx.step("remove", shown, Outcome::Failed, e.to_string()),
+        }
+        audit_tree(ctx, before, why);
+    }
+}
+
+/// Every path of a tree about to be removed, with what is there (at most
+/// [`super::audit::MAX_TREE_PATHS`]; a note says when more were left out).
+fn seen_tree(ctx: &mut Ctx<'_>, top: &Path) -> Vec<(PathBuf, Seen)> {
+    match ctx.fx.root.walk_seen(top, super::audit::MAX_TREE_PATHS) {
+        Ok((all, false)) => all,
+        Ok((all, true)) => {
+            let note = format!(
+                "more than {} paths: the first are listed",
+                super::audit::MAX_TREE_PATHS
+            );
+            ctx.step("audit", top.display().to_string(), Outcome::Skipped, note);
+            all
+        }
+        Err(e) => {
+            tracing::warn!("audit: {e}");
+            vec![(top.to_path_buf(), Seen::Absent)]
         }
     }
 }
 
-/// Removes one regular file or symlink; a special file is refused, never opened.
-pub fn remove_path(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str) -> Outcome {
+/// The audit of a removed tree: each path removed, or kept (and why) where it is still there.
+/// A file the journal restores gets its own entry when it is restored.
+fn audit_tree(ctx: &mut Ctx<'_>, before: Vec<(PathBuf, Seen)>, why: &str) {
+    for (path, was) in before {
+        let real = ctx.fx.root.resolve(&path).ok();
+        let restored = real.as_ref().is_some_and(|r| ctx.restored.contains(r));
+        if restored {
+            continue;
+        }
+        let holds = |list: &[PathBuf]| {
+            real.as_ref()
+                .is_some_and(|r| list.iter().any(|p| p.starts_with(r)))
+        };
+        let kept_why = if holds(&ctx.pinned) {
+            "kept: it holds a mount that would not unmount"
+        } else if holds(&ctx.restored) {
+            "kept: it holds a file the journal restores"
+        } else {
+            "kept: on another filesystem, or it could not be removed"
+        };
+        if ctx.opts.dry_run {
+            let (action, after, reason) = if holds(&ctx.restored) {
+                (Action::Kept, was.clone(), kept_why.to_owned())
+            } else {
+                (Action::WouldRemove, Seen::Absent, why.to_owned())
+            };
+            ctx.audit(&path, action, was, after, reason);
+            continue;
+        }
+        let after = ctx.seen(&path);
+        let (action, reason) = if after == Seen::Absent {
+            (Action::Removed, why.to_owned())
+        } else {
+            (Action::Kept, kept_why.to_owned())
+        };
+        ctx.audit(&path, action, was, after, reason);
+    }
+}
+
+/// Removes one regular file or symlink; a special file is refused, never opened. `why` is the
+/// audit's reason for removing it.
+pub fn remove_path(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str, why: &str) -> Outcome {
+    let before = ctx.seen(path);
+    let outcome = remove_one(ctx, path, kind);
+    let action = match (outcome, &before) {
+        (Outcome::Done, Seen::Absent) => Action::AlreadyAbsent,
+        (Outcome::Done, _) => Action::Removed,
+        (Outcome::WouldDo, _) => Action::WouldRemove,
+        (Outcome::Refused, _) => Action::Refused,
+        _ => Action::Failed,
+    };
+    let reason = match action {
+        Action::Refused | Action::Failed => ctx
+            .steps
+            .last()
+            .map(|s| s.detail.clone())
+            .unwrap_or_default(),
+        _ => why.to_owned(),
+    };
+    if action == Action::WouldRemove {
+        ctx.audit(path, action, before, Seen::Absent, reason);
+    } else {
+        ctx.audit_now(path, action, before, reason);
+    }
+    outcome
+}
+
+/// The removal of [`remove_path`], as one step.
+fn remove_one(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str) -> Outcome {
     let shown = path.display().to_string();
     let outcome = match ctx.fx.root.inspect(path) {
         Ok(Existing::Absent) => return Outcome::Done,

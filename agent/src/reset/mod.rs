@@ -18,6 +18,7 @@
 //! changes.
 
 pub mod api;
+pub mod audit;
 pub mod cleanup;
 pub mod replay;
 
@@ -32,6 +33,10 @@ use std::time::Duration;
 
 pub use cleanup::{CHAIN_PREFIXES, CNI_DIRS, CNI_INTERFACES, KUBERNETES_FILES, STATE_DIRS};
 pub use records::REMOVAL_MARKER;
+
+/// How much of the audit's path list a report to the callback carries (the values service
+/// reads reports of up to 64 KiB).
+pub const CALLBACK_AUDIT_BYTES: usize = 40 * 1024;
 
 /// Test hook: abort the process (as `kill -9` would) at reset's Nth step.
 pub const CRASH_HOOK: &str = "NODE_ATTACH_TEST_RESET_CRASH_AT";
@@ -49,9 +54,9 @@ pub struct ResetOptions {
     pub skip: Vec<String>,
     /// Drain the node first (with [`ResetOptions::admin_kubeconfig`]).
     pub drain: bool,
-    /// An admin kubeconfig's text: drains, and deletes the Node (a node may not delete its
+    /// An admin kubeconfig, read: drains, and deletes the Node (a node may not delete its
     /// own Node object on a real cluster: the Node authorizer grants nodes no delete).
-    pub admin_kubeconfig: Option<String>,
+    pub admin_kubeconfig: Option<crate::client::kube::kubeconfig::AdminKubeconfig>,
     /// How long the drain may take.
     pub drain_timeout: Duration,
     /// Without a journal, clean the documented Kubernetes paths anyway (a node joined by other
@@ -144,6 +149,8 @@ pub struct ResetReport {
     pub problems: usize,
     /// Dry run.
     pub dry_run: bool,
+    /// Every path restored, removed or kept, before and after ([`audit`]).
+    pub paths: Vec<audit::PathEntry>,
 }
 
 /// What the steps share.
@@ -155,6 +162,8 @@ pub struct Ctx<'a> {
     pinned: Vec<PathBuf>,
     /// Real paths the journal restores, which cleanup keeps.
     restored: Vec<PathBuf>,
+    /// The paths audited so far.
+    audit: Vec<audit::PathEntry>,
     crash_at: Option<usize>,
 }
 
@@ -167,6 +176,7 @@ impl<'a> Ctx<'a> {
             steps: Vec::new(),
             pinned: Vec::new(),
             restored: Vec::new(),
+            audit: Vec::new(),
             crash_at,
         }
     }
@@ -302,7 +312,7 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         api::Deletion::Settled(summary) => {
             if let (Some(cb), false) = (&callback, opts.dry_run) {
                 let name = name.as_deref().unwrap_or_default();
-                report(cb, name, ctx.problems(), None).await;
+                report(cb, name, ctx.problems(), &ctx.audit, None).await;
             }
             summary
         }
@@ -314,6 +324,7 @@ pub async fn run(fx: &Effects, opts: &ResetOptions) -> Result<ResetReport, Failu
         steps: ctx.steps,
         problems,
         dry_run: opts.dry_run,
+        paths: ctx.audit,
     })
 }
 
@@ -323,12 +334,14 @@ async fn report(
     cb: &CallbackRecord,
     node: &str,
     problems: usize,
+    paths: &[audit::PathEntry],
     identity: Option<&ClientIdentity>,
 ) -> Option<serde_json::Value> {
     let url = url::Url::parse(&cb.url).ok()?;
     let body = serde_json::json!({
         "status": if problems == 0 { "removed" } else { "reset-incomplete" },
         "node": node, "problems": problems, "delete_node": identity.is_some(),
+        "audit": audit::for_callback(paths, CALLBACK_AUDIT_BYTES),
     });
     let limits = crate::client::http::Limits::default();
     let ca = cb.ca_file.as_deref();

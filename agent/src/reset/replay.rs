@@ -3,6 +3,7 @@
 //! never touched again. Once every undo is done the journal says so (`reset-complete`) and
 //! [`finalize`] removes the state directory, backups and journal with it, in one rename.
 
+use super::audit::Action;
 use super::cleanup::{remove_path, Keep};
 use super::{Ctx, Outcome};
 use crate::apply::journal::{self, Change, Event, Journal, Prior, Record};
@@ -180,30 +181,72 @@ fn sweep(ctx: &Ctx<'_>, path: &Path) {
     }
 }
 
+/// Why a file join created goes.
+const CREATED: &str = "join created it (the journal records no earlier file there)";
+
 fn undo_file(ctx: &mut Ctx<'_>, path: &Path, prior: Option<&Prior>) -> Undo {
     match prior {
         Some(p) => restore_file(ctx, path, p),
-        None => remove_path(ctx, path, "remove").into(),
+        None => remove_path(ctx, path, "remove", CREATED).into(),
     }
 }
 
 /// Writes the backup's bytes back with their mode and owner; a path that became a directory,
 /// symlink or special file is refused.
 fn restore_file(ctx: &mut Ctx<'_>, path: &Path, p: &Prior) -> Undo {
-    let root = &ctx.fx.root;
+    let before = ctx.seen(path);
     let shown = path.display().to_string();
     let backup = PathBuf::from(journal::BACKUP_DIR).join(&p.backup);
-    let Ok(Some(bytes)) = root.read(&backup) else {
+    let Ok(Some(bytes)) = ctx.fx.root.read(&backup) else {
         ctx.step("restore", shown, Outcome::Failed, "its backup is missing");
+        let why = format!(
+            "join changed it, and its backup {} is missing",
+            backup.display()
+        );
+        ctx.audit_now(path, Action::Failed, before, why);
         return Undo::Problem;
     };
     let mode = format!("mode {:04o}", p.mode);
+    let why = format!(
+        "join changed it: restored from the backup journaled before join wrote it ({mode}{})",
+        match (p.uid, p.gid) {
+            (Some(u), Some(g)) => format!(", owner {u}:{g}"),
+            _ => String::new(),
+        }
+    );
     if ctx.opts.dry_run {
         ctx.step("restore", shown, Outcome::WouldDo, mode);
+        let after = crate::effects::seen::Seen::of_bytes(&bytes, p.mode);
+        ctx.audit(path, Action::WouldRestore, before, after, why);
         return Undo::Skip;
     }
+    let outcome = write_back(ctx, path, &bytes, p);
+    let action = match outcome {
+        Outcome::Done => Action::Restored,
+        Outcome::Failed => Action::Failed,
+        _ => Action::Refused,
+    };
+    let detail = ctx
+        .steps
+        .last()
+        .map(|s| s.detail.clone())
+        .unwrap_or_default();
+    let why = if action == Action::Restored {
+        why
+    } else {
+        detail
+    };
+    ctx.audit_now(path, action, before, why);
+    outcome.into()
+}
+
+/// The write of [`restore_file`], as one step.
+fn write_back(ctx: &mut Ctx<'_>, path: &Path, bytes: &[u8], p: &Prior) -> Outcome {
+    let root = &ctx.fx.root;
+    let shown = path.display().to_string();
+    let mode = format!("mode {:04o}", p.mode);
     let written = match root.inspect(path) {
-        Ok(Existing::File { .. } | Existing::Absent) => root.write_atomic(path, &bytes, p.mode),
+        Ok(Existing::File { .. } | Existing::Absent) => root.write_atomic(path, bytes, p.mode),
         Ok(Existing::Special(kind)) => Err(crate::effects::fs::FsError::Special {
             path: shown.clone(),
             kind,
@@ -215,7 +258,7 @@ fn restore_file(ctx: &mut Ctx<'_>, path: &Path, p: &Prior) -> Undo {
                 Outcome::Refused,
                 "the path is no longer a regular file",
             );
-            return Undo::Problem;
+            return Outcome::Refused;
         }
         Err(e) => Err(e),
     };
@@ -227,53 +270,88 @@ fn restore_file(ctx: &mut Ctx<'_>, path: &Path, p: &Prior) -> Undo {
         Ok(()) => ctx.step("restore", shown, Outcome::Done, mode),
         Err(e) => ctx.step("restore", shown, Outcome::Refused, e.to_string()),
     }
-    ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
+    ctx.steps.last().map_or(Outcome::Failed, |s| s.outcome)
 }
 
 fn undo_symlink(ctx: &mut Ctx<'_>, path: &Path, prior: Option<&Path>) -> Undo {
     let shown = path.display().to_string();
     let Some(to) = prior else {
-        return remove_path(ctx, path, "remove").into();
+        return remove_path(ctx, path, "remove", CREATED).into();
     };
+    let before = ctx.seen(path);
+    let why = format!("join changed it: the link to {} put back", to.display());
     if ctx.opts.dry_run {
         ctx.step("restore", shown, Outcome::WouldDo, "");
+        let after = crate::effects::seen::Seen::Symlink {
+            target: to.display().to_string(),
+        };
+        ctx.audit(path, Action::WouldRestore, before, after, why);
         return Undo::Skip;
     }
     match ctx.fx.root.symlink_atomic(path, to) {
-        Ok(()) => ctx.step(
-            "restore",
-            shown,
-            Outcome::Done,
-            format!("-> {}", to.display()),
-        ),
-        Err(e) => ctx.step("restore", shown, Outcome::Refused, e.to_string()),
+        Ok(()) => {
+            ctx.step(
+                "restore",
+                shown,
+                Outcome::Done,
+                format!("-> {}", to.display()),
+            );
+            ctx.audit_now(path, Action::Restored, before, why);
+        }
+        Err(e) => {
+            ctx.step("restore", shown, Outcome::Refused, e.to_string());
+            ctx.audit_now(path, Action::Refused, before, e.to_string());
+        }
     }
     ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
 }
 
 fn remove_dir(ctx: &mut Ctx<'_>, path: &Path) -> Undo {
+    use crate::effects::seen::Seen;
     let shown = path.display().to_string();
+    let why = "join created this directory";
     if ctx.opts.dry_run {
         ctx.step("remove-dir", shown, Outcome::WouldDo, "if empty");
+        let before = ctx.seen(path);
+        ctx.audit(
+            path,
+            Action::WouldRemove,
+            before,
+            Seen::Absent,
+            format!("{why}; removed if empty"),
+        );
         return Undo::Skip;
     }
     match ctx.fx.root.inspect(path) {
         Ok(Existing::Dir) => match ctx.fx.root.remove_empty_dir(path) {
-            Ok(true) => ctx.step("remove-dir", shown, Outcome::Done, ""),
+            Ok(true) => {
+                ctx.step("remove-dir", shown, Outcome::Done, "");
+                ctx.audit(path, Action::Removed, Seen::Dir, Seen::Absent, why);
+            }
             Ok(false) => {
-                let why = "kept: it holds files node-attach did not make";
-                ctx.step("remove-dir", shown, Outcome::Skipped, why);
+                let kept = "kept: it holds files node-attach did not make";
+                ctx.step("remove-dir", shown, Outcome::Skipped, kept);
+                ctx.audit(
+                    path,
+                    Action::Kept,
+                    Seen::Dir,
+                    Seen::Dir,
+                    format!("{why}; {kept}"),
+                );
                 return Undo::Skip;
             }
-            Err(e) => ctx.step("remove-dir", shown, Outcome::Failed, e.to_string()),
+            Err(e) => {
+                ctx.step("remove-dir", shown, Outcome::Failed, e.to_string());
+                ctx.audit_now(path, Action::Failed, Seen::Dir, e.to_string());
+            }
         },
         Ok(Existing::Absent) => return Undo::Done,
-        Ok(_) => ctx.step(
-            "remove-dir",
-            shown,
-            Outcome::Refused,
-            "no longer a directory",
-        ),
+        Ok(_) => {
+            let why = "no longer a directory";
+            ctx.step("remove-dir", shown, Outcome::Refused, why);
+            let before = ctx.seen(path);
+            ctx.audit_now(path, Action::Refused, before, why);
+        }
         Err(e) => ctx.step("remove-dir", shown, Outcome::Refused, e.to_string()),
     }
     ctx.steps.last().map_or(Undo::Problem, |s| s.outcome.into())
@@ -384,14 +462,22 @@ pub fn finalize(ctx: &mut Ctx<'_>, journal: Option<Journal>, records: &[Record],
     }
     let top = removable_top(&ctx.fx.root, records);
     let shown = top.display().to_string();
+    let before = ctx.seen(&top);
     match ctx.fx.root.remove_tree_atomically(&top) {
-        Ok(()) => ctx.step(
-            "remove",
-            shown,
-            Outcome::Done,
-            "the journal, backups and state",
-        ),
-        Err(e) => ctx.step("remove", shown, Outcome::Failed, e.to_string()),
+        Ok(()) => {
+            ctx.step(
+                "remove",
+                shown,
+                Outcome::Done,
+                "the journal, backups and state",
+            );
+            let why = "node-attach's own state: the journal, join's backups and its records, now that every undo is done";
+            ctx.audit_now(&top, Action::Removed, before, why);
+        }
+        Err(e) => {
+            ctx.step("remove", shown, Outcome::Failed, e.to_string());
+            ctx.audit_now(&top, Action::Failed, before, e.to_string());
+        }
     }
 }
 

@@ -68,6 +68,17 @@ mod millis {
     }
 }
 
+/// An ESS lifecycle action, and where to complete it.
+#[derive(Clone, Debug)]
+pub struct EssLifecycle {
+    /// The hook and the action's token.
+    pub action: crate::client::ess::LifecycleAction,
+    /// The ESS endpoint (None: the region's).
+    pub endpoint: Option<url::Url>,
+    /// The metadata service (None: the provider's own), for the RAM role's credentials.
+    pub metadata_endpoint: Option<String>,
+}
+
 /// Everything a join needs, validated.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +123,9 @@ pub struct Settings {
     pub instance_id: Option<String>,
     /// Region id.
     pub region: Option<String>,
+    /// The ESS lifecycle action join completes when it ends, if one was given.
+    #[serde(skip)]
+    pub ess_lifecycle: Option<EssLifecycle>,
     /// Node pool id.
     pub node_pool_id: Option<String>,
     /// Turn swap off.
@@ -454,10 +468,45 @@ impl Settings {
                 node_wait: args.node_wait_timeout,
             },
             limits: args.network.limits(),
+            ess_lifecycle: ess_lifecycle(args)?,
             notices,
             agent_path: None,
         })
     }
+}
+
+/// The ESS lifecycle action to complete, validated before anything changes.
+fn ess_lifecycle(args: &JoinArgs) -> Result<Option<EssLifecycle>, Failure> {
+    let (Some(hook_id), Some(token)) = (
+        &args.ess_lifecycle_hook_id,
+        &args.ess_lifecycle_action_token,
+    ) else {
+        return Ok(None);
+    };
+    let plain = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !hook_id.starts_with("ash-") || !plain(hook_id, 64) {
+        return Err(usage(format!(
+            "--ess-lifecycle-hook-id {hook_id:?}: not an ESS lifecycle hook id (ash-…)"
+        )));
+    }
+    if !plain(token, 128) {
+        return Err(usage("--ess-lifecycle-action-token: not a lifecycle action token (letters, digits and dashes)"));
+    }
+    if let Some(u) = &args.ess_endpoint {
+        if u.scheme() != "https" && u.host_str() != Some("127.0.0.1") {
+            return Err(usage(format!("--ess-endpoint {u}: not an https URL")));
+        }
+    }
+    Ok(Some(EssLifecycle {
+        action: crate::client::ess::LifecycleAction {
+            hook_id: hook_id.clone(),
+            token: crate::model::secret::Secret::new(token.clone()),
+        },
+        endpoint: args.ess_endpoint.clone(),
+        metadata_endpoint: args.metadata_endpoint.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -4,19 +4,25 @@
 // The tests run programs and inspect the trees they made directly.
 #![allow(clippy::disallowed_methods)]
 
+mod audit;
+mod deploy;
 mod differential;
 mod discover;
+mod ess;
 mod faults;
 mod golden;
 mod hostile;
 mod join;
+mod kubeconfigs;
 mod kubectl;
 mod metadata;
+mod metrics;
 mod operator;
 mod real;
 mod real_cluster;
 mod reset;
 mod serve;
+mod shell;
 mod support;
 mod trust;
 mod units;

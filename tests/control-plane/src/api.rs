@@ -1175,17 +1175,33 @@ impl Ctx<'_> {
             Err(r) => return r,
         };
         let ct = self.req.content_type.as_str();
-        if !(ct.starts_with("application/merge-patch+json")
+        let json_patch = ct.starts_with("application/json-patch+json");
+        if !(json_patch
+            || ct.starts_with("application/merge-patch+json")
             || ct.starts_with("application/strategic-merge-patch+json"))
         {
-            return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"), None);
+            return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"), None);
         }
         let patch = match self.body_json() {
             Ok(p) => p,
             Err(r) => return r,
         };
         let mut new = old.clone();
-        merge_patch(&mut new, &patch);
+        if json_patch {
+            // A failed operation (a `test` that does not hold, a missing path) is a 422 and
+            // changes nothing (v1.20.2 `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+            // patch.go` `jsonPatcher`).
+            if let Err(e) = crate::store::json_patch(&mut new, &patch) {
+                return status_error(
+                    422,
+                    "Invalid",
+                    &format!("the server rejected our request due to an error in our request: {e}"),
+                    None,
+                );
+            }
+        } else {
+            merge_patch(&mut new, &patch);
+        }
         if let Some(m) = new["metadata"].as_object_mut() {
             if patch["metadata"]["resourceVersion"].is_null() {
                 m.remove("resourceVersion");

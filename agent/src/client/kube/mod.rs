@@ -1,6 +1,7 @@
 //! The few Kubernetes API calls node-attach makes, over TLS that trusts only the discovered
 //! cluster CA, as the bootstrap token or as the node itself.
 
+pub mod kubeconfig;
 pub mod objects;
 pub mod paths;
 
@@ -69,7 +70,11 @@ impl KubeError {
         } else {
             code
         };
-        Failure::new(code, format!("{context}: {}", crate::error::chain(self)))
+        let cause = match self {
+            KubeError::Http(e) => Some(e.cause()),
+            _ => None,
+        };
+        Failure::new(code, format!("{context}: {}", crate::error::chain(self))).with_cause(cause)
     }
 
     /// Whether trying again later may succeed (connection failures, timeouts, 429, 5xx).
@@ -91,10 +96,37 @@ pub struct Kube {
     http: Http,
     server: url::Url,
     bearer: Option<Secret>,
+    /// A token file read again while the client runs (its last good content wins over
+    /// `bearer`, as in client-go).
+    token_file: Option<TokenFile>,
     /// What a server's message must never echo: the bearer, and a bootstrap token's secret
     /// half on its own.
     scrub: Vec<Secret>,
     retry: RetryPolicy,
+}
+
+/// How long a token file's content is used before the file is read again (client-go's period).
+pub const TOKEN_FILE_PERIOD: Duration = Duration::from_secs(60);
+
+/// A bearer token kept in a file that may be rotated (a projected service account token).
+struct TokenFile {
+    path: std::path::PathBuf,
+    cached: std::sync::Mutex<(std::time::Instant, Secret)>,
+}
+
+impl TokenFile {
+    /// The token: the cached one, or the file read again once [`TOKEN_FILE_PERIOD`] has passed
+    /// (an unreadable file keeps the last good token).
+    fn current(&self) -> Secret {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0.elapsed() >= TOKEN_FILE_PERIOD {
+            match kubeconfig::read_token_file(&self.path) {
+                Ok(t) => *cached = (std::time::Instant::now(), t),
+                Err(e) => tracing::warn!("keeping the last token read: {e}"),
+            }
+        }
+        cached.1.clone()
+    }
 }
 
 /// How long a call keeps retrying by default.
@@ -103,6 +135,13 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(60);
 impl Retryable for KubeError {
     fn is_transient(&self) -> bool {
         KubeError::is_transient(self)
+    }
+    fn cause(&self) -> crate::model::cause::Cause {
+        match self {
+            KubeError::Http(e) => e.cause(),
+            KubeError::Truncated { .. } => crate::model::cause::Cause::TcpReset,
+            _ => crate::model::cause::Cause::Other,
+        }
     }
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -143,38 +182,51 @@ impl Kube {
         Kube::build(server, config, None, limits)
     }
 
-    /// A client from a kubeconfig (an admin's): inline CA data, and inline client certificate
-    /// data or a token.
-    pub fn from_kubeconfig(text: &str, limits: Limits) -> Result<Kube, KubeError> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let cfg =
-            crate::model::kubeconfig::Kubeconfig::parse(text).map_err(KubeError::Kubeconfig)?;
-        let info = cfg.current_cluster().map_err(KubeError::Kubeconfig)?;
-        let ca = crate::trust::pin::certificates_from_pem(&info.ca_pem)
-            .map_err(|e| KubeError::Setup(format!("the kubeconfig's CA: {e}")))?;
-        let context = cfg.contexts.iter().find(|c| c.name == cfg.current_context);
-        let user = context
-            .and_then(|c| cfg.users.iter().find(|u| u.name == c.context.user))
-            .or(cfg.users.first())
-            .ok_or_else(|| KubeError::Setup("the kubeconfig has no user".into()))?;
-        let decode = |field: &Option<String>, what: &str| -> Result<Vec<u8>, KubeError> {
-            let text = field
-                .as_deref()
-                .ok_or_else(|| KubeError::Setup(format!("the kubeconfig's user has no {what}")))?;
-            b64.decode(text.trim())
-                .map_err(|_| KubeError::Setup(format!("the kubeconfig's {what} is not base64")))
+    /// A client from an admin kubeconfig ([`kubeconfig::load`]): its CA, and its client
+    /// certificate, token or token file (a certificate and a token together are both sent, as
+    /// kubectl sends them).
+    pub fn from_admin(
+        admin: &kubeconfig::AdminKubeconfig,
+        limits: Limits,
+    ) -> Result<Kube, KubeError> {
+        let ca = crate::trust::pin::certificates_from_pem(&admin.ca_pem).map_err(|e| {
+            KubeError::Setup(format!(
+                "{}: certificate-authority: {e}",
+                admin.files_shown()
+            ))
+        })?;
+        let mut kube = match &admin.client_pair {
+            Some(pair) => {
+                let mut k =
+                    Kube::with_certificate(&admin.server, &ca, pair.expose().as_bytes(), limits)?;
+                k.set_bearer(admin.token.clone());
+                k
+            }
+            None => Kube::with_token(&admin.server, &ca, admin.token.clone(), limits)?,
         };
-        if let Some(token) = &user.user.token {
-            return Kube::with_token(&info.server, &ca, Some(Secret::new(token.clone())), limits);
+        if let Some(path) = &admin.token_file {
+            let first = admin.token.clone().unwrap_or_default();
+            kube.token_file = Some(TokenFile {
+                path: path.clone(),
+                cached: std::sync::Mutex::new((std::time::Instant::now(), first)),
+            });
         }
-        let mut pair = decode(
-            &user.user.client_certificate_data,
-            "client-certificate-data",
-        )?;
-        pair.push(b'\n');
-        pair.extend(decode(&user.user.client_key_data, "client-key-data")?);
-        Kube::with_certificate(&info.server, &ca, &pair, limits)
+        Ok(kube)
+    }
+
+    fn set_bearer(&mut self, bearer: Option<Secret>) {
+        if let Some(b) = &bearer {
+            self.scrub.push(b.clone());
+        }
+        self.bearer = bearer;
+    }
+
+    /// The bearer token to send now: the token file's, else the inline one.
+    fn current_bearer(&self) -> Option<Secret> {
+        match &self.token_file {
+            Some(f) => Some(f.current()).filter(|t| !t.is_empty()),
+            None => self.bearer.clone(),
+        }
     }
 
     fn build(
@@ -200,6 +252,7 @@ impl Kube {
             http,
             server,
             bearer,
+            token_file: None,
             scrub,
             retry: RetryPolicy::until(DEFAULT_RETRY_DEADLINE, Duration::from_secs(5)),
         })
@@ -217,11 +270,6 @@ impl Kube {
     /// The HTTP client (for streams).
     pub fn http(&self) -> &Http {
         &self.http
-    }
-
-    /// The bearer token, if any.
-    pub fn bearer(&self) -> Option<&Secret> {
-        self.bearer.as_ref()
     }
 
     /// A target for an API path.
@@ -246,8 +294,9 @@ impl Kube {
         req.method = method.clone();
         req.json = body.clone();
         req.content_type = content_type;
-        req.bearer = self.bearer.as_ref();
-        req.scrub = self.scrub.iter().collect();
+        let bearer = self.current_bearer();
+        req.bearer = bearer.as_ref();
+        req.scrub = self.scrub.iter().chain(bearer.as_ref()).collect();
         Ok(self.http.send(req).await?)
     }
 
@@ -346,6 +395,17 @@ impl Kube {
             .0)
     }
 
+    /// PATCH with a JSON Patch (RFC 6902): its `test` operations make it apply only to the
+    /// object as read.
+    pub async fn json_patch(&self, path: &str, ops: &Value) -> Result<Value, KubeError> {
+        let bytes = Some(ops.to_string().into_bytes());
+        let ct = "application/json-patch+json";
+        Ok(self
+            .call_json(reqwest::Method::PATCH, path, bytes, ct)
+            .await?
+            .0)
+    }
+
     /// DELETE; `false` when it was already gone.
     pub async fn delete(&self, path: &str) -> Result<bool, KubeError> {
         match self.call(reqwest::Method::DELETE, path, None, JSON).await {
@@ -353,6 +413,27 @@ impl Kube {
             Err(e) if e.status() == Some(404) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the API server answers now: one `GET /version`, not retried, within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> Result<KubeVersion, KubeError> {
+        let path = paths::VERSION;
+        let once = self.send_once(&reqwest::Method::GET, path, &None, JSON);
+        let reply = tokio::time::timeout(timeout, once)
+            .await
+            .map_err(|_| KubeError::Setup(format!("GET {path}: no answer within {timeout:?}")))??;
+        let v: Value = crate::model::strict::json(&reply.body).map_err(|e| KubeError::Decode {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        v["gitVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<KubeVersion>()
+            .map_err(|e| KubeError::Decode {
+                path: path.into(),
+                reason: e.to_string(),
+            })
     }
 
     /// The server's version and its clock (the `Date` header).
@@ -392,7 +473,7 @@ impl Kube {
         let target = self.target(path);
         let mut response = self
             .http
-            .open_stream(&target, self.bearer.as_ref(), timeout)
+            .open_stream(&target, self.current_bearer().as_ref(), timeout)
             .await?;
         let mut buf: Vec<u8> = Vec::new();
         loop {

@@ -18,6 +18,7 @@
 
 pub mod files;
 pub mod identity;
+pub mod metrics;
 pub mod store;
 
 use crate::client::kube::Kube;
@@ -61,6 +62,9 @@ pub struct ServeConfig {
 /// A response body: a small buffer, or a file streamed from disk.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// The largest report a node may send (reset's carries part of its audit of the paths).
+pub const MAX_REPORT: usize = 64 * 1024;
+
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
@@ -94,6 +98,7 @@ impl Limiter {
 struct Service {
     cfg: ServeConfig,
     limiter: Limiter,
+    metrics: metrics::Metrics,
     /// The certificates.k8s.io version of the cluster's release (v1beta1 before 1.19).
     csr_api: &'static str,
 }
@@ -151,7 +156,7 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let body = match http_body_util::Limited::new(req.into_body(), 16 * 1024)
+                let body = match http_body_util::Limited::new(req.into_body(), MAX_REPORT)
                     .collect()
                     .await
                 {
@@ -160,7 +165,6 @@ impl Service {
                 };
                 self.callback(token, &body, peer, caller).await
             }
-            ("GET", ["healthz"]) => reply(200, "text/plain", "ok"),
             (method, ["files", ..]) => self.file(method, &path, peer).await,
             _ => error(404, "not found"),
         }
@@ -245,12 +249,21 @@ impl Service {
             .await
         {
             Ok(r) => r,
-            Err(e) => return refusal(short, peer, &e),
+            Err(e) => {
+                self.metrics.token_use(metrics::Use::of(&e));
+                return refusal(short, peer, &e);
+            }
         };
         if let Err(e) = self.mint(&minted, short, record.uses.len()).await {
+            self.metrics.mint_failure();
+            self.metrics.token_use(metrics::Use::Failed);
             tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
+            if let Err(e) = store.give_back(parsed.expose(), minted.id()).await {
+                tracing::warn!(token = short, "the use stays counted: {e}");
+            }
             return error(503, "the values service cannot reach the cluster");
         }
+        self.metrics.token_use(metrics::Use::Served);
         tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), uses_left = record.uses_left, "openapi token used");
         let callback = format!(
             "{}/v1/callback/{}",
@@ -323,6 +336,8 @@ impl Service {
         let report: Value = crate::model::strict::json(body).unwrap_or(Value::Null);
         let status = report["status"].as_str().unwrap_or("unknown").to_owned();
         let node = report["node"].as_str().unwrap_or_default().to_owned();
+        self.metrics
+            .callback(&status, report["code"].as_str().unwrap_or_default());
         tracing::info!(token = %short, peer = %peer.ip(), status = ?status, node = ?node, code = ?report["code"].as_str().unwrap_or(""), authenticated = caller.is_some(), "node reported");
         let store = Store {
             kube: &self.cfg.kube,
@@ -372,6 +387,7 @@ impl Service {
         caller: Option<&str>,
     ) -> Value {
         let refused = |reason: &str| {
+            self.metrics.removal("refused");
             tracing::warn!(node = %node, "Node not deleted: {reason}");
             json!({"recorded": true, "node": "refused", "reason": reason})
         };
@@ -393,10 +409,14 @@ impl Service {
             .await
         {
             Ok(true) => {
+                self.metrics.removal("deleted");
                 tracing::info!(node = %node, "deleted the Node of a removed node");
                 json!({"recorded": true, "node": "deleted"})
             }
-            Ok(false) => json!({"recorded": true, "node": "absent"}),
+            Ok(false) => {
+                self.metrics.removal("absent");
+                json!({"recorded": true, "node": "absent"})
+            }
             Err(e) => refused(&format!("the API server refused: {e}")),
         }
     }
@@ -460,13 +480,15 @@ impl Service {
         if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
             return Err("the Node's providerID does not match the report".into());
         }
-        if !restricted.is_empty() {
-            let patch = json!({"metadata": {"labels": restricted.0}});
+        let ops = label_and_untaint_ops(&restricted, &registered.spec.taints);
+        if !ops.is_empty() {
+            let path = crate::client::kube::paths::node(node);
             self.cfg
                 .kube
-                .merge_patch(&crate::client::kube::paths::node(node), &patch)
+                .json_patch(&path, &Value::Array(ops))
                 .await
                 .map_err(|e| e.to_string())?;
+            self.metrics.labels_applied(restricted.0.len());
             tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
         }
         store
@@ -516,6 +538,29 @@ fn ack_text(values: &Value, minted: &BootstrapToken, callback: &str) -> String {
         }
     }
     text
+}
+
+/// One JSON Patch: the restricted labels added and the startup taint removed together, so no
+/// pod is scheduled on the node between the two. The taint's removal is guarded by a `test`
+/// of the taint at its index (the list may have changed since it was read: the patch then
+/// fails and the callback's caller may report again).
+fn label_and_untaint_ops(
+    labels: &Labels,
+    taints: &[crate::client::kube::objects::NodeTaint],
+) -> Vec<Value> {
+    let pointer = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    let mut ops: Vec<Value> = labels
+        .0
+        .iter()
+        .map(|(k, v)| json!({"op": "add", "path": format!("/metadata/labels/{}", pointer(k)), "value": v}))
+        .collect();
+    let startup = crate::model::validate::STARTUP_TAINT_KEY;
+    if let Some(i) = taints.iter().position(|t| t.key == startup) {
+        let at = format!("/spec/taints/{i}");
+        ops.push(json!({"op": "test", "path": format!("{at}/key"), "value": startup}));
+        ops.push(json!({"op": "remove", "path": at}));
+    }
+    ops
 }
 
 /// The subject CN of a CSR's request (PEM, base64).
@@ -572,6 +617,7 @@ pub async fn run(
             buckets: Mutex::new(HashMap::new()),
             per_minute,
         },
+        metrics: metrics::Metrics::default(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -600,7 +646,7 @@ pub async fn run(
             let svc = hyper::service::service_fn(move |req| {
                 let (service, caller) = (service.clone(), caller.clone());
                 async move {
-                    let answer = service.handle(req, peer, caller.as_deref()).await;
+                    let answer = service.serve_counted(req, peer, caller.as_deref()).await;
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });

@@ -219,4 +219,25 @@ impl Store<'_> {
         }
         Err(StoreError::Contended)
     }
+
+    /// Gives back the use that was to mint `bootstrap_id` (its bootstrap token could not be
+    /// created, so nobody can join with it): the entry removed, the use counted again. Retries
+    /// on concurrent updates.
+    pub async fn give_back(&self, token: &str, bootstrap_id: &str) -> Result<(), StoreError> {
+        for _ in 0..10 {
+            let (mut record, rv) = self.load(token).await?;
+            let before = record.uses.len();
+            record.uses.retain(|u| u.bootstrap_id != bootstrap_id);
+            if record.uses.len() == before {
+                return Ok(());
+            }
+            record.uses_left += 1;
+            if self.update(&record, &rv).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Api(KubeError::Setup(
+            "too many concurrent updates of one token".into(),
+        )))
+    }
 }

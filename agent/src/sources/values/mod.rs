@@ -269,6 +269,14 @@ impl Coded for ValuesError {
             ValuesError::Invalid { .. } => Code::ValuesInvalid,
         }
     }
+
+    fn network_cause(&self) -> Option<crate::model::cause::Cause> {
+        match self {
+            ValuesError::Unreachable(e) => Some(e.inner().cause()),
+            ValuesError::Refused(e) => Some(e.cause()),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ValuesError {

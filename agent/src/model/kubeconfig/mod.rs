@@ -3,6 +3,10 @@
 //! Field names follow client-go's `clientcmd/api/v1` exactly, and rendering keeps client-go's key
 //! order, so `kubectl config view` and the kubelet read what we write as if kubeadm had written it.
 
+pub mod merge;
+
+pub use merge::{merge, Selected};
+
 use crate::model::secret::Secret;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -23,6 +27,17 @@ pub enum KubeconfigError {
     /// The cluster's CA data is not base64.
     #[error("the kubeconfig's certificate-authority-data is not valid base64")]
     BadCaData,
+    /// A name appears twice in one list of one file (client-go refuses such a file too).
+    #[error("the kubeconfig lists {what} {name:?} twice")]
+    Duplicate {
+        /// `cluster`, `context` or `user`.
+        what: &'static str,
+        /// The repeated name.
+        name: String,
+    },
+    /// The merged kubeconfig cannot be used the way kubectl would use it.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// A kubeconfig file (`kind: Config`, `apiVersion: v1`).
@@ -83,9 +98,26 @@ pub struct Cluster {
         skip_serializing_if = "Option::is_none"
     )]
     pub certificate_authority_data: Option<String>,
+    /// Skip verifying the server's certificate (kubectl honours it; node-attach refuses it).
+    #[serde(
+        rename = "insecure-skip-tls-verify",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub insecure_skip_tls_verify: bool,
+    /// A proxy for this cluster (not supported: refused when set).
+    #[serde(rename = "proxy-url", default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
     /// The API server URL.
     #[serde(default)]
     pub server: String,
+    /// The name to verify the server's certificate against (not supported: refused when set).
+    #[serde(
+        rename = "tls-server-name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 /// A context entry.
@@ -118,9 +150,20 @@ pub struct NamedUser {
     pub user: User,
 }
 
-/// Credentials: a bearer token, or a client certificate and key (as files or inline).
+/// Credentials: a bearer token (inline or in a file), or a client certificate and key (as files
+/// or inline). The fields node-attach does not implement are read only to refuse them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct User {
+    /// Impersonation (not supported: refused when set).
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub impersonate: Option<String>,
+    /// An auth-provider plugin (not supported: refused when set).
+    #[serde(
+        rename = "auth-provider",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auth_provider: Option<serde_json::Value>,
     /// Client certificate file.
     #[serde(
         rename = "client-certificate",
@@ -149,9 +192,21 @@ pub struct User {
         skip_serializing_if = "Option::is_none"
     )]
     pub client_key_data: Option<String>,
+    /// An exec credential plugin (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<serde_json::Value>,
+    /// Basic auth (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
     /// Bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A file holding the bearer token (read again while in use, as client-go does).
+    #[serde(rename = "tokenFile", default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Basic auth (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// The cluster part of a kubeconfig, decoded.
@@ -281,7 +336,8 @@ impl Kubeconfig {
 mod tests {
     use super::*;
 
-    const UPSTREAM: &str = include_str!("../../tests/fixtures/upstream/expected-kubeconfig.yaml");
+    const UPSTREAM: &str =
+        include_str!("../../../tests/fixtures/upstream/expected-kubeconfig.yaml");
 
     #[test]
     fn reads_the_upstream_fixture() {
