@@ -136,7 +136,10 @@ impl EssApi {
         let timestamp = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_default();
         let creds = &self.credentials;
         let params: BTreeMap<&str, String> = [

@@ -121,6 +121,30 @@ fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
         })
         .count();
     assert_eq!(minted, 2);
+
+    // Each use is a slot Secret of its own, created once; the token's record is never written
+    // again, and the callbacks read the one CSR each report names, never the list.
+    let slots: Vec<_> = cp
+        .list(Kind::Secret)
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["node-attach.io/kind"] == "openapi-use")
+        .collect();
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    let admin_requests: Vec<_> = cp
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == "kubernetes-admin")
+        .collect();
+    let record_writes = admin_requests
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/secrets/node-attach-openapi-"))
+        .count();
+    assert_eq!(record_writes, 0, "{admin_requests:?}");
+    let csr_lists = admin_requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/certificatesigningrequests"))
+        .count();
+    assert_eq!(csr_lists, 0, "{admin_requests:?}");
 }
 
 #[test]
