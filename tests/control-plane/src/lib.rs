@@ -212,6 +212,12 @@ pub struct Faults {
     /// balancer that keeps no connection alive and spreads handshakes over backends): each
     /// request then makes a full handshake of its own.
     pub close_connections: bool,
+    /// Shed load until this instant: each API request is answered, before it is handled,
+    /// 429 with `Retry-After: 1` or 503, alternately (an overloaded control plane's first
+    /// seconds). The values and callback endpoints are not shed.
+    pub shed_until: Option<std::time::Instant>,
+    /// How many requests were shed.
+    pub shed: usize,
     /// Answers the values endpoint gives before answering normally.
     pub values_script: VecDeque<Scripted>,
     /// Redirect the values endpoint to this URL.

@@ -110,6 +110,24 @@ impl hyper::body::Body for ChannelBody {
 /// The first API fault matching this request, taken from the queue.
 fn take_fault(shared: &Shared, req: &Req) -> Option<crate::ApiFault> {
     let mut state = shared.lock();
+    let shedding = state
+        .faults
+        .shed_until
+        .is_some_and(|until| std::time::Instant::now() < until);
+    if shedding && !req.path.starts_with("/v1/") {
+        state.faults.shed += 1;
+        let kind = if state.faults.shed % 2 == 1 {
+            crate::ApiFaultKind::Status(429, Some(1))
+        } else {
+            crate::ApiFaultKind::Status(503, None)
+        };
+        return Some(crate::ApiFault {
+            method: req.method.clone(),
+            path_contains: String::new(),
+            query_contains: String::new(),
+            kind,
+        });
+    }
     let queue = &mut state.faults.api;
     let at = queue.iter().position(|f| {
         f.method == req.method
