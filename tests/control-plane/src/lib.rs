@@ -624,6 +624,24 @@ impl TestControlPlane {
         self.shared.lock().requests.clone()
     }
 
+    /// How many requests are logged so far.
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// The requests logged after the first `skip`, without their bodies.
+    pub fn requests_since(&self, skip: usize) -> Vec<RequestRecord> {
+        let state = self.shared.lock();
+        state.requests[skip.min(state.requests.len())..]
+            .iter()
+            .map(|r| RequestRecord {
+                body: String::new(),
+                response: String::new(),
+                ..r.clone()
+            })
+            .collect()
+    }
+
     /// Callbacks received so far.
     pub fn callbacks(&self) -> Vec<Callback> {
         self.shared.lock().callbacks.clone()

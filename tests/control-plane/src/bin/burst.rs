@@ -73,7 +73,7 @@ impl Target {
     /// A mark in the request log; [`Target::since`] returns what came after it.
     fn mark(&self) -> usize {
         match self {
-            Target::Standin(cp) => cp.requests().len(),
+            Target::Standin(cp) => cp.request_count(),
             Target::Real(dir) => std::fs::read_to_string(dir.join("audit.log"))
                 .map(|t| t.lines().count())
                 .unwrap_or(0),
@@ -81,7 +81,8 @@ impl Target {
     }
     fn since(&self, mark: usize) -> Vec<Logged> {
         match self {
-            Target::Standin(cp) => cp.requests()[mark..]
+            Target::Standin(cp) => cp
+                .requests_since(mark)
                 .iter()
                 .map(|r| Logged {
                     user_agent: r.user_agent.clone(),
