@@ -21,6 +21,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod apply;
+pub mod artifacts;
 pub mod cli;
 pub mod client;
 pub mod effects;

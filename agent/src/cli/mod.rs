@@ -4,6 +4,7 @@
 //! form and exits 2, and so does `join --help` (a userdata script that runs
 //! `attach.sh --help` must not look like a successful join).
 
+pub mod artifacts;
 pub mod common;
 pub mod config;
 pub mod discover;
@@ -59,6 +60,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the version.
     Version(version::VersionArgs),
+    /// Build and sign artifact mirrors (the kubelet, CNI plugins, runtimes, images).
+    Artifacts(artifacts::ArtifactsArgs),
     /// Print a shell completion script (bash, zsh, fish).
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or list them.
@@ -75,6 +78,7 @@ impl Command {
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
             Command::Version(_) => "version",
+            Command::Artifacts(_) => "artifacts",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
         }
@@ -128,6 +132,7 @@ where
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
+            Command::Artifacts(args) => artifacts::run(args, &mut reporter),
             Command::Completions(args) => shell::completions(&args),
             Command::Man(args) => shell::man(&args),
         }

@@ -1,5 +1,5 @@
-//! The join, phase by phase: identity → preflight → discover → cluster → (plan) → host →
-//! runtime → kubelet → bootstrap → start → confirm → done. The settings come in whole
+//! The join, phase by phase: identity → preflight → discover → cluster → (artifacts, plan) →
+//! host → (install) → runtime → kubelet → bootstrap → start → confirm → done. The settings come in whole
 //! ([`crate::sources::gather`]); everything a phase writes is rendered and validated before
 //! the journal records its first change.
 //!
@@ -7,6 +7,7 @@
 //! takes, the journal records each change before it is made, and a rerun after an interruption
 //! finishes the job without repeating what was done.
 
+pub mod artifacts;
 pub mod bootstrap;
 pub mod cluster;
 pub mod confirm;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod preflight;
+pub mod prepare;
 pub mod runtime;
 
 use crate::apply::journal::{self, Journal, Record};
@@ -133,7 +135,8 @@ pub async fn run(
     let records = Journal::load(&effects.root)
         .map_err(fs_failure)?
         .unwrap_or_default();
-    let ctx = prepare(settings, effects, &records, reporter).await?;
+    let mut ctx = prepare(settings, effects, &records, reporter).await?;
+    let staged = artifacts_phase(reporter, &mut ctx, &records).await?;
     let plan = plan(&ctx, &records, reporter)?;
     let mut applier = match settings.dry_run {
         true => Applier::plan(effects),
@@ -142,9 +145,18 @@ pub async fn run(
     applied(reporter, &mut applier, "host", Code::Preflight, |a| {
         host::apply(a, settings)
     })?;
-    applied(reporter, &mut applier, "runtime", Code::Runtime, |a| {
-        runtime::apply(a, &plan.runtime)
-    })?;
+    if !staged.is_empty() {
+        applied(reporter, &mut applier, "install", Code::Runtime, |a| {
+            artifacts::install(a, &staged)
+        })?;
+    }
+    let inputs = runtime::PhaseInputs {
+        settings,
+        server: &ctx.cluster.version,
+        cluster_pause: plan.runtime.pause_image.clone(),
+        staged: &staged,
+    };
+    runtime_phase(reporter, &mut applier, &inputs, &plan.runtime.notices)?;
     let changes = applied(
         reporter,
         &mut applier,
@@ -172,7 +184,7 @@ async fn prepare<'a>(
     records: &[Record],
     reporter: &mut Reporter,
 ) -> Result<Context<'a>, Failure> {
-    let joined_before = !records.is_empty();
+    let joined_before = prepare::joined(records);
     let phase = reporter.begin("identity");
     let host = identity::hostname();
     let identity = identity::resolve(settings, &settings.endpoints[0], &host)?;
@@ -192,7 +204,7 @@ async fn prepare<'a>(
         &format!("{} trusted ({pin})", found.api_server),
     );
     let phase = reporter.begin("cluster");
-    let token = Some(settings.token.expose_full());
+    let token = Some(settings.bootstrap_token()?.expose_full());
     let kube = match &found.http {
         // Discovery's client: its verified connection carries the join's next requests.
         Some(http) => Kube::with_http(&found.api_server, http.clone(), token),
@@ -225,6 +237,7 @@ fn local_checks(
     let mut phase = reporter.begin("preflight");
     let swap_allowed = settings.disable_swap || settings.kubelet.fail_swap_on == Some(false);
     let checks = preflight::local(effects, swap_allowed, joined_before);
+    let checks = artifacts::waive_checks(checks, settings);
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
     let kubelet_bootstraps = settings.tls_bootstrap == TlsBootstrapMode::Kubelet;
     let (files, dirs) = preflight::managed_paths(settings.runtime, kubelet_bootstraps);
@@ -245,7 +258,7 @@ pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
     for endpoint in &settings.endpoints {
         let request = DiscoveryRequest {
             endpoint: endpoint.clone(),
-            token: settings.token.clone(),
+            token: settings.bootstrap_token()?.clone(),
             pins: settings.pins.clone(),
             unsafe_skip_ca_verification: settings.unsafe_skip_ca_verification,
             timeout: settings.timeouts.discovery,
@@ -261,6 +274,52 @@ pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
         Some(e) => Failure::from_error(&e),
         None => Failure::new(Code::Usage, "no API server endpoint"),
     })
+}
+
+/// The `artifacts` phase (only with a mirror or image archives): stages what is missing,
+/// verified, before the first change, and records the kubelet version it will install.
+async fn artifacts_phase(
+    reporter: &mut Reporter,
+    ctx: &mut Context<'_>,
+    records: &[Record],
+) -> Result<artifacts::Staged, Failure> {
+    let settings = ctx.settings;
+    if settings.artifacts.mirror.is_none() && settings.artifacts.image_archives.is_empty() {
+        return Ok(artifacts::Staged::default());
+    }
+    let phase = reporter.begin("artifacts");
+    let staged = artifacts::stage(
+        settings,
+        ctx.effects,
+        Some(&ctx.cluster.version),
+        artifacts::journal_has_images(records),
+    )
+    .await?;
+    if let Some(v) = &staged.kubelet_version {
+        ctx.cluster.kubelet_version = Some(v.clone());
+    }
+    phase.end(Status::Done, &staged.summary);
+    Ok(staged)
+}
+
+/// The runtime phase: packages when missing, the configuration merged into the file as it is
+/// then (the plan's rendering, redone in case a package shipped one), the runtime (re)started,
+/// and the staged images imported.
+fn runtime_phase(
+    reporter: &mut Reporter,
+    applier: &mut Applier<'_>,
+    inputs: &runtime::PhaseInputs<'_>,
+    planned: &[String],
+) -> Result<runtime::RuntimePlan, Failure> {
+    let mut phase = reporter.begin("runtime");
+    applier.enter("runtime").map_err(fs_failure)?;
+    let rt = runtime::phase(applier, inputs)?;
+    // What the plan already said is not repeated.
+    for notice in rt.notices.iter().filter(|n| !planned.contains(n)) {
+        phase.notice(notice);
+    }
+    finish(applier, phase, "runtime")?;
+    Ok(rt)
 }
 
 /// Renders everything the phases will write: the runtime's configuration (merged into the
@@ -283,11 +342,14 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         &settings.runtime_values,
         &cluster.version,
         &pause,
-        effects
-            .host
-            .then(|| runtime::containerd_version(effects.probe.as_ref())),
+        &runtime::HostRuntime {
+            installed: effects
+                .host
+                .then(|| runtime::containerd_version(effects.probe.as_ref())),
+            package_manager: effects.packages.as_ref().map(|pm| pm.name()),
+            cni_bin_dir: None,
+        },
         &originals,
-        effects.packages.as_ref().map(|pm| pm.name()),
     );
     for notice in &runtime.notices {
         reporter.notice(notice);
@@ -567,6 +629,17 @@ pub async fn run_reporting_stalls(
         crate::client::http::reporting_stalls(sink, run(settings, effects, reporter)).await;
     let _ = teller.await;
     outcome
+}
+
+/// Tells whoever waits on this node how join ended: the callback the values named, then the
+/// scaling group's lifecycle action (CONTINUE when joined, ABANDON otherwise). A dry run tells
+/// no one.
+pub async fn announce(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
+    if settings.dry_run {
+        return;
+    }
+    report_callback(settings, outcome).await;
+    lifecycle::complete(settings, outcome.is_ok()).await;
 }
 
 /// Reports join's outcome to the callback the values named.

@@ -4,6 +4,7 @@
 // The tests run programs and inspect the trees they made directly.
 #![allow(clippy::disallowed_methods)]
 
+mod artifacts;
 mod audit;
 mod deploy;
 mod differential;

@@ -234,7 +234,9 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         ["token", token, "instance", _, "node_info"] if req.method == "GET" => {
             return values_ack(shared, token)
         }
-        ["files", name] if req.method == "GET" => return static_file(shared, name),
+        ["files", rest @ ..] if req.method == "GET" && !rest.is_empty() => {
+            return static_file(shared, rest)
+        }
         ["callback", ..] if req.method == "POST" => {
             shared.lock().callbacks.push(crate::Callback {
                 path: req.path.clone(),
@@ -1684,15 +1686,23 @@ fn values_ack(shared: &Shared, token: &str) -> Reply {
     }
 }
 
-/// A file from the served directory (anonymous, read-only, no subdirectories).
-fn static_file(shared: &Shared, name: &str) -> Reply {
+/// A file from the served directory or below (anonymous, read-only; no component may start
+/// with a dot, so nothing climbs out).
+fn static_file(shared: &Shared, parts: &[&str]) -> Reply {
     let Some(dir) = &shared.options.files_dir else {
         return Reply::text(404, "no files are served");
     };
-    if name.starts_with('.') || name.contains('/') {
+    if parts
+        .iter()
+        .any(|p| p.starts_with('.') || p.contains('\\') || p.contains('%'))
+    {
         return Reply::text(404, "not found");
     }
-    match std::fs::read(dir.join(name)) {
+    let path = parts.iter().fold(dir.clone(), |p, c| p.join(c));
+    if !path.is_file() {
+        return Reply::text(404, "not found");
+    }
+    match std::fs::read(path) {
         Ok(bytes) => Reply::Full {
             status: 200,
             content_type: "application/octet-stream",
