@@ -411,6 +411,7 @@ struct Args {
     shed: u64,
     real: Option<PathBuf>,
     keep: bool,
+    shed_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -423,6 +424,7 @@ fn parse_args() -> Args {
         shed: 3,
         real: None,
         keep: false,
+        shed_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -439,10 +441,11 @@ fn parse_args() -> Args {
             "--shed" => a.shed = value().parse().expect("seconds"),
             "--real" => a.real = Some(PathBuf::from(value())),
             "--keep" => a.keep = true,
+            "--shed-only" => a.shed_only = true,
             _ => {
                 eprintln!(
                     "usage: burst [--node-attach PATH] [--sizes 100,500,1000] \
-                     [--scenarios direct,serve] [--shed SECONDS] [--real DIR] [--keep]"
+                     [--scenarios direct,serve] [--shed SECONDS] [--shed-only] [--real DIR] [--keep]"
                 );
                 std::process::exit(2);
             }
@@ -491,7 +494,11 @@ fn main() {
         "/min",
         "429/503"
     );
-    let mut runs: Vec<(String, u64)> = a.scenarios.iter().map(|s| (s.clone(), 0)).collect();
+    let mut runs: Vec<(String, u64)> = if a.shed_only {
+        Vec::new()
+    } else {
+        a.scenarios.iter().map(|s| (s.clone(), 0)).collect()
+    };
     if a.shed > 0 && a.real.is_none() {
         runs.extend(a.scenarios.iter().map(|s| (s.clone(), a.shed)));
     }
