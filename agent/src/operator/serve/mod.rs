@@ -103,6 +103,21 @@ struct Service {
     csr_api: &'static str,
     /// What this replica knows of the openapi tokens' use slots.
     slots: store::Slots,
+    /// Values answers by token and request id ([`Service::values_once`]).
+    answers: Mutex<HashMap<String, Answer>>,
+}
+
+/// A values answer being made or made: when asked first, and the content type and body.
+type Answer = (
+    Instant,
+    Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>,
+);
+
+/// A values request: the openapi token, the instance id (ACK's form) and which form.
+struct Ask {
+    token: String,
+    instance: String,
+    ack: bool,
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -167,14 +182,28 @@ impl Service {
                 .insert("retry-after", hyper::header::HeaderValue::from_static("10"));
             return r;
         }
+        let request_id = req
+            .headers()
+            .get(crate::client::http::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
         match (req.method().as_str(), segs.as_slice()) {
             ("GET", ["v1", "values", token]) => {
-                self.values((*token).to_owned(), String::new(), false, peer)
-                    .await
+                let ask = Ask {
+                    token: (*token).to_owned(),
+                    instance: String::new(),
+                    ack: false,
+                };
+                self.values_once(ask, request_id, peer).await
             }
             ("GET", ["token", token, "instance", instance, "node_info"]) => {
-                self.values((*token).to_owned(), (*instance).to_owned(), true, peer)
-                    .await
+                let ask = Ask {
+                    token: (*token).to_owned(),
+                    instance: (*instance).to_owned(),
+                    ack: true,
+                };
+                self.values_once(ask, request_id, peer).await
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
@@ -238,6 +267,57 @@ impl Service {
         };
         b.body(body)
             .unwrap_or_else(|_| error(500, "cannot build the response"))
+    }
+
+    /// [`Service::values`] at most once per logical request: a retry naming the same request
+    /// id (`X-Node-Attach-Request`, with the same token) while the first attempt runs waits for
+    /// it, and after it succeeded gets its answer again instead of taking another use. (A
+    /// timeout under load would otherwise spend one use per attempt and starve later nodes.)
+    /// Successful answers are kept 10 minutes, in this replica only.
+    async fn values_once(
+        &self,
+        ask: Ask,
+        request_id: Option<String>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let Some(id) = request_id else {
+            return self.values(ask.token, ask.instance, ask.ack, peer).await;
+        };
+        let key = format!("{}:{id}", token_hash(&ask.token));
+        let cell = {
+            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if answers.len() > 10_000 {
+                answers.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
+            }
+            answers
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
+                .1
+                .clone()
+        };
+        let answer = cell
+            .get_or_try_init(|| async {
+                let r = self
+                    .values(ask.token.clone(), ask.instance.clone(), ask.ack, peer)
+                    .await;
+                if r.status() != 200 {
+                    return Err(r);
+                }
+                let ct = r.headers().get("content-type").cloned();
+                let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                Ok((ct, body.unwrap_or_default()))
+            })
+            .await;
+        match answer {
+            Ok((ct, body)) => {
+                let ct = ct
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json");
+                reply(200, ct, body.clone())
+            }
+            Err(refused) => refused,
+        }
     }
 
     /// `GET /v1/values/{token}` (JSON) or ACK's `node_info` (`ack`: key=value text): takes one
@@ -669,6 +749,7 @@ pub async fn run(
         },
         metrics: metrics::Metrics::default(),
         slots: store::Slots::default(),
+        answers: Mutex::new(HashMap::new()),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
