@@ -4,6 +4,7 @@
 //! form and exits 2, and so does `join --help` (a userdata script that runs
 //! `attach.sh --help` must not look like a successful join).
 
+pub mod check;
 pub mod common;
 pub mod config;
 pub mod discover;
@@ -57,6 +58,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Serve cluster values to nodes by openapi token (the control plane's side).
     Serve(serve::ServeArgs),
+    /// Lint userdata: the join's flags, secrets in argv, restricted labels, and its plan.
+    Check(check::CheckArgs),
     /// Print the version.
     Version(version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish).
@@ -66,6 +69,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command's own `--json` asks for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Check(args) => args.json,
+            _ => false,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::Join(_) => "join",
@@ -74,6 +85,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
+            Command::Check(_) => "check",
             Command::Version(_) => "version",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -101,7 +113,11 @@ where
     };
     crate::logging::init(cli.verbose);
     crate::trust::tls::install_provider();
-    let mut reporter = Reporter::stdout(cli.output);
+    let format = match cli.command.json() {
+        true => OutputFormat::Json,
+        false => cli.output,
+    };
+    let mut reporter = Reporter::stdout(format);
     let name = cli.command.name();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -127,6 +143,7 @@ where
             Command::Status(args) => status::run(args, &mut reporter),
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
+            Command::Check(args) => check::run(args, &mut reporter),
             Command::Version(args) => version::run(args, &mut reporter),
             Command::Completions(args) => shell::completions(&args),
             Command::Man(args) => shell::man(&args),
