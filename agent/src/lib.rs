@@ -25,6 +25,7 @@ pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod doctor;
 pub mod effects;
 pub mod error;
 pub mod join;

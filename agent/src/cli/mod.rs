@@ -8,6 +8,7 @@ pub mod check;
 pub mod common;
 pub mod config;
 pub mod discover;
+pub mod doctor;
 pub mod join;
 pub mod reset;
 pub mod serve;
@@ -60,6 +61,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Lint userdata: the join's flags, secrets in argv, restricted labels, and its plan.
     Check(check::CheckArgs),
+    /// Check this node's health: named, read-only checks, each with a fix.
+    Doctor(doctor::DoctorArgs),
     /// Print the version.
     Version(version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish).
@@ -73,6 +76,7 @@ impl Command {
     fn json(&self) -> bool {
         match self {
             Command::Check(args) => args.json,
+            Command::Doctor(args) => args.json,
             _ => false,
         }
     }
@@ -86,6 +90,7 @@ impl Command {
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
             Command::Check(_) => "check",
+            Command::Doctor(_) => "doctor",
             Command::Version(_) => "version",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -144,6 +149,7 @@ where
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
             Command::Check(args) => check::run(args, &mut reporter),
+            Command::Doctor(args) => doctor::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
             Command::Completions(args) => shell::completions(&args),
             Command::Man(args) => shell::man(&args),

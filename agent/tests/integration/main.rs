@@ -8,6 +8,7 @@ mod audit;
 mod deploy;
 mod differential;
 mod discover;
+mod doctor;
 mod faults;
 mod golden;
 mod hostile;
