@@ -682,6 +682,8 @@ run_form() {
     *)
       { prelude "$subnet" "$runtime"; sed -e '1d' "${render[@]}" "$REPO/packaging/userdata/$form.sh"; } > "$ud" ;;
   esac
+  # The userdata as the guest gets it, linted first: the join's flags, no token in argv.
+  check "node-attach check accepts the $form userdata (exit 0)" sh -c "'$BIN' check '$ud' > '$RUN/check.txt' 2>&1"
   boot_guest "$name" "$ud"
   stage_done "guest $GUEST_IP (netns $name), PID 1 is host pid $LEADER, pod subnet $subnet"
 
@@ -766,6 +768,16 @@ run_form() {
   fi
   stage_done "pod IP $pod_ip"
 
+  # node-attach doctor in the guest, with the real effects (systemd, the CRI socket, /proc).
+  local doctor_rc=0
+  guest /usr/local/bin/node-attach doctor --json > "$RUN/doctor.json" 2> "$RUN/doctor.err" || doctor_rc=$?
+  check "node-attach doctor on the joined guest: exit 0" test "$doctor_rc" = 0
+  check "node-attach doctor on the joined guest: joined, every check ok" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())["result"]
+bad = [c for c in r["checks"] if c["status"] != "ok"]
+sys.exit(r["state"] != "joined" or bool(bad))' "$RUN/doctor.json"
+  [ "$doctor_rc" = 0 ] || log "doctor: $(head -c 3000 "$RUN/doctor.json")"
   [ "$FAIL" = "$fail0" ] || dump_guest
   # What join recorded, to check reset against the image (the guest's pre-join state).
   cp "$GROOT/var/lib/node-attach/journal.jsonl" "$RUN/journal.jsonl" 2>/dev/null || true
@@ -810,6 +822,13 @@ run_form() {
   fi
   check "no pod veth is left in the guest (only its own eth0)" sh -c "! nsenter -t $LEADER -a -- ip -o link show type veth | grep -v ': eth0@' | grep -q ."
   check "the journal is gone" test ! -e "$GROOT/var/lib/node-attach"
+  doctor_rc=0
+  guest /usr/local/bin/node-attach doctor --json > "$RUN/doctor-reset.json" 2>&1 || doctor_rc=$?
+  check "node-attach doctor after reset: not-joined, exit 0" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())["result"]
+sys.exit(r["state"] != "not-joined" or sys.argv[2] != "0")' "$RUN/doctor-reset.json" "$doctor_rc"
+  [ "$doctor_rc" = 0 ] || log "doctor after reset: $(head -c 3000 "$RUN/doctor-reset.json")"
   reset_tree_check
   check "every path join touched is back to the image's state" grep -qx 'tree restored' "$RUN/reset-check.txt"
   [ "$FAIL" = "$fail0" ] || log "reset check: $(cat "$RUN/reset-check.txt")"
