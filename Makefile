@@ -93,16 +93,38 @@ static:
 	  if readelf -d $(STATIC_BIN) | grep -q NEEDED; then echo "error: $(STATIC_BIN) needs shared libraries"; exit 1; fi; \
 	  if [ $$size -gt $(STATIC_BUDGET) ]; then echo "error: over the size budget"; exit 1; fi
 
-## The files any static HTTPS server or object store can serve: attach.sh, binary, digest.
+## The files any static HTTPS server or object store can serve: attach.sh (with BASE_URL and
+## the signing key's public half pinned), the binary, its digest and its Ed25519 signature.
+## SIGNING_KEY (PKCS#8 PEM) is made with `node-attach artifacts keygen` when missing; keep it
+## out of the served folder and safe: whoever holds it can sign binaries nodes will run.
 BASE_URL ?=
 SERVE_DIR ?= dist/serve
+SIGNING_KEY ?= dist/signing-key.pem
 serve: static
-	@[ -n "$(BASE_URL)" ] || { echo "usage: make serve BASE_URL=https://host/path"; exit 1; }
-	mkdir -p $(SERVE_DIR)
-	sed 's#@BASE_URL@#$(BASE_URL)#g' packaging/install.sh > $(SERVE_DIR)/attach.sh
+	@[ -n "$(BASE_URL)" ] || { echo "usage: make serve BASE_URL=https://host/path [SIGNING_KEY=key.pem]"; exit 1; }
+	mkdir -p $(SERVE_DIR) $(dir $(SIGNING_KEY))
+	@[ -f "$(SIGNING_KEY)" ] || $(STATIC_BIN) artifacts keygen --out $(SIGNING_KEY)
+	key=$$($(STATIC_BIN) artifacts public-key --key $(SIGNING_KEY)) && \
+	  sed -e 's#@BASE_URL@#$(BASE_URL)#g' -e "s#@PUBLIC_KEY@#$$key#g" packaging/install.sh > $(SERVE_DIR)/attach.sh
 	cp $(STATIC_BIN) $(SERVE_DIR)/node-attach-linux-amd64
 	cd $(SERVE_DIR) && sha256sum node-attach-linux-amd64 > node-attach-linux-amd64.sha256
+	$(STATIC_BIN) artifacts sign --key $(SIGNING_KEY) $(SERVE_DIR)/node-attach-linux-amd64
 	@ls -l $(SERVE_DIR)
+
+## An artifact mirror in $(SERVE_DIR)/mirror, signed with SIGNING_KEY: the kubelet built from
+## Debian's source (tests/kubernetes/build.sh, cached) and the CNI plugins of Debian's
+## containernetworking-plugins (/usr/lib/cni); KUBELET, CNI_DIR and KUBERNETES_VERSION pick
+## others. Serve it beside attach.sh and join with --artifacts-url BASE_URL/mirror.
+KUBERNETES_VERSION ?= v1.20.2
+CNI_DIR ?= /usr/lib/cni
+KUBELET ?= $(shell bash tests/kubernetes/build.sh --print 2>/dev/null)/kubelet
+mirror: static
+	mkdir -p $(SERVE_DIR) $(dir $(SIGNING_KEY))
+	@[ -f "$(SIGNING_KEY)" ] || $(STATIC_BIN) artifacts keygen --out $(SIGNING_KEY)
+	@[ -x "$(KUBELET)" ] || { echo "no kubelet at $(KUBELET): run bash tests/kubernetes/build.sh, or pass KUBELET=path"; exit 1; }
+	$(STATIC_BIN) artifacts publish --dir $(SERVE_DIR)/mirror --key $(SIGNING_KEY) \
+	  --kubernetes-version $(KUBERNETES_VERSION) --kubelet $(KUBELET) --cni $(CNI_DIR)
+	@echo "join with: --artifacts-url <BASE_URL>/mirror --artifacts-key $$($(STATIC_BIN) artifacts public-key --key $(SIGNING_KEY))"
 
 ## A .deb with the binary, the units and a default configuration file.
 deb: static
@@ -130,13 +152,16 @@ cri:
 	@if [ "$$(id -u)" = 0 ]; then bash tests/cri/check.sh; \
 	else echo "######## SKIPPED: the CRI check needs root (a private containerd) ########"; fi
 
-.PHONY: static serve deb e2e shellcheck cri bench-peers
+.PHONY: static serve mirror deb e2e shellcheck cri bench-peers
 
 ## What a join costs (API requests, CPU, wall; static release binary), next to bench/baseline.json;
-## as root, then node-attach next to kubeadm on the real Kubernetes 1.20.2 (bench-peers).
+## then installing from a signed mirror in one join, in bake mode and at the prepared root's
+## boot (bench-bake, target/bench/bake.json); as root, then node-attach next to kubeadm on the
+## real Kubernetes 1.20.2 (bench-peers).
 bench: build static
 	cp $(STATIC_BIN) target/debug/node-attach-static
 	./target/debug/bench --node-attach target/debug/node-attach-static $(BENCH_ARGS)
+	./target/debug/bench-bake --node-attach target/debug/node-attach-static
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 .PHONY: bench

@@ -4,6 +4,7 @@
 //! callbacks (`discovery.signature-mismatch`), a process exit code, and a plain-language hint.
 //! `docs/exit-codes.md` lists them all; a test keeps that page and this table in step.
 
+use crate::model::cause::Cause;
 use serde::Serialize;
 use std::fmt;
 
@@ -107,6 +108,24 @@ codes! {
     /// The kubelet's configuration could not be written.
     KubeletConfig = ("kubelet.config", 41,
         "Check the cluster's kubelet-config ConfigMap and the values the message names."),
+    /// The artifact mirror could not be reached, or a file kept failing to download.
+    ArtifactsUnreachable = ("artifacts.unreachable", 44,
+        "Check that this machine reaches the artifact mirror (--artifacts-url or the values' artifacts.url: DNS, routes, proxy) and that it serves manifest.json and its files."),
+    /// The mirror's manifest is unsigned, or its signature does not verify with the key.
+    ArtifactsSignature = ("artifacts.signature", 45,
+        "The mirror's manifest.json.sig is missing or does not verify with the pinned public key: the mirror may be compromised, or the key is the wrong one. Nothing was installed. Check the key with the mirror's operator; never skip the check."),
+    /// A downloaded file does not match the size or digest the signed manifest names.
+    ArtifactsDigest = ("artifacts.digest", 46,
+        "A file from the mirror does not match the signed manifest (tampered, truncated or replaced): nothing was installed. Republish the mirror (node-attach artifacts publish), then rerun."),
+    /// The kubelet version asked for (or every one offered) breaks the skew policy.
+    ArtifactsVersion = ("artifacts.version", 47,
+        "The message names the version skew rule the kubelet would break: publish or pick a kubelet no newer than the API server and within the allowed minor versions (--kubelet-version)."),
+    /// The manifest is malformed, or offers nothing for this machine.
+    ArtifactsManifest = ("artifacts.manifest", 48,
+        "The mirror's signed manifest is malformed or offers no release for this architecture or version; the message names what is missing. Fix the mirror (node-attach artifacts publish)."),
+    /// Images could not be imported into the runtime.
+    ImagesImport = ("images.import", 49,
+        "An image archive could not be imported into the container runtime (ctr / docker load): check the archive and the runtime's journal."),
     /// The kubelet client CSR was denied.
     CsrDenied = ("bootstrap.csr-denied", 50,
         "An approver denied the node's certificate request: ask the cluster operator why, then retry with a new token."),
@@ -175,6 +194,10 @@ impl Serialize for Code {
 pub trait Coded: std::error::Error {
     /// Its code.
     fn code(&self) -> Code;
+    /// The class of the network failure behind it, if one is.
+    fn network_cause(&self) -> Option<Cause> {
+        None
+    }
 }
 
 /// A failure as reported to the user: code, message (with causes) and hint.
@@ -186,6 +209,9 @@ pub struct Failure {
     pub message: String,
     /// What to do.
     pub hint: &'static str,
+    /// The class of the network failure behind it, if one is (DNS, TCP timeout, TLS, 401…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl Failure {
@@ -195,12 +221,19 @@ impl Failure {
             code,
             message: message.into(),
             hint: code.hint(),
+            cause: None,
         }
+    }
+
+    /// The same failure, naming the class of the network failure behind it.
+    pub fn with_cause(mut self, cause: Option<Cause>) -> Failure {
+        self.cause = cause;
+        self
     }
 
     /// Builds a failure from a coded error, joining the chain of causes.
     pub fn from_error<E: Coded>(err: &E) -> Failure {
-        Failure::new(err.code(), chain(err))
+        Failure::new(err.code(), chain(err)).with_cause(err.network_cause())
     }
 }
 

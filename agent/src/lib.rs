@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod apply;
+pub mod artifacts;
 pub mod check;
 pub mod cli;
 pub mod client;

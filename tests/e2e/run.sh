@@ -29,6 +29,19 @@
 #                        restricted label is reported, not self-set, and applied by the service
 #       manual-add.yaml  manual-add.yaml as MIME multi-part (prelude part + cloud-config), the
 #                        token in a 0600 config file
+#       plain            manual-add.sh on a PLAIN guest (the image without kubelet, CNI plugins
+#                        or containerd): the one-liner, with the mirror's key pinned
+#                        (--artifacts-key; its URL comes with the values), installs the real
+#                        kubelet 1.20.2 and Debian's CNI plugins from the run's signed mirror
+#                        (node-attach artifacts publish, served by node-attach serve --files),
+#                        containerd at --runtime-version from the package manager (a flat apt
+#                        repository of Debian's containerd and runc on the same service), and
+#                        imports the pause and pod images from the mirror (--air-gap). Before
+#                        it, the same one-liner against four broken mirrors — a tampered
+#                        kubelet, a signed manifest naming another digest, a signature by
+#                        another key, only a kubelet newer than the API server — must exit 46,
+#                        46, 45 and 47 and install nothing. After reset the guest's installed-
+#                        package list is the image's again.
 #   tests/e2e/run.sh --peers    node-attach join (openapi token) and the real `kubeadm join`
 #                               1.20.2, side by side on the same image and control plane: wall
 #                               time from the join command to Node Ready, the join process's CPU
@@ -41,7 +54,10 @@
 # real kubelet from the file server into /usr/bin/kubelet; a bridge + host-local CNI conflist
 # with a pod subnet of its own inside the cluster's 10.244.0.0/16; the pause and pod images
 # (tests/e2e/images/build.sh, offline) imported into containerd (docker: `docker load` once join
-# has started docker). No registry is reachable, so the pod uses imagePullPolicy Never.
+# has started docker). No registry is reachable, so the pod uses imagePullPolicy Never. The
+# plain form's prelude does none of this but the CA, an apt source and the CNI conflist: join
+# installs the rest. attach.sh checks the binary's Ed25519 signature for every form (the run's
+# key is pinned in it, as make serve does).
 #
 # Workarounds for the real kubelet in nspawn on these machines, all in the image or the nspawn
 # command line, none in node-attach (see /work/shared/notes/real-kubernetes.md):
@@ -88,7 +104,7 @@ fi
 CACHE=${E2E_CACHE:-/var/cache/node-attach-e2e}
 # Each userdata form; a .yaml form is the cloud-config variant, delivered as MIME multi-part
 # (the e2e prelude as a shell part, then the cloud-config).
-FORMS=${E2E_FORMS:-manual-add scale-out autoscaler manual-add.yaml}
+FORMS=${E2E_FORMS:-manual-add scale-out autoscaler manual-add.yaml plain}
 PEER_RUNS=${E2E_PEER_RUNS:-5}
 PEERS_JSON=${E2E_PEERS_JSON:-$REPO/target/bench/peers.json}
 BIN=$REPO/target/x86_64-unknown-linux-musl/release/node-attach
@@ -156,6 +172,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v bc >/dev/null || need+=(bc)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v etcd >/dev/null || need+=(etcd-server)
+command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 for t in kubectl openssl python3 curl; do command -v "$t" >/dev/null || die "$t is needed"; done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
@@ -276,6 +294,7 @@ SH
 
 # The unpacked tree is keyed by the tarball and by what customize does to it.
 TREE=$CACHE/tree-$KEY-$(declare -f customize | sha256sum | cut -c1-8)
+GUEST_TREE=$TREE
 stage "image (cache $CACHE)"
 exec 9>"$CACHE/.lock"
 flock -w 900 9 || die "cannot lock $CACHE/.lock"
@@ -305,9 +324,41 @@ if [ ! -s "$IMAGES/images.env" ]; then
   rm -rf "$IMAGES"
   mv "$IMAGES.tmp" "$IMAGES"
 fi
+# The plain guest: the same image without a kubelet, CNI plugins or container runtime (what a
+# plain cloud VM has), plus one workaround for nspawn in the image, as the others are: an apt
+# hook that gives Debian's containerd config, once the package installs it, the
+# restrict_oom_score_adj the image's own config has (see the header).
+plain_customize() {
+  local t=$1
+  chroot "$t" env DEBIAN_FRONTEND=noninteractive dpkg --purge docker.io containerd runc containernetworking-plugins
+  cat > "$t/usr/local/sbin/e2e-containerd-oom" <<'SH'
+#!/bin/sh
+# e2e: containerd's restrict_oom_score_adj in a config.toml the package just installed.
+f=/etc/containerd/config.toml
+[ -f "$f" ] || exit 0
+grep -q restrict_oom_score_adj "$f" && exit 0
+sed -i 's/^  \[plugins."io.containerd.grpc.v1.cri"\]$/&\n    restrict_oom_score_adj = true/' "$f"
+SH
+  chmod 0755 "$t/usr/local/sbin/e2e-containerd-oom"
+  echo 'DPkg::Post-Invoke { "/usr/local/sbin/e2e-containerd-oom"; };' > "$t/etc/apt/apt.conf.d/99e2e-containerd-oom"
+}
+PLAIN_TREE=""
+case " $FORMS " in
+  *" plain "*)
+    PLAIN_TREE=$TREE-plain-$(declare -f plain_customize | sha256sum | cut -c1-8)
+    if [ ! -f "$PLAIN_TREE/.complete" ]; then
+      rm -rf --one-file-system "$PLAIN_TREE" "$PLAIN_TREE.tmp"
+      cp -a --reflink=auto "$TREE" "$PLAIN_TREE.tmp"
+      plain_customize "$PLAIN_TREE.tmp" > "$CACHE/plain.log" 2>&1 || { cat "$CACHE/plain.log"; die "making the plain image failed"; }
+      for gone in usr/bin/containerd usr/sbin/runc usr/lib/cni/loopback usr/bin/kubelet; do
+        [ ! -e "$PLAIN_TREE.tmp/$gone" ] || die "the plain image still has /$gone"
+      done
+      mv "$PLAIN_TREE.tmp" "$PLAIN_TREE"
+    fi ;;
+esac
 flock -u 9
 exec 9>&-
-stage_done "$(du -sh "$TARBALL" | cut -f1) image, images in $(basename "$IMAGES")"
+stage_done "$(du -sh "$TARBALL" | cut -f1) image, images in $(basename "$IMAGES")${PLAIN_TREE:+, plain image}"
 
 # ------------------------------------------------------------------ the .deb
 if [ "$MODE" = forms ]; then
@@ -373,12 +424,74 @@ mkdir -p "$HOME"
 k() { timeout 30 kubectl --kubeconfig "$ADMIN" --cache-dir "$RUNROOT/kube-cache" --request-timeout=20s "$@"; }
 stage_done "Kubernetes $VERSION at $ENDPOINT (netns $NETNS)"
 
+# The plain form's artifact mirror ($WWW/mirror: the real kubelet 1.20.2, this machine's
+# Debian CNI plugins, the pause and pod images, signed with the run's key), one broken copy per
+# refusal the plain guest must meet, and the flat apt repository ($WWW/apt/debs) standing in
+# for the distribution's mirror: Debian's containerd and runc, fetched with apt-get download.
+make_mirrors() {
+  local m=$WWW/mirror d
+  [ -x /usr/lib/cni/loopback ] || die "the CNI plugins for the mirror come from this machine's containernetworking-plugins (apt-get install containernetworking-plugins)"
+  "$BIN" artifacts publish --dir "$m" --key "$RUNROOT/signing.pem" --kubernetes-version "$VERSION" \
+    --kubelet "$K8S_BIN/kubelet" --cni /usr/lib/cni --image "$IMAGES/pause.tar=$PAUSE_IMAGE" \
+    --image "$IMAGES/pod.tar=$POD_IMAGE" > "$RUNROOT/publish.log" 2>&1 || { cat "$RUNROOT/publish.log"; die "artifacts publish failed"; }
+  # A binary changed on the mirror after it was signed.
+  cp -al "$m" "$WWW/mirror-tampered"
+  d=$WWW/mirror-tampered/kubernetes/$VERSION/amd64
+  cp --remove-destination "$m/kubernetes/$VERSION/amd64/kubelet" "$d/kubelet"
+  printf '\x7fELG' | dd of="$d/kubelet" bs=1 seek=0 count=4 conv=notrunc status=none
+  # A manifest, signed by the right key, naming another digest for the kubelet.
+  cp -al "$m" "$WWW/mirror-digest"
+  python3 - "$WWW/mirror-digest/manifest.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+doc = json.load(open(p))
+doc["releases"][0]["kubelet"]["sha256"] = "0" * 64
+with open(p + ".new", "w") as f:
+    json.dump(doc, f, indent=2)
+PY
+  mv -f "$WWW/mirror-digest/manifest.json.new" "$WWW/mirror-digest/manifest.json"
+  "$BIN" artifacts sign --key "$RUNROOT/signing.pem" "$WWW/mirror-digest/manifest.json" >/dev/null
+  # The right files and digests, signed by another key.
+  cp -al "$m" "$WWW/mirror-badsig"
+  "$BIN" artifacts keygen --out "$RUNROOT/other.pem" >/dev/null
+  "$BIN" artifacts sign --key "$RUNROOT/other.pem" "$WWW/mirror-badsig/manifest.json" >/dev/null
+  # Only a kubelet newer than the API server (the skew policy refuses it).
+  "$BIN" artifacts publish --dir "$WWW/mirror-skew" --key "$RUNROOT/signing.pem" --kubernetes-version v1.21.0 \
+    --kubelet "$K8S_BIN/kubelet" --cni /usr/lib/cni >> "$RUNROOT/publish.log" 2>&1 || die "artifacts publish (skew) failed"
+  # Debian's containerd and runc, as the distribution's mirror would serve them.
+  local debs=$CACHE/debs-containerd
+  if ! ls "$debs"/containerd_*.deb "$debs"/runc_*.deb >/dev/null 2>&1; then
+    rm -rf "$debs.tmp" && mkdir -p "$debs.tmp"
+    (cd "$debs.tmp" && apt-get download -qq -o APT::Sandbox::User=root containerd runc) ||
+      die "apt-get download containerd runc failed (run apt-get update)"
+    rm -rf "$debs" && mv "$debs.tmp" "$debs"
+  fi
+  mkdir -p "$WWW/apt/debs"
+  cp "$debs"/*.deb "$WWW/apt/debs/"
+  (cd "$WWW/apt" && dpkg-scanpackages debs /dev/null 2>/dev/null > debs/Packages)
+  python3 - "$WWW/apt/debs" <<'PY'
+import email.utils, hashlib, os, sys
+d = sys.argv[1]
+data = open(os.path.join(d, "Packages"), "rb").read()
+with open(os.path.join(d, "Release"), "w") as f:
+    f.write("Origin: node-attach-e2e\nLabel: node-attach-e2e\nDate: %s\nSHA256:\n %s %d Packages\n"
+            % (email.utils.formatdate(usegmt=True), hashlib.sha256(data).hexdigest(), len(data)))
+PY
+  CONTAINERD_DEB_VERSION=$(dpkg-deb -f "$(ls "$WWW"/apt/debs/containerd_*.deb)" Version)
+}
+
 stage "values and file service (node-attach serve --files, in the cluster netns)"
 WWW=$RUNROOT/www
 mkdir -p "$WWW"
-sed "s#@BASE_URL@#$SERVE_URL/files#g" "$REPO/packaging/install.sh" > "$WWW/attach.sh"
+# What make serve publishes: attach.sh with the URL and the signing key's public half pinned,
+# the binary, its digest and its signature.
+"$BIN" artifacts keygen --out "$RUNROOT/signing.pem" >/dev/null
+SIGNING_PUB=$("$BIN" artifacts public-key --key "$RUNROOT/signing.pem")
+sed -e "s#@BASE_URL@#$SERVE_URL/files#g" -e "s#@PUBLIC_KEY@#$SIGNING_PUB#g" "$REPO/packaging/install.sh" > "$WWW/attach.sh"
 cp "$BIN" "$WWW/node-attach-linux-amd64"
 (cd "$WWW" && sha256sum node-attach-linux-amd64 > node-attach-linux-amd64.sha256)
+"$BIN" artifacts sign --key "$RUNROOT/signing.pem" "$WWW/node-attach-linux-amd64" >/dev/null
+if [ -n "$PLAIN_TREE" ]; then make_mirrors; fi
 for b in kubelet kubeadm; do ln "$K8S_BIN/$b" "$WWW/$b" 2>/dev/null || cp "$K8S_BIN/$b" "$WWW/$b"; done
 # The serving certificate, for the address guests reach the cluster netns at (NS_IP: every link's
 # gateway routes to it), signed by a CA of this run; guests get the CA through the seed.
@@ -412,6 +525,16 @@ openapi_token() {
 OPENAPI=$(openapi_token "$RUNROOT/values.json" 20 manual) || die "token openapi failed: $(cat "$RUNROOT/token.log")"
 OPENAPI_POOL=$(openapi_token "$RUNROOT/values-pool.json" 5 pool) || die "token openapi failed: $(cat "$RUNROOT/token.log")"
 [ -n "$OPENAPI" ] && [ -n "$OPENAPI_POOL" ] || die "token openapi printed no token"
+OPENAPI_PLAIN=""
+if [ -n "$PLAIN_TREE" ]; then
+  # The mirror's URL comes with the values; its key is pinned in the one-liner.
+  cat > "$RUNROOT/values-plain.json" <<JSON
+{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["$CLUSTER_DNS"],
+ "labels": {"workload_type": "cpu"}, "taints": ["e2e=true:NoSchedule"],
+ "artifacts": {"url": "$SERVE_URL/files/mirror"}}
+JSON
+  OPENAPI_PLAIN=$(openapi_token "$RUNROOT/values-plain.json" 8 plain) || die "token openapi failed: $(cat "$RUNROOT/token.log")"
+fi
 stage_done "serve pid $SERVE_PID at $SERVE_URL"
 
 # ------------------------------------------------------------------ one guest
@@ -450,7 +573,7 @@ boot_guest() {
   fi
   (
     for d in "${CG_DIRS[@]}"; do echo "$BASHPID" > "$d/cgroup.procs"; done
-    exec setpriv --pdeathsig TERM systemd-nspawn --register=no --keep-unit --quiet --link-journal=no -D "$TREE" -M "$name" \
+    exec setpriv --pdeathsig TERM systemd-nspawn --register=no --keep-unit --quiet --link-journal=no -D "$GUEST_TREE" -M "$name" \
       --boot --console=read-only --volatile=overlay --bind-ro="$RUN/seed:/var/lib/cloud/seed/nocloud" \
       --private-network --network-namespace-path="/run/netns/$name" \
       --capability=all --system-call-filter='@keyring bpf' --bind-ro=/dev/kmsg --resolv-conf=off \
@@ -567,6 +690,74 @@ SH
   echo 'echo "e2e prelude done"'
 }
 
+# The plain guest's prelude: what an image builder and a CNI daemonset would have done on a
+# plain VM — trust the service CA, point apt at the e2e's repository (standing in for the
+# distribution's mirror), a bridge CNI conflist — and the installed-package list, kept for the
+# check after reset. No kubelet, no CNI plugins, no runtime, no images.
+prelude_plain() {
+  local subnet=$1
+  local gw=${subnet%.0/24}.1
+  cat <<SH
+#!/bin/bash
+set -euo pipefail
+seed=/var/lib/cloud/seed/nocloud
+install -m 0644 \$seed/ca.crt /usr/local/share/ca-certificates/node-attach-e2e.crt
+update-ca-certificates >/dev/null
+rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+echo 'deb [trusted=yes] $SERVE_URL/files/apt debs/' > /etc/apt/sources.list.d/e2e.list
+mkdir -p /etc/cni/net.d /var/lib/e2e
+cat > /etc/cni/net.d/10-e2e-bridge.conflist <<'JSON'
+{"cniVersion": "0.4.0", "name": "e2e", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet", "gateway": "$gw"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}}]}
+JSON
+dpkg-query -W -f '\${Package} \${Version} \${db:Status-Abbrev}\n' | grep ' ii' > /var/lib/e2e/packages-before
+echo "e2e prelude done"
+SH
+}
+
+# The guest's installed packages (name, version, status ii), as the prelude recorded them.
+guest_packages() { nsenter -t "$LEADER" -a -- dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\n' | grep ' ii'; }
+packages_as_before() { guest_packages | cmp -s - "$GROOT/var/lib/e2e/packages-before"; }
+# (grep without -q: with pipefail, a grep that stops reading early fails the pipeline.)
+containerd_from_apt() { guest_packages | grep "^containerd $CONTAINERD_DEB_VERSION ii" >/dev/null; }
+# Nothing of a refused join is on the plain guest: no kubelet, CNI plugins, runtime, journal
+# or scratch directory, and the installed-package list is the image's.
+nothing_installed() {
+  [ ! -e "$GROOT/usr/bin/kubelet" ] && [ ! -e "$GROOT/opt/cni" ] && [ ! -e "$GROOT/etc/containerd" ] &&
+    [ ! -e "$GROOT/var/lib/node-attach" ] && ! compgen -G "$GROOT/var/tmp/.node-attach-stage-*" >/dev/null &&
+    packages_as_before
+}
+
+# plain_joins FLAGS SED-ARGS...: on the booted plain guest, the manual-add one-liner once per
+# refusal (each must exit with its code and install nothing), then for real.
+plain_joins() {
+  local flags=$1 case rc want mirror t0; shift
+  stage "form plain: the prelude, then the one-liner against broken mirrors (refused, nothing installed)"
+  wait_boot_finished 300 || true
+  check "the plain guest has no kubelet, CNI plugins or containerd" nothing_installed
+  for case in tampered:46 digest:46 badsig:45 skew:47; do
+    mirror=${case%:*} want=${case#*:}
+    # (The override comes first: the form's own @EXTRA_FLAGS@ substitution is among "$@".)
+    sed -e '1d' -e "s#@EXTRA_FLAGS@#$flags --artifacts-url $SERVE_URL/files/mirror-$mirror#g" "$@" \
+      "$REPO/packaging/userdata/manual-add.sh" > "$RUN/seed/join-$mirror.sh"
+    t0=$(date +%s%N)
+    rc=0; timeout 180 nsenter -t "$LEADER" -a -- bash /var/lib/cloud/seed/nocloud/join-$mirror.sh > "$RUN/join-$mirror.log" 2>&1 || rc=$?
+    check "mirror-$mirror: refused with exit $want (got $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms)" [ "$rc" = "$want" ]
+    check "mirror-$mirror: nothing installed" nothing_installed
+    [ "$rc" = "$want" ] || tail -n 15 "$RUN/join-$mirror.log"
+  done
+  grep -h 'artifacts\.' "$RUN"/join-*.log | sed 's/^/    /' | head -n 8 || true
+  stage_done
+  stage "form plain: the one-liner installs everything from the mirror and joins"
+  sed -e '1d' "$@" "$REPO/packaging/userdata/manual-add.sh" > "$RUN/seed/join.sh"
+  rc=0; timeout 400 nsenter -t "$LEADER" -a -- bash /var/lib/cloud/seed/nocloud/join.sh > "$RUN/join.log" 2>&1 || rc=$?
+  check "the one-liner on the plain guest succeeded (exit $rc)" [ "$rc" = 0 ]
+  [ "$rc" = 0 ] || tail -n 30 "$RUN/join.log"
+  stage_done "$(grep -h 'joined' "$RUN/join.log" | tail -n 1)"
+}
+
 node_ready() {
   [ "$(k get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
@@ -603,7 +794,7 @@ YAML
 
 # Paths join recorded, compared with the image after reset.
 reset_tree_check() {
-  python3 - "$RUN/journal.jsonl" "$GROOT" "$TREE" > "$RUN/reset-check.txt" 2>&1 <<'PY' || true
+  python3 - "$RUN/journal.jsonl" "$GROOT" "$GUEST_TREE" > "$RUN/reset-check.txt" 2>&1 <<'PY' || true
 import json, os, sys
 journal, guest, image = sys.argv[1:4]
 bad = []
@@ -661,8 +852,15 @@ run_form() {
     manual-add) node=e2e-manual; taint=e2e; values_flags="--values-url $values_url --node-name $node --node-wait-timeout 120s" ;;
     scale-out) node=e2e-scale-out; runtime=docker; values_flags="--node-name $node --node-wait-timeout 120s" ;;
     autoscaler) node=e2e-pool; openapi=$OPENAPI_POOL; values_flags="--values-url $values_url --node-name $node --provider-id cn-e2e.i-e2e0001 --node-wait-timeout 120s" ;;
+    # manual-add.sh on the plain image: the mirror's URL from the values, its key pinned in the
+    # one-liner, the images imported from the mirror, containerd from the package manager at
+    # the version asked for.
+    plain) node=e2e-plain; taint=e2e; openapi=$OPENAPI_PLAIN
+      values_flags="--values-url $values_url --node-name $node --node-wait-timeout 120s --artifacts-key $SIGNING_PUB --air-gap --runtime-version $CONTAINERD_DEB_VERSION" ;;
     *) die "unknown form $form" ;;
   esac
+  GUEST_TREE=$TREE
+  [ "$form" != plain ] || GUEST_TREE=$PLAIN_TREE
   local render=(-e "s#@BASE_URL@#$base#g" -e "s#@OPENAPI_TOKEN@#$openapi#g" -e "s#@TOKEN@#$TOKEN#g"
     -e "s#@ENDPOINT@#$ENDPOINT#g" -e "s#@CLUSTER_DNS@#$CLUSTER_DNS#g" -e "s#@CA_PIN@#$CA_PIN#g"
     -e "s#@DOCKER_VERSION@#20.10.24#g" -e "s#@LABELS@#k8s.io/cluster-autoscaler=true,workload_type=cpu#g"
@@ -679,6 +877,9 @@ run_form() {
         sed "${render[@]}" "$REPO/packaging/userdata/$form"
         printf -- '\n--==E2E==--\n'
       } > "$ud" ;;
+    # The plain guest's userdata is the prelude alone: the harness runs the one-liner, after
+    # the refusals.
+    plain) prelude_plain "$subnet" > "$ud" ;;
     *)
       { prelude "$subnet" "$runtime"; sed -e '1d' "${render[@]}" "$REPO/packaging/userdata/$form.sh"; } > "$ud" ;;
   esac
@@ -698,9 +899,13 @@ sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or no
   boot_guest "$name" "$ud"
   stage_done "guest $GUEST_IP (netns $name), PID 1 is host pid $LEADER, pod subnet $subnet"
 
-  stage "form $form: cloud-init runs the prelude, the one-line install and node-attach join"
-  wait_boot_finished 300 || true
-  stage_done "$(grep -h 'joined\|already joined' "$GROOT/var/log/node-attach/init.log" 2>/dev/null | tail -n 1)"
+  if [ "$form" = plain ]; then
+    plain_joins "$values_flags" "${render[@]}"
+  else
+    stage "form $form: cloud-init runs the prelude, the one-line install and node-attach join"
+    wait_boot_finished 300 || true
+    stage_done "$(grep -h 'joined\|already joined' "$GROOT/var/log/node-attach/init.log" 2>/dev/null | tail -n 1)"
+  fi
 
   stage "form $form: runtime, kubelet, Node Ready"
   check "cloud-init finished without errors" grep -q '"errors": \[\]' "$GROOT/var/lib/cloud/data/result.json"
@@ -722,7 +927,11 @@ sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or no
     check_within 30 "containerd is active" guest systemctl -q is-active containerd
     check "containerd config has SystemdCgroup = true" grep -q 'SystemdCgroup = true' "$cfg"
     check "containerd config sets the cluster's pause image $PAUSE_IMAGE" grep -q "sandbox_image = \"$PAUSE_IMAGE\"" "$cfg"
-    check "containerd config keeps Debian's CNI bin_dir (merged, not replaced)" grep -q 'bin_dir = "/usr/lib/cni"' "$cfg"
+    if [ "$form" = plain ]; then
+      check "containerd looks for CNI plugins where join installed them" grep -q 'bin_dir = "/opt/cni/bin"' "$cfg"
+    else
+      check "containerd config keeps Debian's CNI bin_dir (merged, not replaced)" grep -q 'bin_dir = "/usr/lib/cni"' "$cfg"
+    fi
     check "containerd config keeps the image's restrict_oom_score_adj (merged)" grep -q 'restrict_oom_score_adj = true' "$cfg"
     check "containerd runs that configuration" sh -c "nsenter -t $LEADER -a -- containerd config dump | grep -q 'SystemdCgroup = true' && nsenter -t $LEADER -a -- containerd config dump | grep -q 'sandbox_image = \"$PAUSE_IMAGE\"'"
     check "containerd's CRI plugin is ok" sh -c "nsenter -t $LEADER -a -- ctr plugins ls | awk '\$2==\"cri\"{print \$4}' | grep -qx ok"
@@ -750,8 +959,18 @@ sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or no
       check "Node $node has its providerID" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.spec.providerID}')\" = cn-e2e.i-e2e0001 ]"
       check "the restricted label is reported for the control plane" grep -q 'labels for the control plane to apply.*k8s.io/cluster-autoscaler=true' "$GROOT/var/log/cloud-init-output.log"
       check "the restricted label is not self-set (not in the kubelet's --node-labels)" sh -c "! grep -q cluster-autoscaler '$GROOT/var/lib/kubelet/kubeadm-flags.env'"
-      check_within 30 "the values service applied the restricted label to Node $node" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.metadata.labels.k8s\.io/cluster-autoscaler}')\" = true ]" ;;
+      check_within 30 "the values service applied the restricted label to Node $node" sh -c "[ \"\$(kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.metadata.labels.k8s\.io/cluster-autoscaler}')\" = true ]"
+      check "the kubelet registered Node $node with the startup taint while the label waited" grep -q 'register-with-taints=[^ "]*node.node-attach.io/labels-pending:NoSchedule' "$GROOT/var/lib/kubelet/kubeadm-flags.env"
+      check "the values service removed the startup taint with the label" sh -c "! kubectl --kubeconfig '$ADMIN' --cache-dir '$RUNROOT/kube-cache' get node $node -o jsonpath='{.spec.taints}' | grep -q labels-pending" ;;
   esac
+  if [ "$form" = plain ]; then
+    check "the kubelet is the mirror's real 1.20.2 (same sha256)" sh -c "[ \"\$(sha256sum < '$GROOT/usr/bin/kubelet')\" = \"\$(sha256sum < '$K8S_BIN/kubelet')\" ]"
+    check "the CNI plugins are the mirror's (Debian's bridge in /opt/cni/bin)" cmp -s "$GROOT/opt/cni/bin/bridge" /usr/lib/cni/bridge
+    check "containerd $CONTAINERD_DEB_VERSION came from the package manager" containerd_from_apt
+    check "the journal records what the install added (containerd and runc)" sh -c "grep -q '\"kind\":\"packages-added\".*\"containerd\".*\"runc\"' '$GROOT/var/lib/node-attach/journal.jsonl'"
+    check "the pause and pod images were imported from the mirror" sh -c "nsenter -t $LEADER -a -- ctr -n k8s.io images ls -q | grep -qx '$PAUSE_IMAGE' && nsenter -t $LEADER -a -- ctr -n k8s.io images ls -q | grep -qx '$POD_IMAGE'"
+    check "attach.sh checked the binary's signature" grep -q "signature verified with $SIGNING_PUB" "$RUN/join.log"
+  fi
   check "kubelet.conf is 0600" sh -c "[ \$(stat -c %a $GROOT/etc/kubernetes/kubelet.conf) = 600 ]"
   check "the client certificate pair is 0600" sh -c "[ \$(stat -Lc %a $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem 2>/dev/null || stat -c %a $GROOT\$(readlink $GROOT/var/lib/kubelet/pki/kubelet-client-current.pem)) = 600 ]"
   # Every bootstrap token secret the cluster holds (the cluster's and each minted one), and the
@@ -842,6 +1061,10 @@ sys.exit(r["state"] != "not-joined" or sys.argv[2] != "0")' "$RUN/doctor-reset.j
   [ "$doctor_rc" = 0 ] || log "doctor after reset: $(head -c 3000 "$RUN/doctor-reset.json")"
   reset_tree_check
   check "every path join touched is back to the image's state" grep -qx 'tree restored' "$RUN/reset-check.txt"
+  if [ "$form" = plain ]; then
+    check "the installed-package list is back to the image's (containerd and runc removed)" packages_as_before
+    check "the kubelet and the CNI plugins are gone" sh -c "[ ! -e '$GROOT/usr/bin/kubelet' ] && [ ! -e '$GROOT/opt/cni' ]"
+  fi
   [ "$FAIL" = "$fail0" ] || log "reset check: $(cat "$RUN/reset-check.txt")"
   k delete pod "$pod" --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
 

@@ -90,6 +90,21 @@ pub enum Change {
         /// Package name.
         name: String,
     },
+    /// What installing a package added, recorded right after the install: the package and
+    /// the dependencies it pulled in, which reset removes.
+    PackagesAdded {
+        /// Package manager.
+        manager: String,
+        /// Every package the install added.
+        packages: Vec<String>,
+    },
+    /// Images an import added to the runtime (reset removes them).
+    ImagesImported {
+        /// `containerd` or `docker`.
+        runtime: String,
+        /// The references the import added.
+        refs: Vec<String>,
+    },
     /// A unit join enabled (it was not enabled before).
     UnitEnabled {
         /// Unit name.
@@ -483,6 +498,16 @@ impl Journal {
         let name = format!("{:06}", self.next_seq);
         let path = PathBuf::from(BACKUP_DIR).join(&name);
         self.root.write_atomic(&path, bytes, 0o600)?;
+        Ok(name)
+    }
+
+    /// Keeps the regular file at `target` as the backup for the next change without reading
+    /// it into memory (a hard link, or a streamed copy across filesystems); returns its name.
+    pub fn backup_file(&mut self, target: &Path) -> Result<String, JournalError> {
+        let name = format!("{:06}", self.next_seq);
+        let path = PathBuf::from(BACKUP_DIR).join(&name);
+        let _ = self.root.remove_file(&path);
+        self.root.link_or_copy(target, &path)?;
         Ok(name)
     }
 

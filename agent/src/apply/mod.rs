@@ -7,6 +7,7 @@
 //! A step whose target already holds is `unchanged` and not journaled, which makes re-runs
 //! converge without repeating work.
 
+pub mod install;
 pub mod journal;
 pub mod lock;
 pub mod records;
@@ -526,9 +527,9 @@ impl<'a> Applier<'a> {
         }
         let manager = pm.name().to_owned();
         let n = name.to_owned();
-        self.journaled(
+        let added = self.journaled(
             Change::Package {
-                manager,
+                manager: manager.clone(),
                 name: n.clone(),
             },
             |fx| {
@@ -539,6 +540,18 @@ impl<'a> Applier<'a> {
                 Ok(pm.install(&n, version)?)
             },
         )?;
+        if !added.is_empty() {
+            let j = self
+                .journal
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("applying"));
+            let seq = j.begin(Change::PackagesAdded {
+                manager,
+                packages: added.clone(),
+            })?;
+            j.done(seq)?;
+        }
+        let detail = format!("{detail} (added {})", added.join(", "));
         Ok(self.record("package", name, detail, Outcome::Changed))
     }
 

@@ -214,7 +214,10 @@ fn discover(s: &Settings, u: &Unknown) -> String {
     };
     let token = match u.token || u.values {
         true => "the bootstrap token (known at boot)".to_owned(),
-        false => format!("token {}", s.token),
+        false => match &s.token {
+            Some(t) => format!("token {t}"),
+            None => "no token (bake mode: --phase prepare joins no cluster)".to_owned(),
+        },
     };
     format!("verify cluster-info from {endpoint} with {token}, trusting {trust}")
 }

@@ -157,6 +157,34 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The config file names an artifact mirror and its key like the flags do, and join reads
+    /// them into its settings.
+    #[test]
+    fn an_artifact_mirror_and_its_key_come_from_the_file() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "artifacts-url: https://mirror.example/k8s\nartifacts-key: ed25519:bSctQPDsCU9/H4QoQylJg2/A5mK5N5kvpEXpOaEsS2s=\nair-gap: true\nkubelet-version: v1.20.2\nphase: prepare\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let argv: Vec<OsString> = ["node-attach", "join", "--config", p.to_str().expect("utf8")]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let cli = crate::cli::Cli::try_parse_from(expand(argv).expect("expand")).expect("parse");
+        let crate::cli::Command::Join(args) = cli.command else {
+            panic!("join")
+        };
+        let s = crate::sources::settings::Settings::resolve(&args, None, None).expect("settings");
+        let m = s.artifacts.mirror.expect("a mirror");
+        assert_eq!(m.url.as_str(), "https://mirror.example/k8s/");
+        assert_eq!(
+            m.key.to_string(),
+            "ed25519:bSctQPDsCU9/H4QoQylJg2/A5mK5N5kvpEXpOaEsS2s="
+        );
+        assert!(s.artifacts.air_gap);
+        assert_eq!(s.phase, crate::cli::join::Phase::Prepare);
+    }
+
     #[test]
     fn flags_win_and_lists_repeat() {
         let dir = tempfile::tempdir().expect("tmp");

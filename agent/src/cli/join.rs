@@ -109,6 +109,26 @@ pub struct JoinArgs {
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
+    /// The ESS scale-out lifecycle hook (ash-…) holding this instance: join completes its
+    /// action, CONTINUE once joined, ABANDON when the join failed (so ESS replaces the
+    /// instance now). Needs --ess-lifecycle-action-token and the instance's RAM role.
+    #[arg(long, value_name = "ID", requires = "ess_lifecycle_action_token")]
+    pub ess_lifecycle_hook_id: Option<String>,
+
+    /// The lifecycle action's token (or NODE_ATTACH_ESS_LIFECYCLE_ACTION_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "NODE_ATTACH_ESS_LIFECYCLE_ACTION_TOKEN",
+        hide_env_values = true,
+        requires = "ess_lifecycle_hook_id"
+    )]
+    pub ess_lifecycle_action_token: Option<String>,
+
+    /// The ESS API endpoint (default https://ess.REGION.aliyuncs.com).
+    #[arg(long, value_name = "URL")]
+    pub ess_endpoint: Option<url::Url>,
+
     /// Where to fetch cluster values with --openapi-token: a URL template with {token}, and
     /// optionally {instance_id} and {region}.
     #[arg(long, value_name = "URL", default_value = crate::sources::values::DEFAULT_VALUES_URL)]
@@ -156,9 +176,72 @@ pub struct JoinArgs {
     #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = parse_duration)]
     pub node_wait_timeout: Duration,
 
+    /// Artifacts from a signed mirror.
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
+
+    /// Which part of the join to run: all (default), or prepare (bake mode: install and
+    /// configure the kubelet, CNI plugins, runtime and images with no cluster contact, for an
+    /// image builder; the join at boot then does discovery, the CSR and the start).
+    #[arg(long, value_enum, default_value_t = Phase::All)]
+    pub phase: Phase,
+
     /// attach_node.sh flags with no effect here.
     #[command(flatten)]
     pub compat: CompatArgs,
+}
+
+/// `join --phase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The whole join.
+    All,
+    /// Bake mode: everything that needs no cluster.
+    Prepare,
+}
+
+/// Where the kubelet, crictl, CNI plugins, a static runtime and image archives come from when
+/// the machine lacks them.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ArtifactArgs {
+    /// An artifact mirror's base URL (https; `node-attach artifacts publish` builds one):
+    /// what the machine lacks is installed from it, verified against its signed manifest.
+    #[arg(long, value_name = "URL")]
+    pub artifacts_url: Option<String>,
+
+    /// The Ed25519 public key the mirror's manifest is signed with (ed25519:<base64>); wins
+    /// over the values' artifacts.publicKey.
+    #[arg(long, value_name = "KEY")]
+    pub artifacts_key: Option<String>,
+
+    /// Extra CA bundle (PEM) to trust for the mirror.
+    #[arg(long, value_name = "FILE")]
+    pub artifacts_ca_file: Option<PathBuf>,
+
+    /// Overall deadline for fetching artifacts (each file is retried until then).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub artifacts_timeout: Duration,
+
+    /// The kubelet version to install (default: the API server's, else the newest the skew
+    /// policy allows).
+    #[arg(long, value_name = "VERSION")]
+    pub kubelet_version: Option<String>,
+
+    /// Import the release's image archives from the mirror into the runtime before the kubelet
+    /// starts (no registry needed).
+    #[arg(long)]
+    pub air_gap: bool,
+
+    /// Import a local image archive (docker-archive or OCI tar) into the runtime before the
+    /// kubelet starts; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub image_archive: Vec<PathBuf>,
+
+    /// Where a missing runtime comes from: auto (the package manager, else the mirror),
+    /// package, or mirror (its static containerd).
+    #[arg(long, value_name = "SOURCE")]
+    pub runtime_source: Option<String>,
 }
 
 /// attach_node.sh flags that concern the cluster or the cloud rather than the node. They are
@@ -289,12 +372,13 @@ pub async fn run(
     if args.token.token.is_some() && in_argv {
         tracing::warn!("the bootstrap token was given on the command line, where other users can read it in the process list; prefer NODE_ATTACH_TOKEN or --token-file");
     }
+    if args.phase == Phase::Prepare {
+        return crate::join::prepare::run(args, reporter).await;
+    }
     let settings = crate::sources::gather(&args, reporter).await?;
     let effects = crate::effects::Effects::real(crate::effects::fs::Root::new(&settings.root));
-    let outcome = crate::join::run(&settings, &effects, reporter).await;
-    if !settings.dry_run {
-        crate::join::report_callback(&settings, &outcome).await;
-    }
+    let outcome = crate::join::run_reporting_stalls(&settings, &effects, reporter).await;
+    crate::join::announce(&settings, &outcome).await;
     let summary = outcome?;
     reporter.result(&summary, &crate::join::summary_text(&summary));
     Ok(())

@@ -4,6 +4,7 @@
 //! form and exits 2, and so does `join --help` (a userdata script that runs
 //! `attach.sh --help` must not look like a successful join).
 
+pub mod artifacts;
 pub mod check;
 pub mod common;
 pub mod config;
@@ -65,6 +66,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print the version.
     Version(version::VersionArgs),
+    /// Build and sign artifact mirrors (the kubelet, CNI plugins, runtimes, images).
+    Artifacts(artifacts::ArtifactsArgs),
     /// Print a shell completion script (bash, zsh, fish).
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or list them.
@@ -92,6 +95,7 @@ impl Command {
             Command::Check(_) => "check",
             Command::Doctor(_) => "doctor",
             Command::Version(_) => "version",
+            Command::Artifacts(_) => "artifacts",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
         }
@@ -151,6 +155,7 @@ where
             Command::Check(args) => check::run(args, &mut reporter),
             Command::Doctor(args) => doctor::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
+            Command::Artifacts(args) => artifacts::run(args, &mut reporter),
             Command::Completions(args) => shell::completions(&args),
             Command::Man(args) => shell::man(&args),
         }

@@ -41,8 +41,13 @@ pub struct ResetArgs {
     #[arg(long)]
     pub only_if_marked: bool,
 
-    /// Uninstall the packages join installed.
+    /// Keep the packages join installed (the runtime and the dependencies it pulled in); by
+    /// default reset removes exactly those, and never a package something else depends on.
     #[arg(long)]
+    pub keep_packages: bool,
+
+    /// Accepted for compatibility: removing what join installed is the default now.
+    #[arg(long, hide = true)]
     pub remove_packages: bool,
 
     /// Without a journal, clean the kubelet's and CNI's documented paths anyway (for a node
@@ -148,7 +153,7 @@ fn options(args: &ResetArgs) -> Result<ResetOptions, Failure> {
     Ok(ResetOptions {
         dry_run: args.dry_run,
         delete_node: args.delete_node,
-        remove_packages: args.remove_packages,
+        keep_packages: args.keep_packages,
         skip: args.skip.clone(),
         drain: args.drain,
         clean_without_journal: args.clean_kubernetes_paths,

@@ -10,6 +10,7 @@
 //! URLs in errors are the caller's *shown* form ([`Target::shown`]), so a URL carrying a token in
 //! its path never reaches a message.
 
+use crate::model::cause::Cause;
 use crate::model::secret::Secret;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
@@ -57,21 +58,25 @@ impl Target {
 /// An HTTP failure. Messages use the shown URL and never include response bodies unscrubbed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// TCP connection failed (refused, unreachable, DNS).
-    #[error("cannot connect to {url}: {detail}")]
+    /// TCP connection failed (refused, reset, unreachable, DNS).
+    #[error("cannot connect to {url}: {cause}: {detail}")]
     Connect {
         /// Shown URL.
         url: String,
+        /// Its class.
+        cause: Cause,
         /// The OS's reason.
         detail: String,
     },
-    /// No answer within the timeout.
-    #[error("no answer from {url} within {timeout:?}")]
+    /// No connection or no answer within the timeout.
+    #[error("{} {url} within {timeout:?}", if *connecting { "could not connect to" } else { "no answer from" })]
     Timeout {
         /// Shown URL.
         url: String,
         /// The timeout that expired.
         timeout: Duration,
+        /// Whether the TCP connect itself timed out.
+        connecting: bool,
     },
     /// The TLS handshake failed: an untrusted or mismatched certificate, usually.
     #[error("TLS handshake with {url} failed: {detail}")]
@@ -136,6 +141,20 @@ impl HttpError {
         match self {
             HttpError::Status { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// The failure's class.
+    pub fn cause(&self) -> Cause {
+        match self {
+            HttpError::Connect { cause, .. } => *cause,
+            HttpError::Timeout {
+                connecting: true, ..
+            } => Cause::TcpTimeout,
+            HttpError::Timeout { .. } => Cause::NoAnswer,
+            HttpError::Tls { .. } => Cause::Tls,
+            HttpError::Status { status, .. } => Cause::of_status(*status),
+            _ => Cause::Other,
         }
     }
 
@@ -352,19 +371,32 @@ impl Http {
             return HttpError::Tls { url, detail };
         }
         if err.is_timeout() {
+            let connecting = err.is_connect();
+            let limits = &self.limits;
+            let timeout = if connecting {
+                limits.connect_timeout
+            } else {
+                limits.request_timeout
+            };
             return HttpError::Timeout {
                 url,
-                timeout: self.limits.request_timeout,
+                timeout,
+                connecting,
             };
         }
         let err = err.without_url();
         let detail = root_cause(&err);
         if err.is_connect() {
-            return HttpError::Connect { url, detail };
+            let cause = Cause::of_connect_error(&err);
+            return HttpError::Connect { url, cause, detail };
         }
         if err.is_body() || err.is_request() {
             // A connection dropped mid-answer: worth another try.
-            return HttpError::Connect { url, detail };
+            let cause = match Cause::of_connect_error(&err) {
+                Cause::Other => Cause::TcpReset,
+                known => known,
+            };
+            return HttpError::Connect { url, cause, detail };
         }
         HttpError::Other { url, detail }
     }
@@ -485,6 +517,53 @@ impl RetryPolicy {
     }
 }
 
+/// A retried call's first failure: its class, and until when it is retried.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stall {
+    /// The call (`reading cluster-info from 10.0.0.10:6443`).
+    pub what: String,
+    /// The failure's class.
+    pub cause: Cause,
+    /// The failure.
+    pub message: String,
+    /// When the retries stop (RFC 3339).
+    pub retry_until: String,
+}
+
+tokio::task_local! {
+    /// Where a retried call's first failure is reported, while a join runs ([`reporting_stalls`]).
+    static STALLS: tokio::sync::mpsc::UnboundedSender<Stall>;
+}
+
+/// Runs `work` with every retried call's first failure sent to `sink` as it happens, so the
+/// cause of a stuck join is known (and reported) in seconds, not when its deadline passes.
+pub async fn reporting_stalls<F: Future>(
+    sink: tokio::sync::mpsc::UnboundedSender<Stall>,
+    work: F,
+) -> F::Output {
+    STALLS.scope(sink, work).await
+}
+
+/// Says at once why a call failed and how long it is retried: on stderr, and to the
+/// [`reporting_stalls`] sink if one listens.
+fn first_failure(what: &str, err: &(impl Retryable + std::fmt::Display), remaining: Duration) {
+    let cause = err.cause();
+    let until = time::OffsetDateTime::now_utc() + remaining;
+    let until = until
+        .replace_nanosecond(0)
+        .unwrap_or(until)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    tracing::warn!(cause = ?cause, retry_until = %until, "{what}: {cause}: {err}; retrying until {until} ({}s left)", remaining.as_secs());
+    let stall = Stall {
+        what: what.to_owned(),
+        cause,
+        message: err.to_string(),
+        retry_until: until,
+    };
+    let _ = STALLS.try_with(|sink| sink.send(stall));
+}
+
 /// What made [`retry`] stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError<E> {
@@ -527,6 +606,10 @@ pub trait Retryable {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// The failure's class, for the first-failure report.
+    fn cause(&self) -> Cause {
+        Cause::Other
+    }
 }
 
 impl Retryable for HttpError {
@@ -535,6 +618,9 @@ impl Retryable for HttpError {
     }
     fn retry_after(&self) -> Option<Duration> {
         HttpError::retry_after(self)
+    }
+    fn cause(&self) -> Cause {
+        HttpError::cause(self)
     }
 }
 
@@ -574,6 +660,9 @@ where
                 elapsed,
                 last: err,
             });
+        }
+        if attempt == 1 {
+            first_failure(what, &err, remaining);
         }
         tracing::info!(
             attempt,

@@ -3,5 +3,6 @@
 //! and reports to a callback ([`callback`]).
 
 pub mod callback;
+pub mod ess;
 pub mod http;
 pub mod kube;

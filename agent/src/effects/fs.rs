@@ -499,6 +499,270 @@ impl Root {
     }
 }
 
+/// A regular file's digest and metadata, read without holding it in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Lowercase hex SHA-256 of the contents.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner's uid.
+    pub uid: u32,
+    /// Owner's gid.
+    pub gid: u32,
+}
+
+/// What [`Root::digest`] found at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing.
+    Absent,
+    /// A regular file.
+    File(FileDigest),
+    /// Something else (directory, symlink, special file), named.
+    Other(&'static str),
+}
+
+/// Where scratch directories live on the node.
+pub const SCRATCH_PARENT: &str = "/var/tmp";
+const SCRATCH_PREFIX: &str = ".node-attach-stage-";
+
+/// A private (0700) scratch directory under the node's `/var/tmp` for downloads that are not
+/// verified yet. It is removed when dropped, so a refused download leaves nothing behind; one
+/// a crash left is removed by the next [`Root::sweep_scratch`].
+#[derive(Debug)]
+pub struct Scratch {
+    real: PathBuf,
+}
+
+impl Scratch {
+    /// The directory's real location.
+    pub fn path(&self) -> &Path {
+        &self.real
+    }
+
+    /// Opens `name` in the directory as a new or emptied 0600 file (never following a
+    /// symlink); returns it and its real path.
+    pub fn create(&self, name: &str) -> Result<(File, PathBuf), FsError> {
+        let clean = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+        if !clean {
+            return Err(FsError::BadPath(name.to_owned()));
+        }
+        let real = self.real.join(name);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&real)
+            .map_err(io("create", &real))?;
+        Ok((f, real))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.real) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "removing the scratch directory {}: {e}",
+                    self.real.display()
+                );
+            }
+        }
+    }
+}
+
+impl Root {
+    /// A new scratch directory (see [`Scratch`]): in the node's `/var/tmp`, or at the top of
+    /// a root that has none (a scratch root in tests), so no directory is made for it.
+    pub fn scratch(&self) -> Result<Scratch, FsError> {
+        let parent = self.scratch_parent()?;
+        let target = parent.join(format!("{SCRATCH_PREFIX}{}", temp_suffix()));
+        let real = self.resolve(&target)?;
+        fs::create_dir(&real)
+            .and_then(|()| fs::set_permissions(&real, fs::Permissions::from_mode(0o700)))
+            .map_err(io("create directory", &target))?;
+        Ok(Scratch { real })
+    }
+
+    fn scratch_parent(&self) -> Result<PathBuf, FsError> {
+        Ok(match self.inspect(Path::new(SCRATCH_PARENT))? {
+            Existing::Dir => PathBuf::from(SCRATCH_PARENT),
+            _ => PathBuf::from("/"),
+        })
+    }
+
+    /// Removes scratch directories an interrupted run left; returns how many.
+    pub fn sweep_scratch(&self) -> Result<usize, FsError> {
+        let parent = self.scratch_parent()?;
+        let mut removed = 0;
+        for name in self.list_dir(&parent)? {
+            let ours = name
+                .strip_prefix(SCRATCH_PREFIX)
+                .is_some_and(is_temp_suffix);
+            if !ours {
+                continue;
+            }
+            let target = parent.join(&name);
+            if self.inspect(&target)? == Existing::Dir {
+                fs::remove_dir_all(self.resolve(&target)?).map_err(io("remove", &target))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The SHA-256 and metadata of a regular file at `target`, streamed (a final symlink is
+    /// reported as [`Found::Other`], never followed).
+    pub fn digest(&self, target: &Path) -> Result<Found, FsError> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let real = self.resolve(target)?;
+        let meta = match fs::symlink_metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Absent),
+            Err(e) => return Err(io("inspect", target)(e)),
+        };
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            return Ok(Found::Other(if ft.is_dir() {
+                "directory"
+            } else if ft.is_symlink() {
+                "symbolic link"
+            } else {
+                "special file"
+            }));
+        }
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&real)
+            .map_err(io("open", target))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io("read", target))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok(Found::File(FileDigest {
+            sha256: hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            size,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+
+    /// Moves a staged, verified file (a real path, normally in a [`Scratch`]) to `target` with
+    /// exactly `mode`: one `rename(2)` when both are on one filesystem, else a copy to a
+    /// temporary file beside the target, fsynced, renamed into place. The parent must exist.
+    pub fn install_staged(&self, staged: &Path, target: &Path, mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        sweep_beside(&real, target)?;
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        fs::set_permissions(staged, fs::Permissions::from_mode(mode))
+            .map_err(io("chmod", staged))?;
+        match fs::rename(staged, &real) {
+            Ok(()) => {
+                sync_dir(dir);
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+            Err(e) => return Err(io("rename", target)(e)),
+        }
+        self.copy_into_place(staged, &real, target, mode)?;
+        let _ = fs::remove_file(staged);
+        Ok(())
+    }
+
+    /// Keeps a copy of the regular file at `from` at `to` (0600 when copied): a hard link
+    /// when both are on one filesystem (the file is about to be replaced by a rename, never
+    /// written in place), else a streamed copy. The parent of `to` must exist.
+    pub fn link_or_copy(&self, from: &Path, to: &Path) -> Result<(), FsError> {
+        let src = self.resolve(from)?;
+        let dst = self.resolve(to)?;
+        match fs::hard_link(&src, &dst) {
+            Ok(()) => {
+                if let Some(dir) = dst.parent() {
+                    sync_dir(dir);
+                }
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                self.copy_into_place(&src, &dst, to, 0o600)
+            }
+            Err(e) => Err(io("link", to)(e)),
+        }
+    }
+
+    /// Copies a file from outside the root (a real path the user named) to `target` with
+    /// exactly `mode`, atomically. The parent must exist.
+    pub fn copy_from(&self, src: &Path, target: &Path, mode: u32) -> Result<(), FsError> {
+        let real = self.resolve(target)?;
+        sweep_beside(&real, target)?;
+        self.copy_into_place(src, &real, target, mode)
+    }
+
+    /// Copies `src` to a temporary file beside `real` (the resolved `target`), fsyncs it and
+    /// renames it into place.
+    fn copy_into_place(
+        &self,
+        src: &Path,
+        real: &Path,
+        target: &Path,
+        mode: u32,
+    ) -> Result<(), FsError> {
+        let dir = real
+            .parent()
+            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(".{name}.node-attach-{}", temp_suffix()));
+        let result = (|| {
+            let mut from = OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(src)
+                .map_err(io("open", src))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", target))?;
+            to.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", target))?;
+            std::io::copy(&mut from, &mut to).map_err(io("copy", target))?;
+            to.sync_all().map_err(io("fsync", target))?;
+            fs::rename(&tmp, real).map_err(io("rename", target))?;
+            sync_dir(dir);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
 /// Removes the temporary files of interrupted writes of `real` (already resolved); `target` is
 /// the path as the caller named it, for errors.
 fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
@@ -733,6 +997,75 @@ mod tests {
             .mkdir_all(Path::new("/etc/a/b"), 0o700)
             .expect("again")
             .is_empty());
+    }
+
+    #[test]
+    fn a_scratch_directory_leaves_nothing_and_staged_files_install_atomically() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        root.mkdir_all(Path::new("/usr/bin"), 0o755).expect("usr");
+        let staged = {
+            let scratch = root.scratch().expect("scratch");
+            let (mut f, real) = scratch.create("kubelet").expect("create");
+            f.write_all(b"new kubelet").expect("write");
+            assert!(scratch.create("../escape").is_err());
+            root.write_atomic(Path::new("/usr/bin/kubelet"), b"old", 0o700)
+                .expect("old");
+            root.mkdir_all(Path::new("/var/lib/node-attach/backup"), 0o700)
+                .expect("backup dir");
+            root.link_or_copy(
+                Path::new("/usr/bin/kubelet"),
+                Path::new("/var/lib/node-attach/backup/000001"),
+            )
+            .expect("backup");
+            root.install_staged(&real, Path::new("/usr/bin/kubelet"), 0o755)
+                .expect("install");
+            real
+        };
+        assert!(!staged.exists());
+        let Found::File(d) = root.digest(Path::new("/usr/bin/kubelet")).expect("digest") else {
+            panic!("a file")
+        };
+        assert_eq!(d.size, 11);
+        assert_eq!(d.mode, 0o755);
+        let want: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(b"new kubelet")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(d.sha256, want);
+        assert_eq!(
+            root.read(Path::new("/var/lib/node-attach/backup/000001"))
+                .expect("read"),
+            Some(b"old".to_vec()),
+            "the backup kept the replaced bytes"
+        );
+        // The scratch directory is gone (made at the top: this root has no /var/tmp).
+        let mut top = root.list_dir(Path::new("/")).expect("ls");
+        top.sort();
+        assert_eq!(top, ["usr", "var"]);
+        assert_eq!(root.list_dir(Path::new("/var")).expect("ls"), ["lib"]);
+        assert_eq!(
+            root.digest(Path::new("/usr/bin/none")).expect("absent"),
+            Found::Absent
+        );
+        assert_eq!(
+            root.digest(Path::new("/usr/bin")).expect("dir"),
+            Found::Other("directory")
+        );
+    }
+
+    #[test]
+    fn stale_scratch_directories_are_swept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("var/tmp/.node-attach-stage-0123456789ab/x"))
+            .expect("stale");
+        std::fs::create_dir_all(tmp.path().join("var/tmp/other")).expect("foreign");
+        assert_eq!(root.sweep_scratch().expect("sweep"), 1);
+        assert_eq!(root.list_dir(Path::new("/var/tmp")).expect("ls"), ["other"]);
     }
 
     #[test]

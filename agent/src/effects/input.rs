@@ -138,6 +138,43 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, InputError> {
     read(path, max)?.into_text(path)
 }
 
+/// The absolute, symlink-free form of a path the operator named (it must exist).
+pub fn canonical(path: &Path) -> Result<PathBuf, InputError> {
+    std::fs::canonicalize(path).map_err(|source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates a directory the operator named, with its missing parents.
+pub fn create_dir_all(path: &Path) -> Result<(), InputError> {
+    std::fs::create_dir_all(path).map_err(|source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The regular files directly in a directory the operator named, hidden ones left out, sorted;
+/// None when `path` is not a directory.
+pub fn list_files(path: &Path) -> Result<Option<Vec<PathBuf>>, InputError> {
+    let fail = |source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if !std::fs::metadata(path).map_err(fail)?.is_dir() {
+        return Ok(None);
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(fail)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    Ok(Some(names))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Every side effect outside the filesystem sits behind a small trait with a real
 //! implementation and a test double: systemd ([`Systemd`]), the OS package manager
-//! ([`Packages`]) and the container runtime's CRI socket ([`Cri`]). The filesystem goes through
+//! ([`Packages`]), the container runtime's CRI socket ([`Cri`]) and its images
+//! ([`images::Images`]). The filesystem goes through
 //! [`fs::Root`]. When the root is not `/`, node-attach touches no host service or package: those
 //! steps are journaled as skipped instead.
 //!
@@ -11,11 +12,15 @@
 pub mod containers;
 pub mod cri;
 pub mod fs;
+pub mod images;
 pub mod input;
 pub mod kernel;
 pub mod network;
+pub mod packages;
 pub mod probe;
 pub mod seen;
+
+pub use packages::{detect_packages, Packages, RecordingPackages};
 
 use std::path::Path;
 use std::process::Command;
@@ -240,151 +245,6 @@ impl Systemd for RecordingSystemd {
     }
 }
 
-/// The OS package manager.
-pub trait Packages: Send + Sync {
-    /// `apt`, `dnf` or `yum`.
-    fn name(&self) -> &'static str;
-    /// The installed version of a package, if installed.
-    fn installed_version(&self, package: &str) -> Option<String>;
-    /// Installs a package (at `version` when given).
-    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError>;
-    /// Removes a package.
-    fn remove(&self, package: &str) -> Result<(), EffectError>;
-}
-
-/// apt (Debian, Ubuntu).
-pub struct Apt;
-/// dnf or yum (RHEL, CentOS, Alibaba Cloud Linux, Fedora).
-pub struct Dnf(&'static str);
-
-const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
-
-impl Packages for Apt {
-    fn name(&self) -> &'static str {
-        "apt"
-    }
-    fn installed_version(&self, package: &str) -> Option<String> {
-        let out = run_command(
-            "dpkg-query",
-            &["-W", "-f", "${Status}\t${Version}", package],
-            Duration::from_secs(30),
-        )
-        .ok()?;
-        let (status, version) = out.split_once('\t')?;
-        status
-            .ends_with(" installed")
-            .then(|| version.trim().to_owned())
-    }
-    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
-        let spec = match version {
-            Some(v) => format!("{package}={v}"),
-            None => package.to_owned(),
-        };
-        if run_command(
-            "apt-get",
-            &["install", "-y", "-q", "--no-install-recommends", &spec],
-            PACKAGE_TIMEOUT,
-        )
-        .is_err()
-        {
-            // The package lists may be missing or stale on a fresh image.
-            run_command("apt-get", &["update", "-q"], PACKAGE_TIMEOUT)?;
-            run_command(
-                "apt-get",
-                &["install", "-y", "-q", "--no-install-recommends", &spec],
-                PACKAGE_TIMEOUT,
-            )?;
-        }
-        Ok(())
-    }
-    fn remove(&self, package: &str) -> Result<(), EffectError> {
-        run_command("apt-get", &["remove", "-y", "-q", package], PACKAGE_TIMEOUT).map(drop)
-    }
-}
-
-impl Packages for Dnf {
-    fn name(&self) -> &'static str {
-        self.0
-    }
-    fn installed_version(&self, package: &str) -> Option<String> {
-        run_command(
-            "rpm",
-            &["-q", "--qf", "%{VERSION}-%{RELEASE}", package],
-            Duration::from_secs(30),
-        )
-        .ok()
-    }
-    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
-        let spec = match version {
-            Some(v) => format!("{package}-{v}"),
-            None => package.to_owned(),
-        };
-        run_command(self.0, &["install", "-y", &spec], PACKAGE_TIMEOUT).map(drop)
-    }
-    fn remove(&self, package: &str) -> Result<(), EffectError> {
-        run_command(self.0, &["remove", "-y", package], PACKAGE_TIMEOUT).map(drop)
-    }
-}
-
-/// The host's package manager, if one is known.
-pub fn detect_packages() -> Option<Box<dyn Packages>> {
-    if which("apt-get").is_some() && which("dpkg-query").is_some() {
-        return Some(Box::new(Apt));
-    }
-    if which("dnf").is_some() {
-        return Some(Box::new(Dnf("dnf")));
-    }
-    if which("yum").is_some() {
-        return Some(Box::new(Dnf("yum")));
-    }
-    None
-}
-
-/// A package manager double: a fixed set of installed packages; installs succeed and are recorded.
-#[derive(Default)]
-pub struct RecordingPackages {
-    /// Installed packages and versions.
-    pub installed: Mutex<Vec<(String, String)>>,
-    /// Calls in order.
-    pub calls: Mutex<Vec<String>>,
-}
-
-impl Packages for RecordingPackages {
-    fn name(&self) -> &'static str {
-        "test"
-    }
-    fn installed_version(&self, package: &str) -> Option<String> {
-        self.installed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(p, _)| p == package)
-            .map(|(_, v)| v.clone())
-    }
-    fn install(&self, package: &str, version: Option<&str>) -> Result<(), EffectError> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("install {package}"));
-        self.installed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((package.to_owned(), version.unwrap_or("1.0").to_owned()));
-        Ok(())
-    }
-    fn remove(&self, package: &str) -> Result<(), EffectError> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("remove {package}"));
-        self.installed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(p, _)| p != package);
-        Ok(())
-    }
-}
-
 /// The container runtime's API sockets.
 pub trait Cri: Send + Sync {
     /// Waits until a gRPC server answers on the socket, or the timeout passes.
@@ -503,6 +363,8 @@ pub struct Effects {
     pub kernel: Box<dyn kernel::Kernel>,
     /// iptables, IPVS, interfaces.
     pub network: Box<dyn network::Network>,
+    /// Container images in the runtime (air-gap imports).
+    pub images: Box<dyn images::Images>,
     /// Host facts preflight checks.
     pub probe: Box<dyn probe::Probe>,
     /// Whether host services, packages, sysctls and swap may be touched (root is `/`).
@@ -521,6 +383,7 @@ impl Effects {
             containers: Box::new(containers::RuntimeContainers),
             kernel: Box::new(kernel::HostKernel),
             network: Box::new(network::HostNetwork),
+            images: Box::new(images::RuntimeImages),
             probe: Box::new(probe::HostProbe),
             host,
         }
@@ -538,6 +401,7 @@ impl Effects {
             containers: Box::new(containers::RecordingContainers::default()),
             kernel: Box::new(kernel::RecordingKernel::default()),
             network: Box::new(network::RecordingNetwork::default()),
+            images: Box::new(images::RecordingImages::default()),
             probe: Box::new(probe::FixedProbe::default()),
             host: false,
         }

@@ -28,7 +28,8 @@ pub async fn phase(applier: &mut Applier<'_>, ctx: &Context<'_>) -> Result<Optio
     };
     if ctx.settings.tls_bootstrap == TlsBootstrapMode::Kubelet {
         let name = ctx.cluster.config.cluster_name.as_str();
-        let cfg = Kubeconfig::bootstrap(name, &info, &ctx.settings.token.expose_full());
+        let cfg =
+            Kubeconfig::bootstrap(name, &info, &ctx.settings.bootstrap_token()?.expose_full());
         applier
             .file(
                 Path::new(BOOTSTRAP_CONF),

@@ -471,7 +471,7 @@ pub fn apply(
     applier: &mut crate::apply::Applier<'_>,
     files: &KubeletFiles,
 ) -> Result<KubeletChanges, crate::apply::ApplyError> {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     for (dir, mode) in [
         ("/etc/kubernetes/pki", 0o755),
         ("/etc/kubernetes/manifests", 0o755),
@@ -489,6 +489,20 @@ pub fn apply(
             .file(Path::new(path), 0o644, bytes, false)?
             .changes();
     }
+    let unit_changed = units(applier, files.reset_unit.as_deref())?;
+    Ok(KubeletChanges {
+        units: unit_changed,
+        config: config || unit_changed,
+    })
+}
+
+/// The kubelet's unit (unless a package installed one), kubeadm's drop-in and the reset unit
+/// (bake mode writes these too); returns whether any changed.
+pub fn units(
+    applier: &mut crate::apply::Applier<'_>,
+    reset_unit: Option<&str>,
+) -> Result<bool, crate::apply::ApplyError> {
+    use std::path::{Path, PathBuf};
     let root = &applier.effects().root;
     let packaged_unit = UNIT_DIRS.iter().any(|d| {
         let p = PathBuf::from(d).join("kubelet.service");
@@ -499,7 +513,7 @@ pub fn apply(
         units.push((UNIT_PATH, UNIT.as_bytes()));
     }
     units.push((DROPIN_PATH, DROPIN.as_bytes()));
-    if let Some(unit) = &files.reset_unit {
+    if let Some(unit) = reset_unit {
         units.push((RESET_UNIT_PATH, unit.as_bytes()));
     }
     let mut unit_changed = false;
@@ -508,10 +522,7 @@ pub fn apply(
             .file(Path::new(path), 0o644, bytes, false)?
             .changes();
     }
-    Ok(KubeletChanges {
-        units: unit_changed,
-        config: config || unit_changed,
-    })
+    Ok(unit_changed)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The join, phase by phase: identity → preflight → discover → cluster → (plan) → host →
-//! runtime → kubelet → bootstrap → start → confirm → done. The settings come in whole
+//! The join, phase by phase: identity → preflight → discover → cluster → (artifacts, plan) →
+//! host → (install) → runtime → kubelet → bootstrap → start → confirm → done. The settings come in whole
 //! ([`crate::sources::gather`]); everything a phase writes is rendered and validated before
 //! the journal records its first change.
 //!
@@ -7,6 +7,7 @@
 //! takes, the journal records each change before it is made, and a rerun after an interruption
 //! finishes the job without repeating what was done.
 
+pub mod artifacts;
 pub mod bootstrap;
 pub mod cluster;
 pub mod confirm;
@@ -14,7 +15,9 @@ pub mod csr;
 pub mod host;
 pub mod identity;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod preflight;
+pub mod prepare;
 pub mod runtime;
 
 use crate::apply::journal::{self, Journal, Record};
@@ -92,6 +95,9 @@ struct Plan {
     kubelet: kubelet::KubeletFiles,
     own_labels: Labels,
     pending_labels: Labels,
+    /// What the kubelet registers the Node with: the settings' and, while labels wait for the
+    /// values service, the startup taint.
+    taints: Vec<Taint>,
 }
 
 fn fs_failure(e: impl std::fmt::Display) -> Failure {
@@ -127,7 +133,8 @@ pub async fn run(
     let records = Journal::load(&effects.root)
         .map_err(fs_failure)?
         .unwrap_or_default();
-    let ctx = prepare(settings, effects, &records, reporter).await?;
+    let mut ctx = prepare(settings, effects, &records, reporter).await?;
+    let staged = artifacts_phase(reporter, &mut ctx, &records).await?;
     let plan = plan(&ctx, &records, reporter)?;
     let mut applier = match settings.dry_run {
         true => Applier::plan(effects),
@@ -136,9 +143,18 @@ pub async fn run(
     applied(reporter, &mut applier, "host", Code::Preflight, |a| {
         host::apply(a, settings)
     })?;
-    applied(reporter, &mut applier, "runtime", Code::Runtime, |a| {
-        runtime::apply(a, &plan.runtime)
-    })?;
+    if !staged.is_empty() {
+        applied(reporter, &mut applier, "install", Code::Runtime, |a| {
+            artifacts::install(a, &staged)
+        })?;
+    }
+    let inputs = runtime::PhaseInputs {
+        settings,
+        server: &ctx.cluster.version,
+        cluster_pause: plan.runtime.pause_image.clone(),
+        staged: &staged,
+    };
+    runtime_phase(reporter, &mut applier, &inputs, &plan.runtime.notices)?;
     let changes = applied(
         reporter,
         &mut applier,
@@ -166,7 +182,7 @@ async fn prepare<'a>(
     records: &[Record],
     reporter: &mut Reporter,
 ) -> Result<Context<'a>, Failure> {
-    let joined_before = !records.is_empty();
+    let joined_before = prepare::joined(records);
     let phase = reporter.begin("identity");
     let host = identity::hostname();
     let identity = identity::resolve(settings, &settings.endpoints[0], &host)?;
@@ -186,7 +202,7 @@ async fn prepare<'a>(
         &format!("{} trusted ({pin})", found.api_server),
     );
     let phase = reporter.begin("cluster");
-    let token = Some(settings.token.expose_full());
+    let token = Some(settings.bootstrap_token()?.expose_full());
     let kube = Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits)
         .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
     let cluster = cluster::check(settings, effects, &kube, &identity, joined_before).await?;
@@ -215,6 +231,7 @@ fn local_checks(
     let mut phase = reporter.begin("preflight");
     let swap_allowed = settings.disable_swap || settings.kubelet.fail_swap_on == Some(false);
     let checks = preflight::local(effects, swap_allowed, joined_before);
+    let checks = artifacts::waive_checks(checks, settings);
     let warnings = preflight::evaluate(&checks, &settings.ignore_preflight_errors)?;
     let kubelet_bootstraps = settings.tls_bootstrap == TlsBootstrapMode::Kubelet;
     let (files, dirs) = preflight::managed_paths(settings.runtime, kubelet_bootstraps);
@@ -235,7 +252,7 @@ pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
     for endpoint in &settings.endpoints {
         let request = DiscoveryRequest {
             endpoint: endpoint.clone(),
-            token: settings.token.clone(),
+            token: settings.bootstrap_token()?.clone(),
             pins: settings.pins.clone(),
             unsafe_skip_ca_verification: settings.unsafe_skip_ca_verification,
             timeout: settings.timeouts.discovery,
@@ -251,6 +268,52 @@ pub async fn discover(settings: &Settings) -> Result<Discovered, Failure> {
         Some(e) => Failure::from_error(&e),
         None => Failure::new(Code::Usage, "no API server endpoint"),
     })
+}
+
+/// The `artifacts` phase (only with a mirror or image archives): stages what is missing,
+/// verified, before the first change, and records the kubelet version it will install.
+async fn artifacts_phase(
+    reporter: &mut Reporter,
+    ctx: &mut Context<'_>,
+    records: &[Record],
+) -> Result<artifacts::Staged, Failure> {
+    let settings = ctx.settings;
+    if settings.artifacts.mirror.is_none() && settings.artifacts.image_archives.is_empty() {
+        return Ok(artifacts::Staged::default());
+    }
+    let phase = reporter.begin("artifacts");
+    let staged = artifacts::stage(
+        settings,
+        ctx.effects,
+        Some(&ctx.cluster.version),
+        artifacts::journal_has_images(records),
+    )
+    .await?;
+    if let Some(v) = &staged.kubelet_version {
+        ctx.cluster.kubelet_version = Some(v.clone());
+    }
+    phase.end(Status::Done, &staged.summary);
+    Ok(staged)
+}
+
+/// The runtime phase: packages when missing, the configuration merged into the file as it is
+/// then (the plan's rendering, redone in case a package shipped one), the runtime (re)started,
+/// and the staged images imported.
+fn runtime_phase(
+    reporter: &mut Reporter,
+    applier: &mut Applier<'_>,
+    inputs: &runtime::PhaseInputs<'_>,
+    planned: &[String],
+) -> Result<runtime::RuntimePlan, Failure> {
+    let mut phase = reporter.begin("runtime");
+    applier.enter("runtime").map_err(fs_failure)?;
+    let rt = runtime::phase(applier, inputs)?;
+    // What the plan already said is not repeated.
+    for notice in rt.notices.iter().filter(|n| !planned.contains(n)) {
+        phase.notice(notice);
+    }
+    finish(applier, phase, "runtime")?;
+    Ok(rt)
 }
 
 /// Renders everything the phases will write: the runtime's configuration (merged into the
@@ -273,22 +336,26 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         &settings.runtime_values,
         &cluster.version,
         &pause,
-        effects
-            .host
-            .then(|| runtime::containerd_version(effects.probe.as_ref())),
+        &runtime::HostRuntime {
+            installed: effects
+                .host
+                .then(|| runtime::containerd_version(effects.probe.as_ref())),
+            package_manager: effects.packages.as_ref().map(|pm| pm.name()),
+            cni_bin_dir: None,
+        },
         &originals,
-        effects.packages.as_ref().map(|pm| pm.name()),
     );
     for notice in &runtime.notices {
         reporter.notice(notice);
     }
     let (own_labels, pending_labels) = labels_for(settings);
+    let taints = taints_for(settings, &pending_labels);
     let host = kubelet_host_facts(effects);
     let config = kubelet::render_config(&cluster.config, settings, &ctx.identity, &host)
         .map_err(|e| Failure::new(Code::KubeletConfig, e.to_string()))?;
     let flags = kubelet::render_flags(&kubelet::FlagInputs {
         labels: &own_labels,
-        taints: &settings.taints,
+        taints: &taints,
         identity: &ctx.identity,
         endpoint: runtime.endpoint.as_deref(),
         pause_image: &runtime.pause_image,
@@ -306,7 +373,18 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         kubelet,
         own_labels,
         pending_labels,
+        taints,
     })
+}
+
+/// The settings' taints, and the startup taint when restricted labels wait for a values
+/// service that will apply them (and remove it). Without one, nobody would remove it.
+fn taints_for(settings: &Settings, pending_labels: &Labels) -> Vec<Taint> {
+    let mut taints = settings.taints.clone();
+    if !pending_labels.is_empty() && settings.callback_url.is_some() {
+        taints.push(Taint::startup());
+    }
+    taints
 }
 
 /// The labels the kubelet may set (with the node pool's and, for autoscaled pools, the
@@ -453,7 +531,7 @@ fn record(
         cri_endpoint: plan.runtime.endpoint.clone(),
         labels: plan.own_labels,
         pending_labels: plan.pending_labels,
-        taints: settings.taints.clone(),
+        taints: plan.taints,
         provider_id: ctx.identity.provider_id.clone(),
         registered: seen.registered,
         ready: seen.ready,
@@ -513,6 +591,50 @@ fn write_records(
     Ok(())
 }
 
+/// [`run`], with the first failure of any retried call (the API server unreachable, a 503…)
+/// told to the callback at once, with its class and retry deadline: the control plane then
+/// knows within seconds that this node is stuck and why, rather than when the deadline passes.
+pub async fn run_reporting_stalls(
+    settings: &Settings,
+    effects: &Effects,
+    reporter: &mut Reporter,
+) -> Result<JoinSummary, Failure> {
+    let (sink, mut stalls) = tokio::sync::mpsc::unbounded_channel();
+    let callback = settings.callback_url.clone().filter(|_| !settings.dry_run);
+    let ca = settings.values_ca_file.clone();
+    let limits = settings.limits;
+    let teller = tokio::spawn(async move {
+        // Only the first: one report per join, never a storm.
+        let Some(stall) = stalls.recv().await else {
+            return;
+        };
+        let Some(url) = callback else { return };
+        let mut body = serde_json::json!({"status": "retrying"});
+        if let (Ok(serde_json::Value::Object(fields)), Some(map)) =
+            (serde_json::to_value(&stall), body.as_object_mut())
+        {
+            map.extend(fields);
+        }
+        crate::client::callback::post_callback(&url, ca.as_deref(), None, limits, &body).await;
+        while stalls.recv().await.is_some() {}
+    });
+    let outcome =
+        crate::client::http::reporting_stalls(sink, run(settings, effects, reporter)).await;
+    let _ = teller.await;
+    outcome
+}
+
+/// Tells whoever waits on this node how join ended: the callback the values named, then the
+/// scaling group's lifecycle action (CONTINUE when joined, ABANDON otherwise). A dry run tells
+/// no one.
+pub async fn announce(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
+    if settings.dry_run {
+        return;
+    }
+    report_callback(settings, outcome).await;
+    lifecycle::complete(settings, outcome.is_ok()).await;
+}
+
 /// Reports join's outcome to the callback the values named.
 pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, Failure>) {
     let Some(url) = &settings.callback_url else {
@@ -523,7 +645,7 @@ pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, 
             serde_json::json!({"status": "success", "node": s.node_name, "provider_id": s.provider_id, "changed": s.changed})
         }
         Err(f) => {
-            serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "message": f.message})
+            serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "cause": f.cause, "message": f.message})
         }
     };
     let ca = settings.values_ca_file.as_deref();

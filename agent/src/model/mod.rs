@@ -2,6 +2,7 @@
 //! changes with them, labels, taints and endpoints, durations, kubeconfigs, the node's
 //! well-known paths, and the strict parsing of untrusted JSON and YAML.
 
+pub mod cause;
 pub mod compat;
 pub mod duration;
 pub mod kubeconfig;

@@ -267,7 +267,22 @@ pub struct Taint {
     pub effect: TaintEffect,
 }
 
+/// The key of the startup taint: a node registers with it while labels it may not set itself
+/// (restricted labels, such as an autoscaler pool's) wait for the values service, which
+/// removes it in the same patch that applies them. Pods then never land on a node that lacks
+/// its pool's labels.
+pub const STARTUP_TAINT_KEY: &str = "node.node-attach.io/labels-pending";
+
 impl Taint {
+    /// The startup taint, `node.node-attach.io/labels-pending:NoSchedule`.
+    pub fn startup() -> Taint {
+        Taint {
+            key: STARTUP_TAINT_KEY.into(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        }
+    }
+
     /// Parses one `key[=value]:Effect`.
     pub fn parse(what: &str, text: &str) -> Result<Taint, SyntaxError> {
         let form = "expected key[=value]:Effect with Effect one of NoSchedule, PreferNoSchedule, \

@@ -48,8 +48,8 @@ pub struct ResetOptions {
     pub dry_run: bool,
     /// Delete this node's Node object first.
     pub delete_node: bool,
-    /// Uninstall packages join installed.
-    pub remove_packages: bool,
+    /// Keep the packages join installed (by default reset removes exactly those).
+    pub keep_packages: bool,
     /// Cleanup steps to skip: mounts, containers, cni, iptables, interfaces, kubelet-state.
     pub skip: Vec<String>,
     /// Drain the node first (with [`ResetOptions::admin_kubeconfig`]).

@@ -82,6 +82,14 @@ pub fn replay(ctx: &mut Ctx<'_>, mut journal: Option<&mut Journal>, records: &[R
         .filter(|r| r.event == Event::Undone)
         .map(|r| r.seq)
         .collect();
+    let covered: HashSet<String> = records
+        .iter()
+        .filter_map(|r| match &r.change {
+            Some(Change::PackagesAdded { packages, .. }) => Some(packages.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     let mut seen = HashSet::new();
     let mut complete = true;
     for r in records.iter().rev().filter(|r| r.event == Event::Begin) {
@@ -93,6 +101,7 @@ pub fn replay(ctx: &mut Ctx<'_>, mut journal: Option<&mut Journal>, records: &[R
             ctx,
             change,
             firsts.get(change_path(change).unwrap_or(Path::new(""))) == Some(&r.seq),
+            &covered,
         ) {
             Undo::Done if !ctx.opts.dry_run => {
                 complete &= record_undone(ctx, journal.as_deref_mut(), r.seq)
@@ -142,7 +151,7 @@ fn record_undone(ctx: &mut Ctx<'_>, journal: Option<&mut Journal>, seq: u64) -> 
 
 /// One change undone. `first` says whether this record holds the path's state before join
 /// (a later record of the same path would restore join's own bytes).
-fn undo(ctx: &mut Ctx<'_>, change: &Change, first: bool) -> Undo {
+fn undo(ctx: &mut Ctx<'_>, change: &Change, first: bool, covered: &HashSet<String>) -> Undo {
     match change {
         Change::File { path, prior } if first => {
             sweep(ctx, path);
@@ -164,7 +173,13 @@ fn undo(ctx: &mut Ctx<'_>, change: &Change, first: bool) -> Undo {
             Undo::Done
         }
         Change::SwapOff { devices } => undo_swap(ctx, devices),
-        Change::Package { manager, name } => undo_package(ctx, manager, name),
+        Change::Package { manager, name } if !covered.contains(name) => {
+            undo_packages(ctx, manager, std::slice::from_ref(name))
+        }
+        // What the install added is recorded next, and removed from that record.
+        Change::Package { .. } => Undo::Done,
+        Change::PackagesAdded { manager, packages } => undo_packages(ctx, manager, packages),
+        Change::ImagesImported { runtime, refs } => undo_images(ctx, runtime, refs),
         Change::UnitEnabled { unit } => undo_unit(ctx, "disable", unit),
         Change::UnitStarted {
             unit,
@@ -393,19 +408,45 @@ fn undo_swap(ctx: &mut Ctx<'_>, devices: &[String]) -> Undo {
     })
 }
 
-fn undo_package(ctx: &mut Ctx<'_>, manager: &str, name: &str) -> Undo {
-    if !ctx.opts.remove_packages {
-        let why = "kept (pass --remove-packages to uninstall what join installed)";
-        ctx.step("package", name.to_owned(), Outcome::Skipped, why);
+fn undo_packages(ctx: &mut Ctx<'_>, manager: &str, packages: &[String]) -> Undo {
+    let shown = packages.join(" ");
+    if ctx.opts.keep_packages {
+        let why = "kept (--keep-packages)";
+        ctx.step("package", shown, Outcome::Skipped, why);
         return Undo::Skip;
     }
     host_step(
         ctx,
         "package",
-        format!("{manager} remove {name}"),
+        format!("{manager} remove {shown}"),
         |ctx| match &ctx.fx.packages {
-            Some(pm) if pm.name() == manager => pm.remove(name).map_err(|e| e.to_string()),
+            Some(pm) if pm.name() == manager => pm.remove(packages).map_err(|e| e.to_string()),
             _ => Err(format!("package manager {manager} is not available")),
+        },
+    )
+}
+
+fn undo_images(ctx: &mut Ctx<'_>, runtime: &str, refs: &[String]) -> Undo {
+    let kind = match runtime {
+        "docker" => crate::sources::values::RuntimeKind::Docker,
+        _ => crate::sources::values::RuntimeKind::Containerd,
+    };
+    host_step(
+        ctx,
+        "image",
+        format!("{runtime} remove {}", refs.join(" ")),
+        |ctx| {
+            let mut errors = Vec::new();
+            for r in refs {
+                if let Err(e) = ctx.fx.images.remove(kind, r) {
+                    errors.push(e.to_string());
+                }
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
         },
     )
 }

@@ -10,6 +10,7 @@ fn effects(root: &Path, containers: RecordingContainers, network: RecordingNetwo
         packages: None,
         containers: Box::new(containers),
         network: Box::new(network),
+        images: Box::new(crate::effects::images::RecordingImages::default()),
         host: true,
         ..Effects::doubles(Root::new(root))
     }
@@ -158,4 +159,157 @@ fn iptables_save_rules_split_as_iptables_quotes_them() {
         save_words(r#"X --comment "" -j Y"#),
         ["X", "--comment", "", "-j", "Y"]
     );
+}
+
+/// An air-gap import (a local archive into docker) journals exactly the references it added;
+/// a second import of what is there changes nothing; an archive that lacks what it names
+/// fails; reset removes only what the import added.
+#[tokio::test]
+async fn an_image_import_is_journaled_with_what_it_added_and_reset_removes_only_that() {
+    use crate::apply::journal::Change;
+    use crate::apply::{Applier, Outcome as Applied};
+    use crate::effects::images::RecordingImages;
+    use crate::sources::values::RuntimeKind;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archives = tempfile::tempdir().expect("archives");
+    let images = std::sync::Arc::new(RecordingImages::default());
+    images
+        .held
+        .lock()
+        .expect("held")
+        .push("registry.example/app:1".into());
+    let fx = Effects {
+        images: Box::new(images.clone()),
+        ..effects(
+            tmp.path(),
+            RecordingContainers::default(),
+            RecordingNetwork::default(),
+        )
+    };
+    let archive = archives.path().join("pause.tar");
+    std::fs::write(&archive, "registry.example/app:1\nk8s.gcr.io/pause:3.2\n").expect("archive");
+    let empty = archives.path().join("empty.tar");
+    std::fs::write(&empty, "").expect("archive");
+    let pause = vec!["k8s.gcr.io/pause:3.2".to_owned()];
+    let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+    a.enter("runtime").expect("enter");
+    let import = |a: &mut Applier<'_>, archive: &Path, refs: &[String]| {
+        a.import_images(RuntimeKind::Docker, Some(archive), "an archive", refs)
+    };
+    assert_eq!(
+        import(&mut a, &archive, &pause).expect("import"),
+        Applied::Changed
+    );
+    assert_eq!(
+        import(&mut a, &archive, &pause).expect("again"),
+        Applied::Unchanged
+    );
+    let err = import(&mut a, &empty, &["registry.example/app:2".to_owned()])
+        .expect_err("the archive lacks it");
+    assert!(
+        err.to_string()
+            .contains("does not hold registry.example/app:2"),
+        "{err}"
+    );
+    a.finish("done").expect("finish");
+    let journal = a.into_journal().expect("journal");
+    let added: Vec<&Change> = journal
+        .records()
+        .iter()
+        .filter_map(|r| r.change.as_ref())
+        .filter(|c| matches!(c, Change::ImagesImported { .. }))
+        .collect();
+    assert_eq!(
+        added,
+        [&Change::ImagesImported {
+            runtime: "docker".into(),
+            refs: pause.clone(),
+        }]
+    );
+    drop(journal);
+    let report = run(&fx, &ResetOptions::default()).await.expect("reset");
+    assert_eq!(report.problems, 0, "{:?}", report.steps);
+    assert_eq!(
+        *images.held.lock().expect("held"),
+        ["registry.example/app:1".to_owned()]
+    );
+    let removals: Vec<String> = images
+        .calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|c| c.starts_with("remove"))
+        .cloned()
+        .collect();
+    assert_eq!(removals, ["remove Docker k8s.gcr.io/pause:3.2"]);
+}
+
+/// The runtime's packages installed at the version asked for, journaled with every package the
+/// install added (a dependency it pulled in too, not one that was there); a rerun changes
+/// nothing; reset removes exactly those, or keeps them with --keep-packages.
+#[tokio::test]
+async fn runtime_packages_are_journaled_with_what_they_added_and_reset_removes_only_that() {
+    use crate::apply::{Applier, Outcome as Applied};
+    use crate::effects::{Packages, RecordingPackages};
+    for keep_packages in [false, true] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let pm = std::sync::Arc::new(RecordingPackages::default());
+        pm.installed
+            .lock()
+            .expect("installed")
+            .push(("runc".into(), "1.1.5".into()));
+        pm.depends.lock().expect("depends").push((
+            "containerd".into(),
+            vec!["runc".into(), "libseccomp2".into()],
+        ));
+        let fx = Effects {
+            packages: Some(Box::new(pm.clone())),
+            ..effects(
+                tmp.path(),
+                RecordingContainers::default(),
+                RecordingNetwork::default(),
+            )
+        };
+        for outcome in [Applied::Changed, Applied::Unchanged] {
+            let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+            a.enter("runtime").expect("enter");
+            crate::join::runtime::install_packages(&mut a, &["containerd"], Some("1.6.20~ds1"))
+                .expect("install");
+            assert_eq!(a.steps[0].outcome, outcome, "{:?}", a.steps);
+            a.finish("done").expect("finish");
+        }
+        assert_eq!(
+            pm.installed_version("containerd").as_deref(),
+            Some("1.6.20~ds1")
+        );
+        let opts = ResetOptions {
+            keep_packages,
+            ..ResetOptions::default()
+        };
+        let report = run(&fx, &opts).await.expect("reset");
+        assert_eq!(report.problems, 0, "{:?}", report.steps);
+        let mut left: Vec<String> = pm
+            .installed
+            .lock()
+            .expect("installed")
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
+        left.sort();
+        let removals: Vec<String> = pm
+            .calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|c| c.starts_with("remove"))
+            .cloned()
+            .collect();
+        if keep_packages {
+            assert_eq!(left, ["containerd", "libseccomp2", "runc"]);
+            assert!(removals.is_empty(), "{removals:?}");
+        } else {
+            assert_eq!(left, ["runc"]);
+            assert_eq!(removals, ["remove containerd libseccomp2"]);
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! label of the same key, with a notice). Every conflict or missing input is reported here, with
 //! the flag or field to fix, so a bad command line never leaves a half-configured machine.
 
+use crate::artifacts::signature::PublicKey;
 use crate::cli::join::JoinArgs;
 use crate::client::http::Limits;
 use crate::error::{Code, Failure};
@@ -16,7 +17,7 @@ use crate::model::validate::{
 use crate::model::version::KubeVersion;
 use crate::sources::values::{
     check_identifier, check_package_version, redact_url_path, ClusterValues, KubeletValues,
-    NodeNameMode, RuntimeKind, RuntimeValues,
+    NodeNameMode, RuntimeKind, RuntimeSource, RuntimeValues,
 };
 use crate::trust::pin::PinSet;
 use serde::Serialize;
@@ -68,6 +69,127 @@ mod millis {
     }
 }
 
+/// Where the node's artifacts come from, merged from flags and values.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactSettings {
+    /// The mirror, when one is named (its URL and the key its manifest must verify with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
+    /// The kubelet version asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_version: Option<KubeVersion>,
+    /// Import the release's image archives from the mirror.
+    pub air_gap: bool,
+    /// Local image archives to import.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_archives: Vec<PathBuf>,
+    /// Where a missing runtime comes from.
+    pub runtime_source: RuntimeSource,
+}
+
+/// An artifact mirror.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSettings {
+    /// Its base URL.
+    #[serde(serialize_with = "plain_url")]
+    pub url: url::Url,
+    /// The key its manifest must verify with.
+    pub key: PublicKey,
+    /// Extra CA bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Overall deadline.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+fn plain_url<S: serde::Serializer>(u: &url::Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(u.as_str())
+}
+
+/// Merges the artifact flags with the values' `artifacts`: a flag wins.
+fn artifact_settings(
+    a: &crate::cli::join::ArtifactArgs,
+    v: &crate::sources::values::ArtifactValues,
+) -> Result<ArtifactSettings, Failure> {
+    let url = match &a.artifacts_url {
+        Some(u) => Some(
+            crate::artifacts::fetch::check_base(u)
+                .map_err(|e| usage(format!("invalid --artifacts-url: {e}")))?,
+        ),
+        None => v.url.clone(),
+    };
+    let key = match &a.artifacts_key {
+        Some(k) => {
+            Some(PublicKey::parse(k).map_err(|e| usage(format!("invalid --artifacts-key: {e}")))?)
+        }
+        None => v.public_key.clone(),
+    };
+    let kubelet_version = match &a.kubelet_version {
+        Some(k) => Some(
+            k.parse()
+                .map_err(|e: crate::model::version::VersionError| {
+                    usage(format!("invalid --kubelet-version: {e}"))
+                })?,
+        ),
+        None => v.kubelet_version.clone(),
+    };
+    let runtime_source = match &a.runtime_source {
+        Some(r) => RuntimeSource::parse("--runtime-source", r).map_err(syntax)?,
+        None => v.runtime_source.unwrap_or_default(),
+    };
+    let air_gap = a.air_gap || v.air_gap == Some(true);
+    for p in &a.image_archive {
+        if !p.is_absolute() {
+            return Err(usage(format!(
+                "invalid --image-archive {}: expected an absolute path",
+                p.display()
+            )));
+        }
+    }
+    let mirror = match (url, key) {
+        (Some(url), Some(key)) => Some(MirrorSettings {
+            url,
+            key,
+            ca_file: a.artifacts_ca_file.clone(),
+            timeout: a.artifacts_timeout,
+        }),
+        (Some(url), None) => {
+            return Err(usage(format!(
+                "the artifact mirror {url} needs the public key its manifest is signed with: pass --artifacts-key ed25519:<base64> (or set artifacts.publicKey in the values); unsigned mirrors are never used"
+            )))
+        }
+        (None, _) => None,
+    };
+    if mirror.is_none()
+        && (air_gap || runtime_source == RuntimeSource::Mirror || kubelet_version.is_some())
+    {
+        return Err(usage(
+            "--air-gap, --runtime-source mirror and --kubelet-version need an artifact mirror: pass --artifacts-url and --artifacts-key (or set artifacts in the values)",
+        ));
+    }
+    Ok(ArtifactSettings {
+        mirror,
+        kubelet_version,
+        air_gap,
+        image_archives: a.image_archive.clone(),
+        runtime_source,
+    })
+}
+
+/// An ESS lifecycle action, and where to complete it.
+#[derive(Clone, Debug)]
+pub struct EssLifecycle {
+    /// The hook and the action's token.
+    pub action: crate::client::ess::LifecycleAction,
+    /// The ESS endpoint (None: the region's).
+    pub endpoint: Option<url::Url>,
+    /// The metadata service (None: the provider's own), for the RAM role's credentials.
+    pub metadata_endpoint: Option<String>,
+}
+
 /// Everything a join needs, validated.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,9 +200,9 @@ pub struct Settings {
     pub dry_run: bool,
     /// API server endpoints for discovery, in order.
     pub endpoints: Vec<Endpoint>,
-    /// Bootstrap token (redacted when printed).
+    /// Bootstrap token (redacted when printed); None only in bake mode (`--phase prepare`).
     #[serde(serialize_with = "redacted")]
-    pub token: BootstrapToken,
+    pub token: Option<BootstrapToken>,
     /// Accepted CA pins.
     #[serde(serialize_with = "pins")]
     pub pins: PinSet,
@@ -112,6 +234,9 @@ pub struct Settings {
     pub instance_id: Option<String>,
     /// Region id.
     pub region: Option<String>,
+    /// The ESS lifecycle action join completes when it ends, if one was given.
+    #[serde(skip)]
+    pub ess_lifecycle: Option<EssLifecycle>,
     /// Node pool id.
     pub node_pool_id: Option<String>,
     /// Turn swap off.
@@ -132,6 +257,10 @@ pub struct Settings {
     /// Per-request limits.
     #[serde(skip)]
     pub limits: Limits,
+    /// Where missing artifacts come from.
+    pub artifacts: ArtifactSettings,
+    /// Which part of the join to run.
+    pub phase: crate::cli::join::Phase,
     /// Things the user should know (ignored compatibility flags, overridden values…).
     pub notices: Vec<String>,
     /// This binary's path, for the reset unit join installs (None: not installed).
@@ -139,8 +268,11 @@ pub struct Settings {
     pub agent_path: Option<PathBuf>,
 }
 
-fn redacted<S: serde::Serializer>(t: &BootstrapToken, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(t)
+fn redacted<S: serde::Serializer>(t: &Option<BootstrapToken>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
 }
 
 fn pins<S: serde::Serializer>(p: &PinSet, s: S) -> Result<S::Ok, S::Error> {
@@ -188,7 +320,7 @@ fn parse_node_ips(text: &str) -> Result<Vec<IpAddr>, Failure> {
 
 /// The trust group: the bootstrap token, the endpoints, the CA pins.
 struct Trust {
-    token: BootstrapToken,
+    token: Option<BootstrapToken>,
     endpoints: Vec<Endpoint>,
     pins: PinSet,
 }
@@ -198,14 +330,17 @@ fn trust(
     flag_token: Option<BootstrapToken>,
     v: &ClusterValues,
 ) -> Result<Trust, Failure> {
-    let token = flag_token.or_else(|| v.bootstrap_token.clone()).ok_or_else(|| {
-        usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file")
-    })?;
+    // Bake mode contacts no cluster: it needs no token, endpoint or pin.
+    let prepare = args.phase == crate::cli::join::Phase::Prepare;
+    let token = flag_token.or_else(|| v.bootstrap_token.clone());
+    if token.is_none() && !prepare {
+        return Err(usage("no bootstrap token: pass --openapi-token (values from the control plane), or --token ID.SECRET / NODE_ATTACH_TOKEN / --token-file"));
+    }
     let endpoints = match &args.endpoint {
         Some(e) => vec![Endpoint::parse("--endpoint", e).map_err(syntax)?],
         None => v.api_server_endpoints.clone(),
     };
-    if endpoints.is_empty() {
+    if endpoints.is_empty() && !prepare {
         return Err(usage(
             "no API server endpoint: pass --endpoint HOST:PORT, or --openapi-token so the control plane provides it",
         ));
@@ -214,7 +349,7 @@ fn trust(
         true => PinSet::new(v.ca_cert_hashes.iter().cloned()),
         false => PinSet::new(args.pins.ca_cert_hashes.iter().cloned()),
     };
-    if pins.is_empty() && !args.pins.unsafe_skip_ca_verification {
+    if pins.is_empty() && !args.pins.unsafe_skip_ca_verification && !prepare {
         return Err(Failure::new(
             Code::DiscoveryNoPins,
             "refusing to join without a CA pin: neither --discovery-token-ca-cert-hash nor the cluster values give one",
@@ -397,6 +532,13 @@ fn input_notices(args: &JoinArgs, v: &ClusterValues, pins: &PinSet) -> Vec<Strin
 }
 
 impl Settings {
+    /// The bootstrap token (always there outside bake mode).
+    pub fn bootstrap_token(&self) -> Result<&BootstrapToken, Failure> {
+        self.token
+            .as_ref()
+            .ok_or_else(|| usage("no bootstrap token (bake mode joins no cluster)"))
+    }
+
     /// Merges the join flags with the (already validated) cluster values, group by group.
     /// Precedence: a flag (or its environment variable or file) over the values over defaults.
     pub fn resolve(
@@ -454,10 +596,47 @@ impl Settings {
                 node_wait: args.node_wait_timeout,
             },
             limits: args.network.limits(),
+            artifacts: artifact_settings(&args.artifacts, &v.artifacts)?,
+            phase: args.phase,
+            ess_lifecycle: ess_lifecycle(args)?,
             notices,
             agent_path: None,
         })
     }
+}
+
+/// The ESS lifecycle action to complete, validated before anything changes.
+fn ess_lifecycle(args: &JoinArgs) -> Result<Option<EssLifecycle>, Failure> {
+    let (Some(hook_id), Some(token)) = (
+        &args.ess_lifecycle_hook_id,
+        &args.ess_lifecycle_action_token,
+    ) else {
+        return Ok(None);
+    };
+    let plain = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !hook_id.starts_with("ash-") || !plain(hook_id, 64) {
+        return Err(usage(format!(
+            "--ess-lifecycle-hook-id {hook_id:?}: not an ESS lifecycle hook id (ash-…)"
+        )));
+    }
+    if !plain(token, 128) {
+        return Err(usage("--ess-lifecycle-action-token: not a lifecycle action token (letters, digits and dashes)"));
+    }
+    if let Some(u) = &args.ess_endpoint {
+        if u.scheme() != "https" && u.host_str() != Some("127.0.0.1") {
+            return Err(usage(format!("--ess-endpoint {u}: not an https URL")));
+        }
+    }
+    Ok(Some(EssLifecycle {
+        action: crate::client::ess::LifecycleAction {
+            hook_id: hook_id.clone(),
+            token: crate::model::secret::Secret::new(token.clone()),
+        },
+        endpoint: args.ess_endpoint.clone(),
+        metadata_endpoint: args.metadata_endpoint.clone(),
+    }))
 }
 
 #[cfg(test)]
@@ -571,7 +750,7 @@ pub(crate) mod tests {
         }
         // The flag token wins over the values' token.
         let s = Settings::resolve(&args(&[]), token(), Some(&v)).expect("token");
-        assert_eq!(s.token.id(), "abcdef");
+        assert_eq!(s.token.as_ref().map(|t| t.id()), Some("abcdef"));
     }
 
     #[test]

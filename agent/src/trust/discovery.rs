@@ -189,6 +189,20 @@ impl Coded for DiscoveryError {
             DiscoveryError::Changed { .. } => Code::DiscoveryChanged,
         }
     }
+
+    fn network_cause(&self) -> Option<crate::model::cause::Cause> {
+        match self {
+            DiscoveryError::Unreachable { source, .. }
+            | DiscoveryError::NoClusterInfo { source, .. } => Some(source.inner().cause()),
+            DiscoveryError::PinnedTls { .. } | DiscoveryError::Changed { .. } => {
+                Some(crate::model::cause::Cause::Tls)
+            }
+            DiscoveryError::TokenNotSigning { .. } => {
+                Some(crate::model::cause::Cause::Unauthorized)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -231,6 +245,14 @@ impl Retryable for PollError {
         match self {
             PollError::Http(e) => e.retry_after(),
             _ => None,
+        }
+    }
+    fn cause(&self) -> crate::model::cause::Cause {
+        match self {
+            PollError::Http(e) => e.cause(),
+            // Reachable, but the token's signature is not there (yet): unknown or expired.
+            PollError::MissingSignature => crate::model::cause::Cause::Unauthorized,
+            PollError::Malformed(_) => crate::model::cause::Cause::Other,
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::join::{join, scale_out, Node};
 use crate::support::*;
-use test_control_plane::{ApiFault, ApiFaultKind};
+use std::time::{Duration, Instant};
+use test_control_plane::{ApiFault, ApiFaultKind, Callback};
 
 fn fault(method: &str, path: &str, query: &str, kind: ApiFaultKind) -> ApiFault {
     ApiFault {
@@ -98,4 +99,75 @@ fn a_refusal_that_cannot_heal_fails_at_once_with_its_code() {
             .count();
         assert_eq!(asked, 0, "HTTP {status} was retried");
     }
+}
+
+/// An API server that refuses connections: join names the class (TCP connection refused) and
+/// the retry deadline on stderr at its first failure, and tells the callback at once (status
+/// `retrying`, cause `tcp-refused`), long before its discovery deadline.
+#[test]
+fn an_unreachable_api_server_is_named_and_reported_while_join_still_retries() {
+    let cp = control_plane();
+    let closed = crate::support::free_port();
+    cp.add_values(
+        "stall-openapi-token",
+        ValuesEntry {
+            json: serde_json::json!({
+                "apiVersion": "node-attach.io/v1", "kind": "ClusterValues",
+                "apiServerEndpoints": [format!("127.0.0.1:{closed}")], "bootstrapToken": TOKEN,
+                "caCertHashes": [cp.ca_pin()],
+                "callbackURL": format!("{}/callback/stall-secret-path", cp.url()),
+            }),
+            ack_text: String::new(),
+        },
+    );
+    let node = crate::join::Node::new();
+    let ca = write(node.dir.path(), "values-ca.pem", &cp.ca_pem());
+    let url = format!("{}/v1/values/{{token}}", cp.url());
+    let stderr = node.dir.path().join("stderr.txt");
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "join",
+            "--root",
+            &node.root(),
+            "--openapi-token",
+            "stall-openapi-token",
+        ])
+        .args(["--values-url", &url, "--values-ca-file"])
+        .arg(&ca)
+        .args(["--node-name", "stall-1", "--discovery-timeout", "5m"])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("join");
+    let retrying = |c: &Callback| c.body.contains("\"status\":\"retrying\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        if let Some(c) = cp.callbacks().into_iter().find(retrying) {
+            break Some(c);
+        }
+        if Instant::now() > deadline || child.try_wait().expect("wait").is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let still_retrying = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let report = report.expect("no `retrying` report within 30 s");
+    assert!(still_retrying, "join ended before its discovery deadline");
+    assert!(
+        report.body.contains("\"cause\":\"tcp-refused\""),
+        "{}",
+        report.body
+    );
+    assert!(report.body.contains("\"retry_until\""), "{}", report.body);
+    let text = std::fs::read_to_string(&stderr).expect("stderr");
+    assert!(
+        text.contains("TCP connection refused") && text.contains("retrying until"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(crate::support::SECRET) && !report.body.contains(crate::support::SECRET)
+    );
 }

@@ -234,3 +234,49 @@ fn a_merged_containerd_configuration_and_mirrors_render_their_golden_files() {
     std::fs::remove_file(node.path("/values-ca.pem")).expect("not a rendered file");
     check("containerd-merged", node.dir.path(), &cp);
 }
+
+/// An existing daemon.json (an nvidia runtime as the default, a proxy, a registry mirror, a
+/// storage driver) merged, not replaced; reset gives its bytes back.
+#[test]
+fn a_merged_docker_configuration_renders_its_golden_files_and_reset_restores_it() {
+    let cp = control_plane();
+    let mut node = Node::new();
+    let existing = r#"{
+  "default-runtime": "nvidia",
+  "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "runtimeArgs": []}},
+  "proxies": {"http-proxy": "http://proxy.example:3128", "no-proxy": "10.0.0.0/8"},
+  "registry-mirrors": ["https://mirror.example.com"],
+  "storage-driver": "overlay2",
+  "log-level": "warn"
+}
+"#;
+    std::fs::create_dir_all(node.path("/etc/docker")).expect("dir");
+    std::fs::write(node.path("/etc/docker/daemon.json"), existing).expect("daemon.json");
+    node.kubelet();
+    joined(
+        &cp,
+        &node,
+        "golden-docker-merged",
+        &["--docker-version", "20.10.24"],
+    );
+    let merged: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.path("/etc/docker/daemon.json")).expect("merged"),
+    )
+    .expect("json");
+    assert_eq!(merged["default-runtime"], "nvidia");
+    assert_eq!(
+        merged["runtimes"]["nvidia"]["path"],
+        "nvidia-container-runtime"
+    );
+    assert_eq!(merged["proxies"]["http-proxy"], "http://proxy.example:3128");
+    assert_eq!(
+        merged["registry-mirrors"],
+        serde_json::json!(["https://mirror.example.com"])
+    );
+    check("docker-merged", node.dir.path(), &cp);
+    run(&["reset", "--root", &node.root()]).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/docker/daemon.json")).expect("restored"),
+        existing
+    );
+}

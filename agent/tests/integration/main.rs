@@ -4,11 +4,13 @@
 // The tests run programs and inspect the trees they made directly.
 #![allow(clippy::disallowed_methods)]
 
+mod artifacts;
 mod audit;
 mod deploy;
 mod differential;
 mod discover;
 mod doctor;
+mod ess;
 mod faults;
 mod golden;
 mod hostile;

@@ -690,7 +690,8 @@ fn the_values_service_deletes_the_node_of_a_reset_on_the_real_cluster() {
     write(dir.path(), "svc.crt", &cert.cert_pem);
     write(dir.path(), "svc.key", &cert.key_pem);
     let ca_file = write(dir.path(), "ca.pem", ca.cert_pem());
-    let values = r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"]}"#;
+    let values = r#"{"apiVersion": "node-attach.io/v1", "kind": "ClusterValues", "clusterDNS": ["10.96.0.10"],
+        "labels": {"k8s.io/cluster-autoscaler": "true", "workload_type": "cpu"}}"#;
     let values = write(dir.path(), "values.json", values)
         .display()
         .to_string();
@@ -726,6 +727,17 @@ fn the_values_service_deletes_the_node_of_a_reset_on_the_real_cluster() {
     );
     joined.expect_code(0).expect_no_secret(&[&token]);
     assert!(node_exists(rc, name));
+    // Registered with the startup taint (NodeRestriction lets a kubelet register taints, not
+    // restricted labels); the service applied the label and removed the taint in one JSON
+    // Patch the real API server accepted.
+    let flags =
+        std::fs::read_to_string(node.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
+    let startup = "--register-with-taints=node.node-attach.io/labels-pending:NoSchedule";
+    assert!(flags.contains(startup), "{flags}");
+    let jsonpath = "jsonpath={.metadata.labels.k8s\\.io/cluster-autoscaler} {.spec.taints}";
+    let seen = kubectl_ok(rc, &["get", "node", name, "-o", jsonpath]);
+    assert!(seen.starts_with("true"), "{seen}");
+    assert!(!seen.contains("labels-pending"), "{seen}");
 
     let reset = run_with(
         &["reset", "--root", &node.root(), "--delete-node"],

@@ -91,6 +91,15 @@ fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
         wait_label(&cp, "served-1"),
         "the service did not apply the restricted label"
     );
+    // The node registered with the startup taint; the service removed it with the label.
+    let flags =
+        std::fs::read_to_string(_n1.path("/var/lib/kubelet/kubeadm-flags.env")).expect("flags");
+    assert!(
+        flags.contains("node.node-attach.io/labels-pending:NoSchedule"),
+        "{flags}"
+    );
+    let taints = cp.get(Kind::Node, "", "served-1").expect("node")["spec"]["taints"].clone();
+    assert!(!taints.to_string().contains("labels-pending"), "{taints}");
 
     // Restart replica A; use the other replica: state lives in the cluster.
     let _ = a.child.kill();

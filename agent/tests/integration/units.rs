@@ -15,6 +15,7 @@ fn shipped_units_pass_systemd_analyze_verify() {
         .to_string();
     let rewrite = |text: String| {
         text.replace("/usr/local/bin/node-attach", &node_attach)
+            .replace("/usr/local/bin/containerd", &node_attach)
             .replace("/usr/bin/kubelet", &kubelet)
     };
     let mut units = Vec::new();

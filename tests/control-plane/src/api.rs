@@ -234,7 +234,9 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         ["token", token, "instance", _, "node_info"] if req.method == "GET" => {
             return values_ack(shared, token)
         }
-        ["files", name] if req.method == "GET" => return static_file(shared, name),
+        ["files", rest @ ..] if req.method == "GET" && !rest.is_empty() => {
+            return static_file(shared, rest)
+        }
         ["callback", ..] if req.method == "POST" => {
             shared.lock().callbacks.push(crate::Callback {
                 path: req.path.clone(),
@@ -1175,17 +1177,33 @@ impl Ctx<'_> {
             Err(r) => return r,
         };
         let ct = self.req.content_type.as_str();
-        if !(ct.starts_with("application/merge-patch+json")
+        let json_patch = ct.starts_with("application/json-patch+json");
+        if !(json_patch
+            || ct.starts_with("application/merge-patch+json")
             || ct.starts_with("application/strategic-merge-patch+json"))
         {
-            return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"), None);
+            return status_error(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format ({ct}); accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"), None);
         }
         let patch = match self.body_json() {
             Ok(p) => p,
             Err(r) => return r,
         };
         let mut new = old.clone();
-        merge_patch(&mut new, &patch);
+        if json_patch {
+            // A failed operation (a `test` that does not hold, a missing path) is a 422 and
+            // changes nothing (v1.20.2 `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+            // patch.go` `jsonPatcher`).
+            if let Err(e) = crate::store::json_patch(&mut new, &patch) {
+                return status_error(
+                    422,
+                    "Invalid",
+                    &format!("the server rejected our request due to an error in our request: {e}"),
+                    None,
+                );
+            }
+        } else {
+            merge_patch(&mut new, &patch);
+        }
         if let Some(m) = new["metadata"].as_object_mut() {
             if patch["metadata"]["resourceVersion"].is_null() {
                 m.remove("resourceVersion");
@@ -1668,15 +1686,23 @@ fn values_ack(shared: &Shared, token: &str) -> Reply {
     }
 }
 
-/// A file from the served directory (anonymous, read-only, no subdirectories).
-fn static_file(shared: &Shared, name: &str) -> Reply {
+/// A file from the served directory or below (anonymous, read-only; no component may start
+/// with a dot, so nothing climbs out).
+fn static_file(shared: &Shared, parts: &[&str]) -> Reply {
     let Some(dir) = &shared.options.files_dir else {
         return Reply::text(404, "no files are served");
     };
-    if name.starts_with('.') || name.contains('/') {
+    if parts
+        .iter()
+        .any(|p| p.starts_with('.') || p.contains('\\') || p.contains('%'))
+    {
         return Reply::text(404, "not found");
     }
-    match std::fs::read(dir.join(name)) {
+    let path = parts.iter().fold(dir.clone(), |p, c| p.join(c));
+    if !path.is_file() {
+        return Reply::text(404, "not found");
+    }
+    match std::fs::read(path) {
         Ok(bytes) => Reply::Full {
             status: 200,
             content_type: "application/octet-stream",

@@ -25,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod ess;
 #[cfg(test)]
 mod gate_tests;
 pub mod metadata;

@@ -95,7 +95,14 @@ fn answer(mode: MetadataMode, method: &str, path: &str, token: Option<&str>) -> 
             _ => return (404, "not found".into()),
         }
     } else {
+        let creds = crate::ess::EssCredentials::default();
+        let ram = format!(
+            r#"{{"AccessKeyId":"{}","AccessKeySecret":"{}","Expiration":"2099-01-01T00:00:00Z","SecurityToken":"{}","LastUpdated":"2026-01-01T00:00:00Z","Code":"Success"}}"#,
+            creds.access_key_id, creds.access_key_secret, creds.security_token
+        );
         match path {
+            "/latest/meta-data/ram/security-credentials/" => "KubernetesWorkerRole",
+            "/latest/meta-data/ram/security-credentials/KubernetesWorkerRole" => return (200, ram),
             "/latest/meta-data/instance-id" => "i-bp1abc",
             "/latest/meta-data/region-id" => "cn-hangzhou",
             "/latest/meta-data/zone-id" => "cn-hangzhou-h",

@@ -403,9 +403,106 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Applies a JSON Patch (RFC 6902: add, remove, replace, test) to `target`, all or nothing,
+/// as the API server does for `application/json-patch+json`; the error says which operation
+/// failed.
+pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    let mut doc = target.clone();
+    for (i, op) in ops
+        .as_array()
+        .ok_or("a JSON Patch is an array")?
+        .iter()
+        .enumerate()
+    {
+        let path = op["path"]
+            .as_str()
+            .ok_or(format!("operation {i} has no path"))?;
+        let tokens: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let (last, parents) = tokens
+            .split_last()
+            .ok_or(format!("operation {i}: empty path"))?;
+        let mut parent = &mut doc;
+        for t in parents {
+            parent = match parent {
+                Value::Object(m) => m.get_mut(t),
+                Value::Array(a) => t.parse::<usize>().ok().and_then(|n| a.get_mut(n)),
+                _ => None,
+            }
+            .ok_or(format!("operation {i}: {path}: no such path"))?;
+        }
+        let value = op["value"].clone();
+        let done = match (op["op"].as_str(), parent) {
+            (Some("test"), p) => {
+                let found = match p {
+                    Value::Object(m) => m.get(last),
+                    Value::Array(a) => last.parse::<usize>().ok().and_then(|n| a.get(n)),
+                    _ => None,
+                };
+                found == Some(&value)
+            }
+            (Some("add"), Value::Object(m)) => {
+                m.insert(last.clone(), value);
+                true
+            }
+            (Some("add"), Value::Array(a)) if last == "-" => {
+                a.push(value);
+                true
+            }
+            (Some("add"), Value::Array(a)) => match last.parse::<usize>() {
+                Ok(n) if n <= a.len() => {
+                    a.insert(n, value);
+                    true
+                }
+                _ => false,
+            },
+            (Some("remove"), Value::Object(m)) => m.remove(last).is_some(),
+            (Some("remove"), Value::Array(a)) => match last.parse::<usize>() {
+                Ok(n) if n < a.len() => {
+                    a.remove(n);
+                    true
+                }
+                _ => false,
+            },
+            (Some("replace"), Value::Object(m)) if m.contains_key(last) => {
+                m.insert(last.clone(), value);
+                true
+            }
+            _ => false,
+        };
+        if !done {
+            return Err(format!("operation {i} ({}) on {path} failed", op["op"]));
+        }
+    }
+    *target = doc;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_patch_is_all_or_nothing() {
+        let mut obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"taints": [{"key": "x"}, {"key": "y"}]}});
+        let ops = json!([
+            {"op": "add", "path": "/metadata/labels/k8s.io~1pool", "value": "p"},
+            {"op": "test", "path": "/spec/taints/1/key", "value": "y"},
+            {"op": "remove", "path": "/spec/taints/1"},
+        ]);
+        json_patch(&mut obj, &ops).expect("applies");
+        assert_eq!(obj["metadata"]["labels"]["k8s.io/pool"], "p");
+        assert_eq!(obj["spec"]["taints"], json!([{"key": "x"}]));
+        let stale = json!([
+            {"op": "add", "path": "/metadata/labels/b", "value": "2"},
+            {"op": "test", "path": "/spec/taints/1/key", "value": "y"},
+        ]);
+        assert!(json_patch(&mut obj, &stale).is_err());
+        assert!(obj["metadata"]["labels"]["b"].is_null(), "nothing applied");
+    }
 
     #[test]
     fn create_update_conflict_delete() {

@@ -70,7 +70,11 @@ impl KubeError {
         } else {
             code
         };
-        Failure::new(code, format!("{context}: {}", crate::error::chain(self)))
+        let cause = match self {
+            KubeError::Http(e) => Some(e.cause()),
+            _ => None,
+        };
+        Failure::new(code, format!("{context}: {}", crate::error::chain(self))).with_cause(cause)
     }
 
     /// Whether trying again later may succeed (connection failures, timeouts, 429, 5xx).
@@ -131,6 +135,13 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(60);
 impl Retryable for KubeError {
     fn is_transient(&self) -> bool {
         KubeError::is_transient(self)
+    }
+    fn cause(&self) -> crate::model::cause::Cause {
+        match self {
+            KubeError::Http(e) => e.cause(),
+            KubeError::Truncated { .. } => crate::model::cause::Cause::TcpReset,
+            _ => crate::model::cause::Cause::Other,
+        }
     }
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -368,6 +379,17 @@ impl Kube {
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, KubeError> {
         let bytes = Some(patch.to_string().into_bytes());
         let ct = "application/merge-patch+json";
+        Ok(self
+            .call_json(reqwest::Method::PATCH, path, bytes, ct)
+            .await?
+            .0)
+    }
+
+    /// PATCH with a JSON Patch (RFC 6902): its `test` operations make it apply only to the
+    /// object as read.
+    pub async fn json_patch(&self, path: &str, ops: &Value) -> Result<Value, KubeError> {
+        let bytes = Some(ops.to_string().into_bytes());
+        let ct = "application/json-patch+json";
         Ok(self
             .call_json(reqwest::Method::PATCH, path, bytes, ct)
             .await?

@@ -77,6 +77,21 @@ pub struct NodeSpec {
     /// The cloud provider's id of the instance.
     #[serde(rename = "providerID")]
     pub provider_id: Option<String>,
+    /// Its taints.
+    pub taints: Vec<NodeTaint>,
+}
+
+/// A taint on a Node.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct NodeTaint {
+    /// Key.
+    pub key: String,
+    /// Value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// NoSchedule, PreferNoSchedule, NoExecute.
+    pub effect: String,
 }
 
 /// A Node's status.

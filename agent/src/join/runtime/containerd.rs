@@ -46,12 +46,26 @@ pub struct Merged {
 /// The default hosts directory.
 pub const CERTS_D: &str = "/etc/containerd/certs.d";
 
-/// Merges node-attach's settings into `original` (None: no file yet).
+/// The CNI plugin directory a config file names (None: unset, or not a usable file).
+pub fn cni_bin_dir(original: Option<&[u8]>) -> Option<String> {
+    let doc = parse(original?).ok()??;
+    let plugins = doc.get("plugins")?;
+    let cni = plugins
+        .get("io.containerd.grpc.v1.cri")
+        .or_else(|| plugins.get("io.containerd.cri.v1.runtime"))?
+        .get("cni")?;
+    cni.get("bin_dir")?.as_str().map(str::to_owned)
+}
+
+/// Merges node-attach's settings into `original` (None: no file yet). `cni_bin_dir`, when
+/// given, replaces the CNI plugin directory (node-attach installed the plugins there and the
+/// configured one has none).
 pub fn merge(
     original: Option<&[u8]>,
     values: &RuntimeValues,
     pause: &str,
     installed: ContainerdVersion,
+    cni_bin_dir: Option<&str>,
 ) -> Merged {
     let (mut doc, notice) = match original.map(parse) {
         None | Some(Ok(None)) => (fresh(installed), None),
@@ -69,6 +83,14 @@ pub fn merge(
     } else {
         set_v2(&mut doc, values, pause, installed)
     };
+    if let Some(dir) = cni_bin_dir {
+        let cri = if schema >= 3 {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        table(&mut doc, &["plugins", cri, "cni"])["bin_dir"] = value(dir);
+    }
     let mut text = doc.to_string();
     if !text.starts_with("# Written by node-attach") && original.is_none() {
         text.insert_str(
@@ -240,6 +262,7 @@ mod tests {
             &RuntimeValues::default(),
             "k8s.gcr.io/pause:3.2",
             V16,
+            None,
         );
         let doc = reparse(&m);
         let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
@@ -257,8 +280,30 @@ mod tests {
             &RuntimeValues::default(),
             "k8s.gcr.io/pause:3.2",
             V16,
+            None,
         );
         assert_eq!(text(&again), text(&m));
+    }
+
+    #[test]
+    fn the_cni_directory_follows_the_plugins_node_attach_installed() {
+        let debian = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n";
+        assert_eq!(
+            cni_bin_dir(Some(debian.as_bytes())).as_deref(),
+            Some("/usr/lib/cni")
+        );
+        assert_eq!(cni_bin_dir(None), None);
+        let m = merge(
+            Some(debian.as_bytes()),
+            &RuntimeValues::default(),
+            "p:1",
+            V16,
+            Some("/opt/cni/bin"),
+        );
+        assert_eq!(
+            reparse(&m)["plugins"]["io.containerd.grpc.v1.cri"]["cni"]["bin_dir"].as_str(),
+            Some("/opt/cni/bin")
+        );
     }
 
     #[test]
@@ -269,6 +314,7 @@ mod tests {
             &RuntimeValues::default(),
             "p:1",
             V16,
+            None,
         ));
         let c = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"];
         assert_eq!(c["default_runtime_name"].as_str(), Some("nvidia"));
@@ -290,7 +336,13 @@ mod tests {
         v.registry_mirrors
             .insert("docker.io".into(), vec!["https://mirror.example".into()]);
         v.insecure_registries.push("10.0.0.5:5000".into());
-        let m = merge(None, &v, "p:1", ContainerdVersion { major: 1, minor: 4 });
+        let m = merge(
+            None,
+            &v,
+            "p:1",
+            ContainerdVersion { major: 1, minor: 4 },
+            None,
+        );
         assert_eq!(m.registries, Registries::Inline);
         let doc = reparse(&m);
         let reg = &doc["plugins"]["io.containerd.grpc.v1.cri"]["registry"];
@@ -308,7 +360,7 @@ mod tests {
     #[test]
     fn containerd_2_gets_version_3_and_keeps_a_version_2_file() {
         let v2 = ContainerdVersion { major: 2, minor: 0 };
-        let doc = reparse(&merge(None, &RuntimeValues::default(), "p:1", v2));
+        let doc = reparse(&merge(None, &RuntimeValues::default(), "p:1", v2, None));
         assert_eq!(doc["version"].as_integer(), Some(3));
         assert_eq!(
             doc["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
@@ -319,6 +371,7 @@ mod tests {
             &RuntimeValues::default(),
             "p:1",
             v2,
+            None,
         ));
         assert_eq!(kept["version"].as_integer(), Some(2));
         assert!(kept["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].is_str());
@@ -331,7 +384,7 @@ mod tests {
             (b"version = 2\n[plugins\n", "not valid TOML"),
             (b"version = 1\n", "version 1 format"),
         ] {
-            let m = merge(Some(bytes), &RuntimeValues::default(), "p:1", V16);
+            let m = merge(Some(bytes), &RuntimeValues::default(), "p:1", V16, None);
             assert!(
                 m.notice.as_deref().is_some_and(|n| n.contains(why)),
                 "{:?}",
@@ -344,6 +397,7 @@ mod tests {
             &RuntimeValues::default(),
             "p:1",
             V16,
+            None,
         );
         assert!(m.notice.is_none());
     }

@@ -156,6 +156,17 @@ pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// Docker's configuration file.
 pub const DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
 
+/// What the runtime plan needs to know of the machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostRuntime<'a> {
+    /// The installed containerd's version, when it could be asked.
+    pub installed: Option<containerd::ContainerdVersion>,
+    /// The package manager's name.
+    pub package_manager: Option<&'a str>,
+    /// Where containerd must look for CNI plugins, when not where its file says.
+    pub cni_bin_dir: Option<&'a str>,
+}
+
 /// Works out the runtime's files and endpoints for this cluster. `cluster_pause` is the
 /// sandbox image of the cluster's kubeadm version and image repository, used when the values
 /// name none.
@@ -164,10 +175,14 @@ pub fn plan(
     values: &RuntimeValues,
     server: &KubeVersion,
     cluster_pause: &str,
-    installed: Option<containerd::ContainerdVersion>,
+    host: &HostRuntime<'_>,
     originals: &Originals,
-    package_manager: Option<&str>,
 ) -> RuntimePlan {
+    let HostRuntime {
+        installed,
+        package_manager,
+        cni_bin_dir,
+    } = *host;
     let pause = values
         .pause_image
         .clone()
@@ -175,8 +190,13 @@ pub fn plan(
     match kind {
         RuntimeKind::Containerd => {
             let version = installed.unwrap_or(containerd::ContainerdVersion { major: 1, minor: 6 });
-            let merged =
-                containerd::merge(originals.containerd.as_deref(), values, &pause, version);
+            let merged = containerd::merge(
+                originals.containerd.as_deref(),
+                values,
+                &pause,
+                version,
+                cni_bin_dir,
+            );
             let mut files = vec![RuntimeFile {
                 path: CONTAINERD_CONFIG.into(),
                 bytes: merged.bytes,
@@ -229,15 +249,130 @@ pub fn plan(
     }
 }
 
+/// What the runtime phase works from.
+pub struct PhaseInputs<'a> {
+    /// The join's settings.
+    pub settings: &'a crate::sources::settings::Settings,
+    /// The API server's version (in bake mode: the kubelet's).
+    pub server: &'a KubeVersion,
+    /// The cluster's sandbox image (from kubeadm-config's imageRepository and the version).
+    pub cluster_pause: String,
+    /// What the artifacts phase staged (a static runtime, image archives).
+    pub staged: &'a crate::join::artifacts::Staged,
+}
+
+fn fail(code: crate::error::Code) -> impl Fn(ApplyError) -> crate::error::Failure {
+    move |e| match e {
+        ApplyError::Fs(_) | ApplyError::Journal(_) => {
+            crate::error::Failure::new(crate::error::Code::Filesystem, e.to_string())
+        }
+        ApplyError::Effect(_) => crate::error::Failure::new(code, e.to_string()),
+    }
+}
+
+/// The runtime phase: the runtime's packages when it is missing (unless the mirror's static
+/// containerd was installed), its configuration merged into the files as they are then,
+/// (re)started and waited for, then the staged image archives imported.
+pub fn phase(
+    applier: &mut Applier<'_>,
+    inputs: &PhaseInputs<'_>,
+) -> Result<RuntimePlan, crate::error::Failure> {
+    use crate::error::Code;
+    let settings = inputs.settings;
+    let effects = applier.effects();
+    let package_manager = effects.packages.as_ref().map(|pm| pm.name());
+    let mut pkgs = packages(settings.runtime, inputs.server, package_manager);
+    // A runtime already there (installed by hand, from a tarball, or the mirror's static
+    // containerd) is not installed again as a package; cri-dockerd still may be.
+    let binary_there = inputs.staged.static_runtime.is_some()
+        || crate::join::artifacts::runtime_binary_present(effects, settings.runtime);
+    if binary_there {
+        pkgs.remove(0);
+    }
+    install_packages(
+        applier,
+        &pkgs,
+        (!binary_there)
+            .then_some(settings.runtime_values.version.as_deref())
+            .flatten(),
+    )
+    .map_err(fail(Code::Runtime))?;
+    let fs = |e: ApplyError| crate::error::Failure::new(Code::Filesystem, e.to_string());
+    let originals = Originals {
+        containerd: applier.original(Path::new(CONTAINERD_CONFIG)).map_err(fs)?,
+        docker: applier.original(Path::new(DOCKER_CONFIG)).map_err(fs)?,
+    };
+    let effects = applier.effects();
+    let current = effects
+        .root
+        .read(Path::new(CONTAINERD_CONFIG))
+        .ok()
+        .flatten();
+    let configured = containerd::cni_bin_dir(current.as_deref());
+    let cni = crate::join::artifacts::cni_bin_dir_override(effects, configured.as_deref());
+    let host = HostRuntime {
+        installed: effects
+            .host
+            .then(|| containerd_version(effects.probe.as_ref())),
+        package_manager,
+        cni_bin_dir: cni,
+    };
+    let rt = plan(
+        settings.runtime,
+        &settings.runtime_values,
+        inputs.server,
+        &inputs.cluster_pause,
+        &host,
+        &originals,
+    );
+    apply(applier, &rt).map_err(fail(Code::Runtime))?;
+    crate::join::artifacts::import(applier, settings.runtime, inputs.staged)
+        .map_err(fail(Code::ImagesImport))?;
+    Ok(rt)
+}
+
 /// The Docker Engine's API socket.
 pub const DOCKER_SOCKET: &str = "/run/docker.sock";
 
-/// Applies the runtime plan: package, files, enable, (re)start when changed, wait for the CRI.
-pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
-    applier.package(plan.package, plan.version.as_deref())?;
-    if let Some((pkg, _)) = plan.shim {
-        applier.package(pkg, None)?;
+/// The packages a runtime needs (the runtime's, and cri-dockerd for docker from 1.24).
+pub fn packages(
+    kind: RuntimeKind,
+    server: &KubeVersion,
+    package_manager: Option<&str>,
+) -> Vec<&'static str> {
+    match kind {
+        RuntimeKind::Containerd => vec!["containerd"],
+        RuntimeKind::Docker => {
+            let engine = if package_manager == Some("apt") {
+                "docker.io"
+            } else {
+                "docker"
+            };
+            if server.minor_key() < (1, 24) {
+                vec![engine]
+            } else {
+                vec![engine, "cri-dockerd"]
+            }
+        }
     }
+}
+
+/// Installs the runtime's packages when they are missing, the runtime's first at `version`
+/// (`--runtime-version`, `--docker-version`).
+pub fn install_packages(
+    applier: &mut Applier<'_>,
+    packages: &[&str],
+    version: Option<&str>,
+) -> Result<(), ApplyError> {
+    for (i, pkg) in packages.iter().enumerate() {
+        applier.package(pkg, if i == 0 { version } else { None })?;
+    }
+    Ok(())
+}
+
+/// Applies the runtime plan: files, enable, (re)start when changed, wait for the CRI. (The
+/// packages come first, [`install_packages`], so the plan merges into the file they ship.)
+pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
     let mut changed = false;
     let mut units_changed = false;
     for f in &plan.files {
@@ -283,9 +418,11 @@ mod tests {
             &v,
             &"v1.31.0".parse().expect("v"),
             "registry.k8s.io/pause:3.10",
-            None,
+            &HostRuntime {
+                package_manager: None,
+                ..HostRuntime::default()
+            },
             &Originals::default(),
-            None,
         );
         let cfg = String::from_utf8(p.files[0].bytes.clone()).expect("utf8");
         assert!(cfg.contains("SystemdCgroup = true"));
@@ -322,9 +459,11 @@ mod tests {
             &v,
             &"v1.24.0".parse().expect("v"),
             "p:1",
-            None,
+            &HostRuntime {
+                package_manager: Some("apt"),
+                ..HostRuntime::default()
+            },
             &Originals::default(),
-            Some("apt"),
         );
         assert_eq!(new.shim, Some(("cri-dockerd", "cri-docker.service")));
         let dropin = String::from_utf8(new.files[1].bytes.clone()).expect("utf8");
@@ -338,9 +477,11 @@ mod tests {
             &v,
             &"v1.20.11".parse().expect("v"),
             "p:1",
-            None,
+            &HostRuntime {
+                package_manager: Some("dnf"),
+                ..HostRuntime::default()
+            },
             &Originals::default(),
-            Some("dnf"),
         );
         assert_eq!(old.shim, None);
         assert_eq!(old.endpoint, None);

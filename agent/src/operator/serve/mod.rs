@@ -480,11 +480,12 @@ impl Service {
         if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
             return Err("the Node's providerID does not match the report".into());
         }
-        if !restricted.is_empty() {
-            let patch = json!({"metadata": {"labels": restricted.0}});
+        let ops = label_and_untaint_ops(&restricted, &registered.spec.taints);
+        if !ops.is_empty() {
+            let path = crate::client::kube::paths::node(node);
             self.cfg
                 .kube
-                .merge_patch(&crate::client::kube::paths::node(node), &patch)
+                .json_patch(&path, &Value::Array(ops))
                 .await
                 .map_err(|e| e.to_string())?;
             self.metrics.labels_applied(restricted.0.len());
@@ -537,6 +538,29 @@ fn ack_text(values: &Value, minted: &BootstrapToken, callback: &str) -> String {
         }
     }
     text
+}
+
+/// One JSON Patch: the restricted labels added and the startup taint removed together, so no
+/// pod is scheduled on the node between the two. The taint's removal is guarded by a `test`
+/// of the taint at its index (the list may have changed since it was read: the patch then
+/// fails and the callback's caller may report again).
+fn label_and_untaint_ops(
+    labels: &Labels,
+    taints: &[crate::client::kube::objects::NodeTaint],
+) -> Vec<Value> {
+    let pointer = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    let mut ops: Vec<Value> = labels
+        .0
+        .iter()
+        .map(|(k, v)| json!({"op": "add", "path": format!("/metadata/labels/{}", pointer(k)), "value": v}))
+        .collect();
+    let startup = crate::model::validate::STARTUP_TAINT_KEY;
+    if let Some(i) = taints.iter().position(|t| t.key == startup) {
+        let at = format!("/spec/taints/{i}");
+        ops.push(json!({"op": "test", "path": format!("{at}/key"), "value": startup}));
+        ops.push(json!({"op": "remove", "path": at}));
+    }
+    ops
 }
 
 /// The subject CN of a CSR's request (PEM, base64).

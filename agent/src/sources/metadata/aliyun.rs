@@ -39,3 +39,46 @@ pub async fn fetch(
         instance_type: s.item("meta-data/instance/instance-type").await?,
     })
 }
+
+/// The instance's RAM role credentials (`meta-data/ram/security-credentials/ROLE`), for calls
+/// the node makes to Alibaba Cloud APIs itself (completing an ESS lifecycle action). Read only
+/// when needed, kept only in memory.
+pub async fn ram_credentials(
+    endpoint: &str,
+) -> Result<crate::client::ess::RamCredentials, MetadataError> {
+    use crate::model::secret::Secret;
+    let mut s = Session::open("aliyun", endpoint, MetadataLimits::explicit())?;
+    if let Ok(TokenAnswer::Token(t)) = s.request_token(TTL_HEADER).await {
+        s.header = Some((TOKEN_HEADER, t));
+    }
+    let invalid = |value: &str| MetadataError::Invalid {
+        provider: "aliyun",
+        field: "ram/security-credentials",
+        value: value.chars().take(64).collect(),
+    };
+    let roles = s.item("meta-data/ram/security-credentials/").await?;
+    let role = roles
+        .as_deref()
+        .and_then(|r| r.lines().next())
+        .unwrap_or_default()
+        .trim();
+    let role = super::ident("aliyun", "ram role", Some(role.to_owned()))?;
+    let text = s
+        .item(&format!("meta-data/ram/security-credentials/{role}"))
+        .await?
+        .ok_or_else(|| invalid("(no credentials for the role)"))?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        access_key_id: String,
+        access_key_secret: String,
+        security_token: String,
+    }
+    let a: Answer = crate::model::strict::json(text.as_bytes())
+        .map_err(|_| invalid("(not the credentials JSON)"))?;
+    Ok(crate::client::ess::RamCredentials {
+        access_key_id: a.access_key_id,
+        access_key_secret: Secret::new(a.access_key_secret),
+        security_token: Secret::new(a.security_token),
+    })
+}

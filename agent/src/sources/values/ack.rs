@@ -3,13 +3,14 @@
 //! We read it strictly as data: one `key=value` per line (an optional `export ` prefix and one
 //! layer of matching quotes are tolerated), no expansion, no escapes. Known keys are
 //! `docker_version`, `cluster_dns`, `token`, `endpoint`, `callback_url`, `name_mode` and
-//! `network` (attach_node.sh's `public::common::get_node_info`); each is validated like the
-//! matching flag. Unknown keys are reported and ignored, so a newer control plane does not break
+//! `network` (attach_node.sh's `public::common::get_node_info`), and node-attach's own
+//! `artifacts_url`, `artifacts_public_key`, `kubelet_version`, `air_gap` and `runtime_source`;
+//! each is validated like the matching flag. Unknown keys are reported and ignored, so a newer control plane does not break
 //! older agents; a key given twice, or a line that is not `key=value`, refuses the whole answer.
 
 use super::{
-    check_callback, check_identifier, check_package_version, invalid, ClusterValues, NodeNameMode,
-    RuntimeKind, ValuesError, ValuesFormat,
+    check_artifacts_url, check_callback, check_identifier, check_package_version, check_public_key,
+    invalid, ClusterValues, NodeNameMode, RuntimeKind, RuntimeSource, ValuesError, ValuesFormat,
 };
 use crate::model::token::BootstrapToken;
 use crate::model::validate::{parse_ip_list, Endpoint};
@@ -112,6 +113,25 @@ fn apply(v: &mut ClusterValues, key: &str, value: &str) -> Result<(), ValuesErro
             check_identifier(key, value)?;
             v.network = Some(value.to_owned());
         }
+        "artifacts_url" => v.artifacts.url = Some(check_artifacts_url(key, value)?),
+        "artifacts_public_key" => v.artifacts.public_key = Some(check_public_key(key, value)?),
+        "kubelet_version" => {
+            v.artifacts.kubelet_version = Some(
+                value
+                    .parse()
+                    .map_err(|e: crate::model::version::VersionError| {
+                        invalid(key, e.to_string())
+                    })?,
+            )
+        }
+        "air_gap" => {
+            v.artifacts.air_gap = Some(match value {
+                "true" => true,
+                "false" => false,
+                _ => return Err(invalid(key, "expected true or false")),
+            })
+        }
+        "runtime_source" => v.artifacts.runtime_source = Some(RuntimeSource::parse(key, value)?),
         other => {
             tracing::warn!(
                 key = other,
@@ -140,6 +160,26 @@ mod tests {
         assert_eq!(v.node_name_mode, Some(NodeNameMode::NodeIp));
         assert_eq!(v.network.as_deref(), Some("flannel"));
         assert!(v.callback_url.is_some());
+    }
+
+    #[test]
+    fn reads_the_artifact_keys() {
+        let v = parse("artifacts_url=https://mirror.example/k8s\nartifacts_public_key=ed25519:bSctQPDsCU9/H4QoQylJg2/A5mK5N5kvpEXpOaEsS2s=\nkubelet_version=v1.20.2\nair_gap=true\nruntime_source=package\n").expect("valid");
+        assert_eq!(
+            v.artifacts.url.as_ref().map(url::Url::as_str),
+            Some("https://mirror.example/k8s/")
+        );
+        assert!(v.artifacts.public_key.is_some());
+        assert_eq!(v.artifacts.air_gap, Some(true));
+        assert_eq!(v.artifacts.runtime_source, Some(RuntimeSource::Package));
+        for bad in [
+            "artifacts_url=http://m",
+            "artifacts_public_key=x",
+            "air_gap=yes",
+            "kubelet_version=new",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -136,6 +136,69 @@ pub struct RuntimeValues {
     pub data_root: Option<String>,
 }
 
+/// Where a missing container runtime comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeSource {
+    /// The host's package manager when there is one, else the mirror's static runtime.
+    #[default]
+    Auto,
+    /// The host's package manager only.
+    Package,
+    /// The mirror's static runtime only.
+    Mirror,
+}
+
+impl RuntimeSource {
+    /// Parses `auto`, `package` or `mirror`.
+    pub fn parse(what: &str, s: &str) -> Result<RuntimeSource, SyntaxError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(RuntimeSource::Auto),
+            "package" => Ok(RuntimeSource::Package),
+            "mirror" => Ok(RuntimeSource::Mirror),
+            _ => Err(SyntaxError {
+                what: what.into(),
+                value: s.chars().take(64).collect(),
+                reason: "expected auto, package or mirror".into(),
+            }),
+        }
+    }
+}
+
+/// Where the node's artifacts (kubelet, CNI plugins, static runtime, images) come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactValues {
+    /// The mirror's base URL (https).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "plain_url")]
+    pub url: Option<url::Url>,
+    /// The Ed25519 key its manifest is signed with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<crate::artifacts::signature::PublicKey>,
+    /// The kubelet version to install (default: the API server's, or the newest allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_version: Option<KubeVersion>,
+    /// Import the release's image archives from the mirror (no registry needed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub air_gap: Option<bool>,
+    /// Where a missing runtime comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_source: Option<RuntimeSource>,
+}
+
+/// Validates an artifact mirror URL (https, a host, no credentials).
+pub fn check_artifacts_url(field: &str, text: &str) -> Result<url::Url, ValuesError> {
+    crate::artifacts::fetch::check_base(text).map_err(|e| invalid(field, e))
+}
+
+/// Validates an artifact signing public key (`ed25519:<base64>`).
+pub fn check_public_key(
+    field: &str,
+    text: &str,
+) -> Result<crate::artifacts::signature::PublicKey, ValuesError> {
+    crate::artifacts::signature::PublicKey::parse(text).map_err(|e| invalid(field, e.to_string()))
+}
+
 /// Validated cluster values, whichever format they came in.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -183,9 +246,23 @@ pub struct ClusterValues {
     /// The node pool this node belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_pool_id: Option<String>,
+    /// Where the node's artifacts come from.
+    #[serde(skip_serializing_if = "is_default_artifacts")]
+    pub artifacts: ArtifactValues,
     /// Keys of the answer node-attach did not recognise and ignored (ACK text only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored_keys: Vec<String>,
+}
+
+fn plain_url<S: serde::Serializer>(u: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(u.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn is_default_artifacts(a: &ArtifactValues) -> bool {
+    *a == ArtifactValues::default()
 }
 
 fn redacted_token<S: serde::Serializer>(
@@ -227,6 +304,7 @@ impl ClusterValues {
             kubelet: KubeletValues::default(),
             network: None,
             node_pool_id: None,
+            artifacts: ArtifactValues::default(),
             ignored_keys: Vec::new(),
         }
     }
@@ -267,6 +345,14 @@ impl Coded for ValuesError {
             },
             ValuesError::Refused(_) => Code::ValuesRefused,
             ValuesError::Invalid { .. } => Code::ValuesInvalid,
+        }
+    }
+
+    fn network_cause(&self) -> Option<crate::model::cause::Cause> {
+        match self {
+            ValuesError::Unreachable(e) => Some(e.inner().cause()),
+            ValuesError::Refused(e) => Some(e.cause()),
+            _ => None,
         }
     }
 }

@@ -5,9 +5,9 @@
 //! (a pin, a taint), and silently dropping it would join the node wrongly.
 
 use super::{
-    check_callback, check_identifier, check_image, check_package_version, check_quantity, invalid,
-    ClusterValues, KubeletValues, NodeNameMode, RuntimeKind, RuntimeValues, ValuesError,
-    ValuesFormat,
+    check_artifacts_url, check_callback, check_identifier, check_image, check_package_version,
+    check_public_key, check_quantity, invalid, ArtifactValues, ClusterValues, KubeletValues,
+    NodeNameMode, RuntimeKind, RuntimeSource, RuntimeValues, ValuesError, ValuesFormat,
 };
 use crate::model::token::BootstrapToken;
 use crate::model::validate::{check_dns_subdomain, push_taint, Endpoint, Labels, Taint};
@@ -73,6 +73,30 @@ pub struct Document {
     /// Node pool id.
     #[serde(default, rename = "nodePoolID")]
     pub node_pool_id: Option<String>,
+    /// Artifact source.
+    #[serde(default)]
+    pub artifacts: Option<ArtifactsDoc>,
+}
+
+/// `artifacts` in the wire form.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArtifactsDoc {
+    /// The mirror's base URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `ed25519:<base64>`.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// The kubelet version to install.
+    #[serde(default)]
+    pub kubelet_version: Option<String>,
+    /// Import the mirror's images.
+    #[serde(default)]
+    pub air_gap: Option<bool>,
+    /// `auto`, `package` or `mirror`.
+    #[serde(default)]
+    pub runtime_source: Option<String>,
 }
 
 /// `runtime` in the wire form.
@@ -144,22 +168,7 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         return Err(invalid("kind", format!("expected {KIND}")));
     }
     let mut v = ClusterValues::empty(ValuesFormat::Json);
-    for (i, e) in doc.api_server_endpoints.iter().enumerate() {
-        v.api_server_endpoints
-            .push(Endpoint::parse(&format!("apiServerEndpoints[{i}]"), e)?);
-    }
-    if let Some(t) = &doc.bootstrap_token {
-        v.bootstrap_token = Some(
-            t.parse::<BootstrapToken>()
-                .map_err(|e| invalid("bootstrapToken", e.to_string()))?,
-        );
-    }
-    for (i, h) in doc.ca_cert_hashes.iter().enumerate() {
-        v.ca_cert_hashes.push(
-            h.parse::<CaPin>()
-                .map_err(|e| invalid(format!("caCertHashes[{i}]"), e.to_string()))?,
-        );
-    }
+    trust(&doc, &mut v)?;
     if !doc.cluster_dns.is_empty() {
         v.cluster_dns =
             crate::model::validate::parse_ip_list("clusterDNS", &doc.cluster_dns.join(","))?;
@@ -203,7 +212,53 @@ pub fn parse(text: &str) -> Result<ClusterValues, ValuesError> {
         check_identifier("nodePoolID", p)?;
         v.node_pool_id = Some(p.clone());
     }
+    if let Some(a) = doc.artifacts {
+        v.artifacts = artifacts(a)?;
+    }
     Ok(v)
+}
+
+/// The trust fields: endpoints, the bootstrap token, the CA pins.
+fn trust(doc: &Document, v: &mut ClusterValues) -> Result<(), ValuesError> {
+    for (i, e) in doc.api_server_endpoints.iter().enumerate() {
+        v.api_server_endpoints
+            .push(Endpoint::parse(&format!("apiServerEndpoints[{i}]"), e)?);
+    }
+    if let Some(t) = &doc.bootstrap_token {
+        v.bootstrap_token = Some(
+            t.parse::<BootstrapToken>()
+                .map_err(|e| invalid("bootstrapToken", e.to_string()))?,
+        );
+    }
+    for (i, h) in doc.ca_cert_hashes.iter().enumerate() {
+        v.ca_cert_hashes.push(
+            h.parse::<CaPin>()
+                .map_err(|e| invalid(format!("caCertHashes[{i}]"), e.to_string()))?,
+        );
+    }
+    Ok(())
+}
+
+fn artifacts(a: ArtifactsDoc) -> Result<ArtifactValues, ValuesError> {
+    let mut out = ArtifactValues::default();
+    if let Some(u) = &a.url {
+        out.url = Some(check_artifacts_url("artifacts.url", u)?);
+    }
+    if let Some(k) = &a.public_key {
+        out.public_key = Some(check_public_key("artifacts.publicKey", k)?);
+    }
+    if let Some(v) = &a.kubelet_version {
+        out.kubelet_version = Some(v.parse().map_err(
+            |e: crate::model::version::VersionError| {
+                invalid("artifacts.kubeletVersion", e.to_string())
+            },
+        )?);
+    }
+    out.air_gap = a.air_gap;
+    if let Some(r) = &a.runtime_source {
+        out.runtime_source = Some(RuntimeSource::parse("artifacts.runtimeSource", r)?);
+    }
+    Ok(out)
 }
 
 fn runtime(r: RuntimeDoc) -> Result<RuntimeValues, ValuesError> {
@@ -373,7 +428,9 @@ mod tests {
                   "evictionHard": {"memory.available": "5%"}, "failSwapOn": false,
                   "cpuManagerPolicy": "static"},
       "network": "flannel",
-      "nodePoolID": "np-123"
+      "nodePoolID": "np-123",
+      "artifacts": {"url": "https://mirror.example.com/k8s", "publicKey": "ed25519:bSctQPDsCU9/H4QoQylJg2/A5mK5N5kvpEXpOaEsS2s=",
+                    "kubeletVersion": "v1.31.2", "airGap": true, "runtimeSource": "mirror"}
     }"#;
 
     #[test]
@@ -389,6 +446,13 @@ mod tests {
         assert_eq!(v.kubelet.max_pods, Some(64));
         assert_eq!(v.node_name_mode, Some(NodeNameMode::NodeIp));
         assert_eq!(v.node_pool_id.as_deref(), Some("np-123"));
+        assert_eq!(
+            v.artifacts.url.as_ref().map(url::Url::as_str),
+            Some("https://mirror.example.com/k8s/")
+        );
+        assert!(v.artifacts.public_key.is_some());
+        assert_eq!(v.artifacts.air_gap, Some(true));
+        assert_eq!(v.artifacts.runtime_source, Some(RuntimeSource::Mirror));
         let printed = serde_json::to_string(&v).expect("json");
         assert!(!printed.contains("0123456789abcdef"), "{printed}");
         assert!(!printed.contains("callback/x"), "{printed}");
@@ -440,6 +504,26 @@ mod tests {
                 "kubelet.evictionHard.memory.available",
             ),
             ("nodePoolID", r#""np 1""#, "nodePoolID"),
+            (
+                "artifacts.url",
+                r#""http://mirror.example""#,
+                "artifacts.url",
+            ),
+            (
+                "artifacts.publicKey",
+                r#""rsa:AAAA""#,
+                "artifacts.publicKey",
+            ),
+            (
+                "artifacts.kubeletVersion",
+                r#""latest""#,
+                "artifacts.kubeletVersion",
+            ),
+            (
+                "artifacts.runtimeSource",
+                r#""tarball""#,
+                "artifacts.runtimeSource",
+            ),
         ] {
             let err = parse(&with(field, value)).expect_err(field);
             assert!(err.to_string().contains(named), "{field}: {err}");

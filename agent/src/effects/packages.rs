@@ -1,0 +1,281 @@
+//! The OS package manager: apt (Debian, Ubuntu), dnf or yum (RHEL, CentOS, Alibaba Cloud
+//! Linux, Fedora) and zypper (SUSE), detected. An install reports exactly which packages it
+//! added (the dependencies it pulled in too, from the installed list before and after), so the
+//! journal can record them and reset removes exactly those. Removal goes through the low-level
+//! tool (`dpkg --purge`, `rpm -e`), which refuses rather than removing a package something
+//! else still depends on.
+
+use super::{run_command, which, EffectError};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The OS package manager.
+pub trait Packages: Send + Sync {
+    /// `apt`, `dnf`, `yum` or `zypper`.
+    fn name(&self) -> &'static str;
+    /// The installed version of a package, if installed.
+    fn installed_version(&self, package: &str) -> Option<String>;
+    /// Installs a package (at `version` when given); returns every package the transaction
+    /// added (the package and the dependencies it pulled in), sorted.
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError>;
+    /// Removes packages join added (never one something else still depends on).
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError>;
+}
+
+/// apt (Debian, Ubuntu).
+pub struct Apt;
+/// dnf or yum.
+pub struct Dnf(pub &'static str);
+/// zypper (SUSE, openSUSE).
+pub struct Zypper;
+
+fn added(before: &BTreeSet<String>, after: BTreeSet<String>) -> Vec<String> {
+    after.difference(before).cloned().collect()
+}
+
+impl Apt {
+    fn installed() -> Result<BTreeSet<String>, EffectError> {
+        let out = run_command(
+            "dpkg-query",
+            &["-W", "-f", "${Package}\t${db:Status-Abbrev}\n"],
+            QUERY_TIMEOUT,
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(_, status)| status.starts_with("ii"))
+            .map(|(p, _)| p.to_owned())
+            .collect())
+    }
+
+    fn apt_install(spec: &str) -> Result<String, EffectError> {
+        run_command(
+            "apt-get",
+            &["install", "-y", "-q", "--no-install-recommends", spec],
+            PACKAGE_TIMEOUT,
+        )
+    }
+}
+
+impl Packages for Apt {
+    fn name(&self) -> &'static str {
+        "apt"
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        let out = run_command(
+            "dpkg-query",
+            &["-W", "-f", "${Status}\t${Version}", package],
+            QUERY_TIMEOUT,
+        )
+        .ok()?;
+        let (status, version) = out.split_once('\t')?;
+        status
+            .ends_with(" installed")
+            .then(|| version.trim().to_owned())
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        let spec = match version {
+            Some(v) => format!("{package}={v}"),
+            None => package.to_owned(),
+        };
+        let before = Apt::installed()?;
+        if Apt::apt_install(&spec).is_err() {
+            // The package lists may be missing or stale on a fresh image.
+            run_command("apt-get", &["update", "-q"], PACKAGE_TIMEOUT)?;
+            Apt::apt_install(&spec)?;
+        }
+        Ok(added(&before, Apt::installed()?))
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        let mut args = vec!["--purge"];
+        args.extend(packages.iter().map(String::as_str));
+        run_command("dpkg", &args, PACKAGE_TIMEOUT).map(drop)
+    }
+}
+
+fn rpm_installed() -> Result<BTreeSet<String>, EffectError> {
+    let out = run_command("rpm", &["-qa", "--qf", "%{NAME}\n"], QUERY_TIMEOUT)?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+fn rpm_version(package: &str) -> Option<String> {
+    run_command(
+        "rpm",
+        &["-q", "--qf", "%{VERSION}-%{RELEASE}", package],
+        QUERY_TIMEOUT,
+    )
+    .ok()
+}
+
+fn rpm_remove(packages: &[String]) -> Result<(), EffectError> {
+    let mut args = vec!["-e"];
+    args.extend(packages.iter().map(String::as_str));
+    run_command("rpm", &args, PACKAGE_TIMEOUT).map(drop)
+}
+
+impl Packages for Dnf {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        rpm_version(package)
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        let spec = match version {
+            Some(v) => format!("{package}-{v}"),
+            None => package.to_owned(),
+        };
+        let before = rpm_installed()?;
+        run_command(self.0, &["install", "-y", &spec], PACKAGE_TIMEOUT)?;
+        Ok(added(&before, rpm_installed()?))
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        rpm_remove(packages)
+    }
+}
+
+impl Packages for Zypper {
+    fn name(&self) -> &'static str {
+        "zypper"
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        rpm_version(package)
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        let spec = match version {
+            Some(v) => format!("{package}={v}"),
+            None => package.to_owned(),
+        };
+        let before = rpm_installed()?;
+        run_command(
+            "zypper",
+            &["--non-interactive", "install", "--no-recommends", &spec],
+            PACKAGE_TIMEOUT,
+        )?;
+        Ok(added(&before, rpm_installed()?))
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        rpm_remove(packages)
+    }
+}
+
+/// The host's package manager, if one is known: apt, dnf, yum, zypper, in that order.
+pub fn detect_packages() -> Option<Box<dyn Packages>> {
+    if which("apt-get").is_some() && which("dpkg-query").is_some() {
+        return Some(Box::new(Apt));
+    }
+    if which("rpm").is_some() {
+        if which("dnf").is_some() {
+            return Some(Box::new(Dnf("dnf")));
+        }
+        if which("yum").is_some() {
+            return Some(Box::new(Dnf("yum")));
+        }
+        if which("zypper").is_some() {
+            return Some(Box::new(Zypper));
+        }
+    }
+    None
+}
+
+/// A shared handle works as the package manager it holds (a test keeps one to look at a double).
+impl<T: Packages> Packages for std::sync::Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        (**self).installed_version(package)
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        (**self).install(package, version)
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        (**self).remove(packages)
+    }
+}
+
+/// A package manager double: installed packages in memory; an install adds the package and
+/// the dependencies registered for it ([`RecordingPackages::depends`]).
+#[derive(Default)]
+pub struct RecordingPackages {
+    /// Installed packages and versions.
+    pub installed: Mutex<Vec<(String, String)>>,
+    /// Package → the dependencies an install pulls in.
+    pub depends: Mutex<Vec<(String, Vec<String>)>>,
+    /// Calls in order.
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl RecordingPackages {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Packages for RecordingPackages {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn installed_version(&self, package: &str) -> Option<String> {
+        Self::lock(&self.installed)
+            .iter()
+            .find(|(p, _)| p == package)
+            .map(|(_, v)| v.clone())
+    }
+    fn install(&self, package: &str, version: Option<&str>) -> Result<Vec<String>, EffectError> {
+        Self::lock(&self.calls).push(format!("install {package}"));
+        let deps: Vec<String> = Self::lock(&self.depends)
+            .iter()
+            .find(|(p, _)| p == package)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
+        let mut installed = Self::lock(&self.installed);
+        let mut new = Vec::new();
+        for p in std::iter::once(package.to_owned()).chain(deps) {
+            if !installed.iter().any(|(i, _)| *i == p) {
+                installed.push((p.clone(), version.unwrap_or("1.0").to_owned()));
+                new.push(p);
+            }
+        }
+        new.sort();
+        Ok(new)
+    }
+    fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
+        Self::lock(&self.calls).push(format!("remove {}", packages.join(" ")));
+        Self::lock(&self.installed).retain(|(p, _)| !packages.contains(p));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_double_reports_what_an_install_added() {
+        let pm = RecordingPackages::default();
+        pm.installed
+            .lock()
+            .expect("lock")
+            .push(("runc".into(), "1".into()));
+        pm.depends.lock().expect("lock").push((
+            "containerd".into(),
+            vec!["runc".into(), "libseccomp2".into()],
+        ));
+        assert_eq!(
+            pm.install("containerd", None).expect("install"),
+            ["containerd", "libseccomp2"]
+        );
+        assert_eq!(
+            added(
+                &BTreeSet::from(["a".to_owned()]),
+                BTreeSet::from(["a".to_owned(), "b".to_owned()])
+            ),
+            ["b"]
+        );
+    }
+}
