@@ -778,7 +778,15 @@ pub async fn run(
             let svc = hyper::service::service_fn(move |req| {
                 let (service, caller) = (service.clone(), caller.clone());
                 async move {
-                    let answer = service.serve_counted(req, peer, caller.as_deref()).await;
+                    // In a task of its own: a caller that stops waiting (a client timeout under
+                    // load) does not cancel work half done, such as a use taken whose answer a
+                    // retry of the same request then gets.
+                    let work = tokio::spawn(async move {
+                        service.serve_counted(req, peer, caller.as_deref()).await
+                    });
+                    let answer = work
+                        .await
+                        .unwrap_or_else(|_| error(500, "the request's handler failed"));
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });
