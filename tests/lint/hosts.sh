@@ -26,6 +26,9 @@ allowed() {
     kubernetes.io) return 0 ;;
     # ACK's values endpoint, which --openapi-token reads by default (ACK's own attach_node.sh).
     cs-anony.aliyuncs.com|cs-anony-vpc.*.aliyuncs.com) return 0 ;;
+    # ESS's regional API, where an --ess node completes its lifecycle action unless
+    # --ess-endpoint names another (the cloud's own API, not a package registry).
+    ess.*.aliyuncs.com) return 0 ;;
     # containerd's upstream for docker.io images in the hosts.toml join writes (not a package
     # registry: the container registry a node's pods pull from).
     registry-1.docker.io) return 0 ;;
