@@ -165,3 +165,15 @@ bench: build static
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 .PHONY: bench
+
+## N simultaneous joins (separate roots, real HTTP and TLS) against the test control plane, direct
+## and through one openapi token in serve, then with the control plane shedding load (429/503) for
+## the first seconds; with BURST_REAL=DIR also against that real cluster (tests/kubernetes/cluster.sh
+## up DIR). Prints joined %, p50/p99 time to joined, requests per join / the minimum. Not a test.
+BURST_SIZES ?= 100,500,1000
+bench-burst: build static
+	cp $(STATIC_BIN) target/debug/node-attach-static
+	./target/debug/burst --node-attach target/debug/node-attach-static --sizes $(BURST_SIZES) $(BURST_ARGS)
+	@if [ -n "$(BURST_REAL)" ]; then ./target/debug/burst --node-attach target/debug/node-attach-static --sizes $(BURST_SIZES) --real $(BURST_REAL) $(BURST_ARGS); fi
+
+.PHONY: bench-burst

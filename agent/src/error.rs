@@ -153,6 +153,16 @@ codes! {
     /// The journal names paths outside the root or backups node-attach did not write.
     JournalTampered = ("journal.tampered", 72,
         "The journal was changed by something other than node-attach (a path outside the root, a backup that is not node-attach's, a symlink or FIFO in its place): nothing was changed. Inspect /var/lib/node-attach/journal.jsonl, then remove it to let reset clean only the documented Kubernetes paths."),
+    /// `check`: the userdata's join would run, with findings to fix (a secret in argv, a
+    /// flag with no effect, a label only the control plane can apply).
+    CheckFindings = ("check.findings", 90,
+        "The join in this userdata would run, but read the findings above: each names the flag or line and the form to use instead."),
+    /// `check`: the userdata's join would be refused, or the userdata cannot be read.
+    CheckInvalid = ("check.invalid", 91,
+        "Fix what the findings name: the join in this userdata would fail (or there is no node-attach invocation in it) before changing anything."),
+    /// `doctor`: at least one check failed.
+    DoctorFailed = ("doctor.failed", 92,
+        "Each failed check above names its fix; run them, then `node-attach doctor` again."),
     /// Another join or reset holds the run lock.
     Busy = ("busy", 71,
         "Another node-attach join or reset is running on this machine (cloud-init's, a service's or an operator's): wait for it to finish (`node-attach status` shows its phase), then rerun if still needed."),

@@ -10,7 +10,8 @@
 //! - [`join`] runs the phases, each computing what to change from pure [`model`] types;
 //! - [`apply`] makes every change through the journal; [`reset`] replays it backwards;
 //! - [`operator`] is the control plane's side (bootstrap tokens, the values service);
-//! - [`effects`] holds every side effect on the host behind small traits.
+//! - [`effects`] holds every side effect on the host behind small traits;
+//! - [`check`] lints userdata with join's own flag parsing, [`doctor`] checks a node's health.
 //!
 //! Exit codes and their meaning are in [`error::Code`] and `docs/exit-codes.md`.
 
@@ -22,8 +23,10 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod check;
 pub mod cli;
 pub mod client;
+pub mod doctor;
 pub mod effects;
 pub mod error;
 pub mod join;

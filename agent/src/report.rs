@@ -3,7 +3,8 @@
 //! In text mode each phase prints one line with its elapsed time (readable in cloud-init's log
 //! as well as on a terminal) and failures go to stderr with their code and hint. With
 //! `--output json` every line on stdout is a JSON object: one per phase event
-//! (`{"phase","status","duration_ms",…}`), then one `{"result":…}` or `{"error":…}`.
+//! (`{"phase","status","duration_ms","cpu_ms",…}`: `cpu_ms` is the CPU time, user and system, the
+//! process spent in the phase), then one `{"result":…}` or `{"error":…}`.
 
 use crate::error::Failure;
 use serde::Serialize;
@@ -43,6 +44,8 @@ struct PhaseEvent<'a> {
     status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ms: Option<f64>,
     elapsed_ms: u64,
     #[serde(skip_serializing_if = "str::is_empty")]
     detail: &'a str,
@@ -90,6 +93,17 @@ impl Reporter {
         duration: Option<std::time::Duration>,
         detail: &str,
     ) {
+        self.phase_event(phase, status, duration, None, detail);
+    }
+
+    fn phase_event(
+        &mut self,
+        phase: &str,
+        status: Status,
+        duration: Option<std::time::Duration>,
+        cpu: Option<std::time::Duration>,
+        detail: &str,
+    ) {
         let elapsed_ms = self.elapsed_ms();
         match self.format {
             OutputFormat::Json => {
@@ -97,6 +111,7 @@ impl Reporter {
                     phase,
                     status,
                     duration_ms: duration.map(|d| d.as_millis() as u64),
+                    cpu_ms: cpu.map(|c| (c.as_secs_f64() * 1e4).round() / 10.0),
                     elapsed_ms,
                     detail,
                     code: None,
@@ -188,7 +203,23 @@ pub struct Phase<'r> {
     reporter: &'r mut Reporter,
     name: &'static str,
     started: std::time::Instant,
+    cpu_started: std::time::Duration,
     ended: bool,
+}
+
+/// The CPU time (user and system) this process has used so far.
+pub fn process_cpu() -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return std::time::Duration::ZERO;
+    };
+    let time = |tv: nix::sys::time::TimeVal| {
+        std::time::Duration::new(
+            u64::try_from(tv.tv_sec()).unwrap_or(0),
+            u32::try_from(tv.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    time(usage.user_time()) + time(usage.system_time())
 }
 
 impl Reporter {
@@ -199,6 +230,7 @@ impl Reporter {
             reporter: self,
             name,
             started: std::time::Instant::now(),
+            cpu_started: process_cpu(),
             ended: false,
         }
     }
@@ -209,8 +241,9 @@ impl Phase<'_> {
     pub fn end(mut self, status: Status, detail: &str) {
         self.ended = true;
         let elapsed = self.started.elapsed();
+        let cpu = process_cpu().saturating_sub(self.cpu_started);
         self.reporter
-            .phase(self.name, status, Some(elapsed), detail);
+            .phase_event(self.name, status, Some(elapsed), Some(cpu), detail);
     }
 
     /// Something the user should know, said while the phase runs.
@@ -223,8 +256,9 @@ impl Drop for Phase<'_> {
     fn drop(&mut self) {
         if !self.ended {
             let elapsed = self.started.elapsed();
+            let cpu = process_cpu().saturating_sub(self.cpu_started);
             self.reporter
-                .phase(self.name, Status::Failed, Some(elapsed), "");
+                .phase_event(self.name, Status::Failed, Some(elapsed), Some(cpu), "");
         }
     }
 }

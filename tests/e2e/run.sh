@@ -899,6 +899,22 @@ run_form() {
     *)
       { prelude "$subnet" "$runtime"; sed -e '1d' "${render[@]}" "$REPO/packaging/userdata/$form.sh"; } > "$ud" ;;
   esac
+  # The userdata as the guest gets it, linted first: the join's flags, no token in argv. The
+  # autoscaler pool's k8s.io/cluster-autoscaler label is the one finding expected (exit 90).
+  # The plain guest's userdata is its prelude alone (the harness runs the one-liner itself).
+  local check_rc=0 check_allowed=""
+  if [ "$form" != plain ]; then
+    "$BIN" check --json "$ud" > "$RUN/check.json" 2>&1 || check_rc=$?
+    case "$form" in autoscaler*) check_allowed=restricted-label ;; esac
+    check "node-attach check: one join in the $form userdata, findings: ${check_allowed:-none} (exit $check_rc)" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())["result"]
+ids = {f["id"] for f in r["findings"]}
+allowed = set(sys.argv[2].split()) if sys.argv[2] else set()
+want_rc = "90" if allowed else "0"
+sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or ids != allowed or sys.argv[3] != want_rc)' "$RUN/check.json" "$check_allowed" "$check_rc"
+    [ "$check_rc" = 0 ] || log "check: $(head -c 2000 "$RUN/check.json")"
+  fi
   boot_guest "$name" "$ud"
   stage_done "guest $GUEST_IP (netns $name), PID 1 is host pid $LEADER, pod subnet $subnet"
 
@@ -1001,6 +1017,16 @@ run_form() {
   fi
   stage_done "pod IP $pod_ip"
 
+  # node-attach doctor in the guest, with the real effects (systemd, the CRI socket, /proc).
+  local doctor_rc=0
+  guest /usr/local/bin/node-attach doctor --json > "$RUN/doctor.json" 2> "$RUN/doctor.err" || doctor_rc=$?
+  check "node-attach doctor on the joined guest: exit 0" test "$doctor_rc" = 0
+  check "node-attach doctor on the joined guest: joined, every check ok" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())["result"]
+bad = [c for c in r["checks"] if c["status"] != "ok"]
+sys.exit(r["state"] != "joined" or bool(bad))' "$RUN/doctor.json"
+  [ "$doctor_rc" = 0 ] || log "doctor: $(head -c 3000 "$RUN/doctor.json")"
   [ "$FAIL" = "$fail0" ] || dump_guest
   # What join recorded, to check reset against the image (the guest's pre-join state).
   cp "$GROOT/var/lib/node-attach/journal.jsonl" "$RUN/journal.jsonl" 2>/dev/null || true
@@ -1045,6 +1071,13 @@ run_form() {
   fi
   check "no pod veth is left in the guest (only its own eth0)" sh -c "! nsenter -t $LEADER -a -- ip -o link show type veth | grep -v ': eth0@' | grep -q ."
   check "the journal is gone" test ! -e "$GROOT/var/lib/node-attach"
+  doctor_rc=0
+  guest /usr/local/bin/node-attach doctor --json > "$RUN/doctor-reset.json" 2>&1 || doctor_rc=$?
+  check "node-attach doctor after reset: not-joined, exit 0" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())["result"]
+sys.exit(r["state"] != "not-joined" or sys.argv[2] != "0")' "$RUN/doctor-reset.json" "$doctor_rc"
+  [ "$doctor_rc" = 0 ] || log "doctor after reset: $(head -c 3000 "$RUN/doctor-reset.json")"
   reset_tree_check
   check "every path join touched is back to the image's state" grep -qx 'tree restored' "$RUN/reset-check.txt"
   if [ "$form" = plain ]; then

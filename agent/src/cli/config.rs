@@ -24,6 +24,15 @@ fn usage(m: String) -> Failure {
 
 /// Expands `--config FILE` in a `join` command line into flags (those already given win).
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
+    expand_with(argv, &read_options)
+}
+
+/// [`expand`] with the file's options from `load` (given the path as written): `check` reads
+/// them from the userdata's `write_files` instead of this machine.
+pub fn expand_with(
+    argv: Vec<OsString>,
+    load: &dyn Fn(&str) -> Result<serde_yaml_ng::Mapping, Failure>,
+) -> Result<Vec<OsString>, Failure> {
     let is_join = argv.get(1).is_some_and(|a| a == "join");
     let pos = argv
         .iter()
@@ -41,7 +50,7 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, Failure> {
             2,
         ),
     };
-    let map = read_options(&path)?;
+    let map = load(&path)?;
     let given = |flag: &str| {
         argv.iter().any(|a| {
             let a = a.to_string_lossy();
@@ -72,7 +81,12 @@ fn read_options(path: &str) -> Result<serde_yaml_ng::Mapping, Failure> {
     let text = file
         .into_text(Path::new(path))
         .map_err(|e| usage(format!("--config {e}")))?;
-    match crate::model::strict::yaml(&text)
+    parse_options(path, &text)
+}
+
+/// A configuration file's text as a mapping of option names to values (strict YAML).
+pub fn parse_options(path: &str, text: &str) -> Result<serde_yaml_ng::Mapping, Failure> {
+    match crate::model::strict::yaml(text)
         .map_err(|e| usage(format!("--config {path}: not YAML: {e}")))?
     {
         serde_yaml_ng::Value::Mapping(m) => Ok(m),
@@ -114,6 +128,10 @@ fn flags_for(path: &str, flag: &str, v: &serde_yaml_ng::Value) -> Result<Vec<OsS
         }
     };
     Ok(match v {
+        // A flag that takes a value (`ess: true`, `ess: false`) gets it spelled out.
+        Value::Bool(b) if takes_value(flag.trim_start_matches("--")) == Some(true) => {
+            vec![format!("{flag}={b}").into()]
+        }
         Value::Bool(true) => vec![flag.into()],
         Value::Bool(false) | Value::Null => Vec::new(),
         Value::Sequence(items) => items
@@ -122,6 +140,16 @@ fn flags_for(path: &str, flag: &str, v: &serde_yaml_ng::Value) -> Result<Vec<OsS
             .collect::<Result<_, _>>()?,
         other => vec![format!("{flag}={}", scalar(other)?).into()],
     })
+}
+
+/// Whether join's long flag takes a value (None: join has no such flag), from its clap
+/// definition.
+pub fn takes_value(long: &str) -> Option<bool> {
+    use clap::CommandFactory;
+    let cli = super::Cli::command();
+    let join = cli.find_subcommand("join")?;
+    let arg = join.get_arguments().find(|a| a.get_long() == Some(long))?;
+    Some(arg.get_action().takes_values())
 }
 
 #[cfg(test)]
@@ -161,7 +189,7 @@ mod tests {
     fn flags_win_and_lists_repeat() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("c.yaml");
-        std::fs::write(&p, "endpoint: 1.2.3.4:6443\ndisable-swap: true\ness: false\ndiscovery-token-ca-cert-hash: [a, b]\nnode-name: from-file\n").expect("write");
+        std::fs::write(&p, "endpoint: 1.2.3.4:6443\ndisable-swap: true\ness: false\ndry-run: false\ndiscovery-token-ca-cert-hash: [a, b]\nnode-name: from-file\n").expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let argv: Vec<OsString> = [
             "node-attach",
@@ -182,8 +210,12 @@ mod tests {
         assert!(out.contains(&"--endpoint=1.2.3.4:6443".to_owned()));
         assert!(out.contains(&"--disable-swap".to_owned()));
         assert!(
-            !out.iter().any(|a| a.starts_with("--ess")),
-            "false booleans are omitted"
+            !out.iter().any(|a| a.starts_with("--dry-run")),
+            "false switches are omitted"
+        );
+        assert!(
+            out.contains(&"--ess=false".to_owned()),
+            "a boolean that takes a value keeps it: {out:?}"
         );
         assert_eq!(
             out.iter()

@@ -72,7 +72,7 @@ pub async fn run(args: DiscoverArgs, reporter: &mut Reporter) -> Result<(), Fail
             let _ = writeln!(text, "CA pin:     {pin}");
             let _ = writeln!(
                 text,
-                "verified:   JWS signature, CA pin, pinned TLS re-fetch"
+                "verified:   JWS signature, CA pin, pinned TLS (the server's chain to the pinned CA)"
             );
         }
         None => {

@@ -5,9 +5,11 @@
 //! `attach.sh --help` must not look like a successful join).
 
 pub mod artifacts;
+pub mod check;
 pub mod common;
 pub mod config;
 pub mod discover;
+pub mod doctor;
 pub mod join;
 pub mod reset;
 pub mod serve;
@@ -58,6 +60,10 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Serve cluster values to nodes by openapi token (the control plane's side).
     Serve(serve::ServeArgs),
+    /// Lint userdata: the join's flags, secrets in argv, restricted labels, and its plan.
+    Check(check::CheckArgs),
+    /// Check this node's health: named, read-only checks, each with a fix.
+    Doctor(doctor::DoctorArgs),
     /// Print the version.
     Version(version::VersionArgs),
     /// Build and sign artifact mirrors (the kubelet, CNI plugins, runtimes, images).
@@ -69,6 +75,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command's own `--json` asks for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Check(args) => args.json,
+            Command::Doctor(args) => args.json,
+            _ => false,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::Join(_) => "join",
@@ -77,6 +92,8 @@ impl Command {
             Command::Status(_) => "status",
             Command::Token(_) => "token",
             Command::Serve(_) => "serve",
+            Command::Check(_) => "check",
+            Command::Doctor(_) => "doctor",
             Command::Version(_) => "version",
             Command::Artifacts(_) => "artifacts",
             Command::Completions(_) => "completions",
@@ -105,7 +122,11 @@ where
     };
     crate::logging::init(cli.verbose);
     crate::trust::tls::install_provider();
-    let mut reporter = Reporter::stdout(cli.output);
+    let format = match cli.command.json() {
+        true => OutputFormat::Json,
+        false => cli.output,
+    };
+    let mut reporter = Reporter::stdout(format);
     let name = cli.command.name();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,6 +152,8 @@ where
             Command::Status(args) => status::run(args, &mut reporter),
             Command::Token(args) => token::run(args, &mut reporter).await,
             Command::Serve(args) => serve::run(args, &mut reporter).await,
+            Command::Check(args) => check::run(args, &mut reporter),
+            Command::Doctor(args) => doctor::run(args, &mut reporter).await,
             Command::Version(args) => version::run(args, &mut reporter),
             Command::Artifacts(args) => artifacts::run(args, &mut reporter),
             Command::Completions(args) => shell::completions(&args),

@@ -257,13 +257,14 @@ async fn openapi(kube: &Kube, o: &OpenapiArgs, reporter: &mut Reporter) -> Resul
         } else {
             now + o.ttl.as_secs() as i64
         },
-        uses_left: o.uses,
-        uses: Vec::new(),
+        uses: o.uses,
         description: o.description.clone().unwrap_or_default(),
     };
+    let slots = crate::operator::serve::store::Slots::default();
     let store = Store {
         kube,
         namespace: o.namespace.clone(),
+        slots: &slots,
     };
     store
         .create(&record)

@@ -207,7 +207,13 @@ pub struct Request<'a> {
     pub content_type: &'static str,
     /// Text scrubbed from any server message copied into an error.
     pub scrub: Vec<&'a Secret>,
+    /// The `X-Node-Attach-Request` header: one id for every attempt of one logical request,
+    /// so a server can answer a retry as it answered the attempt whose answer was lost.
+    pub request_id: Option<&'a str>,
 }
+
+/// The header naming a logical request across its attempts.
+pub const REQUEST_ID_HEADER: &str = "x-node-attach-request";
 
 impl<'a> Request<'a> {
     /// A GET accepting JSON.
@@ -220,6 +226,7 @@ impl<'a> Request<'a> {
             json: None,
             content_type: "application/json",
             scrub: Vec::new(),
+            request_id: None,
         }
     }
 }
@@ -262,6 +269,9 @@ impl Http {
             .header(reqwest::header::ACCEPT, req.accept);
         if let Some(token) = req.bearer {
             builder = builder.header(AUTHORIZATION, bearer_header(token, &shown)?);
+        }
+        if let Some(id) = req.request_id {
+            builder = builder.header(REQUEST_ID_HEADER, id);
         }
         if let Some(body) = req.json.clone() {
             builder = builder

@@ -146,6 +146,8 @@ pub struct RecordingKernel {
     pub mounts: Vec<PathBuf>,
     /// Swap devices to report as active.
     pub swaps: Vec<String>,
+    /// Kernel modules to report as present.
+    pub modules: Vec<String>,
 }
 
 impl RecordingKernel {
@@ -167,8 +169,8 @@ impl Kernel for RecordingKernel {
         }
         Ok(())
     }
-    fn module_present(&self, _name: &str) -> bool {
-        false
+    fn module_present(&self, name: &str) -> bool {
+        self.modules.iter().any(|m| m == name)
     }
     fn load_module(&self, name: &str) -> Result<(), EffectError> {
         self.note(format!("modprobe {name}"));

@@ -20,8 +20,19 @@ fn failed(e: ApplyError) -> Failure {
     super::apply_failure(Code::Bootstrap)(e)
 }
 
-/// Runs the bootstrap phase; returns the client certificate's expiry when known.
-pub async fn phase(applier: &mut Applier<'_>, ctx: &Context<'_>) -> Result<Option<i64>, Failure> {
+/// What bootstrap made: the client certificate's expiry when known, and the CSR it was issued
+/// for when this run made one (the join's report names it, so the values service reads that
+/// one CSR rather than listing them all).
+#[derive(Debug, Default)]
+pub struct Bootstrapped {
+    /// The client certificate's expiry (Unix seconds).
+    pub expiry: Option<i64>,
+    /// The CSR's name.
+    pub csr: Option<String>,
+}
+
+/// Runs the bootstrap phase.
+pub async fn phase(applier: &mut Applier<'_>, ctx: &Context<'_>) -> Result<Bootstrapped, Failure> {
     let info = ClusterInfo {
         server: ctx.found.api_server.clone(),
         ca_pem: ctx.found.ca_pem.clone(),
@@ -38,11 +49,14 @@ pub async fn phase(applier: &mut Applier<'_>, ctx: &Context<'_>) -> Result<Optio
                 true,
             )
             .map_err(failed)?;
-        return Ok(None);
+        return Ok(Bootstrapped::default());
     }
     let kubelet_conf = Kubeconfig::kubelet(&info, CURRENT).to_yaml();
     if let Some(expiry) = keep_valid_pair(applier, &kubelet_conf)? {
-        return Ok(Some(expiry));
+        return Ok(Bootstrapped {
+            expiry: Some(expiry),
+            csr: None,
+        });
     }
     issue_new_pair(applier, ctx, &kubelet_conf).await
 }
@@ -75,7 +89,7 @@ async fn issue_new_pair(
     applier: &mut Applier<'_>,
     ctx: &Context<'_>,
     kubelet_conf: &str,
-) -> Result<Option<i64>, Failure> {
+) -> Result<Bootstrapped, Failure> {
     let root = applier.effects().root.clone();
     applier.dir(Path::new(PKI_DIR), 0o755).map_err(failed)?;
     let key = root
@@ -98,7 +112,7 @@ async fn issue_new_pair(
         applier.api(&what, &detail, true);
         let planned = b"(issued certificate and key)";
         store_pair(applier, &pair_path, planned, kubelet_conf).map_err(failed)?;
-        return Ok(None);
+        return Ok(Bootstrapped::default());
     }
     let created = csr::create(&ctx.kube, &request, &ctx.cluster.version).await?;
     let what = format!("POST certificatesigningrequests {}", request.name);
@@ -111,7 +125,10 @@ async fn issue_new_pair(
     }
     pair.extend_from_slice(request.key_pem.as_bytes());
     store_pair(applier, &pair_path, &pair, kubelet_conf).map_err(failed)?;
-    Ok(Some(expiry))
+    Ok(Bootstrapped {
+        expiry: Some(expiry),
+        csr: Some(created.csr.metadata.name.clone()),
+    })
 }
 
 /// Stores an issued pair the way the kubelet's certificate store does (the pair file 0600, the

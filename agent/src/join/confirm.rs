@@ -93,42 +93,131 @@ fn node_client(ctx: &Context<'_>) -> Option<Kube> {
     .ok()
 }
 
-/// Polls the Node until it is registered, and then until it is Ready for up to 20 s more
-/// (a CNI plugin may still be starting), within `--node-wait-timeout`.
+/// How long a Node that registered may take to turn Ready before the join stops waiting (a
+/// CNI plugin may still be starting).
+const READY_GRACE: Duration = Duration::from_secs(20);
+
+/// What the wait has seen of the Node.
+#[derive(Default)]
+struct Seen {
+    registered_at: Option<Instant>,
+    ready: bool,
+    resource_version: String,
+}
+
+impl Seen {
+    /// When to stop waiting: the deadline, or the end of the grace once registered.
+    fn until(&self, deadline: Instant) -> Instant {
+        self.registered_at
+            .map_or(deadline, |at| (at + READY_GRACE).min(deadline))
+    }
+
+    fn note(&mut self, node: &crate::client::kube::objects::Node) {
+        self.registered_at.get_or_insert_with(Instant::now);
+        self.ready = node.is_ready();
+        if !node.metadata.resource_version.is_empty() {
+            self.resource_version
+                .clone_from(&node.metadata.resource_version);
+        }
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            registered: self.registered_at.is_some(),
+            ready: self.ready,
+        }
+    }
+}
+
+/// Waits until the Node is registered, and then until it is Ready for up to 20 s more, within
+/// `--node-wait-timeout`: one watch on that Node as the node itself (the Node authorizer lets a
+/// node watch Nodes), started again from the last resourceVersion when it ends. A client that
+/// may not watch (the bootstrap token, or an authorizer that refuses) reads the Node instead,
+/// backing off from 300 ms to 2 s.
 async fn wait_for_node(ctx: &Context<'_>) -> Result<Registration, Failure> {
-    let node_client = node_client(ctx);
-    let client = node_client.as_ref().unwrap_or(&ctx.kube);
     let name = &ctx.identity.node_name;
     let wait = ctx.settings.timeouts.node_wait;
     let deadline = Instant::now() + wait;
-    let mut registered_at: Option<Instant> = None;
-    loop {
-        let until =
-            registered_at.map_or(deadline, |at| (at + Duration::from_secs(20)).min(deadline));
-        if Instant::now() >= until {
-            break;
-        }
-        if let Ok(Some(node)) = client.node(name).await {
-            registered_at.get_or_insert_with(Instant::now);
-            if node.is_ready() {
-                return Ok(Registration {
-                    registered: true,
-                    ready: true,
-                });
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = Seen::default();
+    let node_client = node_client(ctx);
+    let watched = match &node_client {
+        Some(client) => watch_node(client, name, deadline, &mut seen).await,
+        None => false,
+    };
+    if !watched {
+        poll_node(
+            node_client.as_ref().unwrap_or(&ctx.kube),
+            name,
+            deadline,
+            &mut seen,
+        )
+        .await;
     }
-    if registered_at.is_some() {
-        return Ok(Registration {
-            registered: true,
-            ready: false,
-        });
+    if seen.registered_at.is_some() {
+        return Ok(seen.registration());
     }
     Err(Failure::new(
         Code::NodeNotRegistered,
         format!("the Node {name} did not appear in the API within {wait:?}"),
     ))
+}
+
+/// The watch; false when this client may not watch Nodes (then nothing was seen).
+async fn watch_node(client: &Kube, name: &str, deadline: Instant, seen: &mut Seen) -> bool {
+    use crate::client::kube::objects::{Node, WatchEvent};
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let until = seen.until(deadline);
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            return true;
+        };
+        let path = crate::client::kube::paths::node_watch(
+            name,
+            &seen.resource_version,
+            left.as_secs().max(1),
+        );
+        let watched = client
+            .watch(&path, left, |e: &WatchEvent<Node>| match e.kind.as_str() {
+                "ADDED" | "MODIFIED" => {
+                    seen.note(&e.object);
+                    seen.ready.then_some(true)
+                }
+                // Gone again (deleted meanwhile), or 410 Gone: watched afresh.
+                "DELETED" | "ERROR" => Some(false),
+                _ => None,
+            })
+            .await;
+        match watched {
+            Ok(Some(true)) => return true,
+            Ok(Some(false)) => seen.resource_version.clear(),
+            Ok(None) => {}
+            Err(e) if seen.registered_at.is_none() && matches!(e.status(), Some(401 | 403)) => {
+                tracing::info!("watching the Node {name}: {e}; reading it instead");
+                return false;
+            }
+            Err(e) => {
+                tracing::info!("the watch on the Node {name} ended ({e}); watching again");
+                let pause = backoff.min(until.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Reads the Node until it is Ready (or the grace after its registration ends).
+async fn poll_node(client: &Kube, name: &str, deadline: Instant, seen: &mut Seen) {
+    let mut pause = Duration::from_millis(300);
+    while Instant::now() < seen.until(deadline) {
+        if let Ok(Some(node)) = client.node(name).await {
+            seen.note(&node);
+            if seen.ready {
+                return;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Annotates the Node with its CRI socket as `kubeadm join` does (`kubeadm upgrade node` reads

@@ -9,12 +9,14 @@ use std::path::Path;
 pub const MODULES_FILE: &str = "/etc/modules-load.d/node-attach.conf";
 /// Sysctls the kubelet and CNI plugins need.
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/99-node-attach.conf";
-const SYSCTLS: [(&str, &str); 3] = [
+/// The sysctls join sets, with their values.
+pub const SYSCTLS: [(&str, &str); 3] = [
     ("net.bridge.bridge-nf-call-iptables", "1"),
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ("net.ipv4.ip_forward", "1"),
 ];
-const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
+/// The kernel modules join loads.
+pub const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
 
 /// Applies the host phase.
 pub fn apply(applier: &mut Applier<'_>, settings: &Settings) -> Result<(), ApplyError> {

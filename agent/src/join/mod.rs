@@ -65,6 +65,8 @@ pub struct JoinSummary {
     pub ready: bool,
     /// Client certificate expiry (Unix seconds).
     pub certificate_expiry: Option<i64>,
+    /// The CSR this run's client certificate was issued for.
+    pub csr: Option<String>,
     /// Steps that changed something.
     pub changed: usize,
     /// Dry run.
@@ -162,7 +164,7 @@ pub async fn run(
         Code::KubeletConfig,
         |a| kubelet::apply(a, &plan.kubelet),
     )?;
-    let expiry = bootstrap_phase(reporter, &mut applier, &ctx).await?;
+    let made = bootstrap_phase(reporter, &mut applier, &ctx).await?;
     applied(reporter, &mut applier, "start", Code::Start, |a| {
         start_kubelet(a, changes)
     })?;
@@ -172,7 +174,7 @@ pub async fn run(
         .as_deref()
         .unwrap_or(runtime::DOCKERSHIM_ENDPOINT);
     let seen = confirm_phase(reporter, &mut applier, &ctx, endpoint).await?;
-    record(applier, &ctx, plan, seen, expiry)
+    record(applier, &ctx, plan, seen, made)
 }
 
 /// Everything before the first change: identity, local checks, trust, what the cluster says.
@@ -203,8 +205,12 @@ async fn prepare<'a>(
     );
     let phase = reporter.begin("cluster");
     let token = Some(settings.bootstrap_token()?.expose_full());
-    let kube = Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits)
-        .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+    let kube = match &found.http {
+        // Discovery's client: its verified connection carries the join's next requests.
+        Some(http) => Kube::with_http(&found.api_server, http.clone(), token),
+        None => Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits),
+    }
+    .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
     let cluster = cluster::check(settings, effects, &kube, &identity, joined_before).await?;
     let detail = format!(
         "{} (kubelet config from {})",
@@ -463,12 +469,12 @@ async fn bootstrap_phase(
     reporter: &mut Reporter,
     applier: &mut Applier<'_>,
     ctx: &Context<'_>,
-) -> Result<Option<i64>, Failure> {
+) -> Result<bootstrap::Bootstrapped, Failure> {
     let phase = reporter.begin("bootstrap");
     applier.enter("bootstrap").map_err(fs_failure)?;
-    let expiry = bootstrap::phase(applier, ctx).await?;
+    let made = bootstrap::phase(applier, ctx).await?;
     finish(applier, phase, "bootstrap")?;
-    Ok(expiry)
+    Ok(made)
 }
 
 /// daemon-reload when a unit changed, the kubelet enabled, and (re)started when anything it
@@ -520,7 +526,7 @@ fn record(
     ctx: &Context<'_>,
     plan: Plan,
     seen: confirm::Registration,
-    certificate_expiry: Option<i64>,
+    made: bootstrap::Bootstrapped,
 ) -> Result<JoinSummary, Failure> {
     let settings = ctx.settings;
     let mut summary = JoinSummary {
@@ -535,7 +541,8 @@ fn record(
         provider_id: ctx.identity.provider_id.clone(),
         registered: seen.registered,
         ready: seen.ready,
-        certificate_expiry,
+        certificate_expiry: made.expiry,
+        csr: made.csr,
         changed: 0,
         dry_run: settings.dry_run,
         steps: Vec::new(),
@@ -642,7 +649,7 @@ pub async fn report_callback(settings: &Settings, outcome: &Result<JoinSummary, 
     };
     let body = match outcome {
         Ok(s) => {
-            serde_json::json!({"status": "success", "node": s.node_name, "provider_id": s.provider_id, "changed": s.changed})
+            serde_json::json!({"status": "success", "node": s.node_name, "provider_id": s.provider_id, "csr": s.csr, "changed": s.changed})
         }
         Err(f) => {
             serde_json::json!({"status": "failure", "code": f.code, "exit_code": f.code.exit_code(), "cause": f.cause, "message": f.message})

@@ -37,7 +37,7 @@ pub async fn gather(args: &JoinArgs, reporter: &mut Reporter) -> Result<Settings
 
 /// Whether join needs the metadata service: a values URL template or a node name mode that
 /// uses the instance, an autoscaled node without a providerID, or a provider named explicitly.
-fn metadata_wanted(args: &JoinArgs, openapi: bool) -> bool {
+pub(crate) fn metadata_wanted(args: &JoinArgs, openapi: bool) -> bool {
     let template_needs = openapi
         && ((args.values_url.contains("{region}") && args.region.is_none())
             || (args.values_url.contains("{instance_id}") && args.instance_id.is_none()));

@@ -9,10 +9,16 @@
 //! 3. Pin the CA: some certificate in the kubeconfig's CA bundle must match a
 //!    `--discovery-token-ca-cert-hash` ([`crate::trust::pin`]). Without pins, refuse unless the caller
 //!    explicitly chose to skip CA verification.
-//! 4. Fetch cluster-info again over TLS that trusts only the pinned CA, and require the same
-//!    kubeconfig bytes.
+//! 4. Verify the certificate chain of the connection that carried cluster-info against the
+//!    pinned CA, as a connection trusting only that CA would ([`tls::Deferred`]). kubeadm reads
+//!    cluster-info a second time over such a connection and requires the same bytes; checking
+//!    the first connection after the fact proves the same (the server holds a key the pinned CA
+//!    certified, and served these bytes) in one request, and on the very session that carried
+//!    them. When that chain does not verify (a balancer whose backends differ, say), cluster-info
+//!    is read again over a new pinned connection and must be the same bytes, as kubeadm does.
 //!
-//! Only then is the API server (the `server:` inside cluster-info) trusted.
+//! Only then is the API server (the `server:` inside cluster-info) trusted. The verified client
+//! is handed on ([`Discovered::http`]), so the join's next requests reuse its connection.
 //!
 //! **Beyond kubeadm, on purpose.** kubeadm trusts the whole CA bundle of cluster-info once one
 //! certificate in it matches a pin. Anyone holding a bootstrap token can publish a cluster-info
@@ -85,6 +91,10 @@ pub struct Discovered {
     /// The trusted CA certificates (DER), for TLS configurations.
     #[serde(skip)]
     pub ca_ders: Vec<Vec<u8>>,
+    /// An HTTP client that trusts exactly [`Discovered::ca_ders`], whose pool may hold the
+    /// verified connection discovery used (None when that connection could not be verified).
+    #[serde(skip)]
+    pub http: Option<Http>,
 }
 
 /// Why discovery failed. Each has its own code and exit status.
@@ -309,12 +319,12 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     };
     let target = cluster_info_target(&endpoint).map_err(|e| malformed(e.to_string()))?;
     let token_id = req.token.id().to_owned();
-    // 1. Unverified read, polled while the signature is missing.
+    // 1. A read before the CA is known, polled while the signature is missing.
     tracing::info!(endpoint = %endpoint, token_id = %token_id, "reading cluster-info");
-    let insecure =
-        Http::new(tls::danger_unverified(), req.limits).map_err(|e| malformed(e.to_string()))?;
+    let deferred = tls::Deferred::new();
+    let http = Http::new(deferred.config(), req.limits).map_err(|e| malformed(e.to_string()))?;
     let started = std::time::Instant::now();
-    let (kubeconfig, signature) = fetch_signed(&insecure, &target, &token_id, req.timeout)
+    let (kubeconfig, signature) = fetch_signed(&http, &target, &token_id, req.timeout)
         .await
         .map_err(|e| poll_failure(e, &endpoint, &token_id, started.elapsed()))?;
     // 2. The detached JWS over the bytes as served.
@@ -338,6 +348,8 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
             "--discovery-token-unsafe-skip-ca-verification: trusting the API server on the \
              token's signature alone; anyone holding the token can impersonate it"
         );
+        // Later calls trust cluster-info's CA bundle: the connection is reused if it verifies.
+        let http = deferred.trust(&ca_ders).ok().map(|()| http);
         let (api_server, ca_pem) = (info.server, info.ca_pem);
         return Ok(Discovered {
             endpoint,
@@ -347,17 +359,27 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
             ca_verified: false,
             ca_pem,
             ca_ders,
+            http,
         });
     }
     // 3. The pin, and only what it names.
     let (matched, trusted) = pin_ca(req, &ca_ders, ca_bundle_pins.clone(), &malformed)?;
-    // 4. The pinned re-fetch.
-    let remaining = req
-        .timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_secs(1));
-    refetch_pinned(req, &target, &trusted, &kubeconfig, remaining, &malformed).await?;
-    tracing::info!(api_server = %info.server, "API server trusted: signature, CA pin and pinned TLS re-fetch all hold");
+    // 4. The connection that carried cluster-info, verified against the pinned CA; else a
+    //    pinned re-read.
+    let http = match deferred.trust(&trusted) {
+        Ok(()) => http,
+        Err(e) => {
+            tracing::info!(
+                "{e}; reading cluster-info again over a connection trusting only the pinned CA"
+            );
+            let remaining = req
+                .timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            refetch_pinned(req, &target, &trusted, &kubeconfig, remaining, &malformed).await?
+        }
+    };
+    tracing::info!(api_server = %info.server, "API server trusted: signature, CA pin and the server's certificate chain all hold");
     Ok(Discovered {
         endpoint,
         api_server: info.server,
@@ -366,6 +388,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         ca_verified: true,
         ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
         ca_ders: trusted,
+        http: Some(http),
     })
 }
 
@@ -407,7 +430,7 @@ fn pin_ca(
 }
 
 /// cluster-info read again over TLS that trusts only the pinned CA: the same bytes, or no
-/// trust.
+/// trust. Returns the pinned client.
 async fn refetch_pinned(
     req: &DiscoveryRequest,
     target: &Target,
@@ -415,7 +438,7 @@ async fn refetch_pinned(
     kubeconfig: &str,
     remaining: Duration,
     malformed: &impl Fn(String) -> DiscoveryError,
-) -> Result<(), DiscoveryError> {
+) -> Result<Http, DiscoveryError> {
     let endpoint = req.endpoint.clone();
     let token_id = req.token.id();
     let pinned_tls = tls::trusting_only(trusted).map_err(|e| malformed(e.to_string()))?;
@@ -434,7 +457,7 @@ async fn refetch_pinned(
     if again.as_bytes() != kubeconfig.as_bytes() {
         return Err(DiscoveryError::Changed { endpoint });
     }
-    Ok(())
+    Ok(pinned)
 }
 
 /// The API server URL cluster-info names must be https, and carry no credentials (which would

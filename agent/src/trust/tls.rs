@@ -2,9 +2,10 @@
 //!
 //! * [`system_roots`]: the operating system's trust store (values URL, callbacks);
 //! * [`trusting_only`]: only the given CA certificates (the pinned cluster CA);
-//! * [`danger_unverified`]: no certificate verification at all, for the first, anonymous
-//!   cluster-info read that kubeadm also makes without verification. Its answer is trusted only
-//!   after the JWS and the CA pin check out, and every use is logged.
+//! * [`Deferred`]: for the first, anonymous cluster-info read that kubeadm also makes without
+//!   verification: its answer is trusted only after the JWS and the CA pin check out, and then
+//!   every certificate chain the connection saw is verified against the pinned CA (so kubeadm's
+//!   second, pinned read is not needed). Every use is logged.
 //!
 //! One crypto provider (ring) is installed once at start-up.
 
@@ -14,7 +15,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The largest CA bundle read (Debian's whole bundle is about 220 KiB).
 const MAX_BUNDLE: u64 = 8 * 1024 * 1024;
@@ -187,34 +188,128 @@ fn root_store(ca_ders: &[Vec<u8>]) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A configuration that accepts any server certificate. Only for the first cluster-info read,
-/// whose answer is verified by other means before anything trusts it.
-pub fn danger_unverified() -> ClientConfig {
-    tracing::info!(
-        "reading cluster-info without TLS verification, as kubeadm does; it is trusted only once \
-         its JWS signature and CA pin check out"
-    );
-    builder()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCertificate(provider())))
-        .with_no_client_auth()
+/// A verifier for the first, anonymous cluster-info read that learns afterwards what to trust.
+///
+/// Until [`Deferred::trust`] it accepts any certificate chain (the handshake is still checked
+/// to be signed by the presented certificate's key, so the session is bound to that key) and
+/// keeps every chain with the name it was presented for. `trust` then verifies each kept chain
+/// against the pinned CA exactly as a fresh connection trusting only that CA would (webpki:
+/// the chain, validity, the server name), and from then on every handshake is verified so.
+/// The connections made before are thus verified after the fact, on the very session that
+/// carried cluster-info: what kubeadm's second, pinned read of cluster-info proves, without
+/// the second request (and without a window between the two reads).
+#[derive(Debug)]
+pub struct Deferred {
+    provider: Arc<CryptoProvider>,
+    state: Mutex<DeferredState>,
 }
 
-/// Accepts any certificate chain but still checks that the handshake is signed by the key in
-/// the presented certificate, so the session is at least bound to that key.
 #[derive(Debug)]
-struct AcceptAnyServerCertificate(Arc<CryptoProvider>);
+enum DeferredState {
+    /// Chains seen so far, none verified yet.
+    Recording(Vec<SeenChain>),
+    /// Every handshake is verified against the pinned CA.
+    Trusting(Arc<rustls::client::WebPkiServerVerifier>),
+}
 
-impl ServerCertVerifier for AcceptAnyServerCertificate {
+#[derive(Debug)]
+struct SeenChain {
+    end_entity: CertificateDer<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+    server_name: ServerName<'static>,
+}
+
+/// Why the chains a [`Deferred`] verifier saw are not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeferredError {
+    /// No CA certificate could anchor a chain.
+    #[error(transparent)]
+    Roots(#[from] TlsError),
+    /// A chain seen before does not verify against the CA.
+    #[error("the certificate the API server presented does not verify against the pinned CA: {0}")]
+    Chain(rustls::Error),
+    /// Trust was already decided.
+    #[error("the CA to trust was already decided")]
+    Decided,
+}
+
+impl Deferred {
+    /// A verifier in its recording state.
+    pub fn new() -> Arc<Deferred> {
+        Arc::new(Deferred {
+            provider: provider(),
+            state: Mutex::new(DeferredState::Recording(Vec::new())),
+        })
+    }
+
+    /// A client configuration using this verifier (no client certificate).
+    pub fn config(self: &Arc<Self>) -> ClientConfig {
+        tracing::info!(
+            "reading cluster-info before its CA is known, as kubeadm does; the connection's \
+             certificate is verified once the JWS signature and the CA pin check out"
+        );
+        builder()
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeferredState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Trusts exactly `ca_ders` from now on, after verifying every chain seen so far against
+    /// them. On an error nothing seen is trusted: the connections this verifier made must
+    /// not be used again.
+    pub fn trust(&self, ca_ders: &[Vec<u8>]) -> Result<(), DeferredError> {
+        let roots = Arc::new(root_store(ca_ders)?);
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| DeferredError::Roots(TlsError::NoTrustAnchor(e.to_string())))?;
+        let mut state = self.lock();
+        let DeferredState::Recording(seen) = &*state else {
+            return Err(DeferredError::Decided);
+        };
+        let now = UnixTime::now();
+        let checked = seen.iter().try_for_each(|c| {
+            verifier
+                .verify_server_cert(&c.end_entity, &c.intermediates, &c.server_name, &[], now)
+                .map(drop)
+                .map_err(DeferredError::Chain)
+        });
+        *state = DeferredState::Trusting(verifier);
+        checked
+    }
+}
+
+impl ServerCertVerifier for Deferred {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &mut *self.lock() {
+            DeferredState::Recording(seen) => {
+                seen.push(SeenChain {
+                    end_entity: end_entity.clone().into_owned(),
+                    intermediates: intermediates
+                        .iter()
+                        .map(|c| c.clone().into_owned())
+                        .collect(),
+                    server_name: server_name.to_owned(),
+                });
+                Ok(ServerCertVerified::assertion())
+            }
+            DeferredState::Trusting(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -227,7 +322,7 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -241,11 +336,59 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// A CA (DER) and a server certificate it issued for `localhost` (DER).
+    fn ca_and_server() -> (Vec<u8>, CertificateDer<'static>) {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let server = server.signed_by(&server_key, &issuer).expect("server");
+        (ca_cert.der().to_vec(), server.der().clone())
+    }
+
+    fn present(v: &Deferred, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from("localhost").expect("name");
+        v.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(drop)
+    }
+
+    #[test]
+    fn a_recorded_chain_is_verified_against_the_ca_trusted_later() {
+        let (ca, server) = ca_and_server();
+        let v = Deferred::new();
+        present(&v, &server).expect("recorded, not yet verified");
+        v.trust(std::slice::from_ref(&ca))
+            .expect("chains to the CA");
+        present(&v, &server).expect("verified from now on");
+        assert!(matches!(v.trust(&[ca]), Err(DeferredError::Decided)));
+    }
+
+    #[test]
+    fn a_recorded_chain_from_another_ca_is_refused_and_so_is_every_later_one() {
+        let (_, server) = ca_and_server();
+        let (other_ca, _) = ca_and_server();
+        let v = Deferred::new();
+        present(&v, &server).expect("recorded");
+        assert!(matches!(v.trust(&[other_ca]), Err(DeferredError::Chain(_))));
+        assert!(present(&v, &server).is_err(), "a new handshake is verified");
     }
 }

@@ -223,7 +223,16 @@ fn check_rights(sa: &Path, cwd: &Path) {
         (&["create", "secrets", "-n", "kube-system"], "yes"),
         (&["patch", "nodes"], "yes"),
         (&["get", "secrets", "-n", "kube-system"], "no"),
-        (&["list", "secrets", "-n", "node-attach"], "no"),
+        // A use is a Secret of its own: created, listed once per token, deleted when given back.
+        (&["list", "secrets", "-n", "node-attach"], "yes"),
+        (&["create", "secrets", "-n", "node-attach"], "yes"),
+        (&["delete", "secrets", "-n", "node-attach"], "yes"),
+        (
+            &["get", "certificatesigningrequests.certificates.k8s.io"],
+            "yes",
+        ),
+        (&["list", "secrets", "-n", "kube-system"], "no"),
+        (&["delete", "secrets", "-n", "kube-system"], "no"),
         (&["get", "secrets", "-n", "default"], "no"),
         (&["create", "pods", "-n", "kube-system"], "no"),
         (&["update", "certificatesigningrequests/approval"], "no"),

@@ -1418,8 +1418,10 @@ fn network() -> Vec<Case> {
             35,
             "trust.server-changed",
             |ctx| {
-                ctx.cp
-                    .set_faults(|f: &mut Faults| f.foreign_serving_cert_after = Some(2));
+                ctx.cp.set_faults(|f: &mut Faults| {
+                    f.foreign_serving_cert_after = Some(1);
+                    f.close_connections = true;
+                });
                 scale(ctx, &[])
             },
         )

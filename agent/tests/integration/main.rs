@@ -9,6 +9,7 @@ mod audit;
 mod deploy;
 mod differential;
 mod discover;
+mod doctor;
 mod ess;
 mod faults;
 mod golden;

@@ -121,6 +121,30 @@ fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
         })
         .count();
     assert_eq!(minted, 2);
+
+    // Each use is a slot Secret of its own, created once; the token's record is never written
+    // again, and the callbacks read the one CSR each report names, never the list.
+    let slots: Vec<_> = cp
+        .list(Kind::Secret)
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["node-attach.io/kind"] == "openapi-use")
+        .collect();
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    let admin_requests: Vec<_> = cp
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == "kubernetes-admin")
+        .collect();
+    let record_writes = admin_requests
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/secrets/node-attach-openapi-"))
+        .count();
+    assert_eq!(record_writes, 0, "{admin_requests:?}");
+    let csr_lists = admin_requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/certificatesigningrequests"))
+        .count();
+    assert_eq!(csr_lists, 0, "{admin_requests:?}");
 }
 
 #[test]
@@ -496,4 +520,51 @@ fn a_service_that_keeps_removed_nodes_says_so_and_reset_names_the_fix() {
         .expect_output("--keep-removed-nodes")
         .expect_output("kubectl delete node kept-1");
     assert!(cp.get(Kind::Node, "", "kept-1").is_some());
+}
+
+/// A retry of one values request (the same `X-Node-Attach-Request` id, as node-attach sends on
+/// every attempt of one fetch) gets the answer of the first attempt, not a second use; another
+/// id takes another use, and then the token is used up.
+#[test]
+fn a_retried_values_request_gets_the_same_use() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 2, &[]);
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let target = node_attach::client::http::Target::public(
+        url::Url::parse(&format!("{}/v1/values/{token}", service.url)).expect("url"),
+    );
+    let ask = |id: &str| {
+        let mut req = node_attach::client::http::Request::get(&target);
+        req.request_id = Some(id);
+        match rt.block_on(http.send(req)) {
+            Ok(reply) => {
+                let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+                Ok(v["bootstrapToken"].as_str().expect("token").to_owned())
+            }
+            Err(e) => Err(e.status().unwrap_or(0)),
+        }
+    };
+    let (first, second) = ("0".repeat(32), "1".repeat(32));
+    let a = ask(&first).expect("first use");
+    assert_eq!(ask(&first), Ok(a.clone()), "a retry took another use");
+    let b = ask(&second).expect("second use");
+    assert_ne!(a, b);
+    assert_eq!(ask(&"2".repeat(32)), Err(410), "a third use of two");
+    let slots = cp
+        .list(Kind::Secret)
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["node-attach.io/kind"] == "openapi-use")
+        .count();
+    assert_eq!(slots, 2);
 }

@@ -120,9 +120,13 @@ fn an_extra_ca_in_cluster_info_is_neither_trusted_nor_written() {
 #[test]
 fn a_serving_certificate_swapped_after_discovery_is_a_trust_failure() {
     let cp = control_plane();
-    // Discovery's two handshakes (the unverified read, the pinned re-fetch) see the real
-    // certificate; every later one sees a certificate from another CA.
-    cp.set_faults(|f: &mut Faults| f.foreign_serving_cert_after = Some(2));
+    // Discovery's handshake sees the real certificate; every later one sees a certificate from
+    // another CA. The join reuses discovery's connection where it can: the server closes each
+    // connection after one answer (as some balancers do), so the next request makes a new one.
+    cp.set_faults(|f: &mut Faults| {
+        f.foreign_serving_cert_after = Some(1);
+        f.close_connections = true;
+    });
     let node = Node::new();
     let before = tree_with_bytes(node.dir.path());
     join(&scale_out(&cp, &node, "swapped-cert-1"), &[])

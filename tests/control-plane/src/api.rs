@@ -837,7 +837,7 @@ impl Ctx<'_> {
                 if !matches(&event.key) || event.rv <= replayed {
                     continue;
                 }
-                let mut obj = event.object;
+                let mut obj = event.object.clone();
                 obj["apiVersion"] = json!(version);
                 let line = json!({"type": event.kind, "object": obj});
                 if tx.send(Bytes::from(format!("{line}\n"))).await.is_err() {

@@ -208,6 +208,16 @@ pub struct Faults {
     /// Serve the foreign certificate from the handshake after this many (a certificate
     /// swapped mid-join: discovery's handshakes pass, later ones do not).
     pub foreign_serving_cert_after: Option<usize>,
+    /// Close every connection after one response and offer no TLS session resumption (as a
+    /// balancer that keeps no connection alive and spreads handshakes over backends): each
+    /// request then makes a full handshake of its own.
+    pub close_connections: bool,
+    /// Shed load until this instant: each API request is answered, before it is handled,
+    /// 429 with `Retry-After: 1` or 503, alternately (an overloaded control plane's first
+    /// seconds). The values and callback endpoints are not shed.
+    pub shed_until: Option<std::time::Instant>,
+    /// How many requests were shed.
+    pub shed: usize,
     /// Answers the values endpoint gives before answering normally.
     pub values_script: VecDeque<Scripted>,
     /// Redirect the values endpoint to this URL.
@@ -612,6 +622,24 @@ impl TestControlPlane {
     /// The request log so far.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
+    }
+
+    /// How many requests are logged so far.
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// The requests logged after the first `skip`, without their bodies.
+    pub fn requests_since(&self, skip: usize) -> Vec<RequestRecord> {
+        let state = self.shared.lock();
+        state.requests[skip.min(state.requests.len())..]
+            .iter()
+            .map(|r| RequestRecord {
+                body: String::new(),
+                response: String::new(),
+                ..r.clone()
+            })
+            .collect()
     }
 
     /// Callbacks received so far.

@@ -110,6 +110,24 @@ impl hyper::body::Body for ChannelBody {
 /// The first API fault matching this request, taken from the queue.
 fn take_fault(shared: &Shared, req: &Req) -> Option<crate::ApiFault> {
     let mut state = shared.lock();
+    let shedding = state
+        .faults
+        .shed_until
+        .is_some_and(|until| std::time::Instant::now() < until);
+    if shedding && !req.path.starts_with("/v1/") {
+        state.faults.shed += 1;
+        let kind = if state.faults.shed % 2 == 1 {
+            crate::ApiFaultKind::Status(429, Some(1))
+        } else {
+            crate::ApiFaultKind::Status(503, None)
+        };
+        return Some(crate::ApiFault {
+            method: req.method.clone(),
+            path_contains: String::new(),
+            query_contains: String::new(),
+            kind,
+        });
+    }
     let queue = &mut state.faults.api;
     let at = queue.iter().position(|f| {
         f.method == req.method
@@ -147,15 +165,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&shared)));
+    let config = tls_config(&shared);
+    // The same certificates (and handshake count), without resumption.
+    let mut no_resumption = config.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    no_resumption.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    no_resumption.send_tls13_tickets = 0;
+    let no_resumption = tokio_rustls::TlsAcceptor::from(Arc::new(no_resumption));
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
             a = listener.accept() => a,
         };
         let Ok((tcp, _peer)) = accepted else { continue };
-        let acceptor = acceptor.clone();
         let shared = shared.clone();
+        let keep_alive = !shared.lock().faults.close_connections;
+        let acceptor = if keep_alive {
+            acceptor.clone()
+        } else {
+            no_resumption.clone()
+        };
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
@@ -177,6 +206,7 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(respond(shared, cert_user, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(keep_alive)
                 .serve_connection(io, service)
                 .await;
         });

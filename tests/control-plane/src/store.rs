@@ -185,7 +185,7 @@ pub enum StoreError {
 pub struct Store {
     objects: BTreeMap<Key, Value>,
     rv: u64,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<std::sync::Arc<Event>>,
     /// Recent changes, oldest first, so a watch from a resourceVersion replays what it missed
     /// (the API server's watch cache); older ones answer 410 Gone.
     history: std::collections::VecDeque<Event>,
@@ -217,7 +217,7 @@ pub fn now_rfc3339() -> String {
 impl Store {
     /// An empty store.
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(65536);
         Store {
             objects: BTreeMap::new(),
             rv: 1000,
@@ -228,7 +228,7 @@ impl Store {
     }
 
     /// Subscribes to changes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Event>> {
         self.events.subscribe()
     }
 
@@ -290,7 +290,8 @@ impl Store {
             self.history.pop_front();
         }
         self.history.push_back(event.clone());
-        let _ = self.events.send(event);
+        // Shared, not copied, by each watcher (a burst has a thousand).
+        let _ = self.events.send(std::sync::Arc::new(event));
     }
 
     /// The changes after resourceVersion `since`, oldest first; [`TooOld`] when the history no

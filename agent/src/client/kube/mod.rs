@@ -163,6 +163,12 @@ impl Kube {
         Kube::build(server, config, token, limits)
     }
 
+    /// A client over an existing HTTP client (its TLS trust and its pooled connections, such
+    /// as discovery's verified one), authenticating with a bearer token.
+    pub fn with_http(server: &str, http: Http, token: Option<Secret>) -> Result<Kube, KubeError> {
+        Kube::assemble(server, http, token)
+    }
+
     /// A client authenticating with a client certificate (PEM chain and key).
     pub fn with_certificate(
         server: &str,
@@ -229,9 +235,13 @@ impl Kube {
         bearer: Option<Secret>,
         limits: Limits,
     ) -> Result<Kube, KubeError> {
+        let http = Http::new(config, limits).map_err(|e| KubeError::Setup(e.to_string()))?;
+        Kube::assemble(server, http, bearer)
+    }
+
+    fn assemble(server: &str, http: Http, bearer: Option<Secret>) -> Result<Kube, KubeError> {
         let server = url::Url::parse(server)
             .map_err(|e| KubeError::Setup(format!("server URL {server:?}: {e}")))?;
-        let http = Http::new(config, limits).map_err(|e| KubeError::Setup(e.to_string()))?;
         let mut scrub: Vec<Secret> = bearer.iter().cloned().collect();
         if let Some((_, secret)) = bearer.as_ref().and_then(|b| b.expose().split_once('.')) {
             if !secret.is_empty() {

@@ -21,6 +21,17 @@ pub fn node(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
 
+/// A watch on one Node, from a resourceVersion when given, ending server-side after `seconds`.
+pub fn node_watch(name: &str, resource_version: &str, seconds: u64) -> String {
+    let mut path = format!(
+        "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3D{name}&timeoutSeconds={seconds}"
+    );
+    if !resource_version.is_empty() {
+        path.push_str(&format!("&resourceVersion={resource_version}"));
+    }
+    path
+}
+
 /// One Namespace.
 pub fn namespace(name: &str) -> String {
     format!("{NAMESPACES}/{name}")

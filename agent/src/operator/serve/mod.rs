@@ -101,6 +101,23 @@ struct Service {
     metrics: metrics::Metrics,
     /// The certificates.k8s.io version of the cluster's release (v1beta1 before 1.19).
     csr_api: &'static str,
+    /// What this replica knows of the openapi tokens' use slots.
+    slots: store::Slots,
+    /// Values answers by token and request id ([`Service::values_once`]).
+    answers: Mutex<HashMap<String, Answer>>,
+}
+
+/// A values answer being made or made: when asked first, and the content type and body.
+type Answer = (
+    Instant,
+    Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>,
+);
+
+/// A values request: the openapi token, the instance id (ACK's form) and which form.
+struct Ask {
+    token: String,
+    instance: String,
+    ack: bool,
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -129,6 +146,26 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// What a join's report claims: the node, its providerID and the CSR its certificate came
+/// from (each checked against the cluster before anything is done for it).
+struct Claims<'a> {
+    node: &'a str,
+    provider_id: Option<&'a str>,
+    csr: Option<&'a str>,
+}
+
+/// Whether `name` can be a CSR's name (a path segment: the kubelet's digested names are
+/// base64url, so upper case and `_` occur), at most 253 characters.
+fn check_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
 impl Service {
     async fn handle(
         &self,
@@ -145,14 +182,28 @@ impl Service {
                 .insert("retry-after", hyper::header::HeaderValue::from_static("10"));
             return r;
         }
+        let request_id = req
+            .headers()
+            .get(crate::client::http::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
         match (req.method().as_str(), segs.as_slice()) {
             ("GET", ["v1", "values", token]) => {
-                self.values((*token).to_owned(), String::new(), false, peer)
-                    .await
+                let ask = Ask {
+                    token: (*token).to_owned(),
+                    instance: String::new(),
+                    ack: false,
+                };
+                self.values_once(ask, request_id, peer).await
             }
             ("GET", ["token", token, "instance", instance, "node_info"]) => {
-                self.values((*token).to_owned(), (*instance).to_owned(), true, peer)
-                    .await
+                let ask = Ask {
+                    token: (*token).to_owned(),
+                    instance: (*instance).to_owned(),
+                    ack: true,
+                };
+                self.values_once(ask, request_id, peer).await
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
@@ -218,6 +269,57 @@ impl Service {
             .unwrap_or_else(|_| error(500, "cannot build the response"))
     }
 
+    /// [`Service::values`] at most once per logical request: a retry naming the same request
+    /// id (`X-Node-Attach-Request`, with the same token) while the first attempt runs waits for
+    /// it, and after it succeeded gets its answer again instead of taking another use. (A
+    /// timeout under load would otherwise spend one use per attempt and starve later nodes.)
+    /// Successful answers are kept 10 minutes, in this replica only.
+    async fn values_once(
+        &self,
+        ask: Ask,
+        request_id: Option<String>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let Some(id) = request_id else {
+            return self.values(ask.token, ask.instance, ask.ack, peer).await;
+        };
+        let key = format!("{}:{id}", token_hash(&ask.token));
+        let cell = {
+            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if answers.len() > 10_000 {
+                answers.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
+            }
+            answers
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
+                .1
+                .clone()
+        };
+        let answer = cell
+            .get_or_try_init(|| async {
+                let r = self
+                    .values(ask.token.clone(), ask.instance.clone(), ask.ack, peer)
+                    .await;
+                if r.status() != 200 {
+                    return Err(r);
+                }
+                let ct = r.headers().get("content-type").cloned();
+                let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                Ok((ct, body.unwrap_or_default()))
+            })
+            .await;
+        match answer {
+            Ok((ct, body)) => {
+                let ct = ct
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json");
+                reply(200, ct, body.clone())
+            }
+            Err(refused) => refused,
+        }
+    }
+
     /// `GET /v1/values/{token}` (JSON) or ACK's `node_info` (`ack`: key=value text): takes one
     /// use of the openapi token and mints a fresh bootstrap token for it.
     async fn values(
@@ -240,37 +342,41 @@ impl Service {
         let store = Store {
             kube: &self.cfg.kube,
             namespace: self.cfg.namespace.clone(),
+            slots: &self.slots,
         };
         let Ok(minted) = BootstrapToken::generate() else {
             return error(500, "no randomness");
         };
-        let record = match store
+        let taken = match store
             .take_use(parsed.expose(), minted.id(), &instance, now())
             .await
         {
-            Ok(r) => r,
+            Ok(t) => t,
             Err(e) => {
                 self.metrics.token_use(metrics::Use::of(&e));
                 return refusal(short, peer, &e);
             }
         };
-        if let Err(e) = self.mint(&minted, short, record.uses.len()).await {
+        if let Err(e) = self.mint(&minted, short, taken.slot + 1).await {
             self.metrics.mint_failure();
             self.metrics.token_use(metrics::Use::Failed);
             tracing::warn!(token = short, "minting a bootstrap token failed: {e}");
-            if let Err(e) = store.give_back(parsed.expose(), minted.id()).await {
+            if let Err(e) = store
+                .give_back(parsed.expose(), minted.id(), taken.slot)
+                .await
+            {
                 tracing::warn!(token = short, "the use stays counted: {e}");
             }
             return error(503, "the values service cannot reach the cluster");
         }
         self.metrics.token_use(metrics::Use::Served);
-        tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), uses_left = record.uses_left, "openapi token used");
+        tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), slot = taken.slot, free = taken.free, "openapi token used");
         let callback = format!(
             "{}/v1/callback/{}",
             self.cfg.public_url.trim_end_matches('/'),
             parsed.expose()
         );
-        let values = self.answer(record.values, &minted, &callback);
+        let values = self.answer(taken.record.values, &minted, &callback);
         if ack {
             return reply(200, "text/plain", ack_text(&values, &minted, &callback));
         }
@@ -282,7 +388,7 @@ impl Service {
         &self,
         minted: &BootstrapToken,
         short: &str,
-        use_number: usize,
+        use_number: u32,
     ) -> Result<(), crate::client::kube::KubeError> {
         use crate::operator::bootstrap_tokens::{secret_for, NewToken, DEFAULT_GROUP};
         let secret = secret_for(
@@ -342,13 +448,17 @@ impl Service {
         let store = Store {
             kube: &self.cfg.kube,
             namespace: self.cfg.namespace.clone(),
+            slots: &self.slots,
         };
         let valid_name = crate::model::validate::check_node_name(&node).is_ok();
         let answer = match status.as_str() {
             "success" if valid_name => {
-                let provider_id = report["provider_id"].as_str();
-                self.joined(&store, parsed.expose(), &node, provider_id)
-                    .await
+                let claims = Claims {
+                    node: &node,
+                    provider_id: report["provider_id"].as_str(),
+                    csr: report["csr"].as_str(),
+                };
+                self.joined(&store, parsed.expose(), &claims).await
             }
             "removed" | "reset-incomplete" if valid_name && report["delete_node"] == true => {
                 let removal = self.remove_node(&store, parsed.expose(), &node, caller);
@@ -360,17 +470,11 @@ impl Service {
     }
 
     /// Join succeeded: applies the restricted labels and remembers the node for this use.
-    async fn joined(
-        &self,
-        store: &Store<'_>,
-        token: &str,
-        node: &str,
-        provider_id: Option<&str>,
-    ) -> Value {
-        match self.apply_labels(store, token, node, provider_id).await {
+    async fn joined(&self, store: &Store<'_>, token: &str, claims: &Claims<'_>) -> Value {
+        match self.apply_labels(store, token, claims).await {
             Ok(applied) => json!({"recorded": true, "labels_applied": applied}),
             Err(e) => {
-                tracing::warn!(node = %node, "restricted labels not applied: {e}");
+                tracing::warn!(node = %claims.node, "restricted labels not applied: {e}");
                 json!({"recorded": true, "labels_applied": false, "reason": e})
             }
         }
@@ -397,10 +501,10 @@ impl Service {
         if caller != Some(node) {
             return refused("the report is not authenticated with this node's client certificate");
         }
-        match store.load(token).await {
-            Ok((record, _)) if record.uses.iter().any(|u| u.node.as_deref() == Some(node)) => {}
-            Ok(_) => return refused("this node did not join through this openapi token"),
-            Err(e) => return refused(&format!("the token's record: {e}")),
+        match store.became(token, node).await {
+            Ok(true) => {}
+            Ok(false) => return refused("this node did not join through this openapi token"),
+            Err(e) => return refused(&format!("the token's uses: {e}")),
         }
         match self
             .cfg
@@ -423,32 +527,58 @@ impl Service {
 
     /// The bootstrap token id of the use `node` came from: its kubelet CSR was made with a
     /// bootstrap token minted for a use of this openapi token (CSRs in the API version of the
-    /// cluster's release).
-    async fn joined_through(&self, record: &store::Record, node: &str) -> Result<String, String> {
+    /// cluster's release). The CSR the report names is read (one GET); a report naming none
+    /// (the kubelet made its own CSR, or an older node-attach) has the CSRs listed instead.
+    async fn joined_through(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        claims: &Claims<'_>,
+    ) -> Result<String, String> {
         use crate::client::kube::objects::{Csr, List};
-        let path = crate::client::kube::paths::csrs(self.csr_api);
-        let csrs: Option<List<Csr>> = self
-            .cfg
-            .kube
-            .get_as(&path)
-            .await
-            .map_err(|e| e.to_string())?;
-        let minted: Vec<String> = record
-            .uses
-            .iter()
-            .filter(|u| u.node.is_none())
-            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
-            .collect();
+        let node = claims.node;
         let subject = format!("system:node:{node}");
-        let made_by_use = csrs.into_iter().flat_map(|l| l.items).find(|c| {
-            minted.contains(&c.spec.username)
-                && csr_common_name(&c.spec.request).as_deref() == Some(&subject)
-        });
-        let csr = made_by_use.ok_or_else(|| {
+        let of_node = |c: &Csr| csr_common_name(&c.spec.request).as_deref() == Some(&subject);
+        let not_found = || {
             format!(
                 "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
             )
-        })?;
+        };
+        let kube = &self.cfg.kube;
+        if let Some(name) = claims.csr.filter(|n| check_object_name(n)) {
+            let path = crate::client::kube::paths::csr(self.csr_api, name);
+            let csr: Csr = kube
+                .get_as(&path)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(not_found)?;
+            let id = csr
+                .spec
+                .username
+                .strip_prefix("system:bootstrap:")
+                .filter(|_| of_node(&csr));
+            let id = id.ok_or_else(not_found)?;
+            let found = store.use_of(token, id).await.map_err(|e| e.to_string())?;
+            return match found {
+                Some((_, u)) if u.node.as_deref().is_none_or(|n| n == node) => Ok(id.to_owned()),
+                _ => Err(not_found()),
+            };
+        }
+        let path = crate::client::kube::paths::csrs(self.csr_api);
+        let csrs: Option<List<Csr>> = kube.get_as(&path).await.map_err(|e| e.to_string())?;
+        let unreported = store
+            .unreported_uses(token)
+            .await
+            .map_err(|e| e.to_string())?;
+        let minted: Vec<String> = unreported
+            .iter()
+            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
+            .collect();
+        let made_by_use = csrs
+            .into_iter()
+            .flat_map(|l| l.items)
+            .find(|c| minted.contains(&c.spec.username) && of_node(c));
+        let csr = made_by_use.ok_or_else(not_found)?;
         let id = csr.spec.username.trim_start_matches("system:bootstrap:");
         Ok(id.to_owned())
     }
@@ -459,9 +589,9 @@ impl Service {
         &self,
         store: &Store<'_>,
         token: &str,
-        node: &str,
-        provider_id: Option<&str>,
+        claims: &Claims<'_>,
     ) -> Result<bool, String> {
+        let (node, provider_id) = (claims.node, claims.provider_id);
         let (record, _) = store.load(token).await.map_err(|e| e.to_string())?;
         let labels = Labels(
             record.values["labels"]
@@ -474,7 +604,7 @@ impl Service {
                 .unwrap_or_default(),
         );
         let (_, restricted) = labels.split_by_class();
-        let requester = self.joined_through(&record, node).await?;
+        let requester = self.joined_through(store, token, claims).await?;
         let registered = self.cfg.kube.node(node).await.map_err(|e| e.to_string())?;
         let registered = registered.ok_or("the Node is not registered yet")?;
         if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
@@ -618,6 +748,8 @@ pub async fn run(
             per_minute,
         },
         metrics: metrics::Metrics::default(),
+        slots: store::Slots::default(),
+        answers: Mutex::new(HashMap::new()),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -646,7 +778,15 @@ pub async fn run(
             let svc = hyper::service::service_fn(move |req| {
                 let (service, caller) = (service.clone(), caller.clone());
                 async move {
-                    let answer = service.serve_counted(req, peer, caller.as_deref()).await;
+                    // In a task of its own: a caller that stops waiting (a client timeout under
+                    // load) does not cancel work half done, such as a use taken whose answer a
+                    // retry of the same request then gets.
+                    let work = tokio::spawn(async move {
+                        service.serve_counted(req, peer, caller.as_deref()).await
+                    });
+                    let answer = work
+                        .await
+                        .unwrap_or_else(|_| error(500, "the request's handler failed"));
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });

@@ -475,10 +475,18 @@ pub async fn fetch(
     tracing::info!(url = %target.shown, "fetching cluster values");
     let policy = RetryPolicy::until(deadline, Duration::from_secs(10));
     let scrub = [source.token.secret()];
+    // Every attempt carries one id: a values service that took a use for an attempt whose
+    // answer was lost (a timeout under load) gives a retry that same use, not another.
+    let mut nonce = [0u8; 16];
+    let request_id: String = match getrandom::fill(&mut nonce) {
+        Ok(()) => nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => String::new(),
+    };
     let reply = retry(policy, "fetching cluster values", |_| {
         let mut req = Request::get(&target);
         req.accept = "application/json, text/plain;q=0.9";
         req.scrub = scrub.to_vec();
+        req.request_id = Some(request_id.as_str()).filter(|id| !id.is_empty());
         http.send(req)
     })
     .await
