@@ -56,6 +56,21 @@ fn admin_ok(rc: &RealCluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Applies deploy/'s Namespace, ServiceAccount and RBAC once per test run, for every test here
+/// that needs them. Two `kubectl apply` of one new object at the same time both find it missing
+/// and both create it, and the second fails AlreadyExists: the tests ran in parallel did that.
+fn apply_shared_objects(rc: &RealCluster) {
+    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    APPLIED.get_or_init(|| {
+        for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+            admin_ok(
+                rc,
+                &["apply", "-f", &repo("deploy").join(f).display().to_string()],
+            );
+        }
+    });
+}
+
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
@@ -75,14 +90,7 @@ fn the_deploy_manifests_pass_the_real_api_server_s_validation() {
     let deploy = repo("deploy");
     // Namespaced objects are validated in an existing namespace; the Namespace itself is then
     // validated as an update.
-    admin_ok(
-        rc,
-        &[
-            "apply",
-            "-f",
-            &deploy.join("namespace.yaml").display().to_string(),
-        ],
-    );
+    apply_shared_objects(rc);
     let out = admin_ok(
         rc,
         &[
@@ -149,12 +157,7 @@ fn the_deploy_manifests_pass_the_real_api_server_s_validation() {
 /// ServiceAccount in `dir/admin.conf`: its token and the cluster CA as files next to it, named
 /// relatively (`sa/token`, `sa/ca.crt`).
 fn service_account_kubeconfig(rc: &RealCluster, dir: &Path) -> PathBuf {
-    for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
-        admin_ok(
-            rc,
-            &["apply", "-f", &repo("deploy").join(f).display().to_string()],
-        );
-    }
+    apply_shared_objects(rc);
     // 1.20's token controller gives the ServiceAccount a token Secret.
     let mut secret = String::new();
     assert!(
