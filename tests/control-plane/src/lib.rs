@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod controllers;
 pub mod ess;
 #[cfg(test)]

@@ -16,23 +16,15 @@
 //! has registered it (the same requests otherwise: discovery, version, Node, kubeadm-config,
 //! kubelet-config, the CSR and its watch, the Node's patch).
 
-use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+use test_control_plane::bench::{median, run_node_attach, Run};
 use test_control_plane::{Options, TestControlPlane, TokenSpec};
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const VERSION: &str = "v1.31.2";
-
-fn child_cpu() -> Duration {
-    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let t = |tv: nix::sys::time::TimeVal| {
-        Duration::new(tv.tv_sec() as u64, (tv.tv_usec() as u32) * 1000)
-    };
-    t(u.user_time()) + t(u.system_time())
-}
 
 struct Sample {
     api: usize,
@@ -44,33 +36,7 @@ struct Sample {
 /// One node-attach run: what the control plane saw and what it cost.
 fn measure(cp: &TestControlPlane, bin: &Path, args: &[String], standin: Option<&str>) -> Sample {
     let before = cp.requests().len();
-    let mut kubelet = standin.map(|root| {
-        Command::new(bin.with_file_name("kubelet-standin"))
-            .args(["--root", root, "--once", "--wait-seconds", "60"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kubelet stand-in")
-    });
-    let cpu0 = child_cpu();
-    let t0 = Instant::now();
-    let out = Command::new(bin)
-        .args(args)
-        .env("NODE_ATTACH_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("node-attach");
-    let wall = t0.elapsed();
-    let cpu = child_cpu() - cpu0;
-    assert!(
-        out.status.success(),
-        "node-attach {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if let Some(k) = &mut kubelet {
-        let _ = k.wait();
-    }
+    let Run { cpu, wall, .. } = run_node_attach(bin, args, TOKEN, standin);
     let seen = cp.requests()[before..].to_vec();
     let mirror = seen
         .iter()
@@ -88,11 +54,6 @@ fn measure(cp: &TestControlPlane, bin: &Path, args: &[String], standin: Option<&
         cpu,
         wall,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn summary(samples: &[Sample]) -> Value {

@@ -10,12 +10,11 @@
 //! machine is noisy; requests and CPU are what to watch. `--write-baseline` replaces the
 //! baseline with this run.
 
-use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use test_control_plane::bench::{median, run_node_attach, Run};
 use test_control_plane::{Options, RequestRecord, TestControlPlane, TokenSpec};
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
@@ -33,14 +32,6 @@ const PHASES: &[&str] = &[
     "confirm",
 ];
 
-fn child_cpu() -> Duration {
-    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let t = |tv: nix::sys::time::TimeVal| {
-        Duration::new(tv.tv_sec() as u64, (tv.tv_usec() as u32) * 1000)
-    };
-    t(u.user_time()) + t(u.system_time())
-}
-
 struct Sample {
     requests: Vec<RequestRecord>,
     cpu: Duration,
@@ -55,29 +46,7 @@ fn by_node_attach(r: &RequestRecord) -> bool {
 
 fn measure(cp: &TestControlPlane, bin: &Path, args: &[String], standin: Option<&str>) -> Sample {
     let before_req = cp.requests().len();
-    let mut kubelet = standin.map(|root| {
-        Command::new(bin.with_file_name("kubelet-standin"))
-            .args(["--root", root, "--once", "--wait-seconds", "60"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kubelet stand-in")
-    });
-    let cpu0 = child_cpu();
-    let t0 = Instant::now();
-    let out = Command::new(bin)
-        .args(args)
-        .env("NODE_ATTACH_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .expect("node-attach");
-    let wall = t0.elapsed();
-    let cpu = child_cpu() - cpu0;
-    assert!(out.status.success(), "node-attach {args:?} failed");
-    if let Some(k) = &mut kubelet {
-        let _ = k.wait();
-    }
+    let Run { out, cpu, wall } = run_node_attach(bin, args, TOKEN, standin);
     let mut phases = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(event) = serde_json::from_str::<Value>(line) else {
@@ -98,11 +67,6 @@ fn measure(cp: &TestControlPlane, bin: &Path, args: &[String], standin: Option<&
         wall,
         phases,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 struct Args {
