@@ -15,7 +15,7 @@ use crate::model::secret::Secret;
 use crate::model::token::{BootstrapToken, OpenApiToken};
 use crate::model::validate::{classify_label, Endpoint, LabelClass};
 use crate::sources::settings::Settings;
-use crate::sources::values::{ClusterValues, ValuesFormat, ValuesSource};
+use crate::sources::values::{ClusterValues, ValuesFormat};
 use clap::{CommandFactory, FromArgMatches};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -420,13 +420,7 @@ impl Eval<'_> {
     /// The values URL as join checks it, and placeholders for what the values service says.
     fn values(&mut self, args: &JoinArgs, openapi: Option<OpenApiToken>) -> Option<ClusterValues> {
         let token = openapi.or_else(|| "unknown-openapi-token".parse().ok())?;
-        let source = ValuesSource {
-            template: args.values_url.clone(),
-            token,
-            instance_id: args.instance_id.clone(),
-            region: args.region.clone(),
-            allow_insecure: args.allow_insecure_values_url,
-        };
+        let source = crate::sources::values_source(args, token);
         match source.target() {
             Ok(t) => self.unknown.values_url = Some(t.shown),
             Err(e) => {

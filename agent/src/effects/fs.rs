@@ -147,13 +147,21 @@ impl Root {
         Ok(cur)
     }
 
+    /// The real path of `target` and what is there, without following a final symlink; None
+    /// when nothing is.
+    pub(super) fn lstat(&self, target: &Path) -> Result<Option<(PathBuf, fs::Metadata)>, FsError> {
+        let real = self.resolve(target)?;
+        match fs::symlink_metadata(&real) {
+            Ok(meta) => Ok(Some((real, meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("inspect", target)(e)),
+        }
+    }
+
     /// What is at `target` now (a final symlink is reported, not followed).
     pub fn inspect(&self, target: &Path) -> Result<Existing, FsError> {
-        let real = self.resolve(target)?;
-        let meta = match fs::symlink_metadata(&real) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Absent),
-            Err(e) => return Err(io("inspect", target)(e)),
+        let Some((real, meta)) = self.lstat(target)? else {
+            return Ok(Existing::Absent);
         };
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -625,11 +633,8 @@ impl Root {
     pub fn digest(&self, target: &Path) -> Result<Found, FsError> {
         use sha2::{Digest, Sha256};
         use std::io::Read;
-        let real = self.resolve(target)?;
-        let meta = match fs::symlink_metadata(&real) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Absent),
-            Err(e) => return Err(io("inspect", target)(e)),
+        let Some((real, meta)) = self.lstat(target)? else {
+            return Ok(Found::Absent);
         };
         let ft = meta.file_type();
         if !ft.is_file() {

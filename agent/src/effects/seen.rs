@@ -117,11 +117,8 @@ fn digest(real: &Path, target: &Path, meta: &std::fs::Metadata) -> Result<String
 impl Root {
     /// What is at `target` now (a final symlink is reported, not followed).
     pub fn seen(&self, target: &Path) -> Result<Seen, FsError> {
-        let real = self.resolve(target)?;
-        let meta = match std::fs::symlink_metadata(&real) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Seen::Absent),
-            Err(e) => return Err(io("inspect", target)(e)),
+        let Some((real, meta)) = self.lstat(target)? else {
+            return Ok(Seen::Absent);
         };
         let ft = meta.file_type();
         Ok(if ft.is_symlink() {

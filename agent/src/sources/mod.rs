@@ -99,19 +99,24 @@ async fn with_metadata(
 }
 
 /// The cluster values for an openapi token.
+/// Where join's flags say the values for `token` are (the template, instance and region).
+pub fn values_source(args: &JoinArgs, token: OpenApiToken) -> ValuesSource {
+    ValuesSource {
+        template: args.values_url.clone(),
+        token,
+        instance_id: args.instance_id.clone(),
+        region: args.region.clone(),
+        allow_insecure: args.allow_insecure_values_url,
+    }
+}
+
 async fn fetch_values(
     args: &JoinArgs,
     token: OpenApiToken,
     reporter: &mut Reporter,
 ) -> Result<ClusterValues, Failure> {
     let phase = reporter.begin("values");
-    let source = ValuesSource {
-        template: args.values_url.clone(),
-        token,
-        instance_id: args.instance_id.clone(),
-        region: args.region.clone(),
-        allow_insecure: args.allow_insecure_values_url,
-    };
+    let source = values_source(args, token);
     let target = source.target().map_err(|e| Failure::from_error(&e))?;
     let tls = crate::trust::tls::system_roots(args.values_ca_file.as_deref())
         .map_err(|e| Failure::new(Code::Usage, e.to_string()))?;
