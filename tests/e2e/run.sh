@@ -360,19 +360,6 @@ flock -u 9
 exec 9>&-
 stage_done "$(du -sh "$TARBALL" | cut -f1) image, images in $(basename "$IMAGES")${PLAIN_TREE:+, plain image}"
 
-# ------------------------------------------------------------------ the .deb
-if [ "$MODE" = forms ]; then
-  stage ".deb package"
-  rm -rf "$CACHE/deb-check"
-  bash "$REPO/packaging/deb/build.sh" "$BIN" "$CACHE/deb-check" > "$CACHE/deb-check.log" 2>&1 || { cat "$CACHE/deb-check.log"; die "building the .deb failed"; }
-  DEB=$(ls "$CACHE"/deb-check/node-attach_*.deb)
-  check ".deb holds the binary" sh -c "dpkg-deb --contents '$DEB' | grep -q ' ./usr/bin/node-attach$'"
-  check ".deb holds the units" sh -c "dpkg-deb --contents '$DEB' | grep -q 'lib/systemd/system/node-attach-reset.service'"
-  check ".deb holds the default config, 0600" sh -c "dpkg-deb --contents '$DEB' | grep -q '^-rw------- .* ./etc/node-attach/config.yaml$'"
-  check ".deb units run /usr/bin/node-attach" sh -c "dpkg-deb --fsys-tarfile '$DEB' | tar -xO ./lib/systemd/system/node-attach-reset.service | grep -q 'ExecStart=/usr/bin/node-attach reset'"
-  stage_done "$(basename "$DEB")"
-fi
-
 # ------------------------------------------------------------------ run state and cleanup
 RUNROOT=$(mktemp -d "$CACHE/run.XXXXXX")
 CLUSTER=$RUNROOT/cluster
@@ -409,6 +396,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ the .deb
+if [ "$MODE" = forms ]; then
+  stage ".deb package"
+  # In this run's own directory: two runs at once built into one shared directory and each
+  # read the other's half-written package.
+  bash "$REPO/packaging/deb/build.sh" "$BIN" "$RUNROOT/deb" > "$RUNROOT/deb.log" 2>&1 || { cat "$RUNROOT/deb.log"; die "building the .deb failed"; }
+  DEB=$(ls "$RUNROOT"/deb/node-attach_*.deb)
+  check ".deb holds the binary" sh -c "dpkg-deb --contents '$DEB' | grep -q ' ./usr/bin/node-attach$'"
+  check ".deb holds the units" sh -c "dpkg-deb --contents '$DEB' | grep -q 'lib/systemd/system/node-attach-reset.service'"
+  check ".deb holds the default config, 0600" sh -c "dpkg-deb --contents '$DEB' | grep -q '^-rw------- .* ./etc/node-attach/config.yaml$'"
+  check ".deb units run /usr/bin/node-attach" sh -c "dpkg-deb --fsys-tarfile '$DEB' | tar -xO ./lib/systemd/system/node-attach-reset.service | grep -q 'ExecStart=/usr/bin/node-attach reset'"
+  stage_done "$(basename "$DEB")"
+fi
 
 # ------------------------------------------------------------------ control plane and values service
 stage "real control plane (tests/kubernetes/cluster.sh up)"
@@ -476,12 +477,16 @@ PY
     --kubelet "$K8S_BIN/kubelet" --cni /usr/lib/cni >> "$RUNROOT/publish.log" 2>&1 || die "artifacts publish (skew) failed"
   # Debian's containerd and runc, as the distribution's mirror would serve them.
   local debs=$CACHE/debs-containerd
+  # One run at a time fills the cache (another run may be downloading into the same place).
+  exec 8>"$CACHE/.lock-debs"
+  flock -w 300 8 || die "cannot lock $CACHE/.lock-debs"
   if ! ls "$debs"/containerd_*.deb "$debs"/runc_*.deb >/dev/null 2>&1; then
     rm -rf "$debs.tmp" && mkdir -p "$debs.tmp"
     (cd "$debs.tmp" && apt-get download -qq -o APT::Sandbox::User=root containerd runc) ||
       die "apt-get download containerd runc failed (run apt-get update)"
     rm -rf "$debs" && mv "$debs.tmp" "$debs"
   fi
+  exec 8>&-
   mkdir -p "$WWW/apt/debs"
   cp "$debs"/*.deb "$WWW/apt/debs/"
   (cd "$WWW/apt" && dpkg-scanpackages debs /dev/null 2>/dev/null > debs/Packages)
