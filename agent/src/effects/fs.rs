@@ -371,11 +371,7 @@ impl Root {
     pub fn write_atomic(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
         let real = self.resolve(target)?;
         sweep_beside(&real, target)?;
-        let dir = real
-            .parent()
-            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
-        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = dir.join(format!(".{name}.node-attach-{}", temp_suffix()));
+        let (dir, tmp) = temp_beside(&real, target)?;
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -736,11 +732,7 @@ impl Root {
         target: &Path,
         mode: u32,
     ) -> Result<(), FsError> {
-        let dir = real
-            .parent()
-            .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
-        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = dir.join(format!(".{name}.node-attach-{}", temp_suffix()));
+        let (dir, tmp) = temp_beside(real, target)?;
         let result = (|| {
             let mut from = OpenOptions::new()
                 .read(true)
@@ -810,6 +802,18 @@ fn sweep_beside(real: &Path, target: &Path) -> Result<usize, FsError> {
 }
 
 /// Twelve random hex digits: the suffix of every temporary name this module makes.
+/// The directory of `real` and a fresh temporary name in it for an atomic replace of `target`.
+fn temp_beside<'a>(real: &'a Path, target: &Path) -> Result<(&'a Path, PathBuf), FsError> {
+    let dir = real
+        .parent()
+        .ok_or_else(|| FsError::BadPath(target.display().to_string()))?;
+    let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    Ok((
+        dir,
+        dir.join(format!(".{name}.node-attach-{}", temp_suffix())),
+    ))
+}
+
 fn temp_suffix() -> String {
     let mut suffix = [0u8; 6];
     let _ = getrandom::fill(&mut suffix);
