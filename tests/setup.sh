@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 # What the tests use, by package: the static build (musl-tools), shell lint (shellcheck), the
 # end-to-end test (systemd-container, mmdebstrap, zstd, iproute2, util-linux, procps, bc, and in
 # its guests containerd, runc, containernetworking-plugins, etcd-server for the control plane),
-# the real Kubernetes build (golang-go, golang-github-modern-go-reflect2-dev, dpkg-dev), TLS
+# the real Kubernetes build (golang-go, golang-github-modern-go-reflect2-dev, dpkg-dev, and rsync,
+# which Kubernetes' hack/lib/golang.sh places every built binary with), TLS
 # cross-checks (openssl), man page rendering (groff-base, man-db).
 APT_PACKAGES=(openssl musl-tools shellcheck systemd-container mmdebstrap zstd bc iproute2 util-linux
-  procps golang-go golang-github-modern-go-reflect2-dev dpkg-dev etcd-server containerd runc
+  procps golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync etcd-server containerd runc
   containernetworking-plugins groff-base man-db)
 # kubectl, for the fidelity tests: any recent one; Debian's kubernetes-client when there is none.
 KUBECTL_PACKAGE=kubernetes-client

@@ -134,6 +134,9 @@ main() {
   [ "$(id -u)" = 0 ] || die "building needs root (apt-get source, /var/cache)"
   command -v go >/dev/null || die "go is missing: apt-get install golang-go"
   command -v dpkg-source >/dev/null || die "dpkg-source is missing: apt-get install dpkg-dev"
+  # hack/lib/golang.sh places each built binary with rsync; without it the build stops at its
+  # first code generator ("_output/bin/prerelease-lifecycle-gen: Permission denied").
+  command -v rsync >/dev/null || die "rsync is missing: apt-get install rsync"
   WORK=""
   WORK=$(mktemp -d /var/tmp/node-attach-k8s.XXXXXX)
   local work=$WORK
