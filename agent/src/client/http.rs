@@ -179,6 +179,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The server's clock when it answered (its `Date` header), if it sent a valid one.
+    pub fn date(&self) -> Option<std::time::SystemTime> {
+        let text = self.headers.get(reqwest::header::DATE)?.to_str().ok()?;
+        httpdate::parse_http_date(text).ok()
+    }
+
     /// The media type of the body, lowercased, without parameters.
     pub fn content_type(&self) -> Option<String> {
         let ct = self
@@ -684,6 +690,42 @@ where
     }
 }
 
+/// How long to wait before a watch is opened again. A watch that lasted (the server ended it
+/// at its `timeoutSeconds`, a proxy at its idle limit) is reopened after a short jittered pause,
+/// so that nodes whose watches a server closes at one instant do not all come back at once; one
+/// that ended quickly (refused, reset, closed at once) backs off, doubling from 200 ms to 5 s,
+/// jittered, so that a server or proxy that closes every watch is never asked in a loop.
+#[derive(Debug)]
+pub struct Rewatch {
+    backoff: Duration,
+}
+
+impl Default for Rewatch {
+    fn default() -> Rewatch {
+        Rewatch {
+            backoff: Rewatch::FIRST,
+        }
+    }
+}
+
+impl Rewatch {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MOST: Duration = Duration::from_secs(5);
+    /// A watch that lasted this long ended normally.
+    const LASTED: Duration = Duration::from_secs(10);
+
+    /// The pause before the next watch, after one that lasted `lasted`.
+    pub fn pause(&mut self, lasted: Duration) -> Duration {
+        if lasted >= Rewatch::LASTED {
+            self.backoff = Rewatch::FIRST;
+            return jitter(Rewatch::FIRST);
+        }
+        let pause = jitter(self.backoff);
+        self.backoff = (self.backoff * 2).min(Rewatch::MOST);
+        pause
+    }
+}
+
 /// A delay drawn uniformly from [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 4];
@@ -791,6 +833,20 @@ mod tests {
         assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(10)));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn rewatch_backs_off_only_after_short_watches() {
+        let mut r = Rewatch::default();
+        let quick = Duration::from_millis(50);
+        let pauses: Vec<Duration> = (0..8).map(|_| r.pause(quick)).collect();
+        assert!(pauses[0] <= Duration::from_millis(200));
+        assert!(pauses[2] >= Duration::from_millis(400), "{pauses:?}");
+        assert!(pauses.iter().all(|p| *p <= Duration::from_secs(5)));
+        assert!(pauses[7] >= Duration::from_millis(2500), "{pauses:?}");
+        let after_long = r.pause(Duration::from_secs(30));
+        assert!(after_long <= Duration::from_millis(200));
+        assert!(r.pause(quick) <= Duration::from_millis(200), "reset");
     }
 
     #[test]

@@ -131,9 +131,9 @@ impl Seen {
 
 /// Waits until the Node is registered, and then until it is Ready for up to 20 s more, within
 /// `--node-wait-timeout`: one watch on that Node as the node itself (the Node authorizer lets a
-/// node watch Nodes), started again from the last resourceVersion when it ends. A client that
-/// may not watch (the bootstrap token, or an authorizer that refuses) reads the Node instead,
-/// backing off from 300 ms to 2 s.
+/// node watch Nodes), lasting to that deadline, opened again from the last resourceVersion
+/// when the server or a proxy closes it early. A client that may not watch (the bootstrap
+/// token, or an authorizer that refuses) reads the Node instead, backing off from 300 ms to 2 s.
 async fn wait_for_node(ctx: &Context<'_>) -> Result<Registration, Failure> {
     let name = &ctx.identity.node_name;
     let wait = ctx.settings.timeouts.node_wait;
@@ -165,12 +165,13 @@ async fn wait_for_node(ctx: &Context<'_>) -> Result<Registration, Failure> {
 /// The watch; false when this client may not watch Nodes (then nothing was seen).
 async fn watch_node(client: &Kube, name: &str, deadline: Instant, seen: &mut Seen) -> bool {
     use crate::client::kube::objects::{Node, WatchEvent};
-    let mut backoff = Duration::from_millis(200);
+    let mut rewatch = crate::client::http::Rewatch::default();
     loop {
         let until = seen.until(deadline);
         let Some(left) = until.checked_duration_since(Instant::now()) else {
             return true;
         };
+        let opened = Instant::now();
         let path = crate::client::kube::paths::node_watch(
             name,
             &seen.resource_version,
@@ -195,13 +196,19 @@ async fn watch_node(client: &Kube, name: &str, deadline: Instant, seen: &mut See
                 tracing::info!("watching the Node {name}: {e}; reading it instead");
                 return false;
             }
-            Err(e) => {
-                tracing::info!("the watch on the Node {name} ended ({e}); watching again");
-                let pause = backoff.min(until.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            Err(e) if e.status() == Some(410) => seen.resource_version.clear(),
+            Err(e) => tracing::info!("the watch on the Node {name} ended ({e}); watching again"),
         }
+        // Closed early (the server, a proxy) or refused: opened again from the last
+        // resourceVersion, paced so that a server closing every watch is not asked in a loop.
+        let pause = rewatch.pause(opened.elapsed());
+        tokio::time::sleep(
+            pause.min(
+                seen.until(deadline)
+                    .saturating_duration_since(Instant::now()),
+            ),
+        )
+        .await;
     }
 }
 

@@ -6,14 +6,15 @@
 //! approved and signed, and checks that the certificate chains to the pinned CA, carries the key
 //! and names the node.
 //!
-//! What depends on the API server's version, as upstream does it
+//! What depends on the cluster's version, as upstream does it
 //! ([`crate::model::compat::csr_usages`], [`crate::model::compat::csr_api_version`]): before
-//! 1.25 the approver and signer want `key encipherment` too, and the digested name covers the
-//! same usages; `certificates.k8s.io/v1` from 1.19, `v1beta1` before (still tried on a 404).
+//! 1.25 the approver and signer want `key encipherment` too (asked for through 1.25, which a
+//! cluster mid-upgrade from 1.24 may be), and the digested name covers the same usages; `certificates.k8s.io/v1` from 1.19, `v1beta1` before (still tried on a 404).
 //!
-//! The wait survives a dropped watch as `UntilWithSync` does: on a stream error or end, the
-//! object is read again (its UID must be the one created) and watched again from its
-//! resourceVersion, until the deadline. A timeout names its cause, asked of the API server.
+//! The wait is one watch to the deadline. A watch closed early is opened again from the last
+//! resourceVersion (no read: the watch replays what it missed); a resourceVersion the server
+//! no longer holds is followed by a read, as `UntilWithSync` relists (the object's UID must be
+//! the one created). A timeout names its cause, asked of the API server.
 
 use crate::client::kube::objects::{Csr, CsrSpec, ObjectMeta, WatchEvent};
 use crate::client::kube::{paths, Kube};
@@ -29,8 +30,6 @@ use std::time::{Duration, Instant};
 /// The kubelet client signer.
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub use crate::model::compat::{LEGACY_USAGES, USAGES};
-/// The longest one watch runs before the CSR is read again.
-const WATCH_PERIOD: Duration = Duration::from_secs(30);
 
 /// A key and its CSR.
 pub struct Request {
@@ -264,8 +263,11 @@ fn conclude(name: &str, v: Verdict) -> Option<Result<Vec<u8>, Failure>> {
     }
 }
 
-/// Waits until the CSR is approved and signed; returns the certificate PEM. A dropped or
-/// expired watch is followed by a fresh read and a new watch, until `timeout`.
+/// Waits until the CSR is approved and signed; returns the certificate PEM. One watch runs to
+/// `timeout` (the server's `timeoutSeconds` says so too); a watch the server or a proxy closes
+/// early is opened again from the last resourceVersion seen, with no read in between (the watch
+/// replays what happened meanwhile). Only a resourceVersion the server no longer holds (an
+/// ERROR event, or 410) is followed by a fresh read, as `UntilWithSync` relists.
 pub async fn wait_for_certificate(
     kube: &Kube,
     created: &Created,
@@ -278,17 +280,20 @@ pub async fn wait_for_certificate(
     }
     let deadline = Instant::now() + timeout;
     let mut rv = created.csr.metadata.resource_version.clone();
-    let mut backoff = Duration::from_millis(200);
+    let mut rewatch = crate::client::http::Rewatch::default();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if let Some(done) = watch_once(kube, created, &mut rv, left.min(WATCH_PERIOD)).await? {
-            return done;
+        let opened = Instant::now();
+        match watch_once(kube, created, &mut rv, left).await? {
+            Watched::Concluded(done) => return done,
+            Watched::Ended => {}
+            Watched::Expired => {
+                if let Some(done) = resync(kube, created, &mut rv).await? {
+                    return done;
+                }
+            }
         }
-        if let Some(done) = resync(kube, created, &mut rv).await? {
-            return done;
-        }
-        let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let pause = rewatch.pause(opened.elapsed());
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     let cause = diagnose(kube, created).await;
     Err(Failure::new(
@@ -299,13 +304,24 @@ pub async fn wait_for_certificate(
     ))
 }
 
-/// One watch, bounded (a watch that silently misses an event costs at most one period).
+/// How one watch ended.
+enum Watched {
+    /// The CSR was issued, denied, failed or deleted.
+    Concluded(Result<Vec<u8>, Failure>),
+    /// The stream ended (the server's timeout, a proxy, a dropped connection) or could not be
+    /// opened: watched again from the last resourceVersion.
+    Ended,
+    /// The server no longer holds that resourceVersion: read again, then watched.
+    Expired,
+}
+
+/// One watch, until `period` passes or the stream ends.
 async fn watch_once(
     kube: &Kube,
     created: &Created,
     rv: &mut String,
     period: Duration,
-) -> Result<Option<Result<Vec<u8>, Failure>>, Failure> {
+) -> Result<Watched, Failure> {
     let name = created.csr.metadata.name.as_str();
     let path = paths::csr_watch(created.version, name, rv, period.as_secs().max(1));
     let watched = kube
@@ -324,14 +340,16 @@ async fn watch_once(
         })
         .await;
     match watched {
-        Ok(Some(v)) => Ok(conclude(name, v)),
-        Ok(None) => Ok(None),
+        Ok(Some(Verdict::Resync)) => Ok(Watched::Expired),
+        Ok(Some(v)) => Ok(conclude(name, v).map_or(Watched::Ended, Watched::Concluded)),
+        Ok(None) => Ok(Watched::Ended),
         Err(e) if e.is_tls() => {
             Err(e.failure(Code::Bootstrap, &format!("watching the CSR {name}")))
         }
+        Err(e) if e.status() == Some(410) => Ok(Watched::Expired),
         Err(e) => {
-            tracing::info!("the watch on the CSR {name} ended ({e}); reading it again");
-            Ok(None)
+            tracing::info!("the watch on the CSR {name} ended ({e}); watching again");
+            Ok(Watched::Ended)
         }
     }
 }

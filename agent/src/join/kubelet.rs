@@ -157,16 +157,15 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
 /// kubeadm's default certificatesDir.
 pub const DEFAULT_CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
 
-/// Reads kubeadm-config and the kubelet ConfigMap of the cluster's version with the bootstrap
-/// token: the name kubeadm of that version made first, the other on 403 or 404 (see
-/// [`crate::model::compat::kubelet_config_names`]). Both documents are parsed here, before join
-/// changes anything.
-pub async fn fetch_cluster_config(
+/// Reads the kubelet ConfigMap of the cluster's `version` with the bootstrap token: the name
+/// kubeadm of that version made first, the other on 403 or 404 (see
+/// [`crate::model::compat::kubelet_config_names`]), parsed here before join changes anything.
+/// `facts` are kubeadm-config's, read before ([`read_kubeadm_facts`]).
+pub async fn fetch_kubelet_config(
     kube: &Kube,
-    server: &KubeVersion,
+    facts: KubeadmFacts,
+    version: KubeVersion,
 ) -> Result<ClusterConfig, ClusterConfigError> {
-    let facts = read_kubeadm_facts(kube).await?;
-    let version = facts.version.clone().unwrap_or_else(|| server.clone());
     let names =
         crate::model::compat::kubelet_config_names(&version, facts.unversioned_kubelet_config);
     let mut tried = Vec::new();

@@ -211,10 +211,18 @@ async fn prepare<'a>(
         None => Kube::with_token(&found.api_server, &found.ca_ders, token, settings.limits),
     }
     .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
-    let cluster = cluster::check(settings, effects, &kube, &identity, joined_before).await?;
+    let cluster = cluster::check(
+        settings,
+        effects,
+        &kube,
+        found.server_date,
+        &identity,
+        joined_before,
+    )
+    .await?;
     let detail = format!(
-        "{} (kubelet config from {})",
-        cluster.version, cluster.config.source
+        "{} (from {}; kubelet config from {})",
+        cluster.version, cluster.version_source, cluster.config.source
     );
     phase.end(Status::Done, &detail);
     Ok(Context {

@@ -11,9 +11,13 @@ pub const LEGACY_USAGES: [&str; 3] = ["digital signature", "key encipherment", "
 
 /// The usages a kubelet client CSR must ask for: before 1.25 the csrapproving controller and
 /// the kubelet-client signer want `key encipherment` too (`pkg/apis/certificates/helpers.go`
-/// `IsKubeletClientCSR` at v1.20.2; relaxed for ECDSA keys by kubernetes#111061 in 1.25).
-pub fn csr_usages(server: &KubeVersion) -> &'static [&'static str] {
-    if server.minor_key() < (1, 25) {
+/// `IsKubeletClientCSR` at v1.20.2; relaxed for ECDSA keys by kubernetes#111061 in 1.25, which
+/// accepts both sets, as every later release does). The legacy set is kept through 1.25: a
+/// cluster whose kubeadm-config says 1.25 may still run a 1.24 controller manager until its
+/// upgrade finishes (the version is one minor ahead of some control-plane nodes at most), and
+/// only the legacy set is approved and signed on both sides.
+pub fn csr_usages(cluster: &KubeVersion) -> &'static [&'static str] {
+    if cluster.minor_key() < (1, 26) {
         &LEGACY_USAGES
     } else {
         &USAGES
@@ -170,8 +174,10 @@ mod tests {
     fn csr_usages_and_api_follow_the_server() {
         assert_eq!(csr_usages(&v("v1.20.2")).len(), 3);
         assert_eq!(csr_usages(&v("v1.24.17")).len(), 3);
+        // 1.25 may still run a 1.24 controller manager mid-upgrade.
+        assert_eq!(csr_usages(&v("v1.25.0")).len(), 3);
         assert_eq!(
-            csr_usages(&v("v1.25.0")),
+            csr_usages(&v("v1.26.0")),
             ["digital signature", "client auth"]
         );
         assert_eq!(csr_api_version(&v("v1.18.20")), "v1beta1");

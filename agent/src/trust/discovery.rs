@@ -44,7 +44,7 @@ use crate::trust::tls;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The path of cluster-info on any API server.
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
@@ -95,6 +95,11 @@ pub struct Discovered {
     /// verified connection discovery used (None when that connection could not be verified).
     #[serde(skip)]
     pub http: Option<Http>,
+    /// The API server's clock when it answered cluster-info (its `Date`), only when the
+    /// connection that carried the answer verified against the trusted CA: the join's clock
+    /// check needs no request of its own.
+    #[serde(skip)]
+    pub server_date: Option<SystemTime>,
 }
 
 /// Why discovery failed. Each has its own code and exit status.
@@ -267,13 +272,20 @@ impl Retryable for PollError {
     }
 }
 
-/// Polls cluster-info until it carries a signature for `token_id`; returns (kubeconfig, jws).
+/// cluster-info as served: the kubeconfig, the token's JWS, and the server's `Date`.
+struct Signed {
+    kubeconfig: String,
+    signature: String,
+    date: Option<SystemTime>,
+}
+
+/// Polls cluster-info until it carries a signature for `token_id`.
 async fn fetch_signed(
     http: &Http,
     target: &Target,
     token_id: &str,
     timeout: Duration,
-) -> Result<(String, String), RetryError<PollError>> {
+) -> Result<Signed, RetryError<PollError>> {
     let key = format!("{JWS_KEY_PREFIX}{token_id}");
     let policy = RetryPolicy::until(timeout, Duration::from_secs(5));
     retry(policy, "reading cluster-info", |_| {
@@ -292,7 +304,11 @@ async fn fetch_signed(
                 .cloned()
                 .ok_or_else(|| PollError::Malformed("it has no kubeconfig key".into()))?;
             match cm.data.get(&key).filter(|s| !s.is_empty()) {
-                Some(sig) => Ok((kubeconfig, sig.clone())),
+                Some(sig) => Ok(Signed {
+                    kubeconfig,
+                    signature: sig.clone(),
+                    date: reply.date(),
+                }),
                 None => Err(PollError::MissingSignature),
             }
         }
@@ -324,7 +340,11 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     let deferred = tls::Deferred::new();
     let http = Http::new(deferred.config(), req.limits).map_err(|e| malformed(e.to_string()))?;
     let started = std::time::Instant::now();
-    let (kubeconfig, signature) = fetch_signed(&http, &target, &token_id, req.timeout)
+    let Signed {
+        kubeconfig,
+        signature,
+        date,
+    } = fetch_signed(&http, &target, &token_id, req.timeout)
         .await
         .map_err(|e| poll_failure(e, &endpoint, &token_id, started.elapsed()))?;
     // 2. The detached JWS over the bytes as served.
@@ -344,30 +364,22 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| malformed(e.to_string()))?;
     if req.pins.is_empty() {
-        tracing::warn!(
-            "--discovery-token-unsafe-skip-ca-verification: trusting the API server on the \
-             token's signature alone; anyone holding the token can impersonate it"
-        );
-        // Later calls trust cluster-info's CA bundle: the connection is reused if it verifies.
-        let http = deferred.trust(&ca_ders).ok().map(|()| http);
-        let (api_server, ca_pem) = (info.server, info.ca_pem);
-        return Ok(Discovered {
+        let served = Served { http, date };
+        return Ok(unpinned(
             endpoint,
-            api_server,
-            ca_pin: None,
-            ca_bundle_pins,
-            ca_verified: false,
-            ca_pem,
+            info,
             ca_ders,
-            http,
-        });
+            ca_bundle_pins,
+            &deferred,
+            served,
+        ));
     }
     // 3. The pin, and only what it names.
     let (matched, trusted) = pin_ca(req, &ca_ders, ca_bundle_pins.clone(), &malformed)?;
     // 4. The connection that carried cluster-info, verified against the pinned CA; else a
     //    pinned re-read.
-    let http = match deferred.trust(&trusted) {
-        Ok(()) => http,
+    let (http, server_date) = match deferred.trust(&trusted) {
+        Ok(()) => (http, date),
         Err(e) => {
             tracing::info!(
                 "{e}; reading cluster-info again over a connection trusting only the pinned CA"
@@ -389,7 +401,43 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
         ca_ders: trusted,
         http: Some(http),
+        server_date,
     })
+}
+
+/// The client that read cluster-info, and the server's `Date` on its answer.
+struct Served {
+    http: Http,
+    date: Option<SystemTime>,
+}
+
+/// `--discovery-token-unsafe-skip-ca-verification`: the API server trusted on the token's
+/// signature alone, with cluster-info's whole CA bundle. The connection (and its `Date`) is
+/// kept only if its chain verifies against that bundle.
+fn unpinned(
+    endpoint: Endpoint,
+    info: crate::model::kubeconfig::ClusterInfo,
+    ca_ders: Vec<Vec<u8>>,
+    ca_bundle_pins: Vec<CaPin>,
+    deferred: &tls::Deferred,
+    served: Served,
+) -> Discovered {
+    tracing::warn!(
+        "--discovery-token-unsafe-skip-ca-verification: trusting the API server on the \
+         token's signature alone; anyone holding the token can impersonate it"
+    );
+    let verified = deferred.trust(&ca_ders).is_ok();
+    Discovered {
+        endpoint,
+        api_server: info.server,
+        ca_pin: None,
+        ca_bundle_pins,
+        ca_verified: false,
+        ca_pem: info.ca_pem,
+        ca_ders,
+        http: verified.then_some(served.http),
+        server_date: served.date.filter(|_| verified),
+    }
 }
 
 /// The certificates a pin names (each fit to be a CA), and the pin that matched first; the
@@ -430,7 +478,7 @@ fn pin_ca(
 }
 
 /// cluster-info read again over TLS that trusts only the pinned CA: the same bytes, or no
-/// trust. Returns the pinned client.
+/// trust. Returns the pinned client and the server's `Date` on that answer.
 async fn refetch_pinned(
     req: &DiscoveryRequest,
     target: &Target,
@@ -438,13 +486,13 @@ async fn refetch_pinned(
     kubeconfig: &str,
     remaining: Duration,
     malformed: &impl Fn(String) -> DiscoveryError,
-) -> Result<Http, DiscoveryError> {
+) -> Result<(Http, Option<SystemTime>), DiscoveryError> {
     let endpoint = req.endpoint.clone();
     let token_id = req.token.id();
     let pinned_tls = tls::trusting_only(trusted).map_err(|e| malformed(e.to_string()))?;
     let pinned = Http::new(pinned_tls, req.limits).map_err(|e| malformed(e.to_string()))?;
     let started = std::time::Instant::now();
-    let (again, _) = match fetch_signed(&pinned, target, token_id, remaining).await {
+    let again = match fetch_signed(&pinned, target, token_id, remaining).await {
         Ok(v) => v,
         Err(RetryError::Fatal(PollError::Http(e @ HttpError::Tls { .. }))) => {
             return Err(DiscoveryError::PinnedTls {
@@ -454,10 +502,10 @@ async fn refetch_pinned(
         }
         Err(e) => return Err(poll_failure(e, &endpoint, token_id, started.elapsed())),
     };
-    if again.as_bytes() != kubeconfig.as_bytes() {
+    if again.kubeconfig.as_bytes() != kubeconfig.as_bytes() {
         return Err(DiscoveryError::Changed { endpoint });
     }
-    Ok(pinned)
+    Ok((pinned, again.date))
 }
 
 /// The API server URL cluster-info names must be https, and carry no credentials (which would

@@ -1,6 +1,6 @@
 //! Transient faults after discovery: a 503, a 429 with Retry-After, a connection reset
 //! mid-body and a truncated JSON answer on each request a join makes after trusting the API
-//! server (/version, kubeadm-config, kubelet-config, the CSR POST and its watch, the Node GET).
+//! server (kubeadm-config, kubelet-config, the CSR POST and its watch, the Node GET).
 //! Each is retried with backoff and the join succeeds; a refusal that cannot heal fails at once
 //! with its code.
 
@@ -21,7 +21,6 @@ fn fault(method: &str, path: &str, query: &str, kind: ApiFaultKind) -> ApiFault 
 #[test]
 fn each_request_after_discovery_survives_each_transient_fault() {
     let targets = [
-        ("GET", "/version", ""),
         ("GET", "/configmaps/kubeadm-config", ""),
         ("GET", "/configmaps/kubelet-config", ""),
         ("POST", "/certificatesigningrequests", ""),

@@ -1042,16 +1042,19 @@ fn csr_replies() -> Vec<Case> {
             52,
             "recreated by someone else",
             |ctx| {
-                // The watch fails, and the read that follows it finds another object (another uid).
+                // The watch's resourceVersion has expired (410 in an ERROR event), and the read
+                // that follows it finds another object (another uid).
                 ctx.cp.set_approval(Approval::Pending);
                 let object = forged_csr(ctx, "someone-elses-uid");
+                let expired = json!({"type": "ERROR", "object": {"kind": "Status",
+                    "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410}});
                 ctx.cp.set_faults(|f| {
                     f.api.push_back(ApiFault {
                         query_contains: "watch=true".into(),
                         ..api_fault(
                             "GET",
                             "/certificatesigningrequests",
-                            ApiFaultKind::Status(500, None),
+                            ApiFaultKind::Body(200, format!("{expired}\n")),
                         )
                     });
                     f.api.push_back(api_fault(

@@ -471,6 +471,66 @@ fn kubectl_uses_the_bootstrapped_kubelet_conf() {
 }
 
 #[test]
+fn a_csr_watch_lasts_to_the_deadline_and_one_closed_early_is_reopened_without_a_read() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    let cp = control_plane();
+    // The first watch on the CSR ends at once, as a proxy or a restarting server would end it.
+    cp.set_faults(|f| {
+        f.api.push_back(ApiFault {
+            method: "GET".into(),
+            path_contains: "/certificatesigningrequests".into(),
+            query_contains: "watch=true".into(),
+            kind: ApiFaultKind::Body(200, String::new()),
+        })
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    let mut args = scale_out(&cp, &node, "rewatch-1");
+    args.extend(["--csr-timeout".into(), "120s".into()]);
+    let before = cp.requests().len();
+    join(&args, &[]).expect_code(0).expect_output("registered");
+    let requests = cp.requests()[before..].to_vec();
+    let on_csrs = |r: &&test_control_plane::RequestRecord| {
+        r.path.contains("certificatesigningrequests") && r.method == "GET"
+    };
+    let watches: Vec<_> = requests
+        .iter()
+        .filter(on_csrs)
+        .filter(|r| r.query.contains("watch=true"))
+        .collect();
+    assert_eq!(
+        cp.shared().lock().faults.api.len(),
+        0,
+        "the first watch was opened (and closed at once)"
+    );
+    // The stand-in logs the requests it handles: the closed one was answered before.
+    assert_eq!(watches.len(), 1, "one watch reopened: {watches:?}");
+    let seconds = |q: &str| -> u64 {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("timeoutSeconds="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        seconds(&watches[0].query) >= 110,
+        "the watch asks to last to the CSR deadline, not 30 s: {}",
+        watches[0].query
+    );
+    assert!(
+        watches[0].query.contains("resourceVersion="),
+        "reopened from the last resourceVersion: {}",
+        watches[0].query
+    );
+    assert!(
+        !requests
+            .iter()
+            .filter(on_csrs)
+            .any(|r| !r.query.contains("watch=true")),
+        "no read of the CSR between the watches"
+    );
+}
+
+#[test]
 fn pending_and_denied_csrs_have_their_own_messages() {
     let cp = control_plane();
     cp.set_approval(Approval::Pending);
@@ -693,6 +753,78 @@ fn the_outcome_is_reported_to_the_callback_on_success_and_failure() {
         "{}",
         ko.body
     );
+}
+
+#[test]
+fn the_version_is_kubeadm_configs_and_the_clock_cluster_infos_date() {
+    let cp = control_plane();
+    let asked_version = |from: usize| cp.requests()[from..].iter().any(|r| r.path == "/version");
+    let mut node = Node::new();
+    node.kubelet();
+    let before = cp.requests().len();
+    join(&scale_out(&cp, &node, "version-1"), &[])
+        .expect_code(0)
+        .expect_output("from kubeadm-config");
+    assert!(
+        !asked_version(before),
+        "a kubeadm cluster's join asks no /version"
+    );
+    // An hour between the clocks: refused before anything changes, by cluster-info's Date.
+    cp.set_faults(|f| f.clock_offset = Some(-3600));
+    let skewed = Node::new();
+    let before = cp.requests().len();
+    join(&scale_out(&cp, &skewed, "version-2"), &[])
+        .expect_code(30)
+        .expect_output("local clock differs from the API server's by 3600s");
+    assert!(!asked_version(before));
+    assert!(
+        !skewed.path("/var/lib/kubelet/config.yaml").exists(),
+        "nothing written"
+    );
+    cp.set_faults(|f| f.clock_offset = None);
+    // A cluster kubeadm did not make: /version says the version.
+    cp.delete(Kind::ConfigMap, "kube-system", "kubeadm-config");
+    let mut other = Node::new();
+    other.kubelet();
+    let before = cp.requests().len();
+    join(&scale_out(&cp, &other, "version-3"), &[])
+        .expect_code(0)
+        .expect_output("from /version");
+    assert!(asked_version(before));
+}
+
+#[test]
+fn a_ready_namesake_refuses_the_join_before_anything_changes() {
+    let cp = control_plane();
+    let ready = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "twin-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    });
+    cp.put(Kind::Node, "", "twin-1", ready);
+    let node = Node::new();
+    join(&scale_out(&cp, &node, "twin-1"), &[])
+        .expect_code(33)
+        .expect_output("a Ready Node named \"twin-1\" already exists");
+    assert!(!node.path("/var/lib/kubelet/config.yaml").exists());
+}
+
+#[test]
+fn kubeadm_before_1_18_is_not_asked_for_a_namesake() {
+    // kubeadm 1.17 binds no kubeadm:get-nodes: its join checks no namesake, and the bootstrap
+    // token could only be refused the read.
+    let cp = control_plane_with(Options {
+        kubernetes_version: "v1.17.17".into(),
+        ..Options::default()
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    join(&scale_out(&cp, &node, "old-1"), &[]).expect_code(0);
+    let node_reads = cp
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes/old-1")
+        .count();
+    assert_eq!(node_reads, 0, "no namesake read on kubeadm 1.17");
 }
 
 #[test]

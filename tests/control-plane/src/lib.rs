@@ -225,6 +225,9 @@ pub struct Faults {
     pub values_redirect: Option<String>,
     /// What the CSR signer issues.
     pub csr_reply: CsrReply,
+    /// Every answer's `Date` this many seconds from now (a control plane whose clock is off,
+    /// or a node's): the join's clock check reads it.
+    pub clock_offset: Option<i64>,
 }
 
 /// One openapi token's values.

@@ -213,7 +213,29 @@ pub async fn serve(
     }
 }
 
+/// The answer to one request, with its `Date` moved by the clock fault when there is one
+/// (hyper writes the current time only where no `Date` was set).
 async fn respond(
+    shared: Arc<Shared>,
+    cert_user: Option<User>,
+    req: Request<Incoming>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let offset = shared.lock().faults.clock_offset;
+    let mut response = answer(shared, cert_user, req).await;
+    if let Some(secs) = offset {
+        let now = std::time::SystemTime::now();
+        let shifted = match u64::try_from(secs) {
+            Ok(ahead) => now + std::time::Duration::from_secs(ahead),
+            Err(_) => now - std::time::Duration::from_secs(secs.unsigned_abs()),
+        };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(shifted)) {
+            response.headers_mut().insert(hyper::header::DATE, v);
+        }
+    }
+    response
+}
+
+async fn answer(
     shared: Arc<Shared>,
     cert_user: Option<User>,
     req: Request<Incoming>,

@@ -451,12 +451,7 @@ impl Kube {
             .git_version
             .parse::<KubeVersion>()
             .map_err(|e| decode(e.to_string()))?;
-        let date = r
-            .headers
-            .get(reqwest::header::DATE)
-            .and_then(|d| d.to_str().ok())
-            .and_then(|d| httpdate::parse_http_date(d).ok());
-        Ok((version, date))
+        Ok((version, r.date()))
     }
 
     /// Reads a watch stream of `T`, calling `on_event` with each event until it returns
@@ -494,9 +489,9 @@ impl Kube {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let event = crate::model::strict::json(&line).map_err(|e| KubeError::Decode {
+                let event = watch_event(&line).map_err(|reason| KubeError::Decode {
                     path: path.to_owned(),
-                    reason: e.to_string(),
+                    reason,
                 })?;
                 if let Some(out) = on_event(&event) {
                     return Ok(Some(out));
@@ -506,5 +501,44 @@ impl Kube {
     }
 }
 
+/// One line of a watch stream. An ERROR event carries a Status, not the watched kind (410
+/// Expired when the resourceVersion is too old): it is handed on with a default object, so
+/// that the caller sees it as an ERROR rather than as a stream it cannot read.
+fn watch_event<T>(line: &[u8]) -> Result<objects::WatchEvent<T>, String>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    let raw: Value = crate::model::strict::json(line).map_err(|e| e.to_string())?;
+    let kind = raw["type"].as_str().unwrap_or_default().to_owned();
+    if kind == "ERROR" {
+        return Ok(objects::WatchEvent {
+            kind,
+            object: T::default(),
+        });
+    }
+    serde_json::from_value(raw).map_err(|e| e.to_string())
+}
+
 /// The largest watch event read.
 const MAX_WATCH_EVENT: usize = 4 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_event_is_read_as_such_whatever_the_watched_kind() {
+        let expired = br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 5","reason":"Expired","code":410}}"#;
+        let e: objects::WatchEvent<objects::Csr> = watch_event(expired).expect("error event");
+        assert_eq!(e.kind, "ERROR");
+        let modified = br#"{"type":"MODIFIED","object":{"metadata":{"name":"node-csr-a","resourceVersion":"7"},"spec":{"request":"","usages":[]}}}"#;
+        let e: objects::WatchEvent<objects::Csr> = watch_event(modified).expect("csr event");
+        assert_eq!(
+            (e.kind.as_str(), e.object.metadata.resource_version.as_str()),
+            ("MODIFIED", "7")
+        );
+        assert!(
+            watch_event::<objects::Csr>(br#"{"type":"MODIFIED","object":{"status":"x"}}"#).is_err()
+        );
+    }
+}
