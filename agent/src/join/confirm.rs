@@ -39,9 +39,9 @@ pub async fn phase(
         return Ok(Registration::default());
     }
     let seen = wait_for_node(ctx).await?;
-    if seen.registered
-        && crate::model::compat::writes_cri_socket_annotation(&ctx.cluster.config.version)
-    {
+    // kubeadm keeps the socket in the Node's annotation unless its instance configuration,
+    // written in the kubelet phase, holds it (NodeLocalCRISocket).
+    if seen.registered && !ctx.cluster.config.cri_socket_on_node {
         annotate_cri_socket(ctx, cri_endpoint).await;
     }
     Ok(seen)

@@ -13,6 +13,8 @@ use serde_yaml_ng::{Mapping, Value};
 pub const CONFIG_PATH: &str = "/var/lib/kubelet/config.yaml";
 /// The flags environment file.
 pub const FLAGS_PATH: &str = "/var/lib/kubelet/kubeadm-flags.env";
+/// The node's own kubelet configuration (`NodeLocalCRISocket`: the CRI socket).
+pub const INSTANCE_PATH: &str = "/var/lib/kubelet/instance-config.yaml";
 /// The cluster CA as the kubelet reads it.
 pub const CA_PATH: &str = "/etc/kubernetes/pki/ca.crt";
 /// The kubelet unit node-attach installs when the host has none.
@@ -52,6 +54,10 @@ pub struct ClusterConfig {
     pub image_repository: Option<String>,
     /// `certificatesDir` (kubeadm's default `/etc/kubernetes/pki`).
     pub certificates_dir: String,
+    /// Whether this cluster's kubeadm keeps the CRI socket on the node
+    /// ([`crate::model::compat::node_local_cri_socket`]): in `instance-config.yaml` and the
+    /// kubelet's configuration, rather than a flag and the Node's annotation.
+    pub cri_socket_on_node: bool,
 }
 
 /// Why the cluster's configuration could not be read.
@@ -97,6 +103,8 @@ pub struct KubeadmFacts {
     pub certificates_dir: String,
     /// `featureGates.UnversionedKubeletConfigMap`.
     pub unversioned_kubelet_config: Option<bool>,
+    /// `featureGates.NodeLocalCRISocket`.
+    pub node_local_cri_socket: Option<bool>,
 }
 
 /// Reads kube-system/kubeadm-config; defaults when the cluster has none or keeps it from this
@@ -122,6 +130,7 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
         image_repository: None,
         certificates_dir: DEFAULT_CERTIFICATES_DIR.into(),
         unversioned_kubelet_config: None,
+        node_local_cri_socket: None,
     };
     let Some(text) = cm.and_then(|cm| cm["data"]["ClusterConfiguration"].as_str()) else {
         return Ok(facts);
@@ -147,10 +156,13 @@ fn kubeadm_facts(cm: Option<&serde_json::Value>) -> Result<KubeadmFacts, Cluster
     if let Some(d) = field("certificatesDir") {
         facts.certificates_dir = d.trim_end_matches('/').to_owned();
     }
-    facts.unversioned_kubelet_config = doc
-        .get("featureGates")
-        .and_then(|g| g.get("UnversionedKubeletConfigMap"))
-        .and_then(Value::as_bool);
+    let gate = |name: &str| {
+        doc.get("featureGates")
+            .and_then(|g| g.get(name))
+            .and_then(Value::as_bool)
+    };
+    facts.unversioned_kubelet_config = gate("UnversionedKubeletConfigMap");
+    facts.node_local_cri_socket = gate("NodeLocalCRISocket");
     Ok(facts)
 }
 
@@ -168,6 +180,8 @@ pub async fn fetch_kubelet_config(
 ) -> Result<ClusterConfig, ClusterConfigError> {
     let names =
         crate::model::compat::kubelet_config_names(&version, facts.unversioned_kubelet_config);
+    let cri_socket_on_node =
+        crate::model::compat::node_local_cri_socket(&version, facts.node_local_cri_socket);
     let mut tried = Vec::new();
     for name in &names {
         let path = format!("/api/v1/namespaces/kube-system/configmaps/{name}");
@@ -181,6 +195,7 @@ pub async fn fetch_kubelet_config(
                     version,
                     image_repository: facts.image_repository,
                     certificates_dir: facts.certificates_dir,
+                    cri_socket_on_node,
                 });
             }
             Ok(None) => tried.push(format!("{name}: not found")),
@@ -225,6 +240,8 @@ pub struct HostFacts {
     /// pods, so the kubelet hands them `/run/systemd/resolve/resolv.conf` instead (kubeadm's
     /// `mutateResolverConfig`).
     pub systemd_resolved: bool,
+    /// The runtime's CRI endpoint (None: docker through the kubelet's dockershim).
+    pub cri_endpoint: Option<String>,
 }
 
 /// systemd-resolved's real upstream list.
@@ -351,6 +368,14 @@ pub fn render_config(
     if let Some(p) = &identity.provider_id {
         set(&mut map, "providerID", Value::String(p.clone()));
     }
+    // What kubeadm merges in from instance-config.yaml ([`instance_config`]).
+    if let (true, Some(e)) = (cluster.cri_socket_on_node, &host.cri_endpoint) {
+        set(
+            &mut map,
+            "containerRuntimeEndpoint",
+            Value::String(e.clone()),
+        );
+    }
     let k = &settings.kubelet;
     if let Some(m) = k.max_pods {
         set(&mut map, "maxPods", Value::Number(m.into()));
@@ -384,6 +409,19 @@ pub fn render_config(
 /// Go's `%q` for the flag values node-attach produces (validated: no control characters).
 fn go_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The node's own kubelet configuration, where a cluster whose kubeadm keeps the CRI socket on
+/// the node has it (`NodeLocalCRISocket`): kubeadm join writes `containerRuntimeEndpoint:
+/// "<socket>"` (Go `%q`) and merges it into config.yaml; `kubeadm upgrade node` reads the
+/// socket from here. None when the cluster keeps it in the Node's annotation, or there is no
+/// CRI endpoint (the kubelet's dockershim).
+pub fn instance_config(cluster: &ClusterConfig, endpoint: Option<&str>) -> Option<String> {
+    let endpoint = endpoint.filter(|_| cluster.cri_socket_on_node)?;
+    Some(format!(
+        "containerRuntimeEndpoint: {}\n",
+        go_quote(endpoint)
+    ))
 }
 
 /// What the flags file is made of.
@@ -445,6 +483,9 @@ pub struct KubeletFiles {
     pub flags: String,
     /// The cluster CA for `/etc/kubernetes/pki/ca.crt` (only the pinned certificates).
     pub ca: Vec<u8>,
+    /// `/var/lib/kubelet/instance-config.yaml`, when the cluster keeps the CRI socket on the
+    /// node ([`instance_config`]).
+    pub instance: Option<String>,
     /// The reset unit, pointing at this binary (None when its path is unknown).
     pub reset_unit: Option<String>,
 }
@@ -479,11 +520,18 @@ pub fn apply(
         applier.dir(Path::new(dir), mode)?;
     }
     let mut config = false;
+    let instance = files
+        .instance
+        .as_ref()
+        .map(|i| (INSTANCE_PATH, i.as_bytes()));
     for (path, bytes) in [
         (CA_PATH, files.ca.as_slice()),
         (CONFIG_PATH, files.config.as_bytes()),
         (FLAGS_PATH, files.flags.as_bytes()),
-    ] {
+    ]
+    .into_iter()
+    .chain(instance)
+    {
         config |= applier
             .file(Path::new(path), 0o644, bytes, false)?
             .changes();
@@ -592,7 +640,36 @@ mod tests {
             version: "v1.20.2".parse().expect("v"),
             image_repository: None,
             certificates_dir: certificates_dir.into(),
+            cri_socket_on_node: false,
         }
+    }
+
+    #[test]
+    fn the_cri_socket_goes_into_the_instance_configuration_when_kubeadm_keeps_it_there() {
+        let settings = crate::sources::settings::tests::minimal();
+        let endpoint = "unix:///run/containerd/containerd.sock";
+        let host = HostFacts {
+            cri_endpoint: Some(endpoint.into()),
+            ..HostFacts::default()
+        };
+        let annotated = cluster("", DEFAULT_CERTIFICATES_DIR);
+        assert_eq!(instance_config(&annotated, Some(endpoint)), None);
+        let text = render_config(&annotated, &settings, &identity(), &host).expect("render");
+        assert!(!text.contains("containerRuntimeEndpoint"), "{text}");
+        let on_node = ClusterConfig {
+            cri_socket_on_node: true,
+            ..annotated
+        };
+        assert_eq!(
+            instance_config(&on_node, Some(endpoint)).as_deref(),
+            Some("containerRuntimeEndpoint: \"unix:///run/containerd/containerd.sock\"\n")
+        );
+        assert_eq!(instance_config(&on_node, None), None, "dockershim");
+        let text = render_config(&on_node, &settings, &identity(), &host).expect("render");
+        assert!(
+            text.contains("containerRuntimeEndpoint: unix:///run/containerd/containerd.sock"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -648,6 +725,7 @@ mod tests {
         let settings = crate::sources::settings::tests::minimal();
         let host = HostFacts {
             systemd_resolved: true,
+            ..HostFacts::default()
         };
         for given in ["", "resolvConf: /etc/resolv.conf\n"] {
             let text = render_config(

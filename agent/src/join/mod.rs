@@ -364,14 +364,16 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
     }
     let (own_labels, pending_labels) = labels_for(settings);
     let taints = taints_for(settings, &pending_labels);
-    let host = kubelet_host_facts(effects);
+    let host = kubelet_host_facts(effects, runtime.endpoint.clone());
     let config = kubelet::render_config(&cluster.config, settings, &ctx.identity, &host)
         .map_err(|e| Failure::new(Code::KubeletConfig, e.to_string()))?;
+    let instance = kubelet::instance_config(&cluster.config, runtime.endpoint.as_deref());
     let flags = kubelet::render_flags(&kubelet::FlagInputs {
         labels: &own_labels,
         taints: &taints,
         identity: &ctx.identity,
-        endpoint: runtime.endpoint.as_deref(),
+        // Kept on the node instead, kubeadm writes no flag (its kubelet is 1.29 or newer).
+        endpoint: runtime.endpoint.as_deref().filter(|_| instance.is_none()),
         pause_image: &runtime.pause_image,
         kubelet: cluster.kubelet(),
     });
@@ -380,6 +382,7 @@ fn plan(ctx: &Context<'_>, records: &[Record], reporter: &mut Reporter) -> Resul
         config,
         flags,
         ca: ctx.found.ca_pem.clone(),
+        instance,
         reset_unit,
     };
     Ok(Plan {
@@ -416,8 +419,8 @@ fn labels_for(settings: &Settings) -> (Labels, Labels) {
 }
 
 /// What the kubelet configuration needs to know of the host: systemd-resolved, whose stub
-/// resolver pods cannot use.
-fn kubelet_host_facts(effects: &Effects) -> kubelet::HostFacts {
+/// resolver pods cannot use, and the runtime's CRI endpoint.
+fn kubelet_host_facts(effects: &Effects, cri_endpoint: Option<String>) -> kubelet::HostFacts {
     let stub = effects
         .root
         .read_following(Path::new("/etc/resolv.conf"))
@@ -431,6 +434,7 @@ fn kubelet_host_facts(effects: &Effects) -> kubelet::HostFacts {
     let active = effects.host && effects.systemd.is_active("systemd-resolved.service");
     kubelet::HostFacts {
         systemd_resolved: stub || active,
+        cri_endpoint,
     }
 }
 

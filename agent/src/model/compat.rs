@@ -135,10 +135,22 @@ impl KubeletFlagGates {
 /// node` reads it.
 pub const CRI_SOCKET_ANNOTATION: &str = "kubeadm.alpha.kubernetes.io/cri-socket";
 
-/// Whether kubeadm join of this version annotates the Node with its CRI socket: up to 1.33;
-/// from 1.34 the `NodeLocalCRISocket` gate keeps the socket in the node's own files.
-pub fn writes_cri_socket_annotation(cluster: &KubeVersion) -> bool {
-    cluster.minor_key() < (1, 34)
+/// Whether kubeadm of this version keeps the node's CRI socket on the node itself
+/// (`NodeLocalCRISocket`): join then writes `/var/lib/kubelet/instance-config.yaml`
+/// (`containerRuntimeEndpoint`, merged into the kubelet's config.yaml), passes no
+/// `--container-runtime-endpoint` flag and no longer annotates the Node. `gate` is the gate as
+/// the cluster's ClusterConfiguration sets it. Alpha (off) in 1.32 (kubernetes#128031), beta
+/// and on in 1.34 (#131981), GA and locked in 1.36 (#135742). `kubeadm upgrade node` reads the
+/// instance configuration when the gate is on, and falls back to the annotation only while the
+/// file is missing (`GetNodeRegistration`), so a node must have one or the other: when this is
+/// false, join annotates the Node as kubeadm does (`patchnode.AnnotateCRISocket`).
+pub fn node_local_cri_socket(cluster: &KubeVersion, gate: Option<bool>) -> bool {
+    match cluster.minor_key() {
+        (1, 0..=31) => false,
+        (1, 32..=33) => gate == Some(true),
+        (1, 34..=35) => gate != Some(false),
+        _ => true,
+    }
 }
 
 /// The annotation's value as kubeadm of this version writes it: a bare path before 1.24, a
@@ -236,6 +248,18 @@ mod tests {
                 pod_infra_container_image: false
             }
         );
+    }
+
+    #[test]
+    fn the_cri_socket_moves_onto_the_node_with_kubeadms_gate() {
+        let on_node = |s: &str, gate| node_local_cri_socket(&v(s), gate);
+        assert!(!on_node("v1.20.2", None));
+        assert!(!on_node("v1.31.4", Some(true)), "no such gate before 1.32");
+        assert!(!on_node("v1.33.1", None));
+        assert!(on_node("v1.32.0", Some(true)));
+        assert!(on_node("v1.34.0", None));
+        assert!(!on_node("v1.35.2", Some(false)));
+        assert!(on_node("v1.36.0", Some(false)), "locked from 1.36");
     }
 
     #[test]

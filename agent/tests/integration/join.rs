@@ -809,6 +809,59 @@ fn a_ready_namesake_refuses_the_join_before_anything_changes() {
 }
 
 #[test]
+fn kubeadm_1_34_keeps_the_cri_socket_on_the_node_and_earlier_ones_in_the_annotation() {
+    let patched = |cp: &test_control_plane::TestControlPlane, name: &str| {
+        cp.requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path == format!("/api/v1/nodes/{name}"))
+    };
+    // 1.34: NodeLocalCRISocket on by default, as kubeadm join writes it.
+    let cp = control_plane_with(Options {
+        kubernetes_version: "v1.34.1".into(),
+        ..Options::default()
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    join(&scale_out(&cp, &node, "local-cri-1"), &[]).expect_code(0);
+    let read = |p: &str| std::fs::read_to_string(node.path(p)).unwrap_or_default();
+    let instance = read("/var/lib/kubelet/instance-config.yaml");
+    assert!(
+        instance.starts_with("containerRuntimeEndpoint: \"unix://"),
+        "{instance}"
+    );
+    let endpoint = instance
+        .trim()
+        .trim_start_matches("containerRuntimeEndpoint: ")
+        .trim_matches('"')
+        .to_owned();
+    assert!(read("/var/lib/kubelet/config.yaml")
+        .contains(&format!("containerRuntimeEndpoint: {endpoint}")));
+    let flags = read("/var/lib/kubelet/kubeadm-flags.env");
+    assert!(!flags.contains("--container-runtime-endpoint"), "{flags}");
+    assert!(!patched(&cp, "local-cri-1"), "no annotation on 1.34");
+    // 1.34 with the gate turned off in ClusterConfiguration: the annotation, no file.
+    let cp = control_plane_with(Options {
+        kubernetes_version: "v1.34.1".into(),
+        kubeadm_feature_gates: vec![("NodeLocalCRISocket".into(), false)],
+        ..Options::default()
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    join(&scale_out(&cp, &node, "local-cri-2"), &[]).expect_code(0);
+    assert!(!node.path("/var/lib/kubelet/instance-config.yaml").exists());
+    assert!(
+        patched(&cp, "local-cri-2"),
+        "annotated when the gate is off"
+    );
+    let node_object = cp.get(Kind::Node, "", "local-cri-2").expect("node");
+    assert!(
+        node_object["metadata"]["annotations"]["kubeadm.alpha.kubernetes.io/cri-socket"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unix://"))
+    );
+}
+
+#[test]
 fn kubeadm_before_1_18_is_not_asked_for_a_namesake() {
     // kubeadm 1.17 binds no kubeadm:get-nodes: its join checks no namesake, and the bootstrap
     // token could only be refused the read.
