@@ -145,6 +145,22 @@ fn openapi_tokens_mint_bootstrap_tokens_and_apply_restricted_labels() {
         .filter(|r| r.method == "GET" && r.path.ends_with("/certificatesigningrequests"))
         .count();
     assert_eq!(csr_lists, 0, "{admin_requests:?}");
+    // ... and read the use its callback URL names, by name: no list of the token's uses by
+    // bootstrap id or node (the only lists are each replica learning which slots are taken).
+    let use_lookups = admin_requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/secrets"))
+        .filter(|r| r.query.contains("bootstrap-id") || r.query.contains("io%2Fnode"))
+        .count();
+    assert_eq!(use_lookups, 0, "{admin_requests:?}");
+    let slot_reads = admin_requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/secrets/node-attach-use-"))
+        .count();
+    assert_eq!(
+        slot_reads, 2,
+        "one read of its slot per report: {admin_requests:?}"
+    );
 }
 
 #[test]

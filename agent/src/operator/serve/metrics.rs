@@ -41,7 +41,7 @@ pub fn route_of(method: &str, path: &str) -> &'static str {
     match (method, segs.as_slice()) {
         ("GET", ["v1", "values", _]) => "values",
         ("GET", ["token", _, "instance", _, "node_info"]) => "node_info",
-        ("POST", ["v1", "callback", _]) => "callback",
+        ("POST", ["v1", "callback", _] | ["v1", "callback", _, "uses", _]) => "callback",
         (_, ["files", ..]) => "files",
         ("GET", ["healthz"]) => "healthz",
         ("GET", ["readyz"]) => "readyz",
@@ -339,5 +339,7 @@ mod tests {
         assert!(ROUTES.contains(&route_of("GET", "/token/t/instance/i/node_info")));
         assert_eq!(route_of("GET", "/v1/values/tok"), "values");
         assert_eq!(route_of("POST", "/v1/values/tok"), "other");
+        assert_eq!(route_of("POST", "/v1/callback/tok"), "callback");
+        assert_eq!(route_of("POST", "/v1/callback/tok/uses/7"), "callback");
     }
 }

@@ -146,12 +146,23 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// What a join's report claims: the node, its providerID and the CSR its certificate came
-/// from (each checked against the cluster before anything is done for it).
+/// What a join's report claims: the node, its providerID, the CSR its certificate came from,
+/// and the use (slot) its values were given for, named by the callback URL those values
+/// carried (each checked against the cluster before anything is done for it).
 struct Claims<'a> {
     node: &'a str,
     provider_id: Option<&'a str>,
     csr: Option<&'a str>,
+    slot: Option<u32>,
+}
+
+/// A report's body, read up to [`MAX_REPORT`] (None beyond).
+async fn report_body(req: Request<Incoming>) -> Option<Bytes> {
+    http_body_util::Limited::new(req.into_body(), MAX_REPORT)
+        .collect()
+        .await
+        .ok()
+        .map(|b| b.to_bytes())
 }
 
 /// Whether `name` can be a CSR's name (a path segment: the kubelet's digested names are
@@ -207,14 +218,20 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let body = match http_body_util::Limited::new(req.into_body(), MAX_REPORT)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => return error(413, "body too large"),
+                let Some(body) = report_body(req).await else {
+                    return error(413, "body too large");
                 };
-                self.callback(token, &body, peer, caller).await
+                self.callback(token, None, &body, peer, caller).await
+            }
+            ("POST", ["v1", "callback", token, "uses", slot]) => {
+                let (token, slot) = ((*token).to_owned(), slot.parse::<u32>().ok());
+                if slot.is_none() {
+                    return error(404, "not found");
+                }
+                let Some(body) = report_body(req).await else {
+                    return error(413, "body too large");
+                };
+                self.callback(token, slot, &body, peer, caller).await
             }
             (method, ["files", ..]) => self.file(method, &path, peer).await,
             _ => error(404, "not found"),
@@ -371,10 +388,13 @@ impl Service {
         }
         self.metrics.token_use(metrics::Use::Served);
         tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), slot = taken.slot, free = taken.free, "openapi token used");
+        // The use is named in the URL the node reports to, so its report reads that one slot
+        // (checked against the CSR the node's certificate came from) instead of listing them.
         let callback = format!(
-            "{}/v1/callback/{}",
+            "{}/v1/callback/{}/uses/{}",
             self.cfg.public_url.trim_end_matches('/'),
-            parsed.expose()
+            parsed.expose(),
+            taken.slot
         );
         let values = self.answer(taken.record.values, &minted, &callback);
         if ack {
@@ -425,12 +445,15 @@ impl Service {
         values
     }
 
-    /// `POST /v1/callback/{token}`: join's report (restricted labels applied once the node
-    /// is proven to have joined through this token) and reset's (the Node deleted, when the
-    /// report is authenticated with the node's own client certificate).
+    /// `POST /v1/callback/{token}[/uses/{slot}]`: join's report (restricted labels applied
+    /// once the node is proven to have joined through this token) and reset's (the Node
+    /// deleted, when the report is authenticated with the node's own client certificate).
+    /// `slot` is the use the values were given for (callback URLs name it since values
+    /// answers do; without it, the token's uses are searched).
     async fn callback(
         &self,
         token: String,
+        slot: Option<u32>,
         body: &[u8],
         peer: SocketAddr,
         caller: Option<&str>,
@@ -457,11 +480,12 @@ impl Service {
                     node: &node,
                     provider_id: report["provider_id"].as_str(),
                     csr: report["csr"].as_str(),
+                    slot,
                 };
                 self.joined(&store, parsed.expose(), &claims).await
             }
             "removed" | "reset-incomplete" if valid_name && report["delete_node"] == true => {
-                let removal = self.remove_node(&store, parsed.expose(), &node, caller);
+                let removal = self.remove_node(&store, parsed.expose(), &node, slot, caller);
                 removal.await
             }
             _ => json!({"recorded": true}),
@@ -488,6 +512,7 @@ impl Service {
         store: &Store<'_>,
         token: &str,
         node: &str,
+        slot: Option<u32>,
         caller: Option<&str>,
     ) -> Value {
         let refused = |reason: &str| {
@@ -501,7 +526,7 @@ impl Service {
         if caller != Some(node) {
             return refused("the report is not authenticated with this node's client certificate");
         }
-        match store.became(token, node).await {
+        match store.became(token, node, slot).await {
             Ok(true) => {}
             Ok(false) => return refused("this node did not join through this openapi token"),
             Err(e) => return refused(&format!("the token's uses: {e}")),
@@ -525,62 +550,130 @@ impl Service {
         }
     }
 
-    /// The bootstrap token id of the use `node` came from: its kubelet CSR was made with a
-    /// bootstrap token minted for a use of this openapi token (CSRs in the API version of the
-    /// cluster's release). The CSR the report names is read (one GET); a report naming none
-    /// (the kubelet made its own CSR, or an older node-attach) has the CSRs listed instead.
+    /// The use `node` came from, with its slot: its kubelet CSR was made with the bootstrap
+    /// token minted for that use of this openapi token (CSRs in the API version of the
+    /// cluster's release). The CSR the report names is read (one GET), then the slot the
+    /// callback URL names (one GET by name); a report naming no CSR (the kubelet made its own)
+    /// has the CSRs listed, and one naming no slot (values given before slots were named) has
+    /// the token's uses listed instead.
     async fn joined_through(
         &self,
         store: &Store<'_>,
         token: &str,
         claims: &Claims<'_>,
-    ) -> Result<String, String> {
-        use crate::client::kube::objects::{Csr, List};
+    ) -> Result<(u32, store::Use), String> {
         let node = claims.node;
-        let subject = format!("system:node:{node}");
-        let of_node = |c: &Csr| csr_common_name(&c.spec.request).as_deref() == Some(&subject);
         let not_found = || {
             format!(
                 "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
             )
         };
-        let kube = &self.cfg.kube;
-        if let Some(name) = claims.csr.filter(|n| check_object_name(n)) {
-            let path = crate::client::kube::paths::csr(self.csr_api, name);
-            let csr: Csr = kube
-                .get_as(&path)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(not_found)?;
-            let id = csr
-                .spec
-                .username
-                .strip_prefix("system:bootstrap:")
-                .filter(|_| of_node(&csr));
-            let id = id.ok_or_else(not_found)?;
-            let found = store.use_of(token, id).await.map_err(|e| e.to_string())?;
-            return match found {
-                Some((_, u)) if u.node.as_deref().is_none_or(|n| n == node) => Ok(id.to_owned()),
-                _ => Err(not_found()),
-            };
+        let requester = match claims.csr.filter(|n| check_object_name(n)) {
+            Some(name) => Some(
+                self.csr_requester(name, node)
+                    .await?
+                    .ok_or_else(not_found)?,
+            ),
+            None => None,
+        };
+        let found = match (claims.slot, &requester) {
+            (Some(slot), _) => store.use_at(token, slot).await.map_err(|e| e.to_string())?,
+            (None, Some(id)) => store.use_of(token, id).await.map_err(|e| e.to_string())?,
+            (None, None) => None,
+        };
+        let found = match (found, requester) {
+            (Some(found), Some(id)) => (found.1.bootstrap_id == id).then_some(found),
+            // The kubelet made its own CSR: one made by this use's token, for this node.
+            (Some(found), None) => {
+                let ids = std::slice::from_ref(&found.1.bootstrap_id);
+                let made = self.csr_made_by(ids, node).await?;
+                made.is_some().then_some(found)
+            }
+            (None, Some(_)) => None,
+            (None, None) => return self.search_uses(store, token, node).await,
+        };
+        match found {
+            Some((slot, u)) if u.node.as_deref().is_none_or(|n| n == node) => Ok((slot, u)),
+            _ => Err(not_found()),
         }
+    }
+
+    /// The bootstrap token id that made the CSR `name`, if it is a kubelet client CSR for
+    /// `node` made with a bootstrap token; `Ok(None)` when it is absent or not so.
+    async fn csr_requester(&self, name: &str, node: &str) -> Result<Option<String>, String> {
+        use crate::client::kube::objects::Csr;
+        let path = crate::client::kube::paths::csr(self.csr_api, name);
+        let csr: Option<Csr> = self
+            .cfg
+            .kube
+            .get_as(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let subject = format!("system:node:{node}");
+        Ok(csr
+            .filter(|c| csr_common_name(&c.spec.request).as_deref() == Some(&subject))
+            .and_then(|c| {
+                let id = c.spec.username.strip_prefix("system:bootstrap:")?;
+                Some(id.to_owned())
+            }))
+    }
+
+    /// Whether a kubelet client CSR for `node` was made by one of these bootstrap token ids
+    /// (one list of the CSRs): the id that made it.
+    async fn csr_made_by(&self, ids: &[String], node: &str) -> Result<Option<String>, String> {
+        use crate::client::kube::objects::{Csr, List};
         let path = crate::client::kube::paths::csrs(self.csr_api);
-        let csrs: Option<List<Csr>> = kube.get_as(&path).await.map_err(|e| e.to_string())?;
+        let csrs: Option<List<Csr>> = self
+            .cfg
+            .kube
+            .get_as(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let subject = format!("system:node:{node}");
+        let users: Vec<String> = ids
+            .iter()
+            .map(|i| format!("system:bootstrap:{i}"))
+            .collect();
+        Ok(csrs
+            .into_iter()
+            .flat_map(|l| l.items)
+            .find(|c| {
+                users.contains(&c.spec.username)
+                    && csr_common_name(&c.spec.request).as_deref() == Some(&subject)
+            })
+            .map(|c| {
+                c.spec
+                    .username
+                    .trim_start_matches("system:bootstrap:")
+                    .to_owned()
+            }))
+    }
+
+    /// Neither a CSR nor a slot named: the token's unreported uses, and a CSR for `node` made
+    /// by one of their tokens.
+    async fn search_uses(
+        &self,
+        store: &Store<'_>,
+        token: &str,
+        node: &str,
+    ) -> Result<(u32, store::Use), String> {
         let unreported = store
             .unreported_uses(token)
             .await
             .map_err(|e| e.to_string())?;
-        let minted: Vec<String> = unreported
+        let ids: Vec<String> = unreported
             .iter()
-            .map(|u| format!("system:bootstrap:{}", u.bootstrap_id))
+            .map(|(_, u)| u.bootstrap_id.clone())
             .collect();
-        let made_by_use = csrs
+        let made = self.csr_made_by(&ids, node).await?;
+        unreported
             .into_iter()
-            .flat_map(|l| l.items)
-            .find(|c| minted.contains(&c.spec.username) && of_node(c));
-        let csr = made_by_use.ok_or_else(not_found)?;
-        let id = csr.spec.username.trim_start_matches("system:bootstrap:");
-        Ok(id.to_owned())
+            .find(|(_, u)| made.as_deref() == Some(u.bootstrap_id.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "no kubelet CSR for {node} was made with a bootstrap token of this openapi token"
+                )
+            })
     }
 
     /// Applies the token's restricted labels to `node` if, and only if, that node's kubelet
@@ -604,7 +697,7 @@ impl Service {
                 .unwrap_or_default(),
         );
         let (_, restricted) = labels.split_by_class();
-        let requester = self.joined_through(store, token, claims).await?;
+        let (slot, used) = self.joined_through(store, token, claims).await?;
         let registered = self.cfg.kube.node(node).await.map_err(|e| e.to_string())?;
         let registered = registered.ok_or("the Node is not registered yet")?;
         if provider_id.is_some() && registered.spec.provider_id.as_deref() != provider_id {
@@ -622,7 +715,7 @@ impl Service {
             tracing::info!(node = %node, labels = %restricted.to_flag_value(), "applied restricted labels");
         }
         store
-            .record_node(token, &requester, node)
+            .record_node(token, slot, used, node)
             .await
             .map_err(|e| format!("recording the node: {e}"))?;
         Ok(!restricted.is_empty())

@@ -15,7 +15,10 @@
 //! on a 300-join burst cost 1294 conflicts). Each replica learns the slots taken with one list
 //! per token, then picks free slots at random (so replicas rarely meet on one) and treats a 409
 //! as "taken meanwhile". The slots name their token Secret as owner: deleting the token deletes
-//! its uses.
+//! its uses. The values of a use carry a callback URL naming its slot, so a node's reports read
+//! that one slot by name ([`Store::use_at`]) rather than listing the token's slots by label (a
+//! list filters the whole namespace, and under a 500-join burst the real API server answered
+//! such lists 500).
 
 use crate::client::kube::{Kube, KubeError};
 use base64::engine::general_purpose::STANDARD;
@@ -151,6 +154,11 @@ pub struct Store<'a> {
 
 fn short_hash(hash: &str) -> &str {
     &hash[..20]
+}
+
+/// The Secret of use `slot` of the token whose SHA-256 is `hash`.
+fn slot_name(hash: &str, slot: u32) -> String {
+    format!("node-attach-use-{}-{slot}", short_hash(hash))
 }
 
 /// A random index below `n` (n > 0).
@@ -312,7 +320,7 @@ impl Store<'_> {
         slot: u32,
         used: &Use,
     ) -> Result<bool, StoreError> {
-        let name = format!("node-attach-use-{}-{slot}", short_hash(&record.hash));
+        let name = slot_name(&record.hash, slot);
         let mut metadata = json!({
             "name": name, "namespace": self.namespace,
             "labels": {OWNER_LABEL: "node-attach", "node-attach.io/kind": "openapi-use",
@@ -361,44 +369,56 @@ impl Store<'_> {
             .find(|(_, u)| u.bootstrap_id == bootstrap_id))
     }
 
-    /// The uses of this token that have not reported a node yet.
-    pub async fn unreported_uses(&self, token: &str) -> Result<Vec<Use>, StoreError> {
-        let all = self.list_uses(&token_hash(token), "").await?;
-        Ok(all
-            .into_iter()
-            .map(|(_, u)| u)
-            .filter(|u| u.node.is_none())
-            .collect())
+    /// The use in slot `slot` of this token, with its slot (one read by name); None when that
+    /// slot is free.
+    pub async fn use_at(&self, token: &str, slot: u32) -> Result<Option<(u32, Use)>, StoreError> {
+        let name = slot_name(&token_hash(token), slot);
+        let secret = self.kube.get(&self.path(&name)).await?;
+        Ok(secret.as_ref().and_then(decode_use).map(|u| (slot, u)))
     }
 
-    /// Whether a use of this token became `node`.
-    pub async fn became(&self, token: &str, node: &str) -> Result<bool, StoreError> {
-        let selector = format!("{NODE_LABEL}={}", short_hash(&token_hash(node)));
-        let found = self.list_uses(&token_hash(token), &selector).await?;
+    /// The uses of this token that have not reported a node yet, with their slots.
+    pub async fn unreported_uses(&self, token: &str) -> Result<Vec<(u32, Use)>, StoreError> {
+        let all = self.list_uses(&token_hash(token), "").await?;
+        Ok(all.into_iter().filter(|(_, u)| u.node.is_none()).collect())
+    }
+
+    /// Whether a use of this token became `node`: the use in `slot` when the report names it
+    /// (one read), else any (a list by the node's label).
+    pub async fn became(
+        &self,
+        token: &str,
+        node: &str,
+        slot: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let found = match slot {
+            Some(slot) => self.use_at(token, slot).await?.into_iter().collect(),
+            None => {
+                let selector = format!("{NODE_LABEL}={}", short_hash(&token_hash(node)));
+                self.list_uses(&token_hash(token), &selector).await?
+            }
+        };
         Ok(found.iter().any(|(_, u)| u.node.as_deref() == Some(node)))
     }
 
-    /// Remembers which node the use that minted `bootstrap_id` became (only that node's
+    /// Remembers which node the use in `slot` (as read: `found`) became (only that node's
     /// report writes its slot, so no update contends).
     pub async fn record_node(
         &self,
         token: &str,
-        bootstrap_id: &str,
+        slot: u32,
+        mut found: Use,
         node: &str,
     ) -> Result<(), StoreError> {
-        let Some((slot, mut found)) = self.use_of(token, bootstrap_id).await? else {
-            return Ok(());
-        };
         if found.node.as_deref() == Some(node) {
             return Ok(());
         }
         found.node = Some(node.to_owned());
-        let short = short_hash(&token_hash(token)).to_owned();
         let patch = json!({
             "metadata": {"labels": {NODE_LABEL: short_hash(&token_hash(node))}},
             "data": {"use": STANDARD.encode(serde_json::to_vec(&found).unwrap_or_default())},
         });
-        let name = format!("node-attach-use-{short}-{slot}");
+        let name = slot_name(&token_hash(token), slot);
         self.kube.merge_patch(&self.path(&name), &patch).await?;
         Ok(())
     }
@@ -412,7 +432,7 @@ impl Store<'_> {
         slot: u32,
     ) -> Result<(), StoreError> {
         let hash = token_hash(token);
-        let name = format!("node-attach-use-{}-{slot}", short_hash(&hash));
+        let name = slot_name(&hash, slot);
         let existing = self.kube.get(&self.path(&name)).await?;
         let ours = existing
             .as_ref()
