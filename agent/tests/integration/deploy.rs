@@ -242,6 +242,26 @@ fn check_rights(sa: &Path, cwd: &Path) {
     ] {
         assert_eq!(can(args), want, "can-i {args:?}");
     }
+    // The watch on cluster-info (by name, as serve opens it) is allowed.
+    let watched = kubectl_as(
+        sa,
+        cwd,
+        &[
+            "-n",
+            "kube-public",
+            "get",
+            "configmap",
+            "cluster-info",
+            "--watch",
+            "--request-timeout=3s",
+        ],
+        "",
+    );
+    assert!(
+        !text(&watched).to_lowercase().contains("forbidden"),
+        "{}",
+        text(&watched)
+    );
     let rbac = "apiVersion: rbac.authorization.k8s.io/v1";
     let objects = [
         format!("{rbac}\nkind: ClusterRole\nmetadata: {{name: node-attach-test-get-nodes}}\nrules:\n- {{apiGroups: [''], resources: [nodes], verbs: [get]}}\n"),

@@ -584,3 +584,33 @@ fn a_retried_values_request_gets_the_same_use() {
         .count();
     assert_eq!(slots, 2);
 }
+
+/// A use's bootstrap token is signed into cluster-info some time after it is minted: the values
+/// answer waits for that (one watch of cluster-info per replica), so the node's discovery finds
+/// the signature at its first read instead of reading again until it appears.
+#[test]
+fn a_values_answer_waits_until_its_token_signs_cluster_info() {
+    let cp = control_plane_with(Options {
+        signing_delay: Duration::from_millis(1500),
+        ..Options::default()
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 1, &[]);
+    let ca = dir.path().join("ca.pem");
+    let before = cp.requests().len();
+    let _node = join_through(&service, &token, &ca, "signed-first-1");
+    let anonymous_reads = cp.requests()[before..]
+        .iter()
+        .filter(|r| r.user == "system:anonymous" && r.path.ends_with("/configmaps/cluster-info"))
+        .count();
+    assert_eq!(
+        anonymous_reads, 1,
+        "one read of cluster-info, already signed"
+    );
+    let watches = cp
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/kube-public/configmaps") && r.query.contains("watch=true"))
+        .count();
+    assert!(watches >= 1, "the service watches cluster-info");
+}

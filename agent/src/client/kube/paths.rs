@@ -42,6 +42,18 @@ pub fn config_map(namespace: &str, name: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/configmaps/{name}")
 }
 
+/// A watch on one ConfigMap, from a resourceVersion, ending server-side after `seconds`.
+pub fn config_map_watch(
+    namespace: &str,
+    name: &str,
+    resource_version: &str,
+    seconds: u64,
+) -> String {
+    format!(
+        "/api/v1/namespaces/{namespace}/configmaps?watch=true&fieldSelector=metadata.name%3D{name}&resourceVersion={resource_version}&timeoutSeconds={seconds}"
+    )
+}
+
 /// The Secrets of a namespace.
 pub fn secrets(namespace: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/secrets")

@@ -19,6 +19,7 @@
 pub mod files;
 pub mod identity;
 pub mod metrics;
+pub mod signatures;
 pub mod store;
 
 use crate::client::kube::Kube;
@@ -105,6 +106,8 @@ struct Service {
     slots: store::Slots,
     /// Values answers by token and request id ([`Service::values_once`]).
     answers: Mutex<HashMap<String, Answer>>,
+    /// The token ids cluster-info is signed for ([`signatures`]).
+    signatures: signatures::Signatures,
 }
 
 /// A values answer being made or made: when asked first, and the content type and body.
@@ -385,6 +388,18 @@ impl Service {
                 tracing::warn!(token = short, "the use stays counted: {e}");
             }
             return error(503, "the values service cannot reach the cluster");
+        }
+        // The node's first read of cluster-info then finds the token's signature.
+        if !self
+            .signatures
+            .wait_for(minted.id(), signatures::SIGNATURE_WAIT)
+            .await
+        {
+            tracing::info!(
+                token = short,
+                bootstrap_id = minted.id(),
+                "cluster-info not yet signed for the minted token; answering anyway"
+            );
         }
         self.metrics.token_use(metrics::Use::Served);
         tracing::info!(token = short, peer = %peer.ip(), instance = %instance, bootstrap_id = minted.id(), slot = taken.slot, free = taken.free, "openapi token used");
@@ -843,7 +858,10 @@ pub async fn run(
         metrics: metrics::Metrics::default(),
         slots: store::Slots::default(),
         answers: Mutex::new(HashMap::new()),
+        signatures: signatures::Signatures::default(),
     });
+    let follower = service.clone();
+    tokio::spawn(async move { follower.signatures.follow(&follower.cfg.kube).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     loop {
