@@ -75,9 +75,7 @@ impl Target {
     fn mark(&self) -> usize {
         match self {
             Target::Standin(cp) => cp.request_count(),
-            Target::Real(dir) => std::fs::read_to_string(dir.join("audit.log"))
-                .map(|t| t.lines().count())
-                .unwrap_or(0),
+            Target::Real(dir) => audit_text(dir).lines().count(),
         }
     }
     fn since(&self, mark: usize) -> Vec<Logged> {
@@ -92,7 +90,7 @@ impl Target {
                 })
                 .collect(),
             Target::Real(dir) => {
-                let text = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
+                let text = audit_text(dir);
                 text.lines()
                     .skip(mark)
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -124,6 +122,29 @@ impl Target {
             Target::Real(_) => 0,
         }
     }
+}
+
+/// The real API server's whole audit log: the files it rotated away at 100 MiB
+/// (`audit-<time>.log`, in the order of their names, which is their order), then `audit.log`.
+/// A 1000-join burst writes more than one file's worth.
+fn audit_text(dir: &Path) -> String {
+    let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    name.starts_with("audit-") && name.ends_with(".log")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rotated.sort();
+    rotated.push(dir.join("audit.log"));
+    rotated
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
 }
 
 fn read(p: &Path) -> String {
