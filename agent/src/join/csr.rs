@@ -324,6 +324,7 @@ async fn watch_once(
 ) -> Result<Watched, Failure> {
     let name = created.csr.metadata.name.as_str();
     let path = paths::csr_watch(created.version, name, rv, period.as_secs().max(1));
+    let opened = Instant::now();
     let watched = kube
         .watch(&path, period, |e: &WatchEvent<Csr>| match e.kind.as_str() {
             "DELETED" => Some(Verdict::Deleted),
@@ -342,7 +343,16 @@ async fn watch_once(
     match watched {
         Ok(Some(Verdict::Resync)) => Ok(Watched::Expired),
         Ok(Some(v)) => Ok(conclude(name, v).map_or(Watched::Ended, Watched::Concluded)),
-        Ok(None) => Ok(Watched::Ended),
+        Ok(None) => {
+            let lasted = opened.elapsed();
+            if lasted < period {
+                tracing::info!(
+                    lasted_ms = lasted.as_millis() as u64,
+                    "the server ended the watch on the CSR {name} early; watching again"
+                );
+            }
+            Ok(Watched::Ended)
+        }
         Err(e) if e.is_tls() => {
             Err(e.failure(Code::Bootstrap, &format!("watching the CSR {name}")))
         }

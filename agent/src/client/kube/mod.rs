@@ -474,7 +474,14 @@ impl Kube {
         loop {
             let chunk = match self.http.next_chunk(&target.shown, &mut response).await {
                 Ok(Some(c)) => c,
-                Ok(None) | Err(HttpError::Timeout { .. }) => return Ok(None),
+                Ok(None) => {
+                    tracing::debug!(path, "the server ended the watch");
+                    return Ok(None);
+                }
+                Err(HttpError::Timeout { .. }) => {
+                    tracing::debug!(path, "the watch reached its deadline");
+                    return Ok(None);
+                }
                 Err(e) => return Err(e.into()),
             };
             buf.extend_from_slice(&chunk);

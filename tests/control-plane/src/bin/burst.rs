@@ -235,7 +235,14 @@ struct Join {
     ended: Option<(Duration, bool)>,
 }
 
-fn spawn_join(bin: &Path, target: &Target, serve: Option<&Serve>, dir: &Path, name: &str) -> Join {
+fn spawn_join(
+    bin: &Path,
+    target: &Target,
+    serve: Option<&Serve>,
+    dir: &Path,
+    name: &str,
+    verbose: bool,
+) -> Join {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("root");
     let root_s = root.display().to_string();
@@ -246,6 +253,7 @@ fn spawn_join(bin: &Path, target: &Target, serve: Option<&Serve>, dir: &Path, na
         .spawn()
         .expect("kubelet stand-in");
     let mut cmd = Command::new(bin);
+    cmd.args(verbose.then_some("-v"));
     cmd.args(["join", "--root", &root_s, "--node-name", name]);
     cmd.args(["--node-wait-timeout", "600s", "--output", "json"]);
     match serve {
@@ -358,6 +366,7 @@ fn burst(a: &Args, target: &Target, scenario: &str, n: usize, shed: u64) -> Row 
             serve.as_ref(),
             &scratch.join(alone_at),
             &format!("burst-{tag}-{n}-{alone_at}"),
+            a.verbose,
         )];
         wait_all(&mut alone);
         assert!(
@@ -382,6 +391,7 @@ fn burst(a: &Args, target: &Target, scenario: &str, n: usize, shed: u64) -> Row 
                 serve.as_ref(),
                 &scratch.join(i.to_string()),
                 &name,
+                a.verbose,
             )
         })
         .collect();
@@ -440,6 +450,8 @@ struct Args {
     real: Option<PathBuf>,
     keep: bool,
     shed_only: bool,
+    /// Each join logs at info (`-v`) into its err.log (with `--keep`: what its retries met).
+    verbose: bool,
 }
 
 fn parse_args() -> Args {
@@ -453,6 +465,7 @@ fn parse_args() -> Args {
         real: None,
         keep: false,
         shed_only: false,
+        verbose: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -469,11 +482,13 @@ fn parse_args() -> Args {
             "--shed" => a.shed = value().parse().expect("seconds"),
             "--real" => a.real = Some(PathBuf::from(value())),
             "--keep" => a.keep = true,
+            "--verbose" => a.verbose = true,
             "--shed-only" => a.shed_only = true,
             _ => {
                 eprintln!(
                     "usage: burst [--node-attach PATH] [--sizes 100,500,1000] \
-                     [--scenarios direct,serve] [--shed SECONDS] [--shed-only] [--real DIR] [--keep]"
+                     [--scenarios direct,serve] [--shed SECONDS] [--shed-only] [--real DIR] [--keep] \
+                     [--verbose]"
                 );
                 std::process::exit(2);
             }
