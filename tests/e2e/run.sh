@@ -50,7 +50,10 @@
 #                               E2E_PEER_RUNS (default 5) runs each, and each run's timeline
 #                               (audit log, the kubelet's journal, node-attach's phase events, the
 #                               Ready condition's messages); JSON in E2E_PEERS_JSON (default
-#                               target/bench/peers.json) and a table on stdout
+#                               target/bench/peers.json) and a table on stdout; with
+#                               E2E_PEERS_BASELINE=BINARY a third peer, that node-attach binary,
+#                               in every run beside the others (a before → after under the same
+#                               load)
 #
 # What the guest gets before the join, standing in for an image builder and a CNI daemonset (the
 # "prelude", a shell part run by cloud-init before the form): the test CA in the system store; the
@@ -84,9 +87,10 @@
 # every wait polls a condition with a deadline. Cleanup stops exactly what this run started
 # (processes by PID, containers by name, netns by name via cluster.sh unlink/down, cgroups).
 # Knobs: E2E_CACHE (image cache, default /var/cache/node-attach-e2e), E2E_FORMS, E2E_PEER_RUNS,
-# E2E_PEERS_JSON, E2E_KUBELET_ARGS (--peers only, for diagnosis: extra kubelet flags such as
-# --v=4, through /etc/default/kubelet), E2E_PEERS_IMDS=reject (--peers only: 169.254.169.254
-# refused at once in the guests, instead of dropped), E2E_MIRROR (default: this machine's apt sources), E2E_KEEP=1 (keep the run
+# E2E_PEERS_JSON, E2E_PEERS_BASELINE (see --peers), E2E_KUBELET_ARGS (--peers only, for
+# diagnosis: extra kubelet flags such as --v=4, through /etc/default/kubelet),
+# E2E_PEERS_IMDS=reject (--peers only: 169.254.169.254 refused at once in the guests instead of
+# dropped), E2E_MIRROR (default: this machine's apt sources), E2E_KEEP=1 (keep the run
 # directory).
 set -Eeuo pipefail
 # The whole script is one compound command, read before it runs: editing the file mid-run
@@ -112,6 +116,7 @@ CACHE=${E2E_CACHE:-/var/cache/node-attach-e2e}
 FORMS=${E2E_FORMS:-manual-add scale-out autoscaler manual-add.yaml plain}
 PEER_RUNS=${E2E_PEER_RUNS:-5}
 PEERS_JSON=${E2E_PEERS_JSON:-$REPO/target/bench/peers.json}
+PEERS_BASELINE=${E2E_PEERS_BASELINE:-}
 BIN=$REPO/target/x86_64-unknown-linux-musl/release/node-attach
 POD_IMAGE=e2e.node-attach.test/busybox:1
 # kubeadm 1.20's sandbox image (imageRepository k8s.gcr.io), which node-attach configures; and
@@ -164,6 +169,7 @@ KNOWN=()
 known() { KNOWN+=("$*"); log "KNOWN  $*"; }
 
 [ -x "$BIN" ] || die "$BIN is missing: run make static (make e2e does)"
+[ -z "$PEERS_BASELINE" ] || [ -x "$PEERS_BASELINE" ] || die "E2E_PEERS_BASELINE=$PEERS_BASELINE is not an executable file"
 K8S_BIN=$(bash "$REPO/tests/kubernetes/build.sh" --print 2>/dev/null) ||
   die "the real Kubernetes 1.20.2 binaries are not built: run  bash tests/kubernetes/build.sh  (as root; ~20 min cold, then cached)"
 for b in kubelet kubeadm; do [ -x "$K8S_BIN/$b" ] || die "$K8S_BIN/$b is missing"; done
@@ -519,6 +525,10 @@ cp "$BIN" "$WWW/node-attach-linux-amd64"
 "$BIN" artifacts sign --key "$RUNROOT/signing.pem" "$WWW/node-attach-linux-amd64" >/dev/null
 if [ -n "$PLAIN_TREE" ]; then make_mirrors; fi
 for b in kubelet kubeadm; do ln "$K8S_BIN/$b" "$WWW/$b" 2>/dev/null || cp "$K8S_BIN/$b" "$WWW/$b"; done
+if [ "$MODE" = peers ] && [ -n "$PEERS_BASELINE" ]; then
+  cp "$PEERS_BASELINE" "$WWW/node-attach-baseline"
+  (cd "$WWW" && sha256sum node-attach-baseline > node-attach-baseline.sha256)
+fi
 # The serving certificate, for the address guests reach the cluster netns at (NS_IP: every link's
 # gateway routes to it), signed by a CA of this run; guests get the CA through the seed.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=node-attach e2e CA" \
@@ -705,11 +715,14 @@ systemctl enable kubelet 2>/dev/null
 # kubeadm's documented prerequisites ("Letting iptables see bridged traffic", IP forwarding).
 sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 SH
-  elif [ "$peer" = node-attach ]; then
+  elif [ -n "$peer" ]; then
+    # node-attach (or the baseline binary under comparison), checked against its digest as
+    # attach.sh does.
+    local file=node-attach-linux-amd64
+    [ "$peer" != node-attach-baseline ] || file="node-attach-baseline"
     cat <<SH
-# node-attach, checked against its digest as attach.sh does.
-curl -fsS --retry 5 --retry-connrefused "$SERVE_URL/files/node-attach-linux-amd64.sha256" -o /tmp/na.sha256
-fetch node-attach-linux-amd64 /usr/local/bin/node-attach
+curl -fsS --retry 5 --retry-connrefused "$SERVE_URL/files/$file.sha256" -o /tmp/na.sha256
+fetch $file /usr/local/bin/node-attach
 [ "\$(cut -d' ' -f1 /tmp/na.sha256)" = "\$(sha256sum /usr/local/bin/node-attach | cut -d' ' -f1)" ]
 SH
   fi
@@ -1438,6 +1451,7 @@ PY
   for run in $(seq 1 "$PEER_RUNS"); do
     peer_measure node-attach "$run"
     peer_measure kubeadm "$run"
+    if [ -n "$PEERS_BASELINE" ]; then peer_measure node-attach-baseline "$run"; fi
   done
   mkdir -p "$(dirname "$PEERS_JSON")"
   python3 - "$PEERS_JSON" "$VERSION" "$PEER_RUNS" "$PEER_DIR" <<'PY'
@@ -1469,12 +1483,13 @@ doc = {"kubernetes": version, "runs": runs,
                 "kubelet_cpu_to_ready_ms": "CPU of kubelet.service (cpuacct.usage of its cgroup) when Ready was seen; for kubeadm the kubelet also does the TLS bootstrap",
                 "timeline": "per sample: ms from the join command; api = audit log (completion), kubelet = its journal (first occurrence), node-attach = its --output json phase events, systemd = the kubelet's start"},
        "medians": {}, "min": {}, "max": {}, "samples": samples}
-for peer in ("node-attach", "kubeadm"):
+peers = [p for p in ("node-attach", "kubeadm", "node-attach-baseline") if any(x["peer"] == p for x in samples)]
+for peer in peers:
     s = [x for x in samples if x["peer"] == peer]
     for agg, f in (("medians", statistics.median), ("min", min), ("max", max)):
         doc[agg][peer] = {k: f(v) if (v := [x[k] for x in s if x.get(k) is not None]) else None for k in keys}
 doc["missed_early_status"] = {peer: sum(1 for x in samples if x["peer"] == peer and (x.get("run_to_ready_write_ms") or 0) > 5000)
-                               for peer in ("node-attach", "kubeadm")}
+                               for peer in peers}
 na, ka = doc["medians"]["node-attach"], doc["medians"]["kubeadm"]
 doc["goals"] = {
     "kubelet_start_to_ready_ms <= 3000": na["kubelet_start_to_ready_ms"] is not None and na["kubelet_start_to_ready_ms"] <= 3000,
@@ -1484,17 +1499,21 @@ with open(out, "w") as f:
     json.dump(doc, f, indent=2)
     f.write("\n")
 print(f"node-attach vs kubeadm join, Kubernetes {version}, same image and control plane (medians of {runs} runs)")
-print(f"{'metric':<36} {'node-attach':>12} {'kubeadm':>12} {'ratio':>8}")
+base = doc["medians"].get("node-attach-baseline")
+print(f"{'metric':<36} {'node-attach':>12} {'kubeadm':>12} {'ratio':>8}" + (f" {'baseline':>12} {'ratio':>8}" if base else ""))
 fmt = lambda v: "-" if v is None else f"{v:g}"
+ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"
 for k in keys:
-    ratio = f"{na[k] / ka[k]:.2f}" if na[k] is not None and ka[k] else "-"
-    print(f"{k:<36} {fmt(na[k]):>12} {fmt(ka[k]):>12} {ratio:>8}")
+    row = f"{k:<36} {fmt(na[k]):>12} {fmt(ka[k]):>12} {ratio(na[k], ka[k]):>8}"
+    if base:
+        row += f" {fmt(base[k]):>12} {ratio(na[k], base[k]):>8}"
+    print(row)
 lo, hi = doc["min"], doc["max"]
 for k in ("wall_to_ready_ms", "kubelet_start_to_ready_ms"):
-    print(f"{k} min..max: node-attach {fmt(lo['node-attach'][k])}..{fmt(hi['node-attach'][k])}, "
-          f"kubeadm {fmt(lo['kubeadm'][k])}..{fmt(hi['kubeadm'][k])}")
+    print(f"{k} min..max: " + ", ".join(f"{p} {fmt(lo[p][k])}..{fmt(hi[p][k])}" for p in peers))
 m = doc["missed_early_status"]
-print(f"Ready with a 10 s status tick (the kubelet's early writes not Ready): node-attach {m['node-attach']} of {runs}, kubeadm {m['kubeadm']} of {runs}")
+print("Ready with a 10 s status tick (the kubelet's early writes not Ready): "
+      + ", ".join(f"{p} {m[p]} of {runs}" for p in peers))
 for goal, met in doc["goals"].items():
     print(f"goal {goal}: {'met' if met else 'NOT met'}")
 print(f"(written to {out}; each run's timeline is printed above and kept in its sample)")
