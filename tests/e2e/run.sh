@@ -1273,7 +1273,7 @@ for line in open(journal, errors="replace"):
             if needle == "] Started kubelet":
                 run_at = t
 # node-attach's phase events (elapsed from its own start, just after t0).
-if peer == "node-attach":
+if peer.startswith("node-attach"):
     for line in open(join_log, errors="replace"):
         try:
             e = json.loads(line)
