@@ -174,7 +174,7 @@ impl<'a> Applier<'a> {
     pub fn enter(&mut self, phase: &str) -> Result<(), ApplyError> {
         self.phase = phase.to_owned();
         if let Some(j) = &mut self.journal {
-            j.phase(phase, "started")?;
+            j.phase(phase, journal::PHASE_STARTED)?;
         }
         Ok(())
     }
@@ -266,25 +266,35 @@ impl<'a> Applier<'a> {
         if missing.is_empty() {
             return Ok(Outcome::Unchanged);
         }
-        for p in missing.into_iter().rev() {
-            // Missing parents get the usual 0755; only the directory asked for gets `mode`.
-            let m = if p == path { mode } else { 0o755 };
-            let target = p.display().to_string();
-            if self.dry_run() {
-                self.planned.insert(p.clone());
-                self.record("dir", target, format!("{m:o}"), Outcome::WouldChange);
-                continue;
+        missing.reverse();
+        // Missing parents get the usual 0755; only the directory asked for gets `mode`.
+        let mode_of = |p: &Path| if p == path { mode } else { 0o755 };
+        let Some(journal) = self.journal.as_mut() else {
+            for p in missing {
+                let detail = format!("{:o}", mode_of(&p));
+                let target = p.display().to_string();
+                self.planned.insert(p);
+                self.record("dir", target, detail, Outcome::WouldChange);
             }
-            self.journaled(Change::Dir { path: p.clone() }, |fx| {
-                Ok(fx.root.mkdir_all(&p, m)?)
-            })?;
-            self.record("dir", target, format!("{m:o}"), Outcome::Changed);
+            return Ok(Outcome::WouldChange);
+        };
+        // The whole chain is recorded (one sync) before the first directory is made.
+        let seqs = journal.begin_each(missing.iter().map(|p| Change::Dir { path: p.clone() }))?;
+        for (p, seq) in missing.into_iter().zip(seqs) {
+            let m = mode_of(&p);
+            self.effects.root.mkdir_all(&p, m)?;
+            self.journal
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("applying"))
+                .done(seq)?;
+            self.record(
+                "dir",
+                p.display().to_string(),
+                format!("{m:o}"),
+                Outcome::Changed,
+            );
         }
-        Ok(if self.dry_run() {
-            Outcome::WouldChange
-        } else {
-            Outcome::Changed
-        })
+        Ok(Outcome::Changed)
     }
 
     /// Writes a file with exactly `mode`; parents are created 0755. `secret` hides the contents
