@@ -250,26 +250,13 @@ impl<'a> Applier<'a> {
 
     /// Ensures a directory (and missing parents) exist, new ones with `mode`.
     pub fn dir(&mut self, path: &Path, mode: u32) -> Result<Outcome, ApplyError> {
-        let root = &self.effects.root;
-        let mut missing = Vec::new();
-        let mut cur = Some(path);
-        while let Some(p) = cur {
-            if p == Path::new("/") || self.planned.contains(p) {
-                break;
-            }
-            match root.inspect(p)? {
-                Existing::Absent => missing.push(p.to_path_buf()),
-                _ => break,
-            }
-            cur = p.parent();
-        }
+        let missing = self.missing_dirs(path)?;
         if missing.is_empty() {
             return Ok(Outcome::Unchanged);
         }
-        missing.reverse();
         // Missing parents get the usual 0755; only the directory asked for gets `mode`.
         let mode_of = |p: &Path| if p == path { mode } else { 0o755 };
-        let Some(journal) = self.journal.as_mut() else {
+        if self.dry_run() {
             for p in missing {
                 let detail = format!("{:o}", mode_of(&p));
                 let target = p.display().to_string();
@@ -277,9 +264,45 @@ impl<'a> Applier<'a> {
                 self.record("dir", target, detail, Outcome::WouldChange);
             }
             return Ok(Outcome::WouldChange);
-        };
-        // The whole chain is recorded (one sync) before the first directory is made.
-        let seqs = journal.begin_each(missing.iter().map(|p| Change::Dir { path: p.clone() }))?;
+        }
+        self.make_dirs(missing, mode_of, None)?;
+        Ok(Outcome::Changed)
+    }
+
+    /// The directories missing on the way to `path`, itself included, outermost first.
+    fn missing_dirs(&self, path: &Path) -> Result<Vec<PathBuf>, ApplyError> {
+        let mut missing = Vec::new();
+        let mut cur = Some(path);
+        while let Some(p) = cur {
+            if p == Path::new("/") || self.planned.contains(p) {
+                break;
+            }
+            match self.effects.root.inspect(p)? {
+                Existing::Absent => missing.push(p.to_path_buf()),
+                _ => break,
+            }
+            cur = p.parent();
+        }
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// Makes the `missing` directories, outermost first. They are recorded, and with them the
+    /// change `then` that needs them, before the first is made (one sync for all); returns
+    /// `then`'s sequence number. Only when applying.
+    fn make_dirs(
+        &mut self,
+        missing: Vec<PathBuf>,
+        mode_of: impl Fn(&Path) -> u32,
+        then: Option<Change>,
+    ) -> Result<Option<u64>, ApplyError> {
+        let journal = self
+            .journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("only called when applying"));
+        let changes = missing.iter().map(|p| Change::Dir { path: p.clone() });
+        let mut seqs = journal.begin_each(changes.chain(then))?;
+        let then_seq = (seqs.len() > missing.len()).then(|| seqs.pop()).flatten();
         for (p, seq) in missing.into_iter().zip(seqs) {
             let m = mode_of(&p);
             self.effects.root.mkdir_all(&p, m)?;
@@ -294,7 +317,7 @@ impl<'a> Applier<'a> {
                 Outcome::Changed,
             );
         }
-        Ok(Outcome::Changed)
+        Ok(then_seq)
     }
 
     /// Writes a file with exactly `mode`; parents are created 0755. `secret` hides the contents
@@ -306,10 +329,19 @@ impl<'a> Applier<'a> {
         bytes: &[u8],
         secret: bool,
     ) -> Result<Outcome, ApplyError> {
-        if let Some(parent) = path.parent() {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        if self.dry_run() {
             self.dir(parent, 0o755)?;
         }
-        let existing = self.effects.root.inspect(path)?;
+        // Missing parents (0755) are recorded with the file, in one sync.
+        let missing = match self.dry_run() {
+            true => Vec::new(),
+            false => self.missing_dirs(parent)?,
+        };
+        let existing = match missing.is_empty() {
+            true => self.effects.root.inspect(path)?,
+            false => Existing::Absent,
+        };
         let target = path.display().to_string();
         if let Existing::File {
             bytes: old,
@@ -376,14 +408,18 @@ impl<'a> Applier<'a> {
             }
             _ => None,
         };
-        let p = path.to_path_buf();
-        self.journaled(
-            Change::File {
-                path: p.clone(),
-                prior,
-            },
-            |fx| Ok(fx.root.write_atomic(&p, bytes, mode)?),
-        )?;
+        let change = Change::File {
+            path: path.to_path_buf(),
+            prior,
+        };
+        let seq = self
+            .make_dirs(missing, |_| 0o755, Some(change))?
+            .unwrap_or_else(|| unreachable!("the file's own record"));
+        self.effects.root.write_atomic(path, bytes, mode)?;
+        self.journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"))
+            .done(seq)?;
         Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
     }
 
