@@ -93,6 +93,30 @@ fn line_diff(old: &str, new: &str) -> String {
         .to_string()
 }
 
+/// A dry run's account of a file it would write: the diff, or only the size of a secret.
+fn planned_file(existing: &Existing, bytes: &[u8], mode: u32, secret: bool) -> String {
+    match (existing, secret) {
+        (_, true) => format!(
+            "mode {mode:04o}, {} bytes (contents hidden: secret)",
+            bytes.len()
+        ),
+        (Existing::File { bytes: old, .. }, false) => format!(
+            "mode {mode:04o}\n{}",
+            line_diff(
+                &String::from_utf8_lossy(old),
+                &String::from_utf8_lossy(bytes)
+            )
+        ),
+        (_, false) => format!(
+            "mode {mode:04o} (new)\n{}",
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .map(|l| format!("+{l}\n"))
+                .collect::<String>()
+        ),
+    }
+}
+
 impl<'a> Applier<'a> {
     /// A dry-run applier: records steps, changes nothing.
     pub fn plan(effects: &'a Effects) -> Applier<'a> {
@@ -354,34 +378,35 @@ impl<'a> Applier<'a> {
             }
         }
         if self.dry_run() {
-            let detail = match (&existing, secret) {
-                (_, true) => format!(
-                    "mode {mode:04o}, {} bytes (contents hidden: secret)",
-                    bytes.len()
-                ),
-                (Existing::File { bytes: old, .. }, false) => format!(
-                    "mode {mode:04o}\n{}",
-                    line_diff(
-                        &String::from_utf8_lossy(old),
-                        &String::from_utf8_lossy(bytes)
-                    )
-                ),
-                (_, false) => format!(
-                    "mode {mode:04o} (new)\n{}",
-                    String::from_utf8_lossy(bytes)
-                        .lines()
-                        .map(|l| format!("+{l}\n"))
-                        .collect::<String>()
-                ),
-            };
+            let detail = planned_file(&existing, bytes, mode, secret);
             self.planned.insert(path.to_path_buf());
             return Ok(self.record("file", target, detail, Outcome::WouldChange));
         }
+        let prior = self.prior(path, &existing)?;
+        let change = Change::File {
+            path: path.to_path_buf(),
+            prior,
+        };
+        let seq = self
+            .make_dirs(missing, |_| 0o755, Some(change))?
+            .unwrap_or_else(|| unreachable!("the file's own record"));
+        self.effects.root.write_atomic(path, bytes, mode)?;
+        self.journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"))
+            .done(seq)?;
+        Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
+    }
+
+    /// What a file join is about to replace was before join, kept as a backup the first time
+    /// join changes it; refuses anything but a regular file.
+    fn prior(&mut self, path: &Path, existing: &Existing) -> Result<Option<Prior>, ApplyError> {
+        let target = path.display().to_string();
         let journal = self
             .journal
             .as_mut()
             .unwrap_or_else(|| unreachable!("applying"));
-        let prior = match &existing {
+        let prior = match existing {
             Existing::File {
                 bytes: old,
                 mode: old_mode,
@@ -408,19 +433,7 @@ impl<'a> Applier<'a> {
             }
             _ => None,
         };
-        let change = Change::File {
-            path: path.to_path_buf(),
-            prior,
-        };
-        let seq = self
-            .make_dirs(missing, |_| 0o755, Some(change))?
-            .unwrap_or_else(|| unreachable!("the file's own record"));
-        self.effects.root.write_atomic(path, bytes, mode)?;
-        self.journal
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("applying"))
-            .done(seq)?;
-        Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
+        Ok(prior)
     }
 
     /// Points a symlink at `to` (an absolute target path as seen on the node).
