@@ -299,6 +299,8 @@ pub struct Journal {
     records: Vec<Record>,
     /// Whether lines were written since the last sync.
     unsynced: bool,
+    /// The lowest number the next backup may take.
+    next_backup: u64,
 }
 
 /// Whether a line must be on the disk before [`Journal`] returns.
@@ -338,6 +340,7 @@ impl Journal {
             file,
             next_seq,
             unsynced: false,
+            next_backup: 0,
         };
         if root.inspect(Path::new(BACKUP_DIR))? == crate::effects::fs::Existing::Absent {
             let seq = journal.begin(Change::Dir {
@@ -560,6 +563,7 @@ impl Journal {
             next_seq: records.iter().map(|r| r.seq).max().unwrap_or(0) + 1,
             records,
             unsynced: false,
+            next_backup: 0,
         }))
     }
 
@@ -583,9 +587,18 @@ impl Journal {
         )
     }
 
+    /// A name for the next backup: the next sequence number, or past the last backup's when
+    /// several are taken before their changes are recorded (a batch). A record's backup is so
+    /// never above its own sequence number, and names never repeat within a journal.
+    fn backup_name(&mut self) -> String {
+        let n = self.next_backup.max(self.next_seq);
+        self.next_backup = n + 1;
+        format!("{n:06}")
+    }
+
     /// Saves `bytes` as the backup for the next change; returns its name.
     pub fn backup(&mut self, bytes: &[u8]) -> Result<String, JournalError> {
-        let name = format!("{:06}", self.next_seq);
+        let name = self.backup_name();
         let path = PathBuf::from(BACKUP_DIR).join(&name);
         self.root.write_atomic(&path, bytes, 0o600)?;
         Ok(name)
@@ -594,7 +607,7 @@ impl Journal {
     /// Keeps the regular file at `target` as the backup for the next change without reading
     /// it into memory (a hard link, or a streamed copy across filesystems); returns its name.
     pub fn backup_file(&mut self, target: &Path) -> Result<String, JournalError> {
-        let name = format!("{:06}", self.next_seq);
+        let name = self.backup_name();
         let path = PathBuf::from(BACKUP_DIR).join(&name);
         let _ = self.root.remove_file(&path);
         self.root.link_or_copy(target, &path)?;
