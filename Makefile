@@ -137,14 +137,17 @@ e2e: static
 	bash tests/e2e/run.sh
 
 ## node-attach join next to the real kubeadm join 1.20.2 on the same image and control plane: wall
-## time to Node Ready, the join's CPU time and API requests (audit log), medians of PEER_RUNS runs;
-## target/bench/peers.json and a table (root only, skipped loudly otherwise).
+## time to Node Ready split at the kubelet's start, each run's timeline, the join's CPU time and API
+## requests (audit log), medians of PEER_RUNS runs; target/bench/peers.json and a table (root only,
+## skipped loudly otherwise). PEER_BASELINE=BINARY adds that node-attach binary as a third peer in
+## every run (before → after under the same load).
 PEER_RUNS ?= 5
+PEER_BASELINE ?=
 bench-peers: static
 	@if [ "$$(id -u)" != 0 ]; then \
 	  echo "######## SKIPPED: bench-peers needs root (systemd-nspawn, network namespaces) ########"; \
 	else \
-	  E2E_PEER_RUNS=$(PEER_RUNS) E2E_PEERS_JSON=$(CURDIR)/target/bench/peers.json bash tests/e2e/run.sh --peers; \
+	  E2E_PEER_RUNS=$(PEER_RUNS) E2E_PEERS_BASELINE=$(PEER_BASELINE) E2E_PEERS_JSON=$(CURDIR)/target/bench/peers.json bash tests/e2e/run.sh --peers; \
 	fi
 
 ## node-attach's CRI client against a private, real containerd (root only; skipped loudly otherwise).

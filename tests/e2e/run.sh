@@ -44,10 +44,16 @@
 #                        package list is the image's again.
 #   tests/e2e/run.sh --peers    node-attach join (openapi token) and the real `kubeadm join`
 #                               1.20.2, side by side on the same image and control plane: wall
-#                               time from the join command to Node Ready, the join process's CPU
-#                               time and its API requests (audit log), medians of E2E_PEER_RUNS
-#                               (default 5) runs each; JSON in E2E_PEERS_JSON (default
-#                               target/bench/peers.json) and a table on stdout
+#                               time from the join command to Node Ready, split at the kubelet's
+#                               start (join → kubelet start → registered → Ready), the join
+#                               process's CPU time and its API requests (audit log), medians of
+#                               E2E_PEER_RUNS (default 5) runs each, and each run's timeline
+#                               (audit log, the kubelet's journal, node-attach's phase events, the
+#                               Ready condition's messages); JSON in E2E_PEERS_JSON (default
+#                               target/bench/peers.json) and a table on stdout; with
+#                               E2E_PEERS_BASELINE=BINARY a third peer, that node-attach binary,
+#                               in every run beside the others (a before → after under the same
+#                               load)
 #
 # What the guest gets before the join, standing in for an image builder and a CNI daemonset (the
 # "prelude", a shell part run by cloud-init before the form): the test CA in the system store; the
@@ -81,7 +87,10 @@
 # every wait polls a condition with a deadline. Cleanup stops exactly what this run started
 # (processes by PID, containers by name, netns by name via cluster.sh unlink/down, cgroups).
 # Knobs: E2E_CACHE (image cache, default /var/cache/node-attach-e2e), E2E_FORMS, E2E_PEER_RUNS,
-# E2E_PEERS_JSON, E2E_MIRROR (default: this machine's apt sources), E2E_KEEP=1 (keep the run
+# E2E_PEERS_JSON, E2E_PEERS_BASELINE (see --peers), E2E_KUBELET_ARGS (--peers only, for
+# diagnosis: extra kubelet flags such as --v=4, through /etc/default/kubelet),
+# E2E_PEERS_IMDS=reject (--peers only: 169.254.169.254 refused at once in the guests instead of
+# dropped), E2E_MIRROR (default: this machine's apt sources), E2E_KEEP=1 (keep the run
 # directory).
 set -Eeuo pipefail
 # The whole script is one compound command, read before it runs: editing the file mid-run
@@ -107,6 +116,7 @@ CACHE=${E2E_CACHE:-/var/cache/node-attach-e2e}
 FORMS=${E2E_FORMS:-manual-add scale-out autoscaler manual-add.yaml plain}
 PEER_RUNS=${E2E_PEER_RUNS:-5}
 PEERS_JSON=${E2E_PEERS_JSON:-$REPO/target/bench/peers.json}
+PEERS_BASELINE=${E2E_PEERS_BASELINE:-}
 BIN=$REPO/target/x86_64-unknown-linux-musl/release/node-attach
 POD_IMAGE=e2e.node-attach.test/busybox:1
 # kubeadm 1.20's sandbox image (imageRepository k8s.gcr.io), which node-attach configures; and
@@ -159,6 +169,7 @@ KNOWN=()
 known() { KNOWN+=("$*"); log "KNOWN  $*"; }
 
 [ -x "$BIN" ] || die "$BIN is missing: run make static (make e2e does)"
+[ -z "$PEERS_BASELINE" ] || [ -x "$PEERS_BASELINE" ] || die "E2E_PEERS_BASELINE=$PEERS_BASELINE is not an executable file"
 K8S_BIN=$(bash "$REPO/tests/kubernetes/build.sh" --print 2>/dev/null) ||
   die "the real Kubernetes 1.20.2 binaries are not built: run  bash tests/kubernetes/build.sh  (as root; ~20 min cold, then cached)"
 for b in kubelet kubeadm; do [ -x "$K8S_BIN/$b" ] || die "$K8S_BIN/$b is missing"; done
@@ -514,6 +525,10 @@ cp "$BIN" "$WWW/node-attach-linux-amd64"
 "$BIN" artifacts sign --key "$RUNROOT/signing.pem" "$WWW/node-attach-linux-amd64" >/dev/null
 if [ -n "$PLAIN_TREE" ]; then make_mirrors; fi
 for b in kubelet kubeadm; do ln "$K8S_BIN/$b" "$WWW/$b" 2>/dev/null || cp "$K8S_BIN/$b" "$WWW/$b"; done
+if [ "$MODE" = peers ] && [ -n "$PEERS_BASELINE" ]; then
+  cp "$PEERS_BASELINE" "$WWW/node-attach-baseline"
+  (cd "$WWW" && sha256sum node-attach-baseline > node-attach-baseline.sha256)
+fi
 # The serving certificate, for the address guests reach the cluster netns at (NS_IP: every link's
 # gateway routes to it), signed by a CA of this run; guests get the CA through the seed.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=node-attach e2e CA" \
@@ -700,13 +715,28 @@ systemctl enable kubelet 2>/dev/null
 # kubeadm's documented prerequisites ("Letting iptables see bridged traffic", IP forwarding).
 sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 SH
-  elif [ "$peer" = node-attach ]; then
+  elif [ -n "$peer" ]; then
+    # node-attach (or the baseline binary under comparison), checked against its digest as
+    # attach.sh does.
+    local file=node-attach-linux-amd64
+    [ "$peer" != node-attach-baseline ] || file="node-attach-baseline"
     cat <<SH
-# node-attach, checked against its digest as attach.sh does.
-curl -fsS --retry 5 --retry-connrefused "$SERVE_URL/files/node-attach-linux-amd64.sha256" -o /tmp/na.sha256
-fetch node-attach-linux-amd64 /usr/local/bin/node-attach
+curl -fsS --retry 5 --retry-connrefused "$SERVE_URL/files/$file.sha256" -o /tmp/na.sha256
+fetch $file /usr/local/bin/node-attach
 [ "\$(cut -d' ' -f1 /tmp/na.sha256)" = "\$(sha256sum /usr/local/bin/node-attach | cut -d' ' -f1)" ]
 SH
+  fi
+  if [ -n "$peer" ] && [ "${E2E_PEERS_IMDS:-}" = reject ]; then
+    # E2E_PEERS_IMDS=reject: the link-local metadata address refused at once, as on a cloud
+    # whose metadata service answers there, instead of silently dropped (the guest's default
+    # route leads to the cluster netns, which does not forward): the kubelet 1.20's in-tree ECR
+    # credential provider then gives up at once instead of after its SDK's timeouts.
+    echo 'ip route add prohibit 169.254.169.254/32'
+  fi
+  if [ -n "$peer" ] && [ -n "${E2E_KUBELET_ARGS:-}" ]; then
+    # Diagnosis only (E2E_KUBELET_ARGS, e.g. --v=4): extra kubelet flags through the file both
+    # peers' drop-ins read.
+    printf 'printf "KUBELET_EXTRA_ARGS=%%s\\n" %q > /etc/default/kubelet\n' "$E2E_KUBELET_ARGS"
   fi
   echo 'echo "e2e prelude done"'
 }
@@ -935,6 +965,19 @@ sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or id
   check "cloud-init finished without errors" grep -q '"errors": \[\]' "$GROOT/var/lib/cloud/data/result.json"
   check "the prelude ran" grep -q 'e2e prelude done' "$GROOT/var/log/cloud-init-output.log"
   check "join finished (state.json written)" test -f "$GROOT/var/lib/node-attach/state.json"
+  # Between the runtime's (re)start and the kubelet's start, systemd is reloaded once (for the
+  # kubelet's new units; the enable right after does not reload again) and the runtime's restart
+  # runs meanwhile: join waits for its API only just before starting the kubelet. (Reloads
+  # before that are the distribution's: Debian's docker.io enable reloads through update-rc.d.)
+  if [ "$form" != plain ]; then
+    local reloads
+    reloads=$(guest journalctl -q --no-pager -o cat _PID=1 | awk -v unit="$runtime" '
+      index($0, "Starting " unit ".service") == 1 { n = 0; on = 1; next }
+      on && $0 == "Reloading." { n++ }
+      on && index($0, "Started kubelet.service") == 1 { print n; exit }')
+    check "one systemd reload between the runtime's restart and the kubelet's start (got ${reloads:-none})" [ "$reloads" = 1 ]
+    [ "$reloads" = 1 ] || guest journalctl -q --no-pager -o short-unix _PID=1 | grep -B4 -A1 'Reloading\.$' | tail -n 40
+  fi
   check "install log at /var/log/node-attach/init.log" grep -q 'running: node-attach join' "$GROOT/var/log/node-attach/init.log"
   check "install log also at /var/log/acs/init.log" test -s "$GROOT/var/log/acs/init.log"
   if [ "$runtime" = docker ]; then
@@ -1102,19 +1145,63 @@ sys.exit(r["state"] != "not-joined" or sys.argv[2] != "0")' "$RUN/doctor-reset.j
 }
 
 # ------------------------------------------------------------------ the peers, side by side
-# Audit entries of one join (see the header of peer_measure): prints "total joiner kubelet".
-count_requests() {
-  python3 - "$AUDIT_LOG" "$1" "$2" "$3" <<'PY'
+# peer_measure PEER RUN: a fresh guest with the peer's prelude; then, from the host, the join
+# command in the guest under /usr/bin/time, Node Ready polled through the API server; then
+# peer_sample turns what the run left (the audit log, the kubelet's journal, node-attach's
+# --output json phase events, systemd's start stamp of the kubelet) into one JSON sample:
+#   wall_to_ready_ms: from just before the join command starts to the first poll that sees Ready
+#        (every 50 ms); join_to_ready_write_ms: to the status write that carried Ready (audit log)
+#   join_to_kubelet_start_ms: from that start to the kubelet's last start (systemd's
+#        ExecMainStartTimestampMonotonic; the guest shares the host's clocks)
+#   kubelet_start_to_registered_ms: from the kubelet's start to its Node create (audit log)
+#   kubelet_start_to_ready_ms: from the kubelet's start to Ready seen (the issue's "≤ 3 s from
+#        kubelet start"); for kubeadm this includes the kubelet's own TLS bootstrap
+#   ready_write_after_kubelet_start_ms: from the kubelet's start to the status write that carried
+#        Ready (the last Node create or status write by the node before Ready was seen)
+#   cpu: user+system of the join process and the children it waited for (GNU time), not the
+#        kubelet (a systemd service; its own CPU to Ready is reported apart)
+#   requests: audit events (unique auditID) received in [start, Ready] whose user is a bootstrap
+#        token (system:bootstrap:*) or the node (system:node:NAME), or whose user agent is
+#        node-attach/* or kubeadm/*; so the kubelet's own requests until Ready count for both
+# and a timeline of both sides (printed, and kept in the sample).
+PEER_DIR=""
+# CPU time of kubelet.service so far in ns: systemd's accounting, else the main process's
+# utime+stime (+ its waited children) from /proc.
+kubelet_cpu_ns() {
+  local v pid
+  v=$(guest systemctl show -p CPUUsageNSec --value kubelet 2>/dev/null || true)
+  if [[ "$v" =~ ^[0-9]+$ ]]; then echo "$v"; return; fi
+  pid=$(guest systemctl show -p MainPID --value kubelet 2>/dev/null || echo 0)
+  if [ "${pid:-0}" != 0 ]; then
+    guest cat "/proc/$pid/stat" 2>/dev/null |
+      awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%d", ($12 + $13 + $14 + $15) * 1000000000 / hz}'
+  else
+    echo 0
+  fi
+}
+# The kubelet's last start on the host's realtime clock, in ns: systemd's CLOCK_MONOTONIC stamp
+# (µs; an nspawn guest shares the host's kernel clocks) moved by the realtime-monotonic offset.
+kubelet_started_ns() {
+  local mono
+  mono=$(guest systemctl show -p ExecMainStartTimestampMonotonic --value kubelet 2>/dev/null || true)
+  [[ "$mono" =~ ^[1-9][0-9]*$ ]] || { echo 0; return; }
+  python3 -c 'import sys, time; print(int(sys.argv[1]) * 1000 + time.time_ns() - time.monotonic_ns())' "$mono"
+}
+# peer_sample NODE OUT PEER RUN T0 T1 KUBELET-START JOIN-CPU-MS KUBELET-CPU-MS JOIN-LOG JOURNAL READY-LOG:
+# prints the timeline, writes the sample to OUT.
+peer_sample() {
+  python3 - "$AUDIT_LOG" "$@" <<'PY'
 import calendar, json, re, sys, time
-path, t0, t1, node = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+audit, node, out, peer, run, t0, t1, ks, join_cpu, kubelet_cpu, join_log, journal, conds = sys.argv[1:14]
+t0, t1, ks = int(t0), int(t1), int(ks)
 def ns(ts):
     # RFC 3339 in UTC, with or without a fraction ("2026-12-01T20:26:29.123456Z")
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", ts)
     secs = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
-    frac = (m.group(2) or "0")[:9].ljust(9, "0")
-    return secs * 1000000000 + int(frac)
-seen = {}
-for line in open(path):
+    return secs * 1000000000 + int((m.group(2) or "0")[:9].ljust(9, "0"))
+ms = lambda t: round((t - t0) / 1e6)
+seen, events, writes, created = {}, [], [], None
+for line in open(audit):
     try:
         e = json.loads(line)
     except ValueError:
@@ -1133,33 +1220,139 @@ for line in open(path):
         seen[e["auditID"]] = "service"  # node-attach serve (the admin), minting the use's token
     elif node_side and user != "system:anonymous":
         seen[e["auditID"]] = "kubelet"
+    if e.get("stage") != "ResponseComplete" or e.get("responseStatus", {}).get("code", 0) >= 300:
+        continue
+    ref, verb = e.get("objectRef", {}), e.get("verb")
+    res, sub, name = ref.get("resource"), ref.get("subresource", ""), ref.get("name", "")
+    done = ns(e.get("stageTimestamp", e["requestReceivedTimestamp"]))
+    who = "kubelet" if not ours else peer
+    if res == "certificatesigningrequests" and verb == "create":
+        events.append((done, "api", f"CSR created ({who})"))
+    elif res == "certificatesigningrequests" and sub == "approval":
+        events.append((done, "api", "CSR approved (controller manager)"))
+    elif res == "certificatesigningrequests" and sub == "status":
+        events.append((done, "api", "certificate issued (controller manager)"))
+    elif res == "nodes" and name == node and verb == "create":
+        created = done
+        writes.append(done)
+        events.append((done, "api", "Node registered (create, status included)"))
+    elif res == "nodes" and name == node and sub == "status" and user == "system:node:" + node:
+        writes.append(done)
+        events.append((done, "api", f"node status written ({verb})"))
+    elif res == "nodes" and name == node and verb == "patch" and not sub and not node_side and not ours:
+        events.append((done, "api", f"Node patched by {user.rsplit(':', 1)[-1]}"))
 n = lambda kind: sum(1 for v in seen.values() if v == kind)
-print(len(seen), n("joiner"), n("service"), n("kubelet"))
+if ks:
+    events.append((ks, "systemd", "kubelet started"))
+# The kubelet's own words (journald's realtime stamps, µs), first occurrence of each.
+marks = [("Version: v", "flags parsed"),
+         ("Creating Container Manager object", "container manager created (cAdvisor up)"),
+         ("initialized, version", "CRI runtime connected"),
+         ("while getting AWS credentials", "in-tree AWS ECR credential probe gave up"),
+         ("] Started kubelet", "Started kubelet (Run begins)"),
+         ("Attempting to register node", "attempting to register the Node"),
+         ("Successfully registered node", "registered the Node"),
+         ("Setting Pod CIDR", "podCIDR seen: the fast status update runs"),
+         ("iptables rules", "iptables chains ensured (initNetworkUtil)"),
+         ("Starting kubelet main sync loop", "PLEG started, main sync loop"),
+         ("Container runtime network not ready", "runtime network not ready"),
+         ("Unable to update node status", "node status update failed")]
+found, run_at = set(), None
+for line in open(journal, errors="replace"):
+    parts = line.split(" ", 1)
+    try:
+        t = int(float(parts[0]) * 1e9)
+    except ValueError:
+        continue
+    if ks and t < ks:
+        continue
+    for needle, what in marks:
+        if needle in line and needle not in found:
+            found.add(needle)
+            events.append((t, "kubelet", what))
+            if needle == "] Started kubelet":
+                run_at = t
+# node-attach's phase events (elapsed from its own start, just after t0).
+if peer.startswith("node-attach"):
+    for line in open(join_log, errors="replace"):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("status") in ("done", "unchanged", "skipped") and "phase" in e:
+            events.append((t0 + e["elapsed_ms"] * 1000000, "node-attach", f"{e['phase']} {e['status']} ({e.get('duration_ms', 0)} ms)"))
+# The Ready condition as the poll saw it change (status: message).
+for line in open(conds, errors="replace"):
+    t, _, text = line.rstrip("\n").partition(" ")
+    if text and not text.startswith("True:"):
+        events.append((int(t), "poll", "Ready " + text))
+events.append((t1, "poll", "Ready seen"))
+events.sort()
+ready_write = max((w for w in writes if w <= t1), default=None)
+sample = {
+    "peer": peer, "run": int(run),
+    "wall_to_ready_ms": ms(t1), "join_cpu_ms": int(join_cpu),
+    "api_requests": len(seen), "api_requests_by_joiner": n("joiner"),
+    "api_requests_by_service": n("service"), "api_requests_by_kubelet": n("kubelet"),
+    "kubelet_cpu_to_ready_ms": int(kubelet_cpu),
+    "join_to_kubelet_start_ms": ms(ks) if ks else None,
+    "kubelet_start_to_registered_ms": round((created - ks) / 1e6) if ks and created else None,
+    "kubelet_start_to_ready_ms": round((t1 - ks) / 1e6) if ks else None,
+    "ready_write_after_kubelet_start_ms": round((ready_write - ks) / 1e6) if ks and ready_write else None,
+    "join_to_ready_write_ms": ms(ready_write) if ready_write else None,
+    # The kubelet's own start-up (process start to Kubelet.Run), and Run to the Ready write:
+    # a few hundred ms when the early status writes carry Ready, one nodeStatusUpdateFrequency
+    # (10 s) more when they do not.
+    "kubelet_start_to_run_ms": round((run_at - ks) / 1e6) if ks and run_at else None,
+    "run_to_ready_write_ms": round((ready_write - run_at) / 1e6) if run_at and ready_write else None,
+    "node_status_writes_to_ready": len([w for w in writes if w <= t1]),
+    "timeline": [{"ms": ms(t), "by": by, "event": what} for t, by, what in events],
+}
+with open(out, "w") as f:
+    json.dump(sample, f, indent=1)
+for e in sample["timeline"]:
+    print(f"    {e['ms']:>7} ms  {e['by']:<11} {e['event']}")
 PY
 }
-
-# peer_measure PEER RUN: a fresh guest with the peer's prelude; then, from the host, the join
-# command in the guest under /usr/bin/time, Node Ready polled through the API server.
-#   wall: from just before the join command starts to the first poll that sees Ready=True
-#   cpu: user+system of the join process and the children it waited for (GNU time), not the
-#        kubelet (a systemd service; its own CPU to Ready is reported apart)
-#   requests: audit events (unique auditID) received in [start, Ready] whose user is a bootstrap
-#        token (system:bootstrap:*) or the node (system:node:NAME), or whose user agent is
-#        node-attach/* or kubeadm/*; so the kubelet's own requests until Ready count for both
-PEER_ROWS=()
-# CPU time of kubelet.service so far in ns: systemd's accounting, else the main process's
-# utime+stime (+ its waited children) from /proc.
-kubelet_cpu_ns() {
-  local v pid
-  v=$(guest systemctl show -p CPUUsageNSec --value kubelet 2>/dev/null || true)
-  if [[ "$v" =~ ^[0-9]+$ ]]; then echo "$v"; return; fi
-  pid=$(guest systemctl show -p MainPID --value kubelet 2>/dev/null || echo 0)
-  if [ "${pid:-0}" != 0 ]; then
-    guest cat "/proc/$pid/stat" 2>/dev/null |
-      awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%d", ($12 + $13 + $14 + $15) * 1000000000 / hz}'
-  else
-    echo 0
-  fi
+# wait_ready NODE CONDITIONS-FILE: polls the Node every 50 ms on one kept-alive TLS connection as
+# the admin (light: no process or handshake per poll), appends each change of its Ready
+# condition ("STATUS: message", or "not registered") with the host clock in ns to the file, and
+# prints the time it first saw Ready=True; exits 1 after 240 s without.
+wait_ready() {
+  python3 - "$ENDPOINT" "$CA_CERT" "$RUNROOT/admin.crt" "$RUNROOT/admin.key" "$1" "$2" <<'PY'
+import http.client, json, ssl, sys, time
+endpoint, ca, crt, key, node, out = sys.argv[1:7]
+host, port = endpoint.rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(crt, key)
+conn, last, deadline = None, None, time.monotonic() + 240
+with open(out, "a") as f:
+    while time.monotonic() < deadline:
+        text = None
+        try:
+            if conn is None:
+                conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=2)
+            conn.request("GET", "/api/v1/nodes/" + node)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status == 404:
+                text = "not registered"
+            elif r.status == 200:
+                c = [x for x in json.loads(body)["status"].get("conditions", []) if x["type"] == "Ready"]
+                text = c[0]["status"] + ": " + c[0].get("message", "") if c else "no Ready condition"
+        except (OSError, ValueError, http.client.HTTPException):
+            conn = None
+        now = time.time_ns()
+        if text is not None and text != last:
+            f.write(f"{now} {text}\n")
+            f.flush()
+            last = text
+        if text is not None and text.startswith("True:"):
+            print(now)
+            sys.exit(0)
+        time.sleep(0.05)
+sys.exit(1)
+PY
 }
 peer_measure() {
   local peer=$1 run=$2 name node ud t0 t1 rc
@@ -1204,41 +1397,38 @@ nodeRegistration:
 YAML
     chmod 0600 "$GROOT/root/kubeadm-join.yaml"
     cmd=(/usr/bin/kubeadm join --config /root/kubeadm-join.yaml)
-    t0=$(date +%s%N)
-    nsenter -t "$LEADER" -a -- /usr/bin/time -f '%e %U %S' -o /run/join.time "${cmd[@]}" > "$RUN/join.log" 2>&1 &
   else
-    cmd=(env NODE_ATTACH_OPENAPI_TOKEN="$OPENAPI" /usr/local/bin/node-attach join
+    # --output json: the phase events, with their elapsed times, go into the timeline.
+    cmd=(env NODE_ATTACH_OPENAPI_TOKEN="$OPENAPI" /usr/local/bin/node-attach join --output json
       --values-url "$SERVE_URL/v1/values/{token}" --node-name "$node" --node-wait-timeout 120s)
-    t0=$(date +%s%N)
-    nsenter -t "$LEADER" -a -- /usr/bin/time -f '%e %U %S' -o /run/join.time "${cmd[@]}" > "$RUN/join.log" 2>&1 &
   fi
-  local jpid=$! ready=0
-  # Polled straight with curl and the admin's client certificate (lighter than kubectl, so the
-  # poll steals little CPU from what is measured).
-  until [ "$ready" = 1 ]; do
-    if curl -fsS --max-time 2 --cacert "$CA_CERT" --cert "$RUNROOT/admin.crt" --key "$RUNROOT/admin.key" \
-        "https://$ENDPOINT/api/v1/nodes/$node" 2>/dev/null |
-        python3 -c 'import json,sys; c=[x for x in json.load(sys.stdin)["status"].get("conditions",[]) if x["type"]=="Ready"]; sys.exit(0 if c and c[0]["status"]=="True" else 1)' 2>/dev/null; then
-      ready=1; break
-    fi
-    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 240 ] || break
-    sleep 0.1
-  done
-  t1=$(date +%s%N)
-  local kubelet_ns
+  t0=$(date +%s%N)
+  nsenter -t "$LEADER" -a -- /usr/bin/time -f '%e %U %S' -o /run/join.time "${cmd[@]}" > "$RUN/join.log" 2>&1 &
+  local jpid=$! ready=0 conds=$PEER_DIR/ready-$peer-$run.txt
+  : > "$conds"
+  # Each change of the Ready condition (its status and message: what the kubelet still waits
+  # for) is kept for the timeline.
+  if t1=$(wait_ready "$node" "$conds"); then ready=1; else t1=$(date +%s%N); fi
+  local kubelet_ns kubelet_start
   kubelet_ns=$(kubelet_cpu_ns)
+  kubelet_start=$(kubelet_started_ns)
   rc=0; wait "$jpid" || rc=$?
   [ "$ready" = 1 ] || { tail -n 30 "$RUN/join.log"; dump_guest; die "$peer: Node $node not Ready within 240 s"; }
   [ "$rc" = 0 ] || { tail -n 30 "$RUN/join.log"; die "$peer join exited $rc"; }
-  local wall_ms cpu_ms reqs
-  wall_ms=$(( (t1 - t0) / 1000000 ))
+  [ "$kubelet_start" != 0 ] || die "$peer: systemd has no start stamp for kubelet.service"
+  local cpu_ms
   cpu_ms=$(awk '{printf "%d", ($2 + $3) * 1000}' "$GROOT/run/join.time")
   # The apiserver writes an event once the response completes: wait for the Ready read to land.
   wait_for 10 "the audit log to catch up" sh -c "[ \"\$(stat -c %Y '$AUDIT_LOG')\" -ge $(( t1 / 1000000000 )) ]"
-  local reqs joiner service kubelet
-  read -r reqs joiner service kubelet < <(count_requests "$t0" "$t1" "$node")
-  log "$peer: Ready after $wall_ms ms; join CPU $cpu_ms ms; $reqs API requests ($joiner by $peer on the node, $service by the values service, $kubelet by the kubelet); kubelet CPU to Ready $(( kubelet_ns / 1000000 )) ms"
-  PEER_ROWS+=("$peer $run $wall_ms $cpu_ms $reqs $joiner $service $kubelet $(( kubelet_ns / 1000000 ))")
+  guest journalctl -u kubelet -o short-unix --no-pager > "$PEER_DIR/kubelet-$peer-$run.log" 2>&1 || true
+  # With E2E_KEEP=1, the guest's whole journal too (systemd's reloads, the runtime's restart).
+  if [ "${E2E_KEEP:-0}" = 1 ]; then guest journalctl -o short-unix --no-pager > "$PEER_DIR/journal-$peer-$run.log" 2>&1 || true; fi
+  cp "$RUN/join.log" "$PEER_DIR/join-$peer-$run.log"
+  peer_sample "$node" "$PEER_DIR/sample-$peer-$run.json" "$peer" "$run" "$t0" "$t1" "$kubelet_start" \
+    "$cpu_ms" "$(( kubelet_ns / 1000000 ))" "$PEER_DIR/join-$peer-$run.log" "$PEER_DIR/kubelet-$peer-$run.log" "$conds" \
+    > "$PEER_DIR/timeline-$peer-$run.txt" || die "reading the timeline of $peer run $run failed"
+  log "$peer: Ready after $(( (t1 - t0) / 1000000 )) ms, $(( (t1 - kubelet_start) / 1000000 )) ms after the kubelet started ($(( (kubelet_start - t0) / 1000000 )) ms after the join command); join CPU $cpu_ms ms; timeline (ms from the join command):"
+  cat "$PEER_DIR/timeline-$peer-$run.txt"
   stage_done
   guest systemctl stop kubelet >/dev/null 2>&1 || true
   cleanup_guest
@@ -1255,49 +1445,78 @@ for key, out in (("client-certificate-data", sys.argv[2]), ("client-key-data", s
     open(out, "wb").write(base64.b64decode(m.group(1)))
 PY
   chmod 0600 "$RUNROOT/admin.key"
+  PEER_DIR=$RUNROOT/peers
+  mkdir -p "$PEER_DIR"
   local run
   for run in $(seq 1 "$PEER_RUNS"); do
     peer_measure node-attach "$run"
     peer_measure kubeadm "$run"
+    if [ -n "$PEERS_BASELINE" ]; then peer_measure node-attach-baseline "$run"; fi
   done
   mkdir -p "$(dirname "$PEERS_JSON")"
-  printf '%s\n' "${PEER_ROWS[@]}" > "$RUNROOT/peer-rows.txt"
-  python3 - "$PEERS_JSON" "$VERSION" "$PEER_RUNS" "$RUNROOT/peer-rows.txt" <<'PY'
-import json, statistics, sys
-out, version, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [l.split() for l in open(sys.argv[4]) if l.strip()]
-keys = ["wall_to_ready_ms", "join_cpu_ms", "api_requests", "api_requests_by_joiner", "api_requests_by_service", "api_requests_by_kubelet", "kubelet_cpu_to_ready_ms"]
+  python3 - "$PEERS_JSON" "$VERSION" "$PEER_RUNS" "$PEER_DIR" <<'PY'
+import glob, json, os, statistics, sys
+out, version, runs, d = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+samples = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(d, "sample-*.json")))]
+samples.sort(key=lambda s: (s["peer"], s["run"]))
+keys = ["wall_to_ready_ms", "join_to_ready_write_ms", "join_to_kubelet_start_ms", "kubelet_start_to_registered_ms",
+        "kubelet_start_to_ready_ms", "ready_write_after_kubelet_start_ms", "kubelet_start_to_run_ms",
+        "run_to_ready_write_ms", "node_status_writes_to_ready",
+        "join_cpu_ms", "api_requests", "api_requests_by_joiner", "api_requests_by_service",
+        "api_requests_by_kubelet", "kubelet_cpu_to_ready_ms"]
 doc = {"kubernetes": version, "runs": runs,
-       "rule": {"wall_to_ready_ms": "from just before the join command starts (host clock, which the guest shares) to the first poll (every 0.1 s, GET /api/v1/nodes/NAME as the admin) that sees Ready=True",
+       "rule": {"wall_to_ready_ms": "from just before the join command starts (host clock, which the guest shares) to the first poll (every 0.05 s, GET /api/v1/nodes/NAME as the admin on one kept-alive connection) that sees Ready=True",
+                "join_to_ready_write_ms": "from that start to the completion of the status write that carried Ready (audit log stageTimestamp): the server-side moment, without the poll's delay",
+                "join_to_kubelet_start_ms": "from that start to the kubelet's last start: systemd's ExecMainStartTimestampMonotonic of kubelet.service in the guest, on the host's clock (an nspawn guest shares the host's kernel clocks)",
+                "kubelet_start_to_registered_ms": "from the kubelet's start to the completion of its Node create (audit log stageTimestamp)",
+                "kubelet_start_to_ready_ms": "from the kubelet's start to Ready seen: the issue's 'from kubelet start'; for kubeadm it includes the kubelet's own TLS bootstrap",
+                "ready_write_after_kubelet_start_ms": "from the kubelet's start to the last Node create or status write by the node before Ready was seen: the write that carried Ready",
+                "node_status_writes_to_ready": "Node create and status writes by the node up to Ready",
+                "kubelet_start_to_run_ms": "from the kubelet's start to its 'Started kubelet' (Kubelet.Run begins; its journal): the kubelet's own start-up",
+                "run_to_ready_write_ms": "from Kubelet.Run to the status write that carried Ready: a few hundred ms when the status written at registration or by the fast update (fastStatusUpdateOnce) is Ready, one nodeStatusUpdateFrequency (10 s) more when not",
+                "missed_early_status": "runs whose run_to_ready_write_ms exceeds 5 s (Ready came with a 10 s status tick)",
                 "join_cpu_ms": "user+system CPU of the join process and the children it waited for (GNU time); not the kubelet, a systemd service",
                 "api_requests": "kube-apiserver audit events (DIR/audit.log, Metadata level, counted by unique auditID) whose requestReceivedTimestamp is in [start, Ready seen] and whose user.username is system:bootstrap:<id> or system:node:<node>, or whose userAgent starts with node-attach/ or kubeadm/",
                 "api_requests_by_joiner": "of those, the join command's own: userAgent node-attach/* or kubeadm/* as the bootstrap token, the node or anonymous (cluster-info)",
                 "api_requests_by_service": "of those, node-attach serve's (userAgent node-attach/*, the admin): minting the use's bootstrap token, the use count, the restricted-label check; kubeadm's token was made before the window",
                 "api_requests_by_kubelet": "of those, the kubelet's (the bootstrap token or the node, another user agent)",
-                "kubelet_cpu_to_ready_ms": "CPU of kubelet.service (cpuacct.usage of its cgroup) when Ready was seen; for kubeadm the kubelet also does the TLS bootstrap"},
-       "medians": {}, "samples": []}
-for r in rows:
-    doc["samples"].append(dict(peer=r[0], run=int(r[1]), **{k: int(v) for k, v in zip(keys, r[2:])}))
-doc["min"], doc["max"] = {}, {}
-for peer in ("node-attach", "kubeadm"):
-    s = [x for x in doc["samples"] if x["peer"] == peer]
-    doc["medians"][peer] = {k: statistics.median(x[k] for x in s) for k in keys}
-    doc["min"][peer] = {k: min(x[k] for x in s) for k in keys}
-    doc["max"][peer] = {k: max(x[k] for x in s) for k in keys}
+                "kubelet_cpu_to_ready_ms": "CPU of kubelet.service (cpuacct.usage of its cgroup) when Ready was seen; for kubeadm the kubelet also does the TLS bootstrap",
+                "timeline": "per sample: ms from the join command; api = audit log (completion), kubelet = its journal (first occurrence), node-attach = its --output json phase events, systemd = the kubelet's start"},
+       "medians": {}, "min": {}, "max": {}, "samples": samples}
+peers = [p for p in ("node-attach", "kubeadm", "node-attach-baseline") if any(x["peer"] == p for x in samples)]
+for peer in peers:
+    s = [x for x in samples if x["peer"] == peer]
+    for agg, f in (("medians", statistics.median), ("min", min), ("max", max)):
+        doc[agg][peer] = {k: f(v) if (v := [x[k] for x in s if x.get(k) is not None]) else None for k in keys}
+doc["missed_early_status"] = {peer: sum(1 for x in samples if x["peer"] == peer and (x.get("run_to_ready_write_ms") or 0) > 5000)
+                               for peer in peers}
+na, ka = doc["medians"]["node-attach"], doc["medians"]["kubeadm"]
+doc["goals"] = {
+    "kubelet_start_to_ready_ms <= 3000": na["kubelet_start_to_ready_ms"] is not None and na["kubelet_start_to_ready_ms"] <= 3000,
+    "wall_to_ready_ms <= 0.3 x kubeadm's": na["wall_to_ready_ms"] <= 0.3 * ka["wall_to_ready_ms"],
+}
 with open(out, "w") as f:
     json.dump(doc, f, indent=2)
     f.write("\n")
-na, ka = doc["medians"]["node-attach"], doc["medians"]["kubeadm"]
 print(f"node-attach vs kubeadm join, Kubernetes {version}, same image and control plane (medians of {runs} runs)")
-print(f"{'metric':<26} {'node-attach':>12} {'kubeadm':>12} {'ratio':>8}")
+base = doc["medians"].get("node-attach-baseline")
+print(f"{'metric':<36} {'node-attach':>12} {'kubeadm':>12} {'ratio':>8}" + (f" {'baseline':>12} {'ratio':>8}" if base else ""))
+fmt = lambda v: "-" if v is None else f"{v:g}"
+ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"
 for k in keys:
-    ratio = f"{na[k] / ka[k]:.2f}" if ka[k] else "-"
-    print(f"{k:<26} {na[k]:>12g} {ka[k]:>12g} {ratio:>8}")
+    row = f"{k:<36} {fmt(na[k]):>12} {fmt(ka[k]):>12} {ratio(na[k], ka[k]):>8}"
+    if base:
+        row += f" {fmt(base[k]):>12} {ratio(na[k], base[k]):>8}"
+    print(row)
 lo, hi = doc["min"], doc["max"]
-print(f"wall_to_ready_ms min..max: node-attach {lo['node-attach']['wall_to_ready_ms']}..{hi['node-attach']['wall_to_ready_ms']}, "
-      f"kubeadm {lo['kubeadm']['wall_to_ready_ms']}..{hi['kubeadm']['wall_to_ready_ms']} (the 1.20 kubelet's Ready comes ~14 s or, "
-      "when its first status precedes its first PLEG relist, a 10 s status tick later)")
-print(f"(written to {out})")
+for k in ("wall_to_ready_ms", "kubelet_start_to_ready_ms"):
+    print(f"{k} min..max: " + ", ".join(f"{p} {fmt(lo[p][k])}..{fmt(hi[p][k])}" for p in peers))
+m = doc["missed_early_status"]
+print("Ready with a 10 s status tick (the kubelet's early writes not Ready): "
+      + ", ".join(f"{p} {m[p]} of {runs}" for p in peers))
+for goal, met in doc["goals"].items():
+    print(f"goal {goal}: {'met' if met else 'NOT met'}")
+print(f"(written to {out}; each run's timeline is printed above and kept in its sample)")
 PY
 }
 

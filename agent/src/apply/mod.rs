@@ -77,6 +77,9 @@ pub struct Applier<'a> {
     phase: String,
     /// Paths a dry run has planned to create, so later steps see them as present.
     planned: std::collections::HashSet<PathBuf>,
+    /// Whether systemd has re-read its unit files since this run last changed one (or
+    /// installed a package): `enable` then need not have systemctl reload it a second time.
+    manager_reloaded: bool,
     /// Every step so far.
     pub steps: Vec<Step>,
 }
@@ -120,6 +123,24 @@ fn planned_file(existing: &Existing, bytes: &[u8], mode: u32, secret: bool) -> S
     }
 }
 
+/// Where systemd reads unit files from (a change there needs a daemon-reload to be seen).
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/",
+    "/run/systemd/",
+    "/lib/systemd/",
+    "/usr/lib/systemd/",
+];
+
+/// Whether a step of this kind on this target can change what systemd would load: a unit
+/// file or drop-in written, linked or removed, or a package (which may ship units).
+fn changes_units(kind: &str, target: &str) -> bool {
+    match kind {
+        "file" | "symlink" | "remove" => UNIT_DIRS.iter().any(|d| target.starts_with(d)),
+        "package" => true,
+        _ => false,
+    }
+}
+
 impl<'a> Applier<'a> {
     /// A dry-run applier: records steps, changes nothing.
     pub fn plan(effects: &'a Effects) -> Applier<'a> {
@@ -128,6 +149,7 @@ impl<'a> Applier<'a> {
             journal: None,
             phase: "journal".into(),
             planned: Default::default(),
+            manager_reloaded: false,
             steps: Vec::new(),
         };
         for (dir, mode) in [
@@ -153,6 +175,7 @@ impl<'a> Applier<'a> {
             journal: Some(journal),
             phase: "journal".into(),
             planned: Default::default(),
+            manager_reloaded: false,
             steps: Vec::new(),
         };
         for dir in created {
@@ -233,10 +256,14 @@ impl<'a> Applier<'a> {
         detail: impl Into<String>,
         outcome: Outcome,
     ) -> Outcome {
+        let target = target.into();
+        if outcome.changes() && changes_units(kind, &target) {
+            self.manager_reloaded = false;
+        }
         self.steps.push(Step {
             phase: self.phase.clone(),
             kind,
-            target: target.into(),
+            target,
             detail: detail.into(),
             outcome,
         });
@@ -701,10 +728,15 @@ impl<'a> Applier<'a> {
             return Ok(self.record("unit", "daemon-reload", "", Outcome::WouldChange));
         }
         self.effects.systemd.daemon_reload()?;
-        Ok(self.record("unit", "daemon-reload", "", Outcome::Changed))
+        let outcome = self.record("unit", "daemon-reload", "", Outcome::Changed);
+        self.manager_reloaded = true;
+        Ok(outcome)
     }
 
-    /// Enables a unit.
+    /// Enables a unit. `systemctl enable` reloads systemd by itself; right after this run's own
+    /// daemon-reload, with no unit file changed since, it only makes the install links
+    /// (`--no-reload`): a reload costs a few hundred milliseconds on a busy machine, and the
+    /// join's last steps before the kubelet starts are a reload (new unit files) and an enable.
     pub fn enable(&mut self, unit: &str) -> Result<Outcome, ApplyError> {
         if !self.effects.host {
             return self.skipped("unit", format!("enable {unit}"));
@@ -716,9 +748,14 @@ impl<'a> Applier<'a> {
             return Ok(self.record("unit", format!("enable {unit}"), "", Outcome::WouldChange));
         }
         let u = unit.to_owned();
-        self.journaled(Change::UnitEnabled { unit: u.clone() }, |fx| {
-            Ok(fx.systemd.enable(&u)?)
-        })?;
+        let reloaded = self.manager_reloaded;
+        self.journaled(
+            Change::UnitEnabled { unit: u.clone() },
+            |fx| match reloaded {
+                true => Ok(fx.systemd.enable_without_reload(&u)?),
+                false => Ok(fx.systemd.enable(&u)?),
+            },
+        )?;
         Ok(self.record("unit", format!("enable {unit}"), "", Outcome::Changed))
     }
 
@@ -916,6 +953,52 @@ mod tests {
         assert!(
             matches!(files[1], Change::File { prior: None, .. }),
             "later writes keep no backup of join's own bytes"
+        );
+    }
+
+    #[test]
+    fn enable_reloads_systemd_only_when_this_run_has_not_just_done_so() {
+        use crate::effects::RecordingSystemd;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let systemd = RecordingSystemd::default();
+        let calls = systemd.calls.clone();
+        let fx = Effects {
+            systemd: Box::new(systemd),
+            ..effects(tmp.path(), true)
+        };
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        // Nothing reloaded yet: systemctl enable reloads by itself.
+        a.enable("containerd.service").expect("enable");
+        // A new unit, one reload, then enable: the links only.
+        let unit = Path::new("/etc/systemd/system/kubelet.service");
+        a.file(unit, 0o644, b"[Service]\n", false).expect("unit");
+        a.daemon_reload().expect("reload");
+        a.enable("kubelet.service").expect("enable");
+        // A unit file changed after the reload: enable reloads again.
+        let dropin = Path::new("/etc/systemd/system/kubelet.service.d/10-kubeadm.conf");
+        a.file(dropin, 0o644, b"[Service]\n", false)
+            .expect("drop-in");
+        a.enable("cri-docker.service").expect("enable");
+        // Files elsewhere leave the reload standing.
+        a.daemon_reload().expect("reload");
+        a.file(
+            Path::new("/var/lib/kubelet/config.yaml"),
+            0o644,
+            b"{}\n",
+            false,
+        )
+        .expect("config");
+        a.enable("node-attach-reset.service").expect("enable");
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [
+                "enable containerd.service",
+                "daemon-reload",
+                "enable --no-reload kubelet.service",
+                "enable cri-docker.service",
+                "daemon-reload",
+                "enable --no-reload node-attach-reset.service",
+            ]
         );
     }
 

@@ -123,8 +123,11 @@ pub trait Systemd: Send + Sync {
     fn is_enabled(&self, unit: &str) -> bool;
     /// Whether the unit is active.
     fn is_active(&self, unit: &str) -> bool;
-    /// `systemctl enable`.
+    /// `systemctl enable` (which also reloads systemd).
     fn enable(&self, unit: &str) -> Result<(), EffectError>;
+    /// `systemctl enable --no-reload`: the install links only, for a caller that has just
+    /// reloaded systemd itself.
+    fn enable_without_reload(&self, unit: &str) -> Result<(), EffectError>;
     /// `systemctl disable`.
     fn disable(&self, unit: &str) -> Result<(), EffectError>;
     /// `systemctl start`.
@@ -159,6 +162,9 @@ impl Systemd for Systemctl {
     fn enable(&self, unit: &str) -> Result<(), EffectError> {
         self.run(&["enable", unit]).map(drop)
     }
+    fn enable_without_reload(&self, unit: &str) -> Result<(), EffectError> {
+        self.run(&["enable", "--no-reload", unit]).map(drop)
+    }
     fn disable(&self, unit: &str) -> Result<(), EffectError> {
         self.run(&["disable", unit]).map(drop)
     }
@@ -177,8 +183,8 @@ impl Systemd for Systemctl {
 /// A systemd double that records calls and keeps unit state in memory.
 #[derive(Default)]
 pub struct RecordingSystemd {
-    /// Calls in order, e.g. `enable kubelet.service`.
-    pub calls: Mutex<Vec<String>>,
+    /// Calls in order, e.g. `enable kubelet.service` (shared, so a test keeps a handle).
+    pub calls: std::sync::Arc<Mutex<Vec<String>>>,
     enabled: Mutex<Vec<String>>,
     active: Mutex<Vec<String>>,
 }
@@ -223,6 +229,11 @@ impl Systemd for RecordingSystemd {
         Self::set(&self.enabled, unit, true);
         Ok(())
     }
+    fn enable_without_reload(&self, unit: &str) -> Result<(), EffectError> {
+        self.record(format!("enable --no-reload {unit}"));
+        Self::set(&self.enabled, unit, true);
+        Ok(())
+    }
     fn disable(&self, unit: &str) -> Result<(), EffectError> {
         self.record(format!("disable {unit}"));
         Self::set(&self.enabled, unit, false);
@@ -253,6 +264,9 @@ pub trait Cri: Send + Sync {
     /// where the kubelet itself talks to docker), or the timeout passes.
     fn wait_docker(&self, socket: &Path, timeout: Duration) -> Result<(), EffectError>;
 }
+
+/// How often [`CriSocket`] probes a socket that does not answer yet.
+const CRI_POLL: Duration = Duration::from_millis(50);
 
 /// The real checks: a unix-socket connection and the first bytes of each protocol.
 pub struct CriSocket;
@@ -316,7 +330,9 @@ impl CriSocket {
                         detail: format!("no answer within {timeout:?}: {e}"),
                     })
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+                // A probe is one local connect and a few bytes: polled often, the wait ends
+                // within 50 ms of the runtime answering (the kubelet is started right after).
+                Err(_) => std::thread::sleep(CRI_POLL),
             }
         }
     }

@@ -99,7 +99,13 @@ fn node_client(ctx: &Context<'_>) -> Option<Kube> {
 }
 
 /// How long a Node that registered may take to turn Ready before the join stops waiting (a
-/// CNI plugin may still be starting).
+/// CNI plugin may still be starting). It covers one missed status as well: a kubelet before
+/// 1.26 writes its status when it registers, once more when its podCIDR appears
+/// (`fastStatusUpdateOnce`, pkg/kubelet/kubelet.go v1.20.2), and then every
+/// `nodeStatusUpdateFrequency` (10 s by default); when its CSINode, its runtime check or its
+/// first PLEG relist is not done by those two early writes, Ready waits for the next tick.
+/// From 1.26 the kubelet retries the fast update every 100 ms until Ready
+/// (kubernetes/kubernetes#112618).
 const READY_GRACE: Duration = Duration::from_secs(20);
 
 /// What the wait has seen of the Node.

@@ -155,8 +155,10 @@ pub async fn run(
         server: &ctx.cluster.version,
         cluster_pause: plan.runtime.pause_image.clone(),
         staged: &staged,
+        // Waited for by the start phase, just before the kubelet starts.
+        wait_in_phase: false,
     };
-    runtime_phase(reporter, &mut applier, &inputs, &plan.runtime.notices)?;
+    let runtime = runtime_phase(reporter, &mut applier, &inputs, &plan.runtime.notices)?;
     let changes = applied(
         reporter,
         &mut applier,
@@ -165,9 +167,7 @@ pub async fn run(
         |a| kubelet::apply(a, &plan.kubelet),
     )?;
     let made = bootstrap_phase(reporter, &mut applier, &ctx).await?;
-    applied(reporter, &mut applier, "start", Code::Start, |a| {
-        start_kubelet(a, changes)
-    })?;
+    start_phase(reporter, &mut applier, changes, &runtime)?;
     let endpoint = plan
         .runtime
         .endpoint
@@ -477,18 +477,30 @@ async fn bootstrap_phase(
     Ok(made)
 }
 
-/// daemon-reload when a unit changed, the kubelet enabled, and (re)started when anything it
-/// reads changed.
-fn start_kubelet(
+/// The start phase: daemon-reload when a unit changed, the kubelet enabled (one reload in
+/// all: see [`Applier::enable`]), the runtime's API waited for (its restart in the runtime
+/// phase overlaps with what came since), and the kubelet (re)started when anything it reads
+/// changed. The runtime answering before the kubelet starts matters for the first status: the
+/// 1.20 kubelet checks the runtime at once and then every 5 s (`updateRuntimeUp` in
+/// pkg/kubelet/kubelet.go `Run`, v1.20.2).
+fn start_phase(
+    reporter: &mut Reporter,
     applier: &mut Applier<'_>,
     changes: kubelet::KubeletChanges,
-) -> Result<(), ApplyError> {
+    runtime: &runtime::RuntimePlan,
+) -> Result<(), Failure> {
+    let phase = reporter.begin("start");
+    applier.enter("start").map_err(fs_failure)?;
+    let failed = apply_failure(Code::Start);
     if changes.units {
-        applier.daemon_reload()?;
+        applier.daemon_reload().map_err(&failed)?;
     }
-    applier.enable("kubelet.service")?;
-    applier.start("kubelet.service", changes.config)?;
-    Ok(())
+    applier.enable("kubelet.service").map_err(&failed)?;
+    runtime::wait_ready(applier, runtime).map_err(apply_failure(Code::Runtime))?;
+    applier
+        .start("kubelet.service", changes.config)
+        .map_err(&failed)?;
+    finish(applier, phase, "start")
 }
 
 async fn confirm_phase(
@@ -694,4 +706,64 @@ pub fn summary_text(s: &JoinSummary) -> String {
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::journal::Journal;
+    use crate::effects::{fs::Root, Cri, EffectError, RecordingSystemd};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A runtime that answers at once, noting when it was asked in the systemd call list.
+    struct NotedCri(Arc<Mutex<Vec<String>>>);
+
+    impl Cri for NotedCri {
+        fn wait_ready(&self, socket: &Path, _: Duration) -> Result<(), EffectError> {
+            let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            calls.push(format!("wait for {}", socket.display()));
+            Ok(())
+        }
+        fn wait_docker(&self, socket: &Path, _: Duration) -> Result<(), EffectError> {
+            self.wait_ready(socket, Duration::ZERO)
+        }
+    }
+
+    #[test]
+    fn the_kubelet_starts_after_one_reload_and_the_runtime_answering() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let systemd = RecordingSystemd::default();
+        let calls = systemd.calls.clone();
+        let fx = Effects {
+            systemd: Box::new(systemd),
+            cri: Box::new(NotedCri(calls.clone())),
+            host: true,
+            ..Effects::doubles(Root::new(tmp.path()))
+        };
+        let runtime = runtime::plan(
+            crate::sources::values::RuntimeKind::Containerd,
+            &Default::default(),
+            &"v1.20.2".parse().expect("version"),
+            "k8s.gcr.io/pause:3.2",
+            &runtime::HostRuntime::default(),
+            &runtime::Originals::default(),
+        );
+        let mut applier = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        let mut reporter = Reporter::stdout(crate::report::OutputFormat::Json);
+        let changes = kubelet::KubeletChanges {
+            units: true,
+            config: true,
+        };
+        start_phase(&mut reporter, &mut applier, changes, &runtime).expect("start");
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [
+                "daemon-reload",
+                "enable --no-reload kubelet.service",
+                "wait for /run/containerd/containerd.sock",
+                "start kubelet.service",
+            ]
+        );
+    }
 }

@@ -183,6 +183,8 @@ fn apply_phases(
         // version. The boot-time join re-merges when the cluster names another.
         cluster_pause: crate::model::compat::pause_image(None, version),
         staged,
+        // Nothing starts after this phase here: the runtime is waited for in it.
+        wait_in_phase: true,
     };
     super::runtime_phase(reporter, applier, &inputs, &[])?;
     let reset_unit = settings.agent_path.as_deref().and_then(kubelet::reset_unit);

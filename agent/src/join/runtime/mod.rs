@@ -2,7 +2,8 @@
 //! 1.24), configured for the kubelet (systemd cgroup driver, sandbox image, registry mirrors,
 //! insecure registries, data root) by merging into the machine's own configuration
 //! ([`containerd`], [`docker`]), installed through the package manager when missing, restarted
-//! only when its configuration changed, and waited for on its API socket.
+//! only when its configuration changed, and waited for on its API socket (by the join's start
+//! phase, just before the kubelet starts, so the restart overlaps with the steps between).
 
 pub mod containerd;
 pub mod docker;
@@ -259,6 +260,11 @@ pub struct PhaseInputs<'a> {
     pub cluster_pause: String,
     /// What the artifacts phase staged (a static runtime, image archives).
     pub staged: &'a crate::join::artifacts::Staged,
+    /// Whether the phase waits for the runtime's API itself. A join that starts the kubelet
+    /// next waits just before that start instead ([`wait_ready`]), so the runtime's restart
+    /// overlaps with writing the kubelet's files, the TLS bootstrap and systemd's reload;
+    /// staged images to import always make the phase wait.
+    pub wait_in_phase: bool,
 }
 
 fn fail(code: crate::error::Code) -> impl Fn(ApplyError) -> crate::error::Failure {
@@ -325,7 +331,8 @@ pub fn phase(
         &host,
         &originals,
     );
-    apply(applier, &rt).map_err(fail(Code::Runtime))?;
+    let wait = inputs.wait_in_phase || !inputs.staged.images.is_empty();
+    apply(applier, &rt, wait).map_err(fail(Code::Runtime))?;
     crate::join::artifacts::import(applier, settings.runtime, inputs.staged)
         .map_err(fail(Code::ImagesImport))?;
     Ok(rt)
@@ -370,9 +377,10 @@ pub fn install_packages(
     Ok(())
 }
 
-/// Applies the runtime plan: files, enable, (re)start when changed, wait for the CRI. (The
-/// packages come first, [`install_packages`], so the plan merges into the file they ship.)
-pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
+/// Applies the runtime plan: files, enable, (re)start when changed, and with `wait` the wait
+/// for its API ([`wait_ready`]). (The packages come first, [`install_packages`], so the plan
+/// merges into the file they ship.)
+pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan, wait: bool) -> Result<(), ApplyError> {
     let mut changed = false;
     let mut units_changed = false;
     for f in &plan.files {
@@ -389,14 +397,26 @@ pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyE
         applier.enable(unit)?;
         applier.start(unit, changed)?;
     }
-    if applier.effects().host && !applier.dry_run() {
-        let cri = &applier.effects().cri;
-        if plan.endpoint.is_some() {
-            cri.wait_ready(Path::new(&plan.socket), Duration::from_secs(120))?;
-        } else {
-            // Dockershim: the kubelet talks to docker itself; the daemon must answer first.
-            cri.wait_docker(Path::new(DOCKER_SOCKET), Duration::from_secs(120))?;
-        }
+    if wait {
+        wait_ready(applier, plan)?;
+    }
+    Ok(())
+}
+
+/// Waits until the runtime answers on its API socket (the CRI's, or docker's for the kubelet's
+/// dockershim), for up to two minutes: the kubelet checks the runtime once as it starts
+/// (`updateRuntimeUp`, then every 5 s), and with no answer then its node stays NotReady until a
+/// later check.
+pub fn wait_ready(applier: &Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
+    if !applier.effects().host || applier.dry_run() {
+        return Ok(());
+    }
+    let cri = &applier.effects().cri;
+    if plan.endpoint.is_some() {
+        cri.wait_ready(Path::new(&plan.socket), Duration::from_secs(120))?;
+    } else {
+        // Dockershim: the kubelet talks to docker itself; the daemon must answer first.
+        cri.wait_docker(Path::new(DOCKER_SOCKET), Duration::from_secs(120))?;
     }
     Ok(())
 }
