@@ -42,7 +42,7 @@ clippy:
 shellcheck:
 	shellcheck -S style packaging/install.sh packaging/deb/build.sh packaging/userdata/*.sh
 	shellcheck -S warning tests/e2e/run.sh tests/e2e/apt-mirror.sh tests/e2e/images/*.sh tests/kubernetes/*.sh tests/cri/*.sh
-	shellcheck -S style tests/setup.sh tests/lint/hosts.sh .ci/run
+	shellcheck -S style tests/setup.sh tests/lint/hosts.sh tests/bench/profile.sh .ci/run
 
 # The integration tests run the workspace binaries (node-attach, kubelet-standin): build them
 # first. As root, one real Kubernetes control plane (tests/kubernetes/cluster.sh) serves the whole
@@ -168,6 +168,16 @@ bench: build static
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 .PHONY: bench
+
+## Where one join's CPU goes: callgrind's instructions per phase and strace's system calls, for the
+## static binary built with symbols (target/profile). Needs valgrind and strace. Not a test.
+PROFILE_BIN := target/profile/$(STATIC_TARGET)/release/node-attach
+bench-profile: build
+	CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+	  $(CARGO) build --release --locked --target $(STATIC_TARGET) -p node-attach --target-dir target/profile
+	bash tests/bench/profile.sh $(PROFILE_BIN)
+
+.PHONY: bench-profile
 
 ## N simultaneous joins (separate roots, real HTTP and TLS) against the test control plane, direct
 ## and through one openapi token in serve, then with the control plane shedding load (429/503) for

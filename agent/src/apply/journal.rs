@@ -4,7 +4,16 @@
 //! `/var/lib/node-attach/journal.jsonl` (0600, directory 0700) holds one JSON object per line:
 //! `begin` before a change is made (with what is needed to undo it: prior bytes, mode and owner
 //! are copied to `backup/<seq>` first), `done` after it, and `phase` markers; reset adds `undone`
-//! after undoing a change and `reset-complete` once every undo is done. Each line is fsynced.
+//! after undoing a change and `reset-complete` once every undo is done.
+//!
+//! Durability follows the write-ahead rule, one fsync per point where it matters rather than one
+//! per line: a `begin` of a change to the machine is synced before the change is made (and with
+//! it every line before it), and so are a phase's end, `undone` and `reset-complete`. A `done`,
+//! a phase's start and a step recorded as skipped (which changes nothing) are written at once
+//! and become durable with the next synced line, at the latest when the phase ends or the
+//! journal is closed. Losing them to a power cut leaves what a cut a moment earlier would have
+//! left: a change begun and not known to be done, which a rerun redoes and reset undoes (each
+//! undo tolerates a change that was never made).
 //!
 //! A last line cut short by a crash (power loss mid-write) is ignored when reading and cut off
 //! when the journal is next opened for writing, so nothing is ever appended to it. Anything else
@@ -22,6 +31,8 @@ pub const STATE_DIR: &str = "/var/lib/node-attach";
 pub const JOURNAL_FILE: &str = "/var/lib/node-attach/journal.jsonl";
 /// Where prior file contents are kept.
 pub const BACKUP_DIR: &str = "/var/lib/node-attach/backup";
+/// The status a phase is recorded with when it starts.
+pub const PHASE_STARTED: &str = "started";
 
 /// The state a file had before join overwrote it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -286,6 +297,19 @@ pub struct Journal {
     file: AppendFile,
     next_seq: u64,
     records: Vec<Record>,
+    /// Whether lines were written since the last sync.
+    unsynced: bool,
+    /// The lowest number the next backup may take.
+    next_backup: u64,
+}
+
+/// Whether a line must be on the disk before [`Journal`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Synced now (and with it every line before).
+    Now,
+    /// Written now, synced with the next line that is.
+    WithNext,
 }
 
 impl Journal {
@@ -315,6 +339,8 @@ impl Journal {
             root: root.clone(),
             file,
             next_seq,
+            unsynced: false,
+            next_backup: 0,
         };
         if root.inspect(Path::new(BACKUP_DIR))? == crate::effects::fs::Existing::Absent {
             let seq = journal.begin(Change::Dir {
@@ -405,63 +431,121 @@ impl Journal {
         Ok(file)
     }
 
-    fn append(&mut self, record: Record) -> Result<(), JournalError> {
+    fn append(&mut self, record: Record, durability: Durability) -> Result<(), JournalError> {
         let mut line = serde_json::to_vec(&record).map_err(|e| JournalError::Write(e.into()))?;
         line.push(b'\n');
-        self.file.append(&line).map_err(JournalError::Write)?;
+        self.file.write(&line).map_err(JournalError::Write)?;
         self.records.push(record);
+        self.unsynced = true;
+        if durability == Durability::Now {
+            self.sync()?;
+        }
         Ok(())
     }
 
-    /// Records that a change is about to be made; returns its sequence number.
-    pub fn begin(&mut self, change: Change) -> Result<u64, JournalError> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.append(Record {
-            seq,
-            event: Event::Begin,
-            change: Some(change),
-            phase: None,
-            status: None,
-            at: now(),
-        })?;
-        Ok(seq)
+    /// Makes every line written so far durable (a no-op when they are).
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        if self.unsynced {
+            self.file.sync().map_err(JournalError::Write)?;
+            self.unsynced = false;
+        }
+        Ok(())
     }
 
-    /// Records that change `seq` was made.
+    /// Whether lines were written that are not synced yet.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Records that a change is about to be made; returns its sequence number. On the disk
+    /// before it returns, unless the change is a step skipped (nothing on the machine changes).
+    pub fn begin(&mut self, change: Change) -> Result<u64, JournalError> {
+        let durability = match change {
+            Change::Skipped { .. } => Durability::WithNext,
+            _ => Durability::Now,
+        };
+        Ok(self.begin_all([change], durability)?[0])
+    }
+
+    /// Records that these changes are about to be made, in this order, with one sync: the
+    /// changes that follow one another with nothing in between (a chain of directories). Returns
+    /// their sequence numbers.
+    pub fn begin_each(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<Vec<u64>, JournalError> {
+        self.begin_all(changes, Durability::Now)
+    }
+
+    fn begin_all(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        durability: Durability,
+    ) -> Result<Vec<u64>, JournalError> {
+        let mut seqs = Vec::new();
+        for change in changes {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let record = Record {
+                seq,
+                event: Event::Begin,
+                change: Some(change),
+                phase: None,
+                status: None,
+                at: now(),
+            };
+            self.append(record, Durability::WithNext)?;
+            seqs.push(seq);
+        }
+        if durability == Durability::Now {
+            self.sync()?;
+        }
+        Ok(seqs)
+    }
+
+    /// Records that change `seq` was made (durable with the next synced line).
     pub fn done(&mut self, seq: u64) -> Result<(), JournalError> {
-        self.append(Record {
-            seq,
-            event: Event::Done,
-            change: None,
-            phase: None,
-            status: None,
-            at: now(),
-        })
+        self.append(
+            Record {
+                seq,
+                event: Event::Done,
+                change: None,
+                phase: None,
+                status: None,
+                at: now(),
+            },
+            Durability::WithNext,
+        )
     }
 
     /// Records that reset undid change `seq`.
     pub fn undone(&mut self, seq: u64) -> Result<(), JournalError> {
-        self.append(Record {
-            seq,
-            event: Event::Undone,
-            change: None,
-            phase: None,
-            status: None,
-            at: now(),
-        })
+        self.append(
+            Record {
+                seq,
+                event: Event::Undone,
+                change: None,
+                phase: None,
+                status: None,
+                at: now(),
+            },
+            Durability::Now,
+        )
     }
 
     /// Records that reset undid every change.
     pub fn reset_complete(&mut self) -> Result<(), JournalError> {
-        self.append(Record {
-            seq: 0,
-            event: Event::ResetComplete,
-            change: None,
-            phase: None,
-            status: None,
-            at: now(),
-        })
+        self.append(
+            Record {
+                seq: 0,
+                event: Event::ResetComplete,
+                change: None,
+                phase: None,
+                status: None,
+                at: now(),
+            },
+            Durability::Now,
+        )
     }
 
     /// Opens an existing journal for reset to record its progress in (repairing a torn last
@@ -478,24 +562,43 @@ impl Journal {
             file,
             next_seq: records.iter().map(|r| r.seq).max().unwrap_or(0) + 1,
             records,
+            unsynced: false,
+            next_backup: 0,
         }))
     }
 
-    /// Records a phase's status.
+    /// Records a phase's status: its start durable with its first change (or its end), any
+    /// other status at once.
     pub fn phase(&mut self, name: &str, status: &str) -> Result<(), JournalError> {
-        self.append(Record {
-            seq: 0,
-            event: Event::Phase,
-            change: None,
-            phase: Some(name.into()),
-            status: Some(status.into()),
-            at: now(),
-        })
+        let durability = match status {
+            PHASE_STARTED => Durability::WithNext,
+            _ => Durability::Now,
+        };
+        self.append(
+            Record {
+                seq: 0,
+                event: Event::Phase,
+                change: None,
+                phase: Some(name.into()),
+                status: Some(status.into()),
+                at: now(),
+            },
+            durability,
+        )
+    }
+
+    /// A name for the next backup: the next sequence number, or past the last backup's when
+    /// several are taken before their changes are recorded (a batch). A record's backup is so
+    /// never above its own sequence number, and names never repeat within a journal.
+    fn backup_name(&mut self) -> String {
+        let n = self.next_backup.max(self.next_seq);
+        self.next_backup = n + 1;
+        format!("{n:06}")
     }
 
     /// Saves `bytes` as the backup for the next change; returns its name.
     pub fn backup(&mut self, bytes: &[u8]) -> Result<String, JournalError> {
-        let name = format!("{:06}", self.next_seq);
+        let name = self.backup_name();
         let path = PathBuf::from(BACKUP_DIR).join(&name);
         self.root.write_atomic(&path, bytes, 0o600)?;
         Ok(name)
@@ -504,7 +607,7 @@ impl Journal {
     /// Keeps the regular file at `target` as the backup for the next change without reading
     /// it into memory (a hard link, or a streamed copy across filesystems); returns its name.
     pub fn backup_file(&mut self, target: &Path) -> Result<String, JournalError> {
-        let name = format!("{:06}", self.next_seq);
+        let name = self.backup_name();
         let path = PathBuf::from(BACKUP_DIR).join(&name);
         let _ = self.root.remove_file(&path);
         self.root.link_or_copy(target, &path)?;
@@ -539,6 +642,16 @@ impl Journal {
             .iter()
             .filter_map(|r| r.change.as_ref())
             .any(want)
+    }
+}
+
+impl Drop for Journal {
+    /// Lines not synced yet (a `done`, a phase's start) reach the disk when the journal is
+    /// closed, whichever way the run ends.
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::warn!("syncing the journal on close: {e}");
+        }
     }
 }
 
@@ -644,6 +757,59 @@ mod tests {
         assert_eq!(
             Journal::load(&root).expect("load").expect("present").len(),
             dirs + 4
+        );
+    }
+
+    #[test]
+    fn a_change_is_synced_before_it_is_made_and_the_rest_with_the_next_sync() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        let mut j = Journal::open(&root).expect("open");
+        j.sync().expect("sync");
+        assert!(!j.has_unsynced());
+        j.phase("host", PHASE_STARTED).expect("phase");
+        assert!(
+            j.has_unsynced(),
+            "a phase's start waits for its first change"
+        );
+        let seq = j
+            .begin(Change::Module {
+                name: "overlay".into(),
+            })
+            .expect("begin");
+        assert!(!j.has_unsynced(), "a change is recorded before it is made");
+        j.done(seq).expect("done");
+        assert!(j.has_unsynced(), "done waits for the next sync");
+        let skipped = j
+            .begin(Change::Skipped {
+                what: "module br_netfilter".into(),
+                reason: "test".into(),
+            })
+            .expect("skipped");
+        j.done(skipped).expect("done");
+        assert!(j.has_unsynced(), "a skipped step changes nothing");
+        let dirs = j
+            .begin_each(["/etc", "/etc/x"].map(|p| Change::Dir { path: p.into() }))
+            .expect("chain");
+        assert_eq!(dirs, [seq + 2, seq + 3]);
+        assert!(
+            !j.has_unsynced(),
+            "a chain is recorded before its first change"
+        );
+        j.done(dirs[0]).expect("done");
+        j.phase("host", "done").expect("phase");
+        assert!(!j.has_unsynced(), "a phase's end is synced");
+        j.done(dirs[1]).expect("done");
+        drop(j);
+        let records = Journal::load(&root).expect("load").expect("present");
+        let done = records.iter().filter(|r| r.event == Event::Done).count();
+        assert!(
+            done >= 5,
+            "every line is in the file once closed: {records:?}"
+        );
+        assert_eq!(
+            records.last().map(|r| (r.seq, r.event)),
+            Some((dirs[1], Event::Done))
         );
     }
 

@@ -96,6 +96,33 @@ fn line_diff(old: &str, new: &str) -> String {
         .to_string()
 }
 
+/// A file for [`Applier::files`]: its path, mode and bytes.
+pub type FileSpec<'b> = (&'b Path, u32, &'b [u8]);
+
+/// A dry run's account of a file it would write: the diff, or only the size of a secret.
+fn planned_file(existing: &Existing, bytes: &[u8], mode: u32, secret: bool) -> String {
+    match (existing, secret) {
+        (_, true) => format!(
+            "mode {mode:04o}, {} bytes (contents hidden: secret)",
+            bytes.len()
+        ),
+        (Existing::File { bytes: old, .. }, false) => format!(
+            "mode {mode:04o}\n{}",
+            line_diff(
+                &String::from_utf8_lossy(old),
+                &String::from_utf8_lossy(bytes)
+            )
+        ),
+        (_, false) => format!(
+            "mode {mode:04o} (new)\n{}",
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .map(|l| format!("+{l}\n"))
+                .collect::<String>()
+        ),
+    }
+}
+
 /// Where systemd reads unit files from (a change there needs a daemon-reload to be seen).
 const UNIT_DIRS: &[&str] = &[
     "/etc/systemd/",
@@ -197,7 +224,7 @@ impl<'a> Applier<'a> {
     pub fn enter(&mut self, phase: &str) -> Result<(), ApplyError> {
         self.phase = phase.to_owned();
         if let Some(j) = &mut self.journal {
-            j.phase(phase, "started")?;
+            j.phase(phase, journal::PHASE_STARTED)?;
         }
         Ok(())
     }
@@ -277,41 +304,74 @@ impl<'a> Applier<'a> {
 
     /// Ensures a directory (and missing parents) exist, new ones with `mode`.
     pub fn dir(&mut self, path: &Path, mode: u32) -> Result<Outcome, ApplyError> {
-        let root = &self.effects.root;
+        let missing = self.missing_dirs(path)?;
+        if missing.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        // Missing parents get the usual 0755; only the directory asked for gets `mode`.
+        let mode_of = |p: &Path| if p == path { mode } else { 0o755 };
+        if self.dry_run() {
+            for p in missing {
+                let detail = format!("{:o}", mode_of(&p));
+                let target = p.display().to_string();
+                self.planned.insert(p);
+                self.record("dir", target, detail, Outcome::WouldChange);
+            }
+            return Ok(Outcome::WouldChange);
+        }
+        self.make_dirs(missing, mode_of, None)?;
+        Ok(Outcome::Changed)
+    }
+
+    /// The directories missing on the way to `path`, itself included, outermost first.
+    fn missing_dirs(&self, path: &Path) -> Result<Vec<PathBuf>, ApplyError> {
         let mut missing = Vec::new();
         let mut cur = Some(path);
         while let Some(p) = cur {
             if p == Path::new("/") || self.planned.contains(p) {
                 break;
             }
-            match root.inspect(p)? {
+            match self.effects.root.inspect(p)? {
                 Existing::Absent => missing.push(p.to_path_buf()),
                 _ => break,
             }
             cur = p.parent();
         }
-        if missing.is_empty() {
-            return Ok(Outcome::Unchanged);
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// Makes the `missing` directories, outermost first. They are recorded, and with them the
+    /// change `then` that needs them, before the first is made (one sync for all); returns
+    /// `then`'s sequence number. Only when applying.
+    fn make_dirs(
+        &mut self,
+        missing: Vec<PathBuf>,
+        mode_of: impl Fn(&Path) -> u32,
+        then: Option<Change>,
+    ) -> Result<Option<u64>, ApplyError> {
+        let journal = self
+            .journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("only called when applying"));
+        let changes = missing.iter().map(|p| Change::Dir { path: p.clone() });
+        let mut seqs = journal.begin_each(changes.chain(then))?;
+        let then_seq = (seqs.len() > missing.len()).then(|| seqs.pop()).flatten();
+        for (p, seq) in missing.into_iter().zip(seqs) {
+            let m = mode_of(&p);
+            self.effects.root.mkdir_all(&p, m)?;
+            self.journal
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("applying"))
+                .done(seq)?;
+            self.record(
+                "dir",
+                p.display().to_string(),
+                format!("{m:o}"),
+                Outcome::Changed,
+            );
         }
-        for p in missing.into_iter().rev() {
-            // Missing parents get the usual 0755; only the directory asked for gets `mode`.
-            let m = if p == path { mode } else { 0o755 };
-            let target = p.display().to_string();
-            if self.dry_run() {
-                self.planned.insert(p.clone());
-                self.record("dir", target, format!("{m:o}"), Outcome::WouldChange);
-                continue;
-            }
-            self.journaled(Change::Dir { path: p.clone() }, |fx| {
-                Ok(fx.root.mkdir_all(&p, m)?)
-            })?;
-            self.record("dir", target, format!("{m:o}"), Outcome::Changed);
-        }
-        Ok(if self.dry_run() {
-            Outcome::WouldChange
-        } else {
-            Outcome::Changed
-        })
+        Ok(then_seq)
     }
 
     /// Writes a file with exactly `mode`; parents are created 0755. `secret` hides the contents
@@ -323,10 +383,19 @@ impl<'a> Applier<'a> {
         bytes: &[u8],
         secret: bool,
     ) -> Result<Outcome, ApplyError> {
-        if let Some(parent) = path.parent() {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        if self.dry_run() {
             self.dir(parent, 0o755)?;
         }
-        let existing = self.effects.root.inspect(path)?;
+        // Missing parents (0755) are recorded with the file, in one sync.
+        let missing = match self.dry_run() {
+            true => Vec::new(),
+            false => self.missing_dirs(parent)?,
+        };
+        let existing = match missing.is_empty() {
+            true => self.effects.root.inspect(path)?,
+            false => Existing::Absent,
+        };
         let target = path.display().to_string();
         if let Existing::File {
             bytes: old,
@@ -339,34 +408,110 @@ impl<'a> Applier<'a> {
             }
         }
         if self.dry_run() {
-            let detail = match (&existing, secret) {
-                (_, true) => format!(
-                    "mode {mode:04o}, {} bytes (contents hidden: secret)",
-                    bytes.len()
-                ),
-                (Existing::File { bytes: old, .. }, false) => format!(
-                    "mode {mode:04o}\n{}",
-                    line_diff(
-                        &String::from_utf8_lossy(old),
-                        &String::from_utf8_lossy(bytes)
-                    )
-                ),
-                (_, false) => format!(
-                    "mode {mode:04o} (new)\n{}",
-                    String::from_utf8_lossy(bytes)
-                        .lines()
-                        .map(|l| format!("+{l}\n"))
-                        .collect::<String>()
-                ),
-            };
+            let detail = planned_file(&existing, bytes, mode, secret);
             self.planned.insert(path.to_path_buf());
             return Ok(self.record("file", target, detail, Outcome::WouldChange));
+        }
+        let prior = self.prior(path, &existing)?;
+        let change = Change::File {
+            path: path.to_path_buf(),
+            prior,
+        };
+        let seq = self
+            .make_dirs(missing, |_| 0o755, Some(change))?
+            .unwrap_or_else(|| unreachable!("the file's own record"));
+        self.effects.root.write_atomic(path, bytes, mode)?;
+        self.journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"))
+            .done(seq)?;
+        Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
+    }
+
+    /// Writes each of `files` (path, mode, bytes) as [`Applier::file`] does, in order, with one
+    /// journal sync before the first is written instead of one each: every file's record, with
+    /// its backup and the directories it needs (0755), is on the disk before anything changes.
+    /// Each file is still written atomically and synced, its directory too. Returns whether any
+    /// changed.
+    pub fn files(&mut self, files: &[FileSpec<'_>]) -> Result<bool, ApplyError> {
+        if self.dry_run() {
+            let mut changed = false;
+            for (path, mode, bytes) in files {
+                changed |= self.file(path, *mode, bytes, false)?.changes();
+            }
+            return Ok(changed);
+        }
+        let mut planned: Vec<(Vec<PathBuf>, Option<&FileSpec<'_>>)> = Vec::new();
+        let mut new_dirs = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        for file in files {
+            let (path, mode, bytes) = *file;
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let mut missing = self.missing_dirs(parent)?;
+            let existing = match missing.is_empty() {
+                true => self.effects.root.inspect(path)?,
+                false => Existing::Absent,
+            };
+            // A directory an earlier file of the batch makes is made once.
+            missing.retain(|d| new_dirs.insert(d.clone()));
+            if matches!(&existing, Existing::File { bytes: old, mode: m, .. } if old == bytes && *m == mode)
+            {
+                // It is there, so its directories are too.
+                planned.push((Vec::new(), None));
+                continue;
+            }
+            let prior = self.prior(path, &existing)?;
+            changes.extend(missing.iter().map(|p| Change::Dir { path: p.clone() }));
+            changes.push(Change::File {
+                path: path.to_path_buf(),
+                prior,
+            });
+            planned.push((missing, Some(file)));
         }
         let journal = self
             .journal
             .as_mut()
             .unwrap_or_else(|| unreachable!("applying"));
-        let prior = match &existing {
+        let mut seqs = journal.begin_each(changes)?.into_iter();
+        let mut changed = false;
+        for ((missing, file), (path, mode, _)) in planned.into_iter().zip(files) {
+            for (dir, seq) in missing.into_iter().zip(seqs.by_ref()) {
+                self.effects.root.mkdir_all(&dir, 0o755)?;
+                self.done(seq)?;
+                self.record("dir", dir.display().to_string(), "755", Outcome::Changed);
+            }
+            let target = path.display().to_string();
+            let Some(&(path, mode, bytes)) = file else {
+                self.record("file", target, format!("{mode:04o}"), Outcome::Unchanged);
+                continue;
+            };
+            let seq = seqs
+                .next()
+                .unwrap_or_else(|| unreachable!("one record per file"));
+            self.effects.root.write_atomic(path, bytes, mode)?;
+            self.done(seq)?;
+            self.record("file", target, format!("{mode:04o}"), Outcome::Changed);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn done(&mut self, seq: u64) -> Result<(), ApplyError> {
+        if let Some(j) = &mut self.journal {
+            j.done(seq)?;
+        }
+        Ok(())
+    }
+
+    /// What a file join is about to replace was before join, kept as a backup the first time
+    /// join changes it; refuses anything but a regular file.
+    fn prior(&mut self, path: &Path, existing: &Existing) -> Result<Option<Prior>, ApplyError> {
+        let target = path.display().to_string();
+        let journal = self
+            .journal
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("applying"));
+        let prior = match existing {
             Existing::File {
                 bytes: old,
                 mode: old_mode,
@@ -393,15 +538,7 @@ impl<'a> Applier<'a> {
             }
             _ => None,
         };
-        let p = path.to_path_buf();
-        self.journaled(
-            Change::File {
-                path: p.clone(),
-                prior,
-            },
-            |fx| Ok(fx.root.write_atomic(&p, bytes, mode)?),
-        )?;
-        Ok(self.record("file", target, format!("{mode:04o}"), Outcome::Changed))
+        Ok(prior)
     }
 
     /// Points a symlink at `to` (an absolute target path as seen on the node).
@@ -693,6 +830,79 @@ mod tests {
         let diff = line_diff(old, new);
         // A set difference would show nothing for the moved and repeated `b`.
         assert_eq!(diff, "@@ -1,5 +1,6 @@\n a\n+c\n b\n-c\n b\n d\n+e\n");
+    }
+
+    #[test]
+    fn a_batch_of_files_is_recorded_whole_before_the_first_is_written() {
+        use crate::apply::journal::Event;
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("etc")).expect("etc");
+        for (name, text) in [
+            ("kept", "same\n"),
+            ("edited", "original\n"),
+            ("second", "old\n"),
+        ] {
+            std::fs::write(tmp.path().join("etc").join(name), text).expect("file");
+        }
+        let fx = effects(tmp.path(), false);
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        let before = a.journal().expect("journal").records().len();
+        let first_step = a.steps.len();
+        let batch: [FileSpec<'_>; 5] = [
+            (Path::new("/etc/new/a.d/one"), 0o644, b"one\n"),
+            (Path::new("/etc/kept"), 0o644, b"same\n"),
+            (Path::new("/etc/new/a.d/two"), 0o600, b"two\n"),
+            (Path::new("/etc/edited"), 0o644, b"edited\n"),
+            (Path::new("/etc/second"), 0o644, b"new\n"),
+        ];
+        assert!(a.files(&batch).expect("batch"));
+        let steps: Vec<(&str, &str, Outcome)> = a.steps[first_step..]
+            .iter()
+            .map(|s| (s.kind, s.target.as_str(), s.outcome))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("dir", "/etc/new", Outcome::Changed),
+                ("dir", "/etc/new/a.d", Outcome::Changed),
+                ("file", "/etc/new/a.d/one", Outcome::Changed),
+                ("file", "/etc/kept", Outcome::Unchanged),
+                ("file", "/etc/new/a.d/two", Outcome::Changed),
+                ("file", "/etc/edited", Outcome::Changed),
+                ("file", "/etc/second", Outcome::Changed),
+            ]
+        );
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(tmp.path().join(p))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            (mode("etc/new/a.d"), mode("etc/new/a.d/two")),
+            (0o755, 0o600)
+        );
+        // Every change's begin comes before the first done: one sync for the whole batch.
+        let j = a.into_journal().expect("journal");
+        let events: Vec<Event> = j.records()[before..].iter().map(|r| r.event).collect();
+        assert_eq!(events[..6], [Event::Begin; 6]);
+        assert_eq!(events[6..], [Event::Done; 6]);
+        // Each replaced file has a backup of its own, holding what it held.
+        for (path, original) in [("/etc/edited", "original\n"), ("/etc/second", "old\n")] {
+            let prior = j.records()[before..].iter().find_map(|r| match &r.change {
+                Some(Change::File { path: p, prior }) if p == Path::new(path) => prior.clone(),
+                _ => None,
+            });
+            let backup = prior.expect("a backup").backup;
+            let kept = tmp.path().join("var/lib/node-attach/backup").join(backup);
+            assert_eq!(std::fs::read_to_string(kept).expect("backup"), original);
+        }
+        drop(j);
+        // Again: nothing changes.
+        let mut again = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        assert!(!again.files(&batch).expect("again"));
     }
 
     #[test]

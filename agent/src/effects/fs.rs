@@ -874,7 +874,8 @@ pub fn remove_tree_on(path: &Path, dev: u64, pinned: &[PathBuf]) -> std::io::Res
     Ok(all)
 }
 
-/// A file only ever appended to, each append synced before it returns (the journal).
+/// A file only ever appended to (the journal): each [`AppendFile::append`] synced before it
+/// returns, or [`AppendFile::write`]s synced together by one [`AppendFile::sync`].
 #[derive(Debug)]
 pub struct AppendFile(File);
 
@@ -892,7 +893,17 @@ impl AppendFile {
 
     /// Appends `bytes`, synced.
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(bytes)?;
+        self.write(bytes)?;
+        self.sync()
+    }
+
+    /// Appends `bytes`, not synced yet.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    /// Makes what was appended durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
         self.0.sync_data()
     }
 }

@@ -38,11 +38,18 @@ pub async fn phase(
     if settings.timeouts.node_wait.is_zero() {
         return Ok(Registration::default());
     }
-    let seen = wait_for_node(ctx).await?;
+    // One client as the node for the wait and the annotation: its second connection resumes
+    // the first's TLS session instead of a full handshake.
+    let node = node_client(ctx);
+    let seen = wait_for_node(ctx, node.as_ref()).await?;
     // kubeadm keeps the socket in the Node's annotation unless its instance configuration,
     // written in the kubelet phase, holds it (NodeLocalCRISocket).
-    if seen.registered && !ctx.cluster.config.cri_socket_on_node {
-        annotate_cri_socket(ctx, cri_endpoint).await;
+    if let (true, false, Some(node)) = (
+        seen.registered,
+        ctx.cluster.config.cri_socket_on_node,
+        &node,
+    ) {
+        annotate_cri_socket(ctx, node, cri_endpoint).await;
     }
     Ok(seen)
 }
@@ -140,24 +147,20 @@ impl Seen {
 /// node watch Nodes), lasting to that deadline, opened again from the last resourceVersion
 /// when the server or a proxy closes it early. A client that may not watch (the bootstrap
 /// token, or an authorizer that refuses) reads the Node instead, backing off from 300 ms to 2 s.
-async fn wait_for_node(ctx: &Context<'_>) -> Result<Registration, Failure> {
+async fn wait_for_node(
+    ctx: &Context<'_>,
+    node_client: Option<&Kube>,
+) -> Result<Registration, Failure> {
     let name = &ctx.identity.node_name;
     let wait = ctx.settings.timeouts.node_wait;
     let deadline = Instant::now() + wait;
     let mut seen = Seen::default();
-    let node_client = node_client(ctx);
-    let watched = match &node_client {
+    let watched = match node_client {
         Some(client) => watch_node(client, name, deadline, &mut seen).await,
         None => false,
     };
     if !watched {
-        poll_node(
-            node_client.as_ref().unwrap_or(&ctx.kube),
-            name,
-            deadline,
-            &mut seen,
-        )
-        .await;
+        poll_node(node_client.unwrap_or(&ctx.kube), name, deadline, &mut seen).await;
     }
     if seen.registered_at.is_some() {
         return Ok(seen.registration());
@@ -235,9 +238,8 @@ async fn poll_node(client: &Kube, name: &str, deadline: Instant, seen: &mut Seen
 
 /// Annotates the Node with its CRI socket as `kubeadm join` does (`kubeadm upgrade node` reads
 /// it), with the node's own credentials. Best effort: a failure is logged, the join stands.
-async fn annotate_cri_socket(ctx: &Context<'_>, endpoint: &str) {
+async fn annotate_cri_socket(ctx: &Context<'_>, node: &Kube, endpoint: &str) {
     use crate::model::compat::{cri_socket_annotation_value, CRI_SOCKET_ANNOTATION};
-    let Some(node) = node_client(ctx) else { return };
     let value = cri_socket_annotation_value(endpoint, &ctx.cluster.config.version);
     let patch = serde_json::json!({"metadata": {"annotations": {CRI_SOCKET_ANNOTATION: value}}});
     let path = crate::client::kube::paths::node(&ctx.identity.node_name);

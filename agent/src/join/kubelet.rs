@@ -519,7 +519,7 @@ pub fn apply(
     ] {
         applier.dir(Path::new(dir), mode)?;
     }
-    let mut config = false;
+    let mut config: Vec<crate::apply::FileSpec<'_>> = Vec::new();
     let instance = files
         .instance
         .as_ref()
@@ -532,10 +532,9 @@ pub fn apply(
     .into_iter()
     .chain(instance)
     {
-        config |= applier
-            .file(Path::new(path), 0o644, bytes, false)?
-            .changes();
+        config.push((Path::new(path), 0o644, bytes));
     }
+    let config = applier.files(&config)?;
     let unit_changed = units(applier, files.reset_unit.as_deref())?;
     Ok(KubeletChanges {
         units: unit_changed,
@@ -563,13 +562,11 @@ pub fn units(
     if let Some(unit) = reset_unit {
         units.push((RESET_UNIT_PATH, unit.as_bytes()));
     }
-    let mut unit_changed = false;
-    for (path, bytes) in units {
-        unit_changed |= applier
-            .file(Path::new(path), 0o644, bytes, false)?
-            .changes();
-    }
-    Ok(unit_changed)
+    let units: Vec<crate::apply::FileSpec<'_>> = units
+        .into_iter()
+        .map(|(path, bytes)| (Path::new(path), 0o644, bytes))
+        .collect();
+    applier.files(&units)
 }
 
 #[cfg(test)]
