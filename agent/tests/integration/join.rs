@@ -809,6 +809,34 @@ fn a_ready_namesake_refuses_the_join_before_anything_changes() {
 }
 
 #[test]
+fn a_node_that_registers_but_never_turns_ready_ends_the_wait_after_the_grace() {
+    // The Node is there but NotReady (no CNI plugin, say) when the watch opens, and stays so:
+    // the join waits the 20 s grace after registration, not the whole --node-wait-timeout
+    // (the watch opened before the registration must not outlast the grace).
+    let cp = control_plane();
+    let not_ready = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "grace-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "False"}]},
+    });
+    cp.put(Kind::Node, "", "grace-1", not_ready);
+    let node = Node::new();
+    let mut args = scale_out(&cp, &node, "grace-1");
+    let wait = args
+        .iter()
+        .position(|a| a == "--node-wait-timeout")
+        .expect("a node wait");
+    args[wait + 1] = "85s".into();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_with(&a, &[], Duration::from_secs(120));
+    run.expect_code(0).expect_output("not Ready yet");
+    assert!(
+        run.elapsed < Duration::from_secs(60),
+        "waited {:?} for a Node registered at once (grace 20 s, node wait 85 s)",
+        run.elapsed
+    );
+}
+
+#[test]
 fn kubeadm_1_34_keeps_the_cri_socket_on_the_node_and_earlier_ones_in_the_annotation() {
     let patched = |cp: &test_control_plane::TestControlPlane, name: &str| {
         cp.requests()
