@@ -178,11 +178,41 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// A server's clock as the `Date` of one answer gave it, and when that answer was read: later
+/// checks compare the local clock with the server's as it is then, not as it was then (a join
+/// may wait a minute on a loaded server between reading cluster-info and its clock check).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerClock {
+    date: SystemTime,
+    read: Instant,
+}
+
+impl ServerClock {
+    /// The server's clock `date` as read just now.
+    pub fn read_now(date: SystemTime) -> ServerClock {
+        ServerClock {
+            date,
+            read: Instant::now(),
+        }
+    }
+
+    /// The server's clock now: its `Date`, plus the time since that answer was read.
+    pub fn now(&self) -> SystemTime {
+        self.date + self.read.elapsed()
+    }
+}
+
 impl Reply {
     /// The server's clock when it answered (its `Date` header), if it sent a valid one.
-    pub fn date(&self) -> Option<std::time::SystemTime> {
+    pub fn date(&self) -> Option<SystemTime> {
         let text = self.headers.get(reqwest::header::DATE)?.to_str().ok()?;
         httpdate::parse_http_date(text).ok()
+    }
+
+    /// The server's clock, as its `Date` says and from the moment this is called (right after
+    /// the answer came).
+    pub fn clock(&self) -> Option<ServerClock> {
+        self.date().map(ServerClock::read_now)
     }
 
     /// The media type of the body, lowercased, without parameters.
@@ -869,6 +899,20 @@ mod tests {
         let after_long = r.pause(Duration::from_secs(30));
         assert!(after_long <= Duration::from_millis(200));
         assert!(r.pause(quick) <= Duration::from_millis(200), "reset");
+    }
+
+    #[test]
+    fn a_server_clock_moves_on_with_the_local_one() {
+        let date = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = ServerClock {
+            date,
+            read: Instant::now() - Duration::from_secs(40),
+        };
+        let now = clock.now().duration_since(date).expect("later");
+        assert!(
+            now >= Duration::from_secs(40) && now < Duration::from_secs(41),
+            "{now:?}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //!   kubeadm that will run `kubeadm upgrade node` here: the new one.
 
 use super::{identity::Identity, kubelet, preflight};
+use crate::client::http::ServerClock;
 use crate::client::kube::Kube;
 use crate::effects::Effects;
 use crate::error::{Code, Failure};
@@ -55,22 +56,23 @@ impl ClusterFacts {
     }
 }
 
-/// Reads and checks what the cluster says; nothing on the node changes. `server_date` is the
+/// Reads and checks what the cluster says; nothing on the node changes. `server_clock` is the
 /// API server's clock from discovery's verified answer, if it had one.
 pub async fn check(
     settings: &Settings,
     effects: &Effects,
     kube: &Kube,
-    server_date: Option<SystemTime>,
+    server_clock: Option<ServerClock>,
     identity: &Identity,
     joined_before: bool,
 ) -> Result<ClusterFacts, Failure> {
     let facts = kubelet::read_kubeadm_facts(kube)
         .await
         .map_err(config_failure)?;
+    // The server's clock as it is now (the read above may have waited out a loaded server).
     let known = Known {
         version: facts.version.clone(),
-        date: server_date,
+        date: server_clock.map(|c| c.now()),
     };
     let (version, date, version_source) = known.complete(kube).await?;
     let kubelet_version = effects

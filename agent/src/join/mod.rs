@@ -215,7 +215,7 @@ async fn prepare<'a>(
         settings,
         effects,
         &kube,
-        found.server_date,
+        found.server_clock,
         &identity,
         joined_before,
     )

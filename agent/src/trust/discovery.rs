@@ -32,7 +32,8 @@
 //! "unreachable".
 
 use crate::client::http::{
-    retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, Target,
+    retry, Http, HttpError, Limits, Request, RetryError, RetryPolicy, Retryable, ServerClock,
+    Target,
 };
 use crate::error::{Code, Coded};
 use crate::model::kubeconfig::Kubeconfig;
@@ -44,7 +45,7 @@ use crate::trust::tls;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The path of cluster-info on any API server.
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
@@ -95,11 +96,11 @@ pub struct Discovered {
     /// verified connection discovery used (None when that connection could not be verified).
     #[serde(skip)]
     pub http: Option<Http>,
-    /// The API server's clock when it answered cluster-info (its `Date`), only when the
+    /// The API server's clock from its answer to cluster-info (its `Date`), only when the
     /// connection that carried the answer verified against the trusted CA: the join's clock
     /// check needs no request of its own.
     #[serde(skip)]
-    pub server_date: Option<SystemTime>,
+    pub server_clock: Option<ServerClock>,
 }
 
 /// Why discovery failed. Each has its own code and exit status.
@@ -276,7 +277,7 @@ impl Retryable for PollError {
 struct Signed {
     kubeconfig: String,
     signature: String,
-    date: Option<SystemTime>,
+    date: Option<ServerClock>,
 }
 
 /// Polls cluster-info until it carries a signature for `token_id`.
@@ -307,7 +308,7 @@ async fn fetch_signed(
                 Some(sig) => Ok(Signed {
                     kubeconfig,
                     signature: sig.clone(),
-                    date: reply.date(),
+                    date: reply.clock(),
                 }),
                 None => Err(PollError::MissingSignature),
             }
@@ -378,7 +379,7 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
     let (matched, trusted) = pin_ca(req, &ca_ders, ca_bundle_pins.clone(), &malformed)?;
     // 4. The connection that carried cluster-info, verified against the pinned CA; else a
     //    pinned re-read.
-    let (http, server_date) = match deferred.trust(&trusted) {
+    let (http, server_clock) = match deferred.trust(&trusted) {
         Ok(()) => (http, date),
         Err(e) => {
             tracing::info!(
@@ -401,14 +402,14 @@ pub async fn discover(req: &DiscoveryRequest) -> Result<Discovered, DiscoveryErr
         ca_pem: crate::trust::pin::certificates_to_pem(&trusted),
         ca_ders: trusted,
         http: Some(http),
-        server_date,
+        server_clock,
     })
 }
 
 /// The client that read cluster-info, and the server's `Date` on its answer.
 struct Served {
     http: Http,
-    date: Option<SystemTime>,
+    date: Option<ServerClock>,
 }
 
 /// `--discovery-token-unsafe-skip-ca-verification`: the API server trusted on the token's
@@ -436,7 +437,7 @@ fn unpinned(
         ca_pem: info.ca_pem,
         ca_ders,
         http: verified.then_some(served.http),
-        server_date: served.date.filter(|_| verified),
+        server_clock: served.date.filter(|_| verified),
     }
 }
 
@@ -486,7 +487,7 @@ async fn refetch_pinned(
     kubeconfig: &str,
     remaining: Duration,
     malformed: &impl Fn(String) -> DiscoveryError,
-) -> Result<(Http, Option<SystemTime>), DiscoveryError> {
+) -> Result<(Http, Option<ServerClock>), DiscoveryError> {
     let endpoint = req.endpoint.clone();
     let token_id = req.token.id();
     let pinned_tls = tls::trusting_only(trusted).map_err(|e| malformed(e.to_string()))?;

@@ -794,6 +794,29 @@ fn the_version_is_kubeadm_configs_and_the_clock_cluster_infos_date() {
 }
 
 #[test]
+fn the_clock_check_does_not_count_the_time_since_cluster_info_was_read() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    // The server's clock is 290 s behind (within the 300 s bound), and the kubeadm-config read
+    // that comes between cluster-info's answer and the check is told to come back in 12 s:
+    // the Date read before that wait is 12 s older than the check, not 12 s more skewed.
+    let cp = control_plane();
+    cp.set_faults(|f| {
+        f.clock_offset = Some(-290);
+        f.api.push_back(ApiFault {
+            method: "GET".into(),
+            path_contains: "/configmaps/kubeadm-config".into(),
+            query_contains: String::new(),
+            kind: ApiFaultKind::Status(429, Some(12)),
+        });
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    let run = join(&scale_out(&cp, &node, "clock-1"), &[]);
+    run.expect_code(0).expect_output("from kubeadm-config");
+    assert!(run.elapsed >= Duration::from_secs(12), "{:?}", run.elapsed);
+}
+
+#[test]
 fn a_ready_namesake_refuses_the_join_before_anything_changes() {
     let cp = control_plane();
     let ready = serde_json::json!({
