@@ -614,3 +614,51 @@ fn a_values_answer_waits_until_its_token_signs_cluster_info() {
         .count();
     assert!(watches >= 1, "the service watches cluster-info");
 }
+
+/// A replica that may read cluster-info but not watch it (RBAC from before the watch was
+/// needed) cannot learn when a new token is signed: its values answers do not wait for that.
+#[test]
+fn a_values_answer_does_not_wait_when_cluster_info_cannot_be_watched() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    let cp = control_plane();
+    cp.set_faults(|f| {
+        f.api.push_back(ApiFault {
+            method: "GET".into(),
+            path_contains: "/kube-public/configmaps".into(),
+            query_contains: "watch=true".into(),
+            kind: ApiFaultKind::Status(403, None),
+        })
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 1, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cp.shared().lock().faults.api.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never watched cluster-info"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let target = node_attach::client::http::Target::public(
+        url::Url::parse(&format!("{}/v1/values/{token}", service.url)).expect("url"),
+    );
+    let asked = std::time::Instant::now();
+    rt.block_on(http.send(node_attach::client::http::Request::get(&target)))
+        .expect("values");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "the answer waited {:?} for a signature the replica cannot see",
+        asked.elapsed()
+    );
+}

@@ -12,13 +12,15 @@
 //! The watch is opened with cluster-info's resourceVersion, lasts [`WATCH_SECONDS`], is
 //! reopened from the last resourceVersion seen (paced by [`Rewatch`]), and starts over with a
 //! read when the resourceVersion has expired. When it cannot be had (a cluster that keeps
-//! cluster-info from this service's credentials), answers do not wait beyond the bound.
+//! cluster-info from this service's credentials, or RBAC from before this watch that allows
+//! only the read), answers do not wait: no new signature could be seen.
 
 use crate::client::http::Rewatch;
 use crate::client::kube::objects::WatchEvent;
 use crate::client::kube::{paths, Kube};
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a values answer waits for its token's signature.
@@ -31,12 +33,16 @@ const JWS_PREFIX: &str = crate::trust::discovery::JWS_KEY_PREFIX;
 /// The token ids cluster-info is signed for, as last seen.
 pub struct Signatures {
     signed: tokio::sync::watch::Sender<BTreeSet<String>>,
+    /// Whether the last try to follow cluster-info was refused (401/403): nothing new will be
+    /// seen until a later try succeeds.
+    refused: AtomicBool,
 }
 
 impl Default for Signatures {
     fn default() -> Signatures {
         Signatures {
             signed: tokio::sync::watch::Sender::new(BTreeSet::new()),
+            refused: AtomicBool::new(false),
         }
     }
 }
@@ -54,9 +60,13 @@ enum Ended {
 }
 
 impl Signatures {
-    /// Whether `id` signs cluster-info now, or does within `limit`.
+    /// Whether `id` signs cluster-info now, or does within `limit`; at once when cluster-info
+    /// cannot be followed.
     pub async fn wait_for(&self, id: &str, limit: Duration) -> bool {
         let mut seen = self.signed.subscribe();
+        if self.refused.load(Ordering::Relaxed) {
+            return seen.borrow().contains(id);
+        }
         let signed = tokio::time::timeout(limit, seen.wait_for(|ids| ids.contains(id))).await;
         matches!(signed, Ok(Ok(_)))
     }
@@ -71,6 +81,12 @@ impl Signatures {
                 true => self.read(kube, &mut rv).await,
                 false => self.watch(kube, &mut rv).await,
             };
+            // A read proves nothing of the watch that must follow it; a watch that ran does.
+            match ended {
+                Ended::Refused => self.refused.store(true, Ordering::Relaxed),
+                Ended::Closed | Ended::Expired => self.refused.store(false, Ordering::Relaxed),
+                Ended::Read => {}
+            }
             let pause = match ended {
                 Ended::Read => continue,
                 Ended::Refused => Duration::from_secs(60),
