@@ -489,7 +489,8 @@ async fn bootstrap_phase(
     Ok(made)
 }
 
-/// The start phase: daemon-reload when a unit changed, the kubelet enabled (one reload in
+/// The start phase: daemon-reload when a unit changed (in this run, or in an earlier one that
+/// ended before its reload: [`units_maybe_unloaded`]), the kubelet enabled (one reload in
 /// all: see [`Applier::enable`]), the runtime's API waited for (its restart in the runtime
 /// phase overlaps with what came since), and the kubelet (re)started when anything it reads
 /// changed. The runtime answering before the kubelet starts matters for the first status: the
@@ -504,7 +505,7 @@ fn start_phase(
     let phase = reporter.begin("start");
     applier.enter("start").map_err(fs_failure)?;
     let failed = apply_failure(Code::Start);
-    if changes.units {
+    if changes.units || units_maybe_unloaded(applier) {
         applier.daemon_reload().map_err(&failed)?;
     }
     applier.enable("kubelet.service").map_err(&failed)?;
@@ -513,6 +514,23 @@ fn start_phase(
         .start("kubelet.service", changes.config)
         .map_err(&failed)?;
     finish(applier, phase, "start")
+}
+
+/// Whether the kubelet is about to be started while the journal records unit files that
+/// systemd may not have loaded: written by an earlier run that ended before its reload (a CSR
+/// never approved, a Ctrl-C), which this run leaves unchanged. Started so, a kubelet a package
+/// installed runs without kubeadm's drop-in, that is without its flags.
+fn units_maybe_unloaded(applier: &mut Applier<'_>) -> bool {
+    let fx = applier.effects();
+    if !fx.host || fx.systemd.is_active("kubelet.service") {
+        return false;
+    }
+    applier.journal().is_some_and(|j| {
+        j.knows(|c| {
+            matches!(c, crate::apply::journal::Change::File { path, .. }
+                if path.starts_with("/etc/systemd/"))
+        })
+    })
 }
 
 async fn confirm_phase(
@@ -724,7 +742,7 @@ pub fn summary_text(s: &JoinSummary) -> String {
 mod tests {
     use super::*;
     use crate::apply::journal::Journal;
-    use crate::effects::{fs::Root, Cri, EffectError, RecordingSystemd};
+    use crate::effects::{fs::Root, Cri, EffectError, RecordingSystemd, Systemd};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -742,6 +760,54 @@ mod tests {
         }
     }
 
+    fn containerd_plan() -> runtime::RuntimePlan {
+        runtime::plan(
+            crate::sources::values::RuntimeKind::Containerd,
+            &Default::default(),
+            &"v1.20.2".parse().expect("version"),
+            "k8s.gcr.io/pause:3.2",
+            &runtime::HostRuntime::default(),
+            &runtime::Originals::default(),
+        )
+    }
+
+    #[test]
+    fn a_unit_an_earlier_run_wrote_is_loaded_before_the_kubelet_starts() {
+        // The first run wrote kubeadm's drop-in and ended before its reload (its CSR was never
+        // approved, or it was killed); the kubelet a package enabled is not running. The rerun
+        // writes nothing new, and must still have systemd load the drop-in before it starts
+        // the kubelet, which would otherwise run without its flags.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let systemd = RecordingSystemd::default();
+        systemd.enable("kubelet.service").expect("the package's");
+        let calls = systemd.calls.clone();
+        let fx = Effects {
+            systemd: Box::new(systemd),
+            cri: Box::new(NotedCri(calls.clone())),
+            host: true,
+            ..Effects::doubles(Root::new(tmp.path()))
+        };
+        let dropin = Path::new(kubelet::DROPIN_PATH);
+        let mut first = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        first
+            .file(dropin, 0o644, b"[Service]\n", false)
+            .expect("drop-in");
+        drop(first);
+        calls.lock().expect("calls").clear();
+        let mut applier = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        let mut reporter = Reporter::stdout(crate::report::OutputFormat::Json);
+        let unchanged = kubelet::KubeletChanges::default();
+        start_phase(&mut reporter, &mut applier, unchanged, &containerd_plan()).expect("start");
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [
+                "daemon-reload",
+                "wait for /run/containerd/containerd.sock",
+                "start kubelet.service",
+            ]
+        );
+    }
+
     #[test]
     fn the_kubelet_starts_after_one_reload_and_the_runtime_answering() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -753,14 +819,7 @@ mod tests {
             host: true,
             ..Effects::doubles(Root::new(tmp.path()))
         };
-        let runtime = runtime::plan(
-            crate::sources::values::RuntimeKind::Containerd,
-            &Default::default(),
-            &"v1.20.2".parse().expect("version"),
-            "k8s.gcr.io/pause:3.2",
-            &runtime::HostRuntime::default(),
-            &runtime::Originals::default(),
-        );
+        let runtime = containerd_plan();
         let mut applier = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
         let mut reporter = Reporter::stdout(crate::report::OutputFormat::Json);
         let changes = kubelet::KubeletChanges {
