@@ -145,8 +145,8 @@ impl Seen {
 /// Waits until the Node is registered, and then until it is Ready for up to 20 s more, within
 /// `--node-wait-timeout`: one watch on that Node as the node itself (the Node authorizer lets a
 /// node watch Nodes), lasting to that deadline, opened again from the last resourceVersion
-/// when the server or a proxy closes it early, and when the Node registers not Ready (the
-/// grace is the deadline from then on). A client that may not watch (the bootstrap
+/// when the server or a proxy closes it early, and ended by the grace when the Node registers
+/// not Ready. A client that may not watch (the bootstrap
 /// token, or an authorizer that refuses) reads the Node instead, backing off from 300 ms to 2 s.
 async fn wait_for_node(
     ctx: &Context<'_>,
@@ -172,17 +172,6 @@ async fn wait_for_node(
     ))
 }
 
-/// Why one watch of the Node ended before its deadline.
-enum Watched {
-    /// The Node is Ready.
-    Ready,
-    /// It registered, not Ready: the grace now bounds the wait, so the watch is opened again
-    /// with that shorter deadline, from the resourceVersion just seen.
-    Registered,
-    /// Deleted meanwhile, or its resourceVersion expired: watched afresh.
-    Afresh,
-}
-
 /// The watch; false when this client may not watch Nodes (then nothing was seen).
 async fn watch_node(client: &Kube, name: &str, deadline: Instant, seen: &mut Seen) -> bool {
     use crate::client::kube::objects::{Node, WatchEvent};
@@ -198,24 +187,32 @@ async fn watch_node(client: &Kube, name: &str, deadline: Instant, seen: &mut See
             &seen.resource_version,
             left.as_secs().max(1),
         );
-        let watched = client
-            .watch(&path, left, |e: &WatchEvent<Node>| match e.kind.as_str() {
-                "ADDED" | "MODIFIED" => {
-                    seen.note(&e.object);
-                    match seen.ready {
-                        true => Some(Watched::Ready),
-                        false => (seen.until(deadline) < until).then_some(Watched::Registered),
-                    }
+        let registered = tokio::sync::Notify::new();
+        let watching = client.watch(&path, left, |e: &WatchEvent<Node>| match e.kind.as_str() {
+            "ADDED" | "MODIFIED" => {
+                if seen.registered_at.is_none() {
+                    registered.notify_one();
                 }
-                // Gone again (deleted meanwhile), or 410 Gone: watched afresh.
-                "DELETED" | "ERROR" => Some(Watched::Afresh),
-                _ => None,
-            })
-            .await;
+                seen.note(&e.object);
+                seen.ready.then_some(true)
+            }
+            // Gone again (deleted meanwhile), or 410 Gone: watched afresh.
+            "DELETED" | "ERROR" => Some(false),
+            _ => None,
+        });
+        // Registered during this watch and not Ready: the grace ends this watch too (it was
+        // opened to last to the whole deadline).
+        let grace = async {
+            registered.notified().await;
+            tokio::time::sleep(READY_GRACE).await;
+        };
+        let watched = tokio::select! {
+            watched = watching => watched,
+            () = grace => Ok(None),
+        };
         match watched {
-            Ok(Some(Watched::Ready)) => return true,
-            Ok(Some(Watched::Registered)) => continue,
-            Ok(Some(Watched::Afresh)) => seen.resource_version.clear(),
+            Ok(Some(true)) => return true,
+            Ok(Some(false)) => seen.resource_version.clear(),
             Ok(None) => {}
             Err(e) if seen.registered_at.is_none() && matches!(e.status(), Some(401 | 403)) => {
                 tracing::info!("watching the Node {name}: {e}; reading it instead");

@@ -857,6 +857,12 @@ fn a_node_that_registers_but_never_turns_ready_ends_the_wait_after_the_grace() {
         "waited {:?} for a Node registered at once (grace 20 s, node wait 85 s)",
         run.elapsed
     );
+    let watches = cp
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/nodes" && r.query.contains("watch=true"))
+        .count();
+    assert_eq!(watches, 1, "the grace ends the one watch: none reopened");
 }
 
 #[test]
