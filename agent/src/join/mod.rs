@@ -516,20 +516,31 @@ fn start_phase(
     finish(applier, phase, "start")
 }
 
-/// Whether the kubelet is about to be started while the journal records unit files that
-/// systemd may not have loaded: written by an earlier run that ended before its reload (a CSR
-/// never approved, a Ctrl-C), which this run leaves unchanged. Started so, a kubelet a package
-/// installed runs without kubeadm's drop-in, that is without its flags.
+/// Whether the journal records a unit file written after the last point where a run is known
+/// to have had systemd load its units (a start phase done, or bake mode's end): one an earlier
+/// run wrote and ended before its reload (a CSR never approved, a Ctrl-C), which this run
+/// leaves unchanged. Started so, a kubelet a package installed runs without kubeadm's drop-in,
+/// that is without its flags.
 fn units_maybe_unloaded(applier: &mut Applier<'_>) -> bool {
-    let fx = applier.effects();
-    if !fx.host || fx.systemd.is_active("kubelet.service") {
+    if !applier.effects().host {
         return false;
     }
-    applier.journal().is_some_and(|j| {
-        j.knows(|c| {
-            matches!(c, crate::apply::journal::Change::File { path, .. }
-                if path.starts_with("/etc/systemd/"))
-        })
+    applier
+        .journal()
+        .is_some_and(|j| unit_files_since_reload(j.records()))
+}
+
+/// Whether these records hold a unit file written after the last reload point in them.
+fn unit_files_since_reload(records: &[Record]) -> bool {
+    let reloaded = |r: &Record| {
+        r.event == journal::Event::Phase
+            && r.status.as_deref() == Some("done")
+            && matches!(r.phase.as_deref(), Some("start" | "prepared"))
+    };
+    let since = records.iter().rposition(reloaded).map_or(0, |i| i + 1);
+    records[since..].iter().any(|r| {
+        matches!(&r.change, Some(journal::Change::File { path, .. })
+            if path.starts_with("/etc/systemd/"))
     })
 }
 
@@ -806,6 +817,40 @@ mod tests {
                 "start kubelet.service",
             ]
         );
+        drop(applier);
+        // Once a start phase has finished after it, the drop-in is loaded: no reload again.
+        calls.lock().expect("calls").clear();
+        let mut again = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        start_phase(&mut reporter, &mut again, unchanged, &containerd_plan()).expect("again");
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            ["wait for /run/containerd/containerd.sock"]
+        );
+    }
+
+    #[test]
+    fn units_bake_mode_wrote_and_reloaded_are_not_reloaded_at_boot() {
+        use crate::apply::journal::{Change, Event};
+        let record = |event, change, phase: Option<&str>| Record {
+            seq: 1,
+            event,
+            change,
+            phase: phase.map(str::to_owned),
+            status: phase.map(|_| "done".to_owned()),
+            at: 0,
+        };
+        let unit = Change::File {
+            path: kubelet::DROPIN_PATH.into(),
+            prior: None,
+        };
+        let written = record(Event::Begin, Some(unit), None);
+        let prepared = record(Event::Phase, None, Some("prepared"));
+        assert!(unit_files_since_reload(std::slice::from_ref(&written)));
+        assert!(!unit_files_since_reload(&[
+            written.clone(),
+            prepared.clone()
+        ]));
+        assert!(unit_files_since_reload(&[prepared, written]));
     }
 
     #[test]
