@@ -267,7 +267,8 @@ fn conclude(name: &str, v: Verdict) -> Option<Result<Vec<u8>, Failure>> {
 /// `timeout` (the server's `timeoutSeconds` says so too); a watch the server or a proxy closes
 /// early is opened again from the last resourceVersion seen, with no read in between (the watch
 /// replays what happened meanwhile). Only a resourceVersion the server no longer holds (an
-/// ERROR event, or 410) is followed by a fresh read, as `UntilWithSync` relists.
+/// ERROR event, or 410) is followed by a fresh read, as `UntilWithSync` relists, and the
+/// deadline by one last read.
 pub async fn wait_for_certificate(
     kube: &Kube,
     created: &Created,
@@ -294,6 +295,12 @@ pub async fn wait_for_certificate(
         }
         let pause = rewatch.pause(opened.elapsed());
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    // One read before giving up: a watch whose connection was dropped without a word (a NAT, a
+    // load balancer) brings no event and no error before the deadline, while the certificate
+    // may be there.
+    if let Some(done) = resync(kube, created, &mut rv).await? {
+        return done;
     }
     let cause = diagnose(kube, created).await;
     Err(Failure::new(

@@ -531,6 +531,28 @@ fn a_csr_watch_lasts_to_the_deadline_and_one_closed_early_is_reopened_without_a_
 }
 
 #[test]
+fn a_csr_watch_that_goes_silent_is_answered_by_a_read_at_the_deadline() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    // The watch's connection stays open and says nothing (dropped without a word by a NAT or a
+    // load balancer) while the CSR is approved and signed at once: the join must not fail
+    // with a certificate waiting for it.
+    let cp = control_plane();
+    cp.set_faults(|f| {
+        f.api.push_back(ApiFault {
+            method: "GET".into(),
+            path_contains: "/certificatesigningrequests".into(),
+            query_contains: "watch=true".into(),
+            kind: ApiFaultKind::Stall,
+        })
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    let mut args = scale_out(&cp, &node, "silent-1");
+    args.extend(["--csr-timeout".into(), "6s".into()]);
+    join(&args, &[]).expect_code(0).expect_output("registered");
+}
+
+#[test]
 fn pending_and_denied_csrs_have_their_own_messages() {
     let cp = control_plane();
     cp.set_approval(Approval::Pending);

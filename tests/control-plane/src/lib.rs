@@ -163,6 +163,9 @@ pub enum ApiFaultKind {
     /// This status and exactly these bytes as a JSON answer, before the request is handled (a
     /// crafted or hostile answer: duplicate keys, deep nesting, a forged object).
     Body(u16, String),
+    /// 200 and a stream that stays open and silent, before the request is handled: a watch
+    /// whose connection a NAT or a load balancer dropped without a word.
+    Stall,
 }
 
 /// A fault for the next request whose method and path match.

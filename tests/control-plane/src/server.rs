@@ -292,6 +292,19 @@ async fn answer(
             .body(Full::new(Bytes::from(body.clone())).boxed())
             .expect("response");
     }
+    if let Some(crate::ApiFaultKind::Stall) = fault.as_ref().map(|f| &f.kind) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        // The sender outlives any client's patience: the stream neither ends nor speaks.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            drop(tx);
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(ChannelBody(rx).boxed())
+            .expect("response");
+    }
     if let Some(crate::ApiFaultKind::Status(status, retry_after)) =
         &fault.as_ref().map(|f| f.kind.clone())
     {
