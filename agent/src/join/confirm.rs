@@ -160,8 +160,18 @@ async fn wait_for_node(
         Some(client) => watch_node(client, name, deadline, &mut seen).await,
         None => false,
     };
-    if !watched {
-        poll_node(node_client.unwrap_or(&ctx.kube), name, deadline, &mut seen).await;
+    match (watched, node_client) {
+        (false, _) => {
+            poll_node(node_client.unwrap_or(&ctx.kube), name, deadline, &mut seen).await;
+        }
+        // One read before reporting the Node missing: a watch whose connection was dropped
+        // without a word (a NAT, a load balancer) brings no event and no error before then.
+        (true, Some(client)) if seen.registered_at.is_none() => {
+            if let Ok(Some(node)) = client.node(name).await {
+                seen.note(&node);
+            }
+        }
+        _ => {}
     }
     if seen.registered_at.is_some() {
         return Ok(seen.registration());

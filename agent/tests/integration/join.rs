@@ -553,6 +553,31 @@ fn a_csr_watch_that_goes_silent_is_answered_by_a_read_at_the_deadline() {
 }
 
 #[test]
+fn a_node_watch_that_goes_silent_is_answered_by_a_read_at_the_deadline() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    // The Node watch's connection stays open and says nothing while the kubelet registers the
+    // Node Ready: the join must not report a registered Node as missing.
+    let cp = control_plane();
+    cp.set_faults(|f| {
+        f.api.push_back(ApiFault {
+            method: "GET".into(),
+            path_contains: "/api/v1/nodes".into(),
+            query_contains: "watch=true".into(),
+            kind: ApiFaultKind::Stall,
+        })
+    });
+    let mut node = Node::new();
+    node.kubelet();
+    let mut args = scale_out(&cp, &node, "silent-2");
+    let wait = args
+        .iter()
+        .position(|a| a == "--node-wait-timeout")
+        .expect("a node wait");
+    args[wait + 1] = "8s".into();
+    join(&args, &[]).expect_code(0).expect_output("registered");
+}
+
+#[test]
 fn pending_and_denied_csrs_have_their_own_messages() {
     let cp = control_plane();
     cp.set_approval(Approval::Pending);
