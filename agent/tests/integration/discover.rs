@@ -97,8 +97,10 @@ fn token_that_never_signs() {
 #[test]
 fn expired_token_loses_its_signature() {
     let cp = control_plane();
+    // The expiration is written in whole seconds, so a 1 s TTL could leave the signer (a 50 ms
+    // tick) less than a tick to sign before the token expired: 3 s leaves at least 2.
     cp.create_token(&TokenSpec {
-        ttl: Some(Duration::from_secs(1)),
+        ttl: Some(Duration::from_secs(3)),
         ..TokenSpec::new("expire.0123456789abcdef")
     });
     assert!(cp.wait_signed("expire", Duration::from_secs(5)));
