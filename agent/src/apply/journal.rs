@@ -16,7 +16,10 @@
 //! undo tolerates a change that was never made).
 //!
 //! A last line cut short by a crash (power loss mid-write) is ignored when reading and cut off
-//! when the journal is next opened for writing, so nothing is ever appended to it. Anything else
+//! when the journal is next opened for writing, so nothing is ever appended to it. So is a line
+//! that does not parse followed only by lines written without a sync: the page cache may write
+//! an unsynced tail back out of order, so after a power cut its torn part need not be last; a
+//! synced line after it would prove it reached the disk whole. Anything else
 //! unreadable makes the journal "damaged" (reset then falls back to the documented Kubernetes
 //! paths). A journal that parses but names a path that is not a clean absolute path, or a backup
 //! that is not one of node-attach's own numbered files, is "tampered" and refused outright.
@@ -169,6 +172,28 @@ pub fn original_in(
         Some(before) => Ok(before),
         None => Ok(root.read(path)?),
     }
+}
+
+/// Whether a record was synced as it was written: a change's `begin`, a phase's end, `undone`
+/// and `reset-complete`. Its presence on the disk proves every earlier line reached it too.
+fn synced_when_written(record: &Record) -> bool {
+    match record.event {
+        Event::Begin => !matches!(record.change, Some(Change::Skipped { .. })),
+        Event::Phase => record.status.as_deref() != Some(PHASE_STARTED),
+        Event::Done => false,
+        Event::Undone | Event::ResetComplete => true,
+    }
+}
+
+/// Whether these lines (after one that does not parse) can all be the unsynced tail a power
+/// cut tore: none is a record that was synced as it was written. The page cache may write an
+/// unsynced tail back out of order, so a torn line need not be the last; but a synced line
+/// after it proves it was on the disk whole, and the journal is then damaged instead.
+fn only_unsynced_lines(lines: &[&[u8]]) -> bool {
+    lines.iter().all(|line| {
+        line.iter().all(u8::is_ascii_whitespace)
+            || serde_json::from_slice::<Record>(line).map_or(true, |r| !synced_when_written(&r))
+    })
 }
 
 /// How the journal file ends.
@@ -389,6 +414,13 @@ impl Journal {
                     tracing::warn!("the journal's last line was cut short by an interruption");
                     tail = Tail::Torn(start as u64);
                     continue;
+                }
+                Err(_) if only_unsynced_lines(&lines[i + 1..]) => {
+                    tracing::warn!(
+                        "the journal's unsynced last lines were cut short by an interruption"
+                    );
+                    tail = Tail::Torn(start as u64);
+                    break;
                 }
                 Err(e) => {
                     return Err(JournalError::Damaged {
@@ -897,6 +929,71 @@ mod tests {
         assert_eq!(mode("var/lib"), 0o755);
         assert_eq!(mode("var/lib/node-attach"), 0o700);
         assert_eq!(mode("var/lib/node-attach/journal.jsonl"), 0o600);
+    }
+
+    fn file_change(path: &str) -> Change {
+        Change::File {
+            path: path.into(),
+            prior: None,
+        }
+    }
+
+    #[test]
+    fn a_torn_line_followed_only_by_unsynced_lines_is_a_torn_tail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        let mut j = Journal::open(&root).expect("open");
+        let seq = j.begin(file_change("/etc/a")).expect("begin");
+        drop(j);
+        let path = tmp.path().join("var/lib/node-attach/journal.jsonl");
+        let whole = std::fs::read(&path).expect("read");
+        // A power cut wrote back a later page of the unsynced tail (a `done` and a phase's
+        // start) but not the one before it, which reads as NUL bytes.
+        let done = format!("{{\"seq\":{seq},\"event\":\"done\",\"at\":1}}\n");
+        let started = "{\"event\":\"phase\",\"phase\":\"kubelet\",\"status\":\"started\"}\n";
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&[0u8; 40]);
+        torn.push(b'\n');
+        torn.extend_from_slice(done.as_bytes());
+        torn.extend_from_slice(started.as_bytes());
+        std::fs::write(&path, &torn).expect("tear");
+        let records = Journal::load(&root).expect("load").expect("some");
+        assert!(records
+            .iter()
+            .any(|r| r.seq == seq && r.event == Event::Begin));
+        assert!(!records
+            .iter()
+            .any(|r| r.event == Event::Done && r.seq == seq));
+        // Opened for writing, the torn tail is cut off, not appended to.
+        let mut j = Journal::open(&root).expect("reopen");
+        j.phase("start", "done").expect("phase");
+        drop(j);
+        let after = std::fs::read(&path).expect("read");
+        assert!(
+            after.starts_with(&whole),
+            "the synced lines stay as they were"
+        );
+        assert!(!after.contains(&0u8), "the torn bytes are gone");
+        assert!(Journal::load(&root).expect("load").is_some());
+    }
+
+    #[test]
+    fn a_torn_line_before_a_synced_line_is_damage() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = Root::new(tmp.path());
+        let mut j = Journal::open(&root).expect("open");
+        j.begin(file_change("/etc/a")).expect("begin");
+        drop(j);
+        let path = tmp.path().join("var/lib/node-attach/journal.jsonl");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        let last = lines.pop().expect("the begin");
+        // The begin was synced after the garbled line: that line was on the disk whole.
+        std::fs::write(&path, format!("{}\ngarbage\n{last}\n", lines.join("\n"))).expect("damage");
+        assert!(matches!(
+            Journal::load(&root),
+            Err(JournalError::Damaged { .. })
+        ));
     }
 
     #[test]
