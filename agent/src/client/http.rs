@@ -267,6 +267,18 @@ impl<'a> Request<'a> {
     }
 }
 
+/// TCP keepalive on every connection: a watch that waits minutes for its event (a CSR's
+/// signature, a Node's registration) sends nothing, and a NAT or load balancer that drops the
+/// flow silently would leave it waiting to its deadline. Probed after 15 s idle (reqwest's
+/// default too), then every 5 s, a peer gone is noticed within 30 s instead of the kernel's
+/// default 75 s × 9 probes (`TCP_USER_TIMEOUT` bounds unacknowledged data the same way), and
+/// the watch is opened again from its last resourceVersion. The probes also keep idle-timeouts
+/// of load balancers from firing. client-go keeps its dialer's connections alive too (30 s),
+/// and checks HTTP/2 ones with pings.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// An HTTP client with fixed TLS configuration and limits.
 #[derive(Clone, Debug)]
 pub struct Http {
@@ -282,6 +294,10 @@ impl Http {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(limits.connect_timeout)
             .timeout(limits.request_timeout)
+            .tcp_keepalive(KEEPALIVE_IDLE)
+            .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(KEEPALIVE_PROBES)
+            .tcp_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES)
             .user_agent(concat!("node-attach/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HttpError::Other {
@@ -794,6 +810,59 @@ mod tests {
             max_attempts: 5,
             deadline: Duration::from_millis(deadline_ms),
         }
+    }
+
+    /// The kernel's timer on the local TCP socket with this port (`/proc/net/tcp`): which timer
+    /// (2 is keepalive) and when it fires, in clock ticks.
+    fn tcp_timer(local_port: u16) -> Option<(u32, u64)> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1)?.rsplit(':').next()?;
+            if u16::from_str_radix(port, 16).ok()? != local_port {
+                return None;
+            }
+            let (timer, when) = f.get(5)?.split_once(':')?;
+            Some((timer.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_connection_is_probed_after_at_most_fifteen_idle_seconds() {
+        // The first probe's timer is visible in /proc/net/tcp; the probes' interval and count
+        // are not (they are set through the same builder).
+        crate::trust::tls::install_provider();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let http = Http::new(tls, Limits::default()).expect("client");
+        // A request the server never answers, as a watch waits for its event.
+        let waiting = tokio::spawn(async move {
+            let target = Target::public(url::Url::parse(&format!("http://{addr}/")).expect("url"));
+            http.send(Request::get(&target)).await
+        });
+        let (_conn, peer) = tokio::task::spawn_blocking(move || listener.accept())
+            .await
+            .expect("join")
+            .expect("accept");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let timer = loop {
+            match tcp_timer(peer.port()) {
+                Some((2, when)) => break Some(when),
+                _ if std::time::Instant::now() >= deadline => break None,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        waiting.abort();
+        let when = timer.expect("the client's socket has no keepalive timer");
+        // /proc/net/tcp counts in USER_HZ, 100 per second on Linux (the system default idle
+        // before a first probe is two hours).
+        assert!(
+            when <= KEEPALIVE_IDLE.as_secs() * 100,
+            "the first probe is due in {when} ticks, not within 15 s"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
