@@ -772,7 +772,7 @@ impl Rewatch {
 }
 
 /// A delay drawn uniformly from [d/2, d].
-fn jitter(d: Duration) -> Duration {
+pub fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 4];
     let r = match getrandom::fill(&mut b) {
         Ok(()) => u32::from_le_bytes(b),

@@ -89,7 +89,8 @@ impl Signatures {
             }
             let pause = match ended {
                 Ended::Read => continue,
-                Ended::Refused => Duration::from_secs(60),
+                // Replicas refused together (the RBAC of an older release) ask again apart.
+                Ended::Refused => crate::client::http::jitter(Duration::from_secs(60)),
                 Ended::Expired => {
                     rv.clear();
                     rewatch.pause(opened.elapsed())
