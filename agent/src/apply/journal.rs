@@ -4,7 +4,10 @@
 //! `/var/lib/node-attach/journal.jsonl` (0600, directory 0700) holds one JSON object per line:
 //! `begin` before a change is made (with what is needed to undo it: prior bytes, mode and owner
 //! are copied to `backup/<seq>` first), `done` after it, and `phase` markers; reset adds `undone`
-//! after undoing a change and `reset-complete` once every undo is done.
+//! after undoing a change and `reset-complete` once every undo is done. Changes recorded
+//! together (a batch of files and their directories, one sync) that an earlier change's error
+//! kept from starting are marked `abandoned`, which voids their `begin`: reset never touches a
+//! path join did not get to.
 //!
 //! Durability follows the write-ahead rule, one fsync per point where it matters rather than one
 //! per line: a `begin` of a change to the machine is synced before the change is made (and with
@@ -181,7 +184,7 @@ fn synced_when_written(record: &Record) -> bool {
         Event::Begin => !matches!(record.change, Some(Change::Skipped { .. })),
         Event::Phase => record.status.as_deref() != Some(PHASE_STARTED),
         Event::Done => false,
-        Event::Undone | Event::ResetComplete => true,
+        Event::Undone | Event::ResetComplete | Event::Abandoned => true,
     }
 }
 
@@ -194,6 +197,20 @@ fn only_unsynced_lines(lines: &[&[u8]]) -> bool {
         line.iter().all(u8::is_ascii_whitespace)
             || serde_json::from_slice::<Record>(line).map_or(true, |r| !synced_when_written(&r))
     })
+}
+
+/// Drops the `begin` of every change recorded as abandoned (never started), so that no reader
+/// takes it for a change join may have made. The `abandoned` lines stay: their numbers are
+/// never given out again.
+fn void_abandoned(records: &mut Vec<Record>) {
+    let abandoned: std::collections::HashSet<u64> = records
+        .iter()
+        .filter(|r| r.event == Event::Abandoned)
+        .map(|r| r.seq)
+        .collect();
+    if !abandoned.is_empty() {
+        records.retain(|r| !(r.event == Event::Begin && abandoned.contains(&r.seq)));
+    }
 }
 
 /// How the journal file ends.
@@ -221,6 +238,9 @@ pub enum Event {
     Undone,
     /// Reset undid every change; only removing the state directory remains.
     ResetComplete,
+    /// The change `seq` was begun in a batch that stopped at an earlier change's error, and
+    /// never started: its `begin` is void, so reset leaves its path alone.
+    Abandoned,
 }
 
 /// One journal line.
@@ -441,6 +461,7 @@ impl Journal {
             }
             out.push(record);
         }
+        void_abandoned(&mut out);
         Ok(Some((out, tail)))
     }
 
@@ -548,6 +569,28 @@ impl Journal {
             },
             Durability::WithNext,
         )
+    }
+
+    /// Records that the begun changes `seqs` were never started (their batch stopped at an
+    /// earlier error), synced: their `begin`s are void from now on, in memory and on the disk.
+    pub fn abandon(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        for &seq in seqs {
+            let record = Record {
+                seq,
+                event: Event::Abandoned,
+                change: None,
+                phase: None,
+                status: None,
+                at: now(),
+            };
+            self.append(record, Durability::WithNext)?;
+        }
+        self.sync()?;
+        void_abandoned(&mut self.records);
+        Ok(())
     }
 
     /// Records that reset undid change `seq`.

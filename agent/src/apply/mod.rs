@@ -357,13 +357,17 @@ impl<'a> Applier<'a> {
         let changes = missing.iter().map(|p| Change::Dir { path: p.clone() });
         let mut seqs = journal.begin_each(changes.chain(then))?;
         let then_seq = (seqs.len() > missing.len()).then(|| seqs.pop()).flatten();
-        for (p, seq) in missing.into_iter().zip(seqs) {
+        let mut seqs = seqs.into_iter();
+        for p in missing {
+            let seq = seqs
+                .next()
+                .unwrap_or_else(|| unreachable!("one record per dir"));
             let m = mode_of(&p);
-            self.effects.root.mkdir_all(&p, m)?;
-            self.journal
-                .as_mut()
-                .unwrap_or_else(|| unreachable!("applying"))
-                .done(seq)?;
+            if let Err(e) = self.effects.root.mkdir_all(&p, m) {
+                self.abandon(seqs.chain(then_seq));
+                return Err(e.into());
+            }
+            self.done(seq)?;
             self.record(
                 "dir",
                 p.display().to_string(),
@@ -473,9 +477,28 @@ impl<'a> Applier<'a> {
             .as_mut()
             .unwrap_or_else(|| unreachable!("applying"));
         let mut seqs = journal.begin_each(changes)?.into_iter();
+        let written = self.write_planned(planned, files, &mut seqs);
+        if written.is_err() {
+            self.abandon(seqs);
+        }
+        written
+    }
+
+    /// Makes the directories and writes the files [`Applier::files`] planned and recorded,
+    /// taking each one's sequence number from `seqs` just before making it; on an error,
+    /// `seqs` holds the numbers of what was not started.
+    fn write_planned(
+        &mut self,
+        planned: Vec<(Vec<PathBuf>, Option<&FileSpec<'_>>)>,
+        files: &[FileSpec<'_>],
+        seqs: &mut impl Iterator<Item = u64>,
+    ) -> Result<bool, ApplyError> {
         let mut changed = false;
         for ((missing, file), (path, mode, _)) in planned.into_iter().zip(files) {
-            for (dir, seq) in missing.into_iter().zip(seqs.by_ref()) {
+            for dir in missing {
+                let seq = seqs
+                    .next()
+                    .unwrap_or_else(|| unreachable!("one record per dir"));
                 self.effects.root.mkdir_all(&dir, 0o755)?;
                 self.done(seq)?;
                 self.record("dir", dir.display().to_string(), "755", Outcome::Changed);
@@ -494,6 +517,18 @@ impl<'a> Applier<'a> {
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// Voids the records of changes a batch recorded and never started (best effort: the
+    /// batch's own error is what the run reports; if this fails too, reset undoes them as
+    /// begun, which tolerates a change never made).
+    fn abandon(&mut self, seqs: impl Iterator<Item = u64>) {
+        let seqs: Vec<u64> = seqs.collect();
+        if let Some(j) = &mut self.journal {
+            if let Err(e) = j.abandon(&seqs) {
+                tracing::warn!("recording {} changes as never started: {e}", seqs.len());
+            }
+        }
     }
 
     fn done(&mut self, seq: u64) -> Result<(), ApplyError> {
@@ -903,6 +938,57 @@ mod tests {
         // Again: nothing changes.
         let mut again = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
         assert!(!again.files(&batch).expect("again"));
+    }
+
+    #[test]
+    fn a_batch_stopped_by_an_error_voids_the_records_of_what_it_never_started() {
+        use crate::apply::journal::Event;
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("etc")).expect("etc");
+        let fx = effects(tmp.path(), false);
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        // The first file takes the path the second one's directory needs: making that
+        // directory fails, after every change of the batch was recorded.
+        let batch: [FileSpec<'_>; 3] = [
+            (Path::new("/etc/clash"), 0o644, b"a file\n"),
+            (Path::new("/etc/clash/inside"), 0o644, b"never\n"),
+            (Path::new("/etc/later"), 0o644, b"never\n"),
+        ];
+        a.files(&batch).expect_err("the directory cannot be made");
+        drop(a);
+        // Someone else makes one of the paths the batch never got to.
+        std::fs::write(tmp.path().join("etc/later"), "theirs\n").expect("theirs");
+        let records = Journal::load(&fx.root).expect("load").expect("a journal");
+        let begun = |p: &str| {
+            records.iter().any(|r| {
+                r.event == Event::Begin
+                    && matches!(&r.change, Some(Change::File { path, .. } | Change::Dir { path }) if path == Path::new(p))
+            })
+        };
+        // What was made, and what failed while being made, stay recorded; the rest is void.
+        assert!(begun("/etc/clash"), "the file written");
+        assert!(!begun("/etc/clash/inside"), "never started");
+        assert!(!begun("/etc/later"), "never started");
+        let abandoned = records
+            .iter()
+            .filter(|r| r.event == Event::Abandoned)
+            .count();
+        assert_eq!(abandoned, 2);
+        // A new change never reuses an abandoned number.
+        let mut j = Journal::open(&fx.root).expect("reopen");
+        let max = records.iter().map(|r| r.seq).max().expect("records");
+        let seq = j
+            .begin(Change::Dir {
+                path: "/etc/new".into(),
+            })
+            .expect("begin");
+        assert!(seq > max);
+        assert!(!j.knows_path(Path::new("/etc/later")));
+        assert_eq!(j.original(Path::new("/etc/later")).expect("original"), None);
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("etc/later")).expect("theirs"),
+            "theirs\n"
+        );
     }
 
     #[test]
