@@ -830,7 +830,12 @@ impl Ctx<'_> {
                 let next = tokio::time::timeout_at(deadline, events.recv()).await;
                 let event = match next {
                     Err(_) => return,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                    // A watcher that fell behind is ended, not skipped ahead: the real watch
+                    // cache closes a watcher whose buffer stays full past its dispatch budget
+                    // (apiserver `storage/cacher/cacher.go`, `dispatchEvent` ->
+                    // `stopWatcherThreadUnsafe`), and the client reopens from the last
+                    // resourceVersion it saw, so no event is lost.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return,
                     Ok(Err(_)) => return,
                     Ok(Ok(e)) => e,
                 };
