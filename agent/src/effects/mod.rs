@@ -9,6 +9,7 @@
 //! `std::fs`, `std::process::Command` and mount calls everywhere else).
 #![allow(clippy::disallowed_methods)]
 
+pub mod command;
 pub mod containers;
 pub mod cri;
 pub mod fs;
@@ -20,10 +21,10 @@ pub mod packages;
 pub mod probe;
 pub mod seen;
 
+pub use command::run_command;
 pub use packages::{detect_packages, Packages, RecordingPackages};
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,63 +36,6 @@ pub struct EffectError {
     pub what: String,
     /// Why it failed.
     pub detail: String,
-}
-
-/// Runs a program with a timeout; returns stdout, or an error with stderr.
-pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<String, EffectError> {
-    let what = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| EffectError {
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
-    let started = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if started.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(EffectError {
-                    what,
-                    detail: format!("did not finish within {timeout:?}"),
-                });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                return Err(EffectError {
-                    what,
-                    detail: e.to_string(),
-                })
-            }
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| EffectError {
-        what: what.clone(),
-        detail: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let detail = stderr
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or("")
-            .chars()
-            .take(400)
-            .collect::<String>();
-        Err(EffectError {
-            what,
-            detail: format!("exit status {}: {detail}", out.status.code().unwrap_or(-1)),
-        })
-    }
 }
 
 /// Finds a program in the usual system directories or PATH.
@@ -473,24 +417,5 @@ mod tests {
             .wait_docker(&sock, Duration::from_secs(5))
             .expect("ready after one 503");
         server.join().expect("server");
-    }
-
-    #[test]
-    fn commands_report_stderr_and_timeouts() {
-        assert_eq!(
-            run_command("sh", &["-c", "echo hi"], Duration::from_secs(5))
-                .expect("ok")
-                .trim(),
-            "hi"
-        );
-        let err = run_command(
-            "sh",
-            &["-c", "echo boom >&2; exit 3"],
-            Duration::from_secs(5),
-        )
-        .expect_err("fails");
-        assert!(err.to_string().contains("exit status 3: boom"), "{err}");
-        let err = run_command("sleep", &["5"], Duration::from_millis(200)).expect_err("slow");
-        assert!(err.to_string().contains("did not finish"), "{err}");
     }
 }

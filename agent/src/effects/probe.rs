@@ -5,7 +5,8 @@
 
 use super::{run_command, which};
 use crate::model::version::KubeVersion;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Host facts preflight checks.
@@ -69,8 +70,48 @@ impl Probe for HostProbe {
     }
 
     fn version_of(&self, program: &str) -> Option<String> {
-        which(program)?;
-        run_command(program, &["--version"], Duration::from_secs(20)).ok()
+        version_at(&which(program)?)
+    }
+}
+
+/// What the program at `path` answers to `--version`, asked once per binary.
+fn version_at(path: &Path) -> Option<String> {
+    let binary = BinaryId::of(path)?;
+    let mut answers = ANSWERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, answer)) = answers.iter().find(|(id, _)| *id == binary) {
+        return Some(answer.clone());
+    }
+    let answer = run_command(path.to_str()?, &["--version"], Duration::from_secs(20)).ok()?;
+    answers.push((binary, answer.clone()));
+    Some(answer)
+}
+
+/// `PROGRAM --version` answers already given in this run, by the binary that gave them: a join
+/// asks for containerd's while it validates and again in its runtime phase, and a package
+/// installed in between replaces the file (a new inode and mtime), which asks again.
+static ANSWERS: Mutex<Vec<(BinaryId, String)>> = Mutex::new(Vec::new());
+
+/// Which file a program is: its path, device, inode, size and modification time.
+#[derive(Debug, PartialEq, Eq)]
+struct BinaryId {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl BinaryId {
+    fn of(path: &Path) -> Option<BinaryId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(BinaryId {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
     }
 }
 
@@ -126,5 +167,50 @@ impl Probe for FixedProbe {
     fn version_of(&self, program: &str) -> Option<String> {
         let found = self.versions.iter().find(|(p, _)| p == program);
         found.map(|(_, v)| v.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_is_asked_its_version_once_until_it_is_replaced() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let program = tmp.path().join("runtime");
+        let count = tmp.path().join("asked");
+        let install = |version: &str| {
+            let staged = tmp.path().join("staged");
+            let script = format!(
+                "#!/bin/sh\necho x >> '{}'\necho 'runtime {version}'\n",
+                count.display()
+            );
+            std::fs::write(&staged, script).expect("script");
+            std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+            // As a package manager does: a new file renamed over the old one.
+            std::fs::rename(&staged, &program).expect("install");
+        };
+        let asked = || std::fs::read_to_string(&count).map_or(0, |s| s.lines().count());
+        // A command another test thread forks while the script is open for writing may hold
+        // it open a moment longer, and exec then fails (ETXTBSY) without running it: asked
+        // again. A failure is never remembered.
+        let version = || {
+            (0..20)
+                .find_map(|_| {
+                    version_at(&program).or_else(|| {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    })
+                })
+                .expect("an answer")
+        };
+        install("1.6.20");
+        assert_eq!(version(), "runtime 1.6.20\n");
+        assert_eq!(version(), "runtime 1.6.20\n");
+        assert_eq!(asked(), 1);
+        install("1.7.24");
+        assert_eq!(version(), "runtime 1.7.24\n");
+        assert_eq!(asked(), 2);
     }
 }
