@@ -12,6 +12,18 @@ use std::time::Duration;
 
 const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// apt-get waits up to 300 s for the dpkg lock another apt or dpkg holds (unattended-upgrades
+/// and apt-daily run at a cloud VM's first boot, when join runs), rather than failing at once
+/// with "Could not get lock /var/lib/dpkg/lock-frontend"; within [`PACKAGE_TIMEOUT`]. apt
+/// before 1.9.11 ignores the option.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+/// `apt-get` arguments, with the wait for the dpkg lock first.
+fn apt_get_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["-o", APT_LOCK_WAIT];
+    all.extend_from_slice(args);
+    all
+}
 
 /// The OS package manager.
 pub trait Packages: Send + Sync {
@@ -52,12 +64,16 @@ impl Apt {
             .collect())
     }
 
+    fn install_args(spec: &str) -> Vec<&str> {
+        apt_get_args(&["install", "-y", "-q", "--no-install-recommends", spec])
+    }
+
+    fn update_args() -> Vec<&'static str> {
+        apt_get_args(&["update", "-q"])
+    }
+
     fn apt_install(spec: &str) -> Result<String, EffectError> {
-        run_command(
-            "apt-get",
-            &["install", "-y", "-q", "--no-install-recommends", spec],
-            PACKAGE_TIMEOUT,
-        )
+        run_command("apt-get", &Apt::install_args(spec), PACKAGE_TIMEOUT)
     }
 }
 
@@ -85,7 +101,7 @@ impl Packages for Apt {
         let before = Apt::installed()?;
         if Apt::apt_install(&spec).is_err() {
             // The package lists may be missing or stale on a fresh image.
-            run_command("apt-get", &["update", "-q"], PACKAGE_TIMEOUT)?;
+            run_command("apt-get", &Apt::update_args(), PACKAGE_TIMEOUT)?;
             Apt::apt_install(&spec)?;
         }
         Ok(added(&before, Apt::installed()?))
@@ -254,6 +270,21 @@ impl Packages for RecordingPackages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_waits_for_the_dpkg_lock_instead_of_failing_at_once() {
+        for args in [Apt::install_args("containerd"), Apt::update_args()] {
+            assert_eq!(args[..2], ["-o", APT_LOCK_WAIT], "{args:?}");
+        }
+        let wait = APT_LOCK_WAIT
+            .strip_prefix("DPkg::Lock::Timeout=")
+            .expect("the option");
+        let wait = Duration::from_secs(wait.parse().expect("seconds"));
+        assert!(
+            wait < PACKAGE_TIMEOUT,
+            "the lock wait must leave time to install"
+        );
+    }
 
     #[test]
     fn the_double_reports_what_an_install_added() {
