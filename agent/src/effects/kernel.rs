@@ -62,17 +62,27 @@ pub fn unescape_mount_point(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// Mount points strictly under `dir` in a mountinfo text, deepest first.
-pub fn mounts_in(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = mountinfo
+/// Every mount point in a mountinfo text, in mount order.
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mount_point)
+}
+
+/// Mount points strictly under `dir` in a mountinfo text, deepest first, and a path once per
+/// mount on it: mounts stacked on one path go one `umount` at a time, the last mounted first.
+pub fn mounts_in(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mount_points(mountinfo)
         .filter(|m| m.starts_with(dir) && m != dir)
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    out.dedup();
     out
+}
+
+/// Whether a mountinfo text still has a mount on `path`.
+pub fn mounted_at(mountinfo: &str, path: &Path) -> bool {
+    mount_points(mountinfo).any(|m| m == path)
 }
 
 impl Kernel for HostKernel {
@@ -128,10 +138,22 @@ impl Kernel for HostKernel {
     }
 
     fn unmount(&self, path: &Path) -> Result<(), EffectError> {
-        nix::mount::umount2(path, nix::mount::MntFlags::empty()).map_err(|e| EffectError {
-            what: format!("unmounting {}", path.display()),
-            detail: e.to_string(),
-        })
+        match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            // Not a mount point (any more): a shared mount's earlier unmount took its peer on
+            // this path along, which is what was asked.
+            Err(nix::errno::Errno::EINVAL)
+                if std::fs::read_to_string("/proc/self/mountinfo")
+                    .is_ok_and(|info| !mounted_at(&info, path)) =>
+            {
+                tracing::debug!("{} was already unmounted", path.display());
+                Ok(())
+            }
+            Err(e) => Err(EffectError {
+                what: format!("unmounting {}", path.display()),
+                detail: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -220,5 +242,20 @@ mod tests {
                 PathBuf::from("/var/lib/kubelet/tab\t\\x"),
             ]
         );
+    }
+
+    #[test]
+    fn stacked_mounts_are_each_listed_for_their_own_unmount() {
+        // A volume mounted twice on one path (a retried mount, the second on the first), and
+        // another volume.
+        let info = "40 25 0:40 / /var/lib/kubelet/pods/p/volumes/a rw - ext4 /dev/vdb rw\n\
+                    41 40 0:40 / /var/lib/kubelet/pods/p/volumes/a rw - ext4 /dev/vdb rw\n\
+                    42 25 0:42 / /var/lib/kubelet/pods/p/volumes/b rw - tmpfs tmpfs rw\n";
+        let found = mounts_in(info, Path::new("/var/lib/kubelet"));
+        let a = PathBuf::from("/var/lib/kubelet/pods/p/volumes/a");
+        assert_eq!(found.iter().filter(|m| **m == a).count(), 2, "{found:?}");
+        assert_eq!(found.len(), 3);
+        assert!(mounted_at(info, &a));
+        assert!(!mounted_at(info, Path::new("/var/lib/kubelet/pods/p")));
     }
 }
