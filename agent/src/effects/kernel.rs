@@ -22,8 +22,9 @@ pub trait Kernel: Send + Sync {
     fn active_swaps(&self) -> Vec<String>;
     /// `swapoff -a`.
     fn swap_off(&self) -> Result<(), EffectError>;
-    /// `swapon -a`.
-    fn swap_on(&self) -> Result<(), EffectError>;
+    /// `swapon` for each of these swap devices and files that is not active now (those join
+    /// turned off).
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError>;
     /// Mount points strictly under `dir` (a real path), deepest first.
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
     /// Unmounts one mount point (a real path).
@@ -128,8 +129,12 @@ impl Kernel for HostKernel {
         run_command("swapoff", &["-a"], Duration::from_secs(120)).map(drop)
     }
 
-    fn swap_on(&self) -> Result<(), EffectError> {
-        run_command("swapon", &["-a"], Duration::from_secs(120)).map(drop)
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError> {
+        let off = inactive(devices, &self.active_swaps());
+        if off.is_empty() {
+            return Ok(());
+        }
+        run_command("swapon", &off, Duration::from_secs(120)).map(drop)
     }
 
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
@@ -157,13 +162,22 @@ impl Kernel for HostKernel {
     }
 }
 
+/// Those of `devices` not among the `active` swaps.
+fn inactive<'a>(devices: &'a [String], active: &[String]) -> Vec<&'a str> {
+    devices
+        .iter()
+        .filter(|d| !active.contains(d))
+        .map(String::as_str)
+        .collect()
+}
+
 /// An in-memory kernel that records what it was asked.
 #[derive(Default)]
 pub struct RecordingKernel {
     /// Sysctls by dotted key.
     pub sysctls: Mutex<BTreeMap<String, String>>,
-    /// Every change asked, as `verb target`.
-    pub calls: Mutex<Vec<String>>,
+    /// Every change asked, as `verb target` (shared, so a test keeps a handle).
+    pub calls: std::sync::Arc<Mutex<Vec<String>>>,
     /// Mount points to report (real paths).
     pub mounts: Vec<PathBuf>,
     /// Swap devices to report as active.
@@ -205,8 +219,11 @@ impl Kernel for RecordingKernel {
         self.note("swapoff".into());
         Ok(())
     }
-    fn swap_on(&self) -> Result<(), EffectError> {
-        self.note("swapon".into());
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError> {
+        let off = inactive(devices, &self.swaps);
+        if !off.is_empty() {
+            self.note(format!("swapon {}", off.join(" ")));
+        }
         Ok(())
     }
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
@@ -242,6 +259,16 @@ mod tests {
                 PathBuf::from("/var/lib/kubelet/tab\t\\x"),
             ]
         );
+    }
+
+    #[test]
+    fn only_swaps_not_active_are_turned_on() {
+        let recorded = ["/dev/zram0".to_owned(), "/swapfile".to_owned()];
+        assert_eq!(
+            inactive(&recorded, &["/swapfile".to_owned()]),
+            ["/dev/zram0"]
+        );
+        assert!(inactive(&recorded, &recorded).is_empty());
     }
 
     #[test]
