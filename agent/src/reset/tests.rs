@@ -342,3 +342,32 @@ async fn swap_join_turned_off_is_turned_back_on_by_name() {
     let calls = calls.lock().expect("calls").clone();
     assert_eq!(calls, ["swapoff", "swapon /dev/zram0 /swapfile"]);
 }
+
+/// A kubelet in a crash loop waits to be restarted as "activating (auto-restart)", which
+/// `systemctl is-active` does not count as active: enabled, it is stopped before the cleanup
+/// all the same, or it comes back within seconds and remakes what reset removes.
+#[tokio::test]
+async fn an_enabled_kubelet_between_two_crashes_is_stopped_first() {
+    use crate::effects::{RecordingSystemd, Systemd};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let systemd = RecordingSystemd::default();
+    systemd.enable("kubelet.service").expect("enable");
+    let calls = systemd.calls.clone();
+    let fx = Effects {
+        systemd: Box::new(systemd),
+        ..effects(
+            tmp.path(),
+            RecordingContainers::default(),
+            RecordingNetwork::default(),
+        )
+    };
+    let opts = ResetOptions::default();
+    let mut ctx = Ctx::new(&fx, &opts);
+    let keep = cleanup::Keep {
+        restored: Vec::new(),
+        journaled: Vec::new(),
+    };
+    cleanup::run(&mut ctx, &keep).await;
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls, ["enable kubelet.service", "stop kubelet.service"]);
+}
