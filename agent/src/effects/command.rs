@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const MAX_STDOUT: usize = 64 << 20;
 /// The most standard error kept (its end, for the message).
 const MAX_STDERR: usize = 64 << 10;
+/// The most characters of standard error a failure's message carries (its end).
+const MAX_DETAIL: usize = 800;
 /// How long the output may go on after the program exited (a process it left running may hold
 /// the pipes open): then what was read is what it printed.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
@@ -39,9 +41,7 @@ pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<St
     let grace = Instant::now() + OUTPUT_GRACE;
     let (out, err) = (stdout.finish(grace), stderr.finish(grace));
     if !status.success() {
-        let stderr = String::from_utf8_lossy(&err.bytes);
-        let last = stderr.trim().lines().last().unwrap_or("");
-        let detail = last.chars().take(400).collect::<String>();
+        let detail = stderr_detail(&String::from_utf8_lossy(&err.bytes));
         let code = status.code().unwrap_or(-1);
         return Err(fail(format!("exit status {code}: {detail}")));
     }
@@ -49,6 +49,24 @@ pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<St
         return Err(fail(format!("printed more than {} MiB", MAX_STDOUT >> 20)));
     }
     Ok(String::from_utf8_lossy(&out.bytes).into_owned())
+}
+
+/// The end of a failed program's standard error, its non-empty lines joined with ` / `: the
+/// last line alone often does not say why (dpkg ends with the package's name, systemctl with
+/// "See systemctl status ...").
+fn stderr_detail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let all = lines.join(" / ");
+    let count = all.chars().count();
+    if count <= MAX_DETAIL {
+        return all;
+    }
+    let tail: String = all.chars().skip(count - MAX_DETAIL).collect();
+    format!("…{tail}")
 }
 
 /// Waits for the child to exit, killing it at the deadline.
@@ -165,6 +183,33 @@ mod tests {
         assert!(err.to_string().contains("exit status 3: boom"), "{err}");
         let err = run_command("sleep", &["5"], Duration::from_millis(200)).expect_err("slow");
         assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+
+    #[test]
+    fn a_failure_keeps_the_lines_that_say_why() {
+        // dpkg --purge refusing a package something depends on: its last line names the
+        // package only.
+        let dpkg = "dpkg: dependency problems prevent removal of containerd:\n \
+                    docker.io depends on containerd (>= 1.2.6-0ubuntu1~).\n\n\
+                    dpkg: error processing package containerd (--purge):\n \
+                    dependency problems - not removing\n\
+                    Errors were encountered while processing:\n containerd\n";
+        let script = format!("printf '%s' '{dpkg}' >&2; exit 1");
+        let err = run_command("sh", &["-c", &script], Duration::from_secs(5)).expect_err("fails");
+        let shown = err.to_string();
+        assert!(shown.contains("exit status 1: dpkg: dependency problems prevent removal of containerd: / docker.io depends on containerd"), "{shown}");
+        assert!(
+            shown.ends_with("Errors were encountered while processing: / containerd"),
+            "{shown}"
+        );
+        // A long one keeps its end.
+        let long = format!("{}\nE: the reason", "W: noise\n".repeat(200));
+        let detail = stderr_detail(&long);
+        assert!(
+            detail.starts_with('…') && detail.ends_with("E: the reason"),
+            "{detail}"
+        );
+        assert!(detail.chars().count() <= MAX_DETAIL + 1);
     }
 
     #[test]

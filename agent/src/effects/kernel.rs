@@ -22,8 +22,9 @@ pub trait Kernel: Send + Sync {
     fn active_swaps(&self) -> Vec<String>;
     /// `swapoff -a`.
     fn swap_off(&self) -> Result<(), EffectError>;
-    /// `swapon -a`.
-    fn swap_on(&self) -> Result<(), EffectError>;
+    /// `swapon` for each of these swap devices and files that is not active now (those join
+    /// turned off).
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError>;
     /// Mount points strictly under `dir` (a real path), deepest first.
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
     /// Unmounts one mount point (a real path).
@@ -62,17 +63,27 @@ pub fn unescape_mount_point(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// Mount points strictly under `dir` in a mountinfo text, deepest first.
-pub fn mounts_in(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = mountinfo
+/// Every mount point in a mountinfo text, in mount order.
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mount_point)
+}
+
+/// Mount points strictly under `dir` in a mountinfo text, deepest first, and a path once per
+/// mount on it: mounts stacked on one path go one `umount` at a time, the last mounted first.
+pub fn mounts_in(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mount_points(mountinfo)
         .filter(|m| m.starts_with(dir) && m != dir)
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    out.dedup();
     out
+}
+
+/// Whether a mountinfo text still has a mount on `path`.
+pub fn mounted_at(mountinfo: &str, path: &Path) -> bool {
+    mount_points(mountinfo).any(|m| m == path)
 }
 
 impl Kernel for HostKernel {
@@ -118,8 +129,12 @@ impl Kernel for HostKernel {
         run_command("swapoff", &["-a"], Duration::from_secs(120)).map(drop)
     }
 
-    fn swap_on(&self) -> Result<(), EffectError> {
-        run_command("swapon", &["-a"], Duration::from_secs(120)).map(drop)
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError> {
+        let off = inactive(devices, &self.active_swaps());
+        if off.is_empty() {
+            return Ok(());
+        }
+        run_command("swapon", &off, Duration::from_secs(120)).map(drop)
     }
 
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
@@ -128,11 +143,32 @@ impl Kernel for HostKernel {
     }
 
     fn unmount(&self, path: &Path) -> Result<(), EffectError> {
-        nix::mount::umount2(path, nix::mount::MntFlags::empty()).map_err(|e| EffectError {
-            what: format!("unmounting {}", path.display()),
-            detail: e.to_string(),
-        })
+        match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            // Not a mount point (any more): a shared mount's earlier unmount took its peer on
+            // this path along, which is what was asked.
+            Err(nix::errno::Errno::EINVAL)
+                if std::fs::read_to_string("/proc/self/mountinfo")
+                    .is_ok_and(|info| !mounted_at(&info, path)) =>
+            {
+                tracing::debug!("{} was already unmounted", path.display());
+                Ok(())
+            }
+            Err(e) => Err(EffectError {
+                what: format!("unmounting {}", path.display()),
+                detail: e.to_string(),
+            }),
+        }
     }
+}
+
+/// Those of `devices` not among the `active` swaps.
+fn inactive<'a>(devices: &'a [String], active: &[String]) -> Vec<&'a str> {
+    devices
+        .iter()
+        .filter(|d| !active.contains(d))
+        .map(String::as_str)
+        .collect()
 }
 
 /// An in-memory kernel that records what it was asked.
@@ -140,8 +176,8 @@ impl Kernel for HostKernel {
 pub struct RecordingKernel {
     /// Sysctls by dotted key.
     pub sysctls: Mutex<BTreeMap<String, String>>,
-    /// Every change asked, as `verb target`.
-    pub calls: Mutex<Vec<String>>,
+    /// Every change asked, as `verb target` (shared, so a test keeps a handle).
+    pub calls: std::sync::Arc<Mutex<Vec<String>>>,
     /// Mount points to report (real paths).
     pub mounts: Vec<PathBuf>,
     /// Swap devices to report as active.
@@ -183,8 +219,11 @@ impl Kernel for RecordingKernel {
         self.note("swapoff".into());
         Ok(())
     }
-    fn swap_on(&self) -> Result<(), EffectError> {
-        self.note("swapon".into());
+    fn swap_on(&self, devices: &[String]) -> Result<(), EffectError> {
+        let off = inactive(devices, &self.swaps);
+        if !off.is_empty() {
+            self.note(format!("swapon {}", off.join(" ")));
+        }
         Ok(())
     }
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
@@ -220,5 +259,30 @@ mod tests {
                 PathBuf::from("/var/lib/kubelet/tab\t\\x"),
             ]
         );
+    }
+
+    #[test]
+    fn only_swaps_not_active_are_turned_on() {
+        let recorded = ["/dev/zram0".to_owned(), "/swapfile".to_owned()];
+        assert_eq!(
+            inactive(&recorded, &["/swapfile".to_owned()]),
+            ["/dev/zram0"]
+        );
+        assert!(inactive(&recorded, &recorded).is_empty());
+    }
+
+    #[test]
+    fn stacked_mounts_are_each_listed_for_their_own_unmount() {
+        // A volume mounted twice on one path (a retried mount, the second on the first), and
+        // another volume.
+        let info = "40 25 0:40 / /var/lib/kubelet/pods/p/volumes/a rw - ext4 /dev/vdb rw\n\
+                    41 40 0:40 / /var/lib/kubelet/pods/p/volumes/a rw - ext4 /dev/vdb rw\n\
+                    42 25 0:42 / /var/lib/kubelet/pods/p/volumes/b rw - tmpfs tmpfs rw\n";
+        let found = mounts_in(info, Path::new("/var/lib/kubelet"));
+        let a = PathBuf::from("/var/lib/kubelet/pods/p/volumes/a");
+        assert_eq!(found.iter().filter(|m| **m == a).count(), 2, "{found:?}");
+        assert_eq!(found.len(), 3);
+        assert!(mounted_at(info, &a));
+        assert!(!mounted_at(info, Path::new("/var/lib/kubelet/pods/p")));
     }
 }

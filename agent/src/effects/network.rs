@@ -48,6 +48,16 @@ pub struct HostNetwork;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `iptables` arguments with `-w` first: iptables-legacy fails at once ("Another app is
+/// currently holding the xtables lock", exit 4) while kube-proxy, a CNI agent, firewalld or
+/// docker changes the rules; with `-w` it waits for the lock (within [`TIMEOUT`]).
+/// iptables-nft accepts `-w` and has no lock.
+fn iptables_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    all
+}
+
 impl Network for HostNetwork {
     fn save(&self, family: Family) -> Option<String> {
         let (save, _) = family.tools();
@@ -56,7 +66,7 @@ impl Network for HostNetwork {
     }
 
     fn iptables(&self, family: Family, args: &[&str]) -> Result<(), EffectError> {
-        run_command(family.tool(), args, TIMEOUT).map(drop)
+        run_command(family.tool(), &iptables_args(args), TIMEOUT).map(drop)
     }
 
     fn clear_ipvs(&self) -> Option<Result<(), EffectError>> {
@@ -112,5 +122,16 @@ impl Network for RecordingNetwork {
     fn delete_link(&self, name: &str) -> Result<(), EffectError> {
         self.note(format!("ip link delete {name}"));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_waits_for_the_xtables_lock() {
+        let args = iptables_args(&["-t", "nat", "-X", "KUBE-SERVICES"]);
+        assert_eq!(args, ["-w", "-t", "nat", "-X", "KUBE-SERVICES"]);
     }
 }

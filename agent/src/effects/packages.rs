@@ -8,10 +8,52 @@
 use super::{run_command, which, EffectError};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// apt-get waits up to 300 s for the dpkg lock another apt or dpkg holds (unattended-upgrades
+/// and apt-daily run at a cloud VM's first boot, when join runs), rather than failing at once
+/// with "Could not get lock /var/lib/dpkg/lock-frontend"; within [`PACKAGE_TIMEOUT`]. apt
+/// before 1.9.11 ignores the option.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+/// How long `dpkg --purge` is tried again while another apt or dpkg holds the dpkg lock (dpkg
+/// has no wait of its own: it fails at once), and the pause between tries.
+const DPKG_LOCK_WAIT: Duration = Duration::from_secs(300);
+const DPKG_LOCK_PAUSE: Duration = Duration::from_secs(5);
+
+/// Whether dpkg refused because another apt or dpkg holds its lock (unattended-upgrades).
+fn dpkg_locked(e: &EffectError) -> bool {
+    e.detail.contains("locked by another process")
+}
+
+/// Runs `op` until it succeeds, fails for another reason than `locked`, or another try would
+/// start after `wait`.
+fn while_locked<T>(
+    wait: Duration,
+    pause: Duration,
+    locked: impl Fn(&EffectError) -> bool,
+    mut op: impl FnMut() -> Result<T, EffectError>,
+) -> Result<T, EffectError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match op() {
+            Err(e) if locked(&e) && Instant::now() + pause < deadline => {
+                tracing::info!("{}: waiting for the package lock: {}", e.what, e.detail);
+                std::thread::sleep(pause);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// `apt-get` arguments, with the wait for the dpkg lock first.
+fn apt_get_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["-o", APT_LOCK_WAIT];
+    all.extend_from_slice(args);
+    all
+}
 
 /// The OS package manager.
 pub trait Packages: Send + Sync {
@@ -52,12 +94,16 @@ impl Apt {
             .collect())
     }
 
+    fn install_args(spec: &str) -> Vec<&str> {
+        apt_get_args(&["install", "-y", "-q", "--no-install-recommends", spec])
+    }
+
+    fn update_args() -> Vec<&'static str> {
+        apt_get_args(&["update", "-q"])
+    }
+
     fn apt_install(spec: &str) -> Result<String, EffectError> {
-        run_command(
-            "apt-get",
-            &["install", "-y", "-q", "--no-install-recommends", spec],
-            PACKAGE_TIMEOUT,
-        )
+        run_command("apt-get", &Apt::install_args(spec), PACKAGE_TIMEOUT)
     }
 }
 
@@ -85,7 +131,7 @@ impl Packages for Apt {
         let before = Apt::installed()?;
         if Apt::apt_install(&spec).is_err() {
             // The package lists may be missing or stale on a fresh image.
-            run_command("apt-get", &["update", "-q"], PACKAGE_TIMEOUT)?;
+            run_command("apt-get", &Apt::update_args(), PACKAGE_TIMEOUT)?;
             Apt::apt_install(&spec)?;
         }
         Ok(added(&before, Apt::installed()?))
@@ -93,7 +139,10 @@ impl Packages for Apt {
     fn remove(&self, packages: &[String]) -> Result<(), EffectError> {
         let mut args = vec!["--purge"];
         args.extend(packages.iter().map(String::as_str));
-        run_command("dpkg", &args, PACKAGE_TIMEOUT).map(drop)
+        while_locked(DPKG_LOCK_WAIT, DPKG_LOCK_PAUSE, dpkg_locked, || {
+            run_command("dpkg", &args, PACKAGE_TIMEOUT)
+        })
+        .map(drop)
     }
 }
 
@@ -254,6 +303,80 @@ impl Packages for RecordingPackages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpkg_is_tried_again_while_another_holds_its_lock() {
+        let locked = |what: &str| EffectError {
+            what: "dpkg --purge containerd".into(),
+            detail: format!(
+                "exit status 2: dpkg: error: {what} / Note: removing the lock file is always \
+                 wrong, and can end up damaging the / locked area and the entire system. See \
+                 <https://wiki.debian.org/Teams/Dpkg/FAQ#db-lock>."
+            ),
+        };
+        // dpkg 1.20+, and dpkg 1.19's two locks.
+        for e in [
+            locked("dpkg frontend lock was locked by another process with pid 4242"),
+            locked("dpkg frontend is locked by another process"),
+            locked("dpkg status database is locked by another process"),
+        ] {
+            assert!(dpkg_locked(&e), "{e}");
+        }
+        let refused = EffectError {
+            what: "dpkg --purge libblockdev".into(),
+            detail: "exit status 1: dpkg: dependency problems prevent removal of libblockdev: \
+                     / udisks2 depends on libblockdev"
+                .into(),
+        };
+        assert!(!dpkg_locked(&refused));
+        let wait = Duration::from_secs(60);
+        let mut tries = 0;
+        let done = while_locked(wait, Duration::ZERO, dpkg_locked, || {
+            tries += 1;
+            match tries {
+                1 | 2 => Err(locked(
+                    "dpkg frontend lock was locked by another process with pid 1",
+                )),
+                _ => Ok(tries),
+            }
+        });
+        assert_eq!(done.expect("after the lock"), 3);
+        let mut tries = 0;
+        let refused = while_locked(wait, Duration::ZERO, dpkg_locked, || {
+            tries += 1;
+            Err::<(), _>(EffectError {
+                what: refused.what.clone(),
+                detail: refused.detail.clone(),
+            })
+        });
+        assert!(refused.is_err());
+        assert_eq!(tries, 1, "a refusal is not tried again");
+        let mut tries = 0;
+        let held = while_locked(Duration::ZERO, Duration::ZERO, dpkg_locked, || {
+            tries += 1;
+            Err::<(), _>(locked("dpkg frontend is locked by another process"))
+        });
+        assert!(held
+            .expect_err("still locked")
+            .to_string()
+            .contains("locked by another"));
+        assert_eq!(tries, 1, "no time left: not tried again");
+    }
+
+    #[test]
+    fn apt_waits_for_the_dpkg_lock_instead_of_failing_at_once() {
+        for args in [Apt::install_args("containerd"), Apt::update_args()] {
+            assert_eq!(args[..2], ["-o", APT_LOCK_WAIT], "{args:?}");
+        }
+        let wait = APT_LOCK_WAIT
+            .strip_prefix("DPkg::Lock::Timeout=")
+            .expect("the option");
+        let wait = Duration::from_secs(wait.parse().expect("seconds"));
+        assert!(
+            wait < PACKAGE_TIMEOUT,
+            "the lock wait must leave time to install"
+        );
+    }
 
     #[test]
     fn the_double_reports_what_an_install_added() {

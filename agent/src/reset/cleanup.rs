@@ -88,14 +88,17 @@ pub async fn run(ctx: &mut Ctx<'_>, keep: &Keep) {
     }
 }
 
-/// The kubelet first, so nothing is recreated behind reset's back.
+/// The kubelet first, so nothing is recreated behind reset's back: when active, or enabled (a
+/// kubelet in a crash loop waits for its restart as "activating", which is not active; stopping
+/// an inactive unit changes nothing).
 fn stop_kubelet(ctx: &mut Ctx<'_>) {
     if !ctx.fx.host {
         return;
     }
+    let kubelet = "kubelet.service";
     if ctx.opts.dry_run {
         ctx.step("unit", "stop kubelet.service", Outcome::WouldDo, "");
-    } else if ctx.fx.systemd.is_active("kubelet.service") {
+    } else if ctx.fx.systemd.is_active(kubelet) || ctx.fx.systemd.is_enabled(kubelet) {
         match ctx.fx.systemd.stop("kubelet.service") {
             Ok(()) => ctx.step("unit", "stop kubelet.service", Outcome::Done, ""),
             Err(e) => ctx.step(

@@ -404,7 +404,7 @@ fn undo_sysctl(ctx: &mut Ctx<'_>, key: &str, prior: &str) -> Undo {
 
 fn undo_swap(ctx: &mut Ctx<'_>, devices: &[String]) -> Undo {
     host_step(ctx, "swap-on", devices.join(","), |ctx| {
-        ctx.fx.kernel.swap_on().map_err(|e| e.to_string())
+        ctx.fx.kernel.swap_on(devices).map_err(|e| e.to_string())
     })
 }
 

@@ -313,3 +313,61 @@ async fn runtime_packages_are_journaled_with_what_they_added_and_reset_removes_o
         }
     }
 }
+
+/// Swap join turned off comes back at reset, by name: a zram device or a swap file that is not
+/// in /etc/fstab too (`swapon -a` would leave those off).
+#[tokio::test]
+async fn swap_join_turned_off_is_turned_back_on_by_name() {
+    use crate::apply::Applier;
+    use crate::effects::kernel::RecordingKernel;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kernel = RecordingKernel::default();
+    let calls = kernel.calls.clone();
+    let fx = Effects {
+        kernel: Box::new(kernel),
+        ..effects(
+            tmp.path(),
+            RecordingContainers::default(),
+            RecordingNetwork::default(),
+        )
+    };
+    let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+    a.enter("host").expect("enter");
+    a.swap_off(vec!["/dev/zram0".into(), "/swapfile".into()])
+        .expect("swap off");
+    a.finish("done").expect("finish");
+    drop(a);
+    let report = run(&fx, &ResetOptions::default()).await.expect("reset");
+    assert_eq!(report.problems, 0, "{:?}", report.steps);
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls, ["swapoff", "swapon /dev/zram0 /swapfile"]);
+}
+
+/// A kubelet in a crash loop waits to be restarted as "activating (auto-restart)", which
+/// `systemctl is-active` does not count as active: enabled, it is stopped before the cleanup
+/// all the same, or it comes back within seconds and remakes what reset removes.
+#[tokio::test]
+async fn an_enabled_kubelet_between_two_crashes_is_stopped_first() {
+    use crate::effects::{RecordingSystemd, Systemd};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let systemd = RecordingSystemd::default();
+    systemd.enable("kubelet.service").expect("enable");
+    let calls = systemd.calls.clone();
+    let fx = Effects {
+        systemd: Box::new(systemd),
+        ..effects(
+            tmp.path(),
+            RecordingContainers::default(),
+            RecordingNetwork::default(),
+        )
+    };
+    let opts = ResetOptions::default();
+    let mut ctx = Ctx::new(&fx, &opts);
+    let keep = cleanup::Keep {
+        restored: Vec::new(),
+        journaled: Vec::new(),
+    };
+    cleanup::run(&mut ctx, &keep).await;
+    let calls = calls.lock().expect("calls").clone();
+    assert_eq!(calls, ["enable kubelet.service", "stop kubelet.service"]);
+}
