@@ -80,6 +80,11 @@ pub trait Systemd: Send + Sync {
     fn restart(&self, unit: &str) -> Result<(), EffectError>;
     /// `systemctl stop`.
     fn stop(&self, unit: &str) -> Result<(), EffectError>;
+    /// Waits, at most `timeout`, until the unit has no job queued or running: a start or
+    /// restart asked without blocking has run to its end (for a restart, the old process is
+    /// gone and the new one started, or failed). Until then the old process may still answer
+    /// on the unit's socket while it is being stopped.
+    fn settle(&self, unit: &str, timeout: Duration) -> Result<(), EffectError>;
 }
 
 /// The real systemd, through `systemctl`.
@@ -122,6 +127,30 @@ impl Systemd for Systemctl {
     fn stop(&self, unit: &str) -> Result<(), EffectError> {
         self.run(&["stop", unit]).map(drop)
     }
+    fn settle(&self, unit: &str, timeout: Duration) -> Result<(), EffectError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        // `Job=ID` while a job is queued or running; nothing once there is none (systemd
+        // 219 and later, without `--value`, which is 230's).
+        while has_job(&self.run(&["show", "-p", "Job", unit])?) {
+            if started.elapsed() >= timeout {
+                return Err(EffectError {
+                    what: format!("systemctl show -p Job {unit}"),
+                    detail: format!("its start or restart did not finish within {timeout:?}"),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `systemctl show -p Job` names a job.
+fn has_job(show: &str) -> bool {
+    show.lines()
+        .filter_map(|l| l.strip_prefix("Job="))
+        .any(|id| id.trim().parse::<u32>().is_ok_and(|id| id > 0))
 }
 
 /// A systemd double that records calls and keeps unit state in memory.
@@ -196,6 +225,10 @@ impl Systemd for RecordingSystemd {
     fn stop(&self, unit: &str) -> Result<(), EffectError> {
         self.record(format!("stop {unit}"));
         Self::set(&self.active, unit, false);
+        Ok(())
+    }
+    fn settle(&self, _unit: &str, _timeout: Duration) -> Result<(), EffectError> {
+        // Its starts and restarts are done when they return.
         Ok(())
     }
 }
@@ -371,6 +404,14 @@ impl Effects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_has_a_job_while_show_names_one() {
+        assert!(has_job("Job=1234\n"));
+        assert!(!has_job(""));
+        assert!(!has_job("Job=\n"));
+        assert!(!has_job("Job=0\n"));
+    }
 
     #[test]
     fn cri_probe_speaks_http2() {

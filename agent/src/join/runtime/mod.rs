@@ -403,15 +403,22 @@ pub fn apply(applier: &mut Applier<'_>, plan: &RuntimePlan, wait: bool) -> Resul
     Ok(())
 }
 
-/// Waits until the runtime answers on its API socket (the CRI's, or docker's for the kubelet's
-/// dockershim), for up to two minutes: the kubelet checks the runtime once as it starts
+/// Waits until systemd has finished the runtime's start or restart (asked without blocking: a
+/// probe before the old daemon is stopped would pass on it, and what follows would meet it
+/// going down), then until the runtime answers on its API socket (the CRI's, or docker's for
+/// the kubelet's dockershim), each for up to two minutes: the kubelet checks the runtime once as it starts
 /// (`updateRuntimeUp`, then every 5 s), and with no answer then its node stays NotReady until a
 /// later check.
 pub fn wait_ready(applier: &Applier<'_>, plan: &RuntimePlan) -> Result<(), ApplyError> {
     if !applier.effects().host || applier.dry_run() {
         return Ok(());
     }
-    let cri = &applier.effects().cri;
+    let effects = applier.effects();
+    // A restart asked without blocking may not have begun: the old daemon would answer.
+    for unit in std::iter::once(plan.unit).chain(plan.shim.map(|(_, unit)| unit)) {
+        effects.systemd.settle(unit, Duration::from_secs(120))?;
+    }
+    let cri = &effects.cri;
     if plan.endpoint.is_some() {
         cri.wait_ready(Path::new(&plan.socket), Duration::from_secs(120))?;
     } else {
