@@ -23,6 +23,16 @@ const MOST_POLL: Duration = Duration::from_millis(20);
 
 /// Runs a program with a timeout; returns stdout, or an error with the end of stderr.
 pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<String, EffectError> {
+    run_command_env(program, args, &[], timeout)
+}
+
+/// [`run_command`], with these variables added to the program's environment.
+pub fn run_command_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<String, EffectError> {
     let what = format!("{program} {}", args.join(" "));
     let fail = |detail: String| EffectError {
         what: what.clone(),
@@ -30,6 +40,7 @@ pub fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<St
     };
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,6 +221,18 @@ mod tests {
             "{detail}"
         );
         assert!(detail.chars().count() <= MAX_DETAIL + 1);
+    }
+
+    #[test]
+    fn variables_reach_the_program() {
+        let env = [("DEBIAN_FRONTEND", "noninteractive")];
+        let out = run_command_env(
+            "sh",
+            &["-c", "echo $DEBIAN_FRONTEND"],
+            &env,
+            Duration::from_secs(5),
+        );
+        assert_eq!(out.expect("ok"), "noninteractive\n");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! tool (`dpkg --purge`, `rpm -e`), which refuses rather than removing a package something
 //! else still depends on.
 
-use super::{run_command, which, EffectError};
+use super::{run_command, run_command_env, which, EffectError};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,6 +17,12 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// with "Could not get lock /var/lib/dpkg/lock-frontend"; within [`PACKAGE_TIMEOUT`]. apt
 /// before 1.9.11 ignores the option.
 const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+/// apt's and debconf's questions answered with their defaults: no terminal is there to ask.
+const NONINTERACTIVE: &[(&str, &str)] = &[("DEBIAN_FRONTEND", "noninteractive")];
+/// zypper waits up to 300 s for the lock another zypper or PackageKit holds, rather than
+/// failing at once with "System management is locked".
+const ZYPP_LOCK_WAIT: &[(&str, &str)] = &[("ZYPP_LOCK_TIMEOUT", "300")];
 
 /// How long `dpkg --purge` is tried again while another apt or dpkg holds the dpkg lock (dpkg
 /// has no wait of its own: it fails at once), and the pause between tries.
@@ -94,8 +100,22 @@ impl Apt {
             .collect())
     }
 
+    /// A configuration file already on the machine (the operator's, or one left by an earlier
+    /// install) is kept, not asked about: with no terminal, dpkg's question would fail the
+    /// install ("end of file on stdin at conffile prompt"). Join merges its settings into the
+    /// file as it then is.
     fn install_args(spec: &str) -> Vec<&str> {
-        apt_get_args(&["install", "-y", "-q", "--no-install-recommends", spec])
+        apt_get_args(&[
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            spec,
+        ])
     }
 
     fn update_args() -> Vec<&'static str> {
@@ -103,7 +123,12 @@ impl Apt {
     }
 
     fn apt_install(spec: &str) -> Result<String, EffectError> {
-        run_command("apt-get", &Apt::install_args(spec), PACKAGE_TIMEOUT)
+        run_command_env(
+            "apt-get",
+            &Apt::install_args(spec),
+            NONINTERACTIVE,
+            PACKAGE_TIMEOUT,
+        )
     }
 }
 
@@ -200,9 +225,10 @@ impl Packages for Zypper {
             None => package.to_owned(),
         };
         let before = rpm_installed()?;
-        run_command(
+        run_command_env(
             "zypper",
             &["--non-interactive", "install", "--no-recommends", &spec],
+            ZYPP_LOCK_WAIT,
             PACKAGE_TIMEOUT,
         )?;
         Ok(added(&before, rpm_installed()?))
@@ -361,6 +387,26 @@ mod tests {
             .to_string()
             .contains("locked by another"));
         assert_eq!(tries, 1, "no time left: not tried again");
+    }
+
+    #[test]
+    fn apt_keeps_a_configuration_file_already_there_without_asking() {
+        let args = Apt::install_args("containerd");
+        let options: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-o")
+            .map(|w| w[1])
+            .collect();
+        assert!(
+            options.contains(&"Dpkg::Options::=--force-confold"),
+            "{args:?}"
+        );
+        assert!(
+            options.contains(&"Dpkg::Options::=--force-confdef"),
+            "{args:?}"
+        );
+        assert_eq!(args.last(), Some(&"containerd"));
+        assert_eq!(NONINTERACTIVE, [("DEBIAN_FRONTEND", "noninteractive")]);
     }
 
     #[test]
