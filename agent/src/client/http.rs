@@ -714,7 +714,12 @@ where
         };
         let elapsed = start.elapsed();
         let remaining = policy.deadline.saturating_sub(elapsed);
-        let sleep = err.retry_after().unwrap_or_default() + jitter(backoff);
+        // Saturating: a `Retry-After` near u64::MAX seconds (a broken or hostile server, or
+        // anyone answering the unverified first read of cluster-info) would overflow.
+        let sleep = err
+            .retry_after()
+            .unwrap_or_default()
+            .saturating_add(jitter(backoff));
         if attempt >= policy.max_attempts || sleep >= remaining {
             return Err(RetryError::Exhausted {
                 attempts: attempt,
@@ -939,6 +944,33 @@ mod tests {
             Err(RetryError::Exhausted { attempts: 1, .. })
         ));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_absurd_retry_after_ends_the_retries_instead_of_panicking() {
+        // `Retry-After: 18446744073709551615` parses to u64::MAX seconds; the jittered
+        // backoff on top of it (seconds, once a few failures doubled it) must not overflow.
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_secs(4),
+            ..fast(200)
+        };
+        let out: Result<(), _> = retry(policy, "t", |_| async {
+            Err(E(true, Some(Duration::from_secs(u64::MAX))))
+        })
+        .await;
+        assert!(matches!(
+            out,
+            Err(RetryError::Exhausted { attempts: 1, .. })
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(
+            parse_retry_after(&h, SystemTime::now()),
+            Some(Duration::from_secs(u64::MAX))
+        );
     }
 
     #[test]
