@@ -794,7 +794,7 @@ pub fn jitter(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -981,7 +981,7 @@ mod tests {
 
     /// A loopback server answering its first request with `response` (the request's headers
     /// read first), for the client's side of an exchange.
-    fn answer_once(response: String) -> std::net::SocketAddr {
+    pub(crate) fn answer_once(response: String) -> std::net::SocketAddr {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
