@@ -982,21 +982,29 @@ pub(crate) mod tests {
     /// A loopback server answering its first request with `response` (the request's headers
     /// read first), for the client's side of an exchange.
     pub(crate) fn answer_once(response: String) -> std::net::SocketAddr {
+        answer_in_turn(vec![response])
+    }
+
+    /// Like [`answer_once`], one connection per response, in order (each response should
+    /// say `connection: close`).
+    pub(crate) fn answer_in_turn(responses: Vec<String>) -> std::net::SocketAddr {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
-            let Ok((mut conn, _)) = listener.accept() else {
-                return;
-            };
-            let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+            for response in responses {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
                 }
+                let _ = conn.write_all(response.as_bytes());
             }
-            let _ = conn.write_all(response.as_bytes());
         });
         addr
     }
