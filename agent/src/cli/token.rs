@@ -151,8 +151,7 @@ async fn create(
         groups: c.groups.clone(),
         description: c.description.clone(),
     };
-    let secret = tokens::secret_for(&new, time::OffsetDateTime::now_utc());
-    kube.post(&paths::secrets("kube-system"), &secret)
+    tokens::create_token(kube, &new, time::OffsetDateTime::now_utc())
         .await
         .map_err(api)?;
     let changes = tokens::ensure_cluster_rbac(kube, &c.groups)

@@ -4,6 +4,7 @@
 //! delete the Node on the node's behalf (which the Node authorizer does not let a node do).
 
 use crate::client::http::{Http, Request, RetryPolicy, Target};
+use crate::model::secret::Secret;
 use crate::trust::tls::{self, ClientIdentity};
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +35,13 @@ pub async fn post_callback(
         url: url.clone(),
         shown: crate::model::secret::redact_url_path(url),
     };
+    // The path and query are hidden when shown (they carry the values' token): a server's
+    // message or a redirect's Location repeating them is scrubbed of them too.
+    let hidden: Vec<Secret> = [Some(url.path()).filter(|p| *p != "/"), url.query()]
+        .into_iter()
+        .flatten()
+        .map(Secret::from)
+        .collect();
     let sent = crate::client::http::retry(
         RetryPolicy::until(Duration::from_secs(20), Duration::from_secs(5)),
         "reporting to the callback",
@@ -41,6 +49,7 @@ pub async fn post_callback(
             let mut req = Request::get(&target);
             req.method = reqwest::Method::POST;
             req.json = Some(body.to_string().into_bytes());
+            req.scrub = hidden.iter().collect();
             http.send(req)
         },
     )
@@ -55,5 +64,50 @@ pub async fn post_callback(
             tracing::warn!("could not report to the callback {shown}: {}", e.inner());
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Log lines, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_report_never_logs_the_secret_in_the_callback_url() {
+        crate::trust::tls::install_provider();
+        let token = "openapi-0123456789abcdef";
+        // An ingress redirecting to the same path with a slash, the token in it.
+        let addr = crate::client::http::tests::answer_once(format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nlocation: https://values.example.com/v1/callback/{token}/uses/0/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ));
+        let url =
+            url::Url::parse(&format!("http://{addr}/v1/callback/{token}/uses/0")).expect("url");
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let body = serde_json::json!({"status": "success"});
+        let answer = post_callback(&url, None, None, Default::default(), &body).await;
+        assert!(answer.is_none());
+        let logs = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+        assert!(logs.contains("could not report to the callback"), "{logs}");
+        assert!(!logs.contains(token), "{logs}");
     }
 }

@@ -183,15 +183,53 @@ impl Lifecycle for EssApi {
                 async move {
                     let mut req = Request::get(&target);
                     req.scrub = vec![&action.token, &self.credentials.security_token];
-                    self.http.send(req).await
+                    self.http.send(req).await.map_err(Attempt)
                 }
             })
             .await
-            .map_err(EssError::Call)?;
+            .map_err(|e| {
+                EssError::Call(match e {
+                    http::RetryError::Fatal(Attempt(e)) => http::RetryError::Fatal(e),
+                    http::RetryError::Exhausted {
+                        attempts,
+                        elapsed,
+                        last: Attempt(last),
+                    } => http::RetryError::Exhausted {
+                        attempts,
+                        elapsed,
+                        last,
+                    },
+                })
+            })?;
             let answer: serde_json::Value =
                 crate::model::strict::json(&reply.body).unwrap_or_default();
             Ok(answer["RequestId"].as_str().unwrap_or_default().to_owned())
         })
+    }
+}
+
+/// One call's failure. ESS answers throttling with HTTP 400 and a `Throttling` code
+/// (`Throttling`, `Throttling.User`, `Throttling.Api`), which heals like a 429: Alibaba
+/// Cloud's SDKs retry it too.
+struct Attempt(http::HttpError);
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl http::Retryable for Attempt {
+    fn is_transient(&self) -> bool {
+        let throttled = matches!(&self.0, http::HttpError::Status { status: 400, detail: Some(d), .. }
+            if d.contains("Throttling"));
+        self.0.is_transient() || throttled
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.0.retry_after()
+    }
+    fn cause(&self) -> crate::model::cause::Cause {
+        self.0.cause()
     }
 }
 
@@ -291,6 +329,49 @@ mod tests {
     fn percent_encoding_follows_rfc_3986() {
         assert_eq!(percent_encode("a b*~/+="), "a%20b%2A~%2F%2B%3D");
         assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+
+    fn answer(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_throttled_call_is_tried_again() {
+        // ESS answers throttling with HTTP 400 (Auto Scaling's client errors: `Throttling`,
+        // "Request was denied due to request throttling.").
+        crate::trust::tls::install_provider();
+        let throttled = r#"{"RequestId":"540CFF28-407A-40B5-B6A5-74B000000001","HostId":"ess.aliyuncs.com","Code":"Throttling","Message":"Request was denied due to request throttling."}"#;
+        let addr = crate::client::http::tests::answer_in_turn(vec![
+            answer("400 Bad Request", throttled),
+            answer("200 OK", r#"{"RequestId":"second"}"#),
+        ]);
+        let endpoint = url::Url::parse(&format!("http://{addr}/")).expect("url");
+        let creds = RamCredentials {
+            access_key_id: "STS.NTestAccessKeyId".into(),
+            access_key_secret: Secret::new("test-access-key-secret"),
+            security_token: Secret::new("CAIS-test-security-token"),
+        };
+        let api =
+            EssApi::new(Some(&endpoint), "cn-hangzhou", creds, Limits::default()).expect("api");
+        let action = LifecycleAction {
+            hook_id: "ash-1".into(),
+            token: Secret::new("action-token"),
+        };
+        let done = api.complete(&action, LifecycleResult::Continue).await;
+        assert_eq!(done.expect("completed on the second try"), "second");
+        let refused = |code: &str| {
+            http::Retryable::is_transient(&Attempt(http::HttpError::Status {
+                url: "u".into(),
+                status: 400,
+                detail: Some(format!(r#"{{"RequestId":"r","Code":"{code}"}}"#)),
+                retry_after: None,
+            }))
+        };
+        assert!(refused("Throttling.User"));
+        assert!(!refused("SignatureDoesNotMatch"));
     }
 
     #[test]

@@ -338,8 +338,7 @@ impl Http {
         }
         let body = self.read_body(&mut response, &headers, &shown).await?;
         if !(200..300).contains(&status) {
-            let detail =
-                server_message(&body).map(|m| req.scrub.iter().fold(m, |t, s| s.scrub(&t)));
+            let detail = server_message(&body, &req.scrub);
             return Err(HttpError::Status {
                 url: shown,
                 status,
@@ -481,28 +480,35 @@ fn redirect(headers: &HeaderMap, req: &Request<'_>, shown: String) -> HttpError 
     let location = headers
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+        .unwrap_or("");
+    // Scrubbed before it is shortened: a secret cut in two would no longer match.
+    let location = scrub_all(location, &req.scrub)
         .chars()
         .take(200)
         .collect::<String>();
-    let location = req.scrub.iter().fold(location, |t, s| s.scrub(&t));
     HttpError::Redirect {
         url: shown,
         location,
     }
 }
 
-/// The message of a Kubernetes `Status` body, or the start of a text body.
-fn server_message(body: &[u8]) -> Option<String> {
+/// `text` with every occurrence of each secret replaced.
+fn scrub_all(text: &str, scrub: &[&Secret]) -> String {
+    scrub.iter().fold(text.to_owned(), |t, s| s.scrub(&t))
+}
+
+/// The message of a Kubernetes `Status` body, or the start of a text body, with `scrub`'s
+/// secrets replaced before it is shortened (a secret cut in two would no longer match).
+fn server_message(body: &[u8], scrub: &[&Secret]) -> Option<String> {
     if body.is_empty() {
         return None;
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
-            return Some(m.chars().take(300).collect());
+            return Some(scrub_all(m, scrub).chars().take(300).collect());
         }
     }
-    let text = String::from_utf8_lossy(body);
+    let text = scrub_all(&String::from_utf8_lossy(body), scrub);
     let text: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -714,7 +720,12 @@ where
         };
         let elapsed = start.elapsed();
         let remaining = policy.deadline.saturating_sub(elapsed);
-        let sleep = err.retry_after().unwrap_or_default() + jitter(backoff);
+        // Saturating: a `Retry-After` near u64::MAX seconds (a broken or hostile server, or
+        // anyone answering the unverified first read of cluster-info) would overflow.
+        let sleep = err
+            .retry_after()
+            .unwrap_or_default()
+            .saturating_add(jitter(backoff));
         if attempt >= policy.max_attempts || sleep >= remaining {
             return Err(RetryError::Exhausted {
                 attempts: attempt,
@@ -783,7 +794,7 @@ pub fn jitter(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -941,6 +952,121 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_absurd_retry_after_ends_the_retries_instead_of_panicking() {
+        // `Retry-After: 18446744073709551615` parses to u64::MAX seconds; the jittered
+        // backoff on top of it (seconds, once a few failures doubled it) must not overflow.
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_secs(4),
+            ..fast(200)
+        };
+        let out: Result<(), _> = retry(policy, "t", |_| async {
+            Err(E(true, Some(Duration::from_secs(u64::MAX))))
+        })
+        .await;
+        assert!(matches!(
+            out,
+            Err(RetryError::Exhausted { attempts: 1, .. })
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(
+            parse_retry_after(&h, SystemTime::now()),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    /// A loopback server answering its first request with `response` (the request's headers
+    /// read first), for the client's side of an exchange.
+    pub(crate) fn answer_once(response: String) -> std::net::SocketAddr {
+        answer_in_turn(vec![response])
+    }
+
+    /// Like [`answer_once`], one connection per response, in order (each response should
+    /// say `connection: close`).
+    pub(crate) fn answer_in_turn(responses: Vec<String>) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for response in responses {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        addr
+    }
+
+    async fn refused_with(response: String, secret: &Secret) -> String {
+        crate::trust::tls::install_provider();
+        let addr = answer_once(response);
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let http = Http::new(tls, Limits::default()).expect("client");
+        let target = Target {
+            url: url::Url::parse(&format!("http://{addr}/values/{}", secret.expose()))
+                .expect("url"),
+            shown: format!("http://{addr}/values/[redacted]"),
+        };
+        let mut req = Request::get(&target);
+        req.scrub = vec![secret];
+        http.send(req).await.expect_err("refused").to_string()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_secret_cut_by_the_message_limit_is_still_scrubbed() {
+        let secret = Secret::new("tok-0123456789abcdefghijklmnopqrstuv");
+        // A proxy's 404 echoing the path, the token straddling the 300-character cut.
+        let message = format!("{} {} not found", "x".repeat(290), secret.expose());
+        let body = serde_json::json!({ "message": message }).to_string();
+        let response = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let err = refused_with(response, &secret).await;
+        assert!(err.contains("HTTP 404"), "{err}");
+        assert!(!err.contains(&secret.expose()[..8]), "{err}");
+        // A plain text body, cut at 200 characters.
+        let body = format!("{} {}", "y".repeat(190), secret.expose());
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let err = refused_with(response, &secret).await;
+        assert!(err.contains("HTTP 503"), "{err}");
+        assert!(!err.contains(&secret.expose()[..8]), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_secret_cut_by_the_location_limit_is_still_scrubbed() {
+        let secret = Secret::new("tok-0123456789abcdefghijklmnopqrstuv");
+        // An http-to-https or trailing-slash redirect repeating a long path with the token.
+        let location = format!(
+            "https://values.example.com/{}/{}/node_info/",
+            "p".repeat(160),
+            secret.expose()
+        );
+        let response = format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let err = refused_with(response, &secret).await;
+        assert!(err.contains("redirect"), "{err}");
+        assert!(!err.contains(&secret.expose()[..8]), "{err}");
+    }
+
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
@@ -1015,14 +1141,17 @@ mod tests {
     #[test]
     fn server_messages_are_extracted() {
         assert_eq!(
-            server_message(br#"{"kind":"Status","message":"configmaps \"x\" not found"}"#)
-                .as_deref(),
+            server_message(
+                br#"{"kind":"Status","message":"configmaps \"x\" not found"}"#,
+                &[]
+            )
+            .as_deref(),
             Some("configmaps \"x\" not found")
         );
         assert_eq!(
-            server_message(b"plain\ntext").as_deref(),
+            server_message(b"plain\ntext", &[]).as_deref(),
             Some("plain text")
         );
-        assert_eq!(server_message(b""), None);
+        assert_eq!(server_message(b"", &[]), None);
     }
 }

@@ -127,6 +127,46 @@ async fn ensure_binding(
     Ok(())
 }
 
+/// Creates the token's Secret ([`secret_for`]) in kube-system. A 409 for a Secret holding this
+/// very token is ours: an earlier attempt of this create that reached the API server before
+/// its answer was lost (a connection reset, an etcd timeout after the write), then retried.
+pub async fn create_token(
+    kube: &Kube,
+    t: &NewToken,
+    now: time::OffsetDateTime,
+) -> Result<(), KubeError> {
+    use crate::client::kube::paths;
+    match kube
+        .post(&paths::secrets("kube-system"), &secret_for(t, now))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.status() == Some(409) => {
+            let name = format!("bootstrap-token-{}", t.token.id());
+            let existing = kube.get(&paths::secret("kube-system", &name)).await?;
+            let stored = existing
+                .as_ref()
+                .and_then(|s| s["data"]["token-secret"].as_str())
+                .and_then(|b| STANDARD.decode(b).ok())
+                .unwrap_or_default();
+            let ours: bool = subtle::ConstantTimeEq::ct_eq(
+                stored.as_slice(),
+                t.token.secret().expose().as_bytes(),
+            )
+            .into();
+            if !ours {
+                return Err(e);
+            }
+            tracing::info!(
+                id = t.token.id(),
+                "the token's Secret was created by an attempt whose answer was lost"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates `obj` in `collection`; `false` when it exists already (409: another replica of the
 /// values service, or an operator, created it between our read and our create).
 async fn create(kube: &Kube, collection: &str, obj: &Value) -> Result<bool, KubeError> {

@@ -662,3 +662,59 @@ fn a_values_answer_does_not_wait_when_cluster_info_cannot_be_watched() {
         asked.elapsed()
     );
 }
+
+/// A use's bootstrap token Secret created by an attempt whose answer was lost (a connection
+/// reset mid-answer, an API server timing out after its write) is that use's: the retry's 409
+/// is not a failure, and the node gets its values at the first ask.
+#[test]
+fn a_minted_token_whose_create_answer_was_lost_is_served() {
+    use test_control_plane::{ApiFault, ApiFaultKind};
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 1, &[]);
+    cp.set_faults(|f| {
+        f.api.push_back(ApiFault {
+            method: "POST".into(),
+            path_contains: "/namespaces/kube-system/secrets".into(),
+            query_contains: String::new(),
+            kind: ApiFaultKind::CutShort,
+        })
+    });
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let target = node_attach::client::http::Target::public(
+        url::Url::parse(&format!("{}/v1/values/{token}", service.url)).expect("url"),
+    );
+    let reply = rt
+        .block_on(http.send(node_attach::client::http::Request::get(&target)))
+        .expect("values at the first ask");
+    assert!(
+        cp.shared().lock().faults.api.is_empty(),
+        "the fault was never hit"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    let minted = v["bootstrapToken"].as_str().expect("token").to_owned();
+    let (id, secret) = minted.split_once('.').expect("id.secret");
+    let stored = cp
+        .get(
+            Kind::Secret,
+            "kube-system",
+            &format!("bootstrap-token-{id}"),
+        )
+        .expect("the minted token's Secret");
+    assert_eq!(
+        test_control_plane::secret_data(&stored)["token-secret"],
+        secret
+    );
+    let log = service.stderr.lock().expect("lock").clone();
+    assert!(!log.contains("minting a bootstrap token failed"), "{log}");
+}

@@ -272,11 +272,13 @@ impl Kube {
         &self.http
     }
 
-    /// A target for an API path.
+    /// A target for an API path, under the server URL's own path if it has one (a proxy's
+    /// prefix, as client-go keeps it).
     pub fn target(&self, path: &str) -> Target {
         let mut url = self.server.clone();
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        url.set_path(p);
+        let prefix = self.server.path().trim_end_matches('/');
+        url.set_path(&format!("{prefix}{p}"));
         url.set_query((!q.is_empty()).then_some(q));
         Target::public(url)
     }
@@ -532,6 +534,39 @@ const MAX_WATCH_EVENT: usize = 4 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_url_with_a_path_keeps_it_before_every_api_path() {
+        // As client-go: a server behind a path prefix (Rancher's
+        // https://rancher.example.com/k8s/clusters/ID, `kubectl proxy --api-prefix`).
+        crate::trust::tls::install_provider();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let http = Http::new(tls, Limits::default()).expect("client");
+        let target = |server: &str, path: &str| {
+            let kube = Kube::with_http(server, http.clone(), None).expect("kube");
+            kube.target(path).url.to_string()
+        };
+        assert_eq!(
+            target(
+                "https://rancher.example.com/k8s/clusters/c-m-1",
+                "/api/v1/nodes/a"
+            ),
+            "https://rancher.example.com/k8s/clusters/c-m-1/api/v1/nodes/a"
+        );
+        assert_eq!(
+            target(
+                "https://h/prefix/",
+                "/api/v1/nodes?watch=true&timeoutSeconds=5"
+            ),
+            "https://h/prefix/api/v1/nodes?watch=true&timeoutSeconds=5"
+        );
+        assert_eq!(
+            target("https://10.0.0.1:6443", "/version"),
+            "https://10.0.0.1:6443/version"
+        );
+    }
 
     #[test]
     fn an_error_event_is_read_as_such_whatever_the_watched_kind() {

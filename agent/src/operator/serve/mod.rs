@@ -425,8 +425,9 @@ impl Service {
         short: &str,
         use_number: u32,
     ) -> Result<(), crate::client::kube::KubeError> {
-        use crate::operator::bootstrap_tokens::{secret_for, NewToken, DEFAULT_GROUP};
-        let secret = secret_for(
+        use crate::operator::bootstrap_tokens::{create_token, NewToken, DEFAULT_GROUP};
+        create_token(
+            &self.cfg.kube,
             &NewToken {
                 token: minted.clone(),
                 ttl: Some(self.cfg.bootstrap_ttl),
@@ -437,9 +438,8 @@ impl Service {
                 )),
             },
             time::OffsetDateTime::now_utc(),
-        );
-        let path = "/api/v1/namespaces/kube-system/secrets";
-        self.cfg.kube.post(path, &secret).await.map(|_| ())
+        )
+        .await
     }
 
     /// The values a node gets: the token's template with the minted bootstrap token, the
