@@ -18,6 +18,9 @@ pub enum MetadataMode {
     Silent,
     /// EC2 IMDSv2 whose token answer is 64 KiB (a broken or hostile service).
     OversizedToken,
+    /// ECS in hardened mode that answers the first request for each path 503 (a service
+    /// briefly unavailable, or throttling), then as [`MetadataMode::AliyunHardened`].
+    AliyunFlaky,
 }
 
 /// One request seen.
@@ -137,12 +140,26 @@ fn serve(stream: std::net::TcpStream, mode: MetadataMode, log: &Mutex<Vec<Seen>>
             }
         }
     }
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        with_token: token.is_some(),
-    });
-    let (status, body) = answer(mode, &method, &path, token.as_deref());
+    let first = {
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let first = !log.iter().any(|s| s.method == method && s.path == path);
+        log.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            with_token: token.is_some(),
+        });
+        first
+    };
+    let (status, body) = match mode {
+        MetadataMode::AliyunFlaky if first => (503, "service unavailable".into()),
+        MetadataMode::AliyunFlaky => answer(
+            MetadataMode::AliyunHardened,
+            &method,
+            &path,
+            token.as_deref(),
+        ),
+        _ => answer(mode, &method, &path, token.as_deref()),
+    };
     let mut out = stream;
     let _ = write!(
         out,

@@ -14,8 +14,9 @@
 pub mod aliyun;
 pub mod aws;
 
+use crate::model::cause::Cause;
 use serde::Serialize;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What a provider knows about this instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -97,6 +98,9 @@ pub struct MetadataLimits {
     pub connect: Duration,
     /// Whole-request timeout.
     pub request: Duration,
+    /// How long a call is tried again after a failure that may heal (no connection, a dropped
+    /// answer, 5xx, 429): zero for none.
+    pub retry: Duration,
 }
 
 impl MetadataLimits {
@@ -105,14 +109,17 @@ impl MetadataLimits {
         MetadataLimits {
             connect: Duration::from_millis(300),
             request: Duration::from_millis(1000),
+            retry: Duration::ZERO,
         }
     }
 
-    /// Limits for a provider named explicitly.
+    /// Limits for a provider named explicitly: the machine is on that cloud, so a failure is
+    /// tried again for up to 15 s (a metadata service briefly unavailable, or throttling).
     pub fn explicit() -> MetadataLimits {
         MetadataLimits {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(5),
+            retry: Duration::from_secs(15),
         }
     }
 }
@@ -128,38 +135,102 @@ pub(crate) fn client(limits: MetadataLimits) -> Result<reqwest::Client, String> 
         .map_err(|e| e.without_url().to_string())
 }
 
+/// A failed metadata call, and whether trying it again may succeed.
+#[derive(Debug)]
+pub(crate) struct CallFailure {
+    detail: String,
+    transient: bool,
+    retry_after: Option<Duration>,
+    cause: Cause,
+}
+
+impl CallFailure {
+    fn of_request(e: reqwest::Error) -> CallFailure {
+        // No connection, no answer in time, or an answer cut short.
+        let transient = e.is_connect() || e.is_timeout() || e.is_body() || e.is_request();
+        let cause = match () {
+            _ if e.is_timeout() && e.is_connect() => Cause::TcpTimeout,
+            _ if e.is_timeout() => Cause::NoAnswer,
+            _ if e.is_connect() => Cause::of_connect_error(&e),
+            _ if transient => Cause::TcpReset,
+            _ => Cause::Other,
+        };
+        CallFailure {
+            detail: e.without_url().to_string(),
+            transient,
+            retry_after: None,
+            cause,
+        }
+    }
+
+    fn refused(detail: String) -> CallFailure {
+        CallFailure {
+            detail,
+            transient: false,
+            retry_after: None,
+            cause: Cause::Other,
+        }
+    }
+
+    fn of_status(status: u16, headers: &reqwest::header::HeaderMap) -> CallFailure {
+        CallFailure {
+            detail: format!("HTTP {status}"),
+            transient: status == 429 || status >= 500,
+            retry_after: crate::client::http::parse_retry_after(headers, SystemTime::now()),
+            cause: Cause::of_status(status),
+        }
+    }
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl crate::client::http::Retryable for CallFailure {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+    fn cause(&self) -> Cause {
+        self.cause
+    }
+}
+
 /// Reads a small text answer (≤ 4 KiB); `Ok(None)` on 404.
 pub(crate) async fn get_text(
     client: &reqwest::Client,
     url: &str,
     header: Option<(&str, &str)>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, CallFailure> {
     let mut req = client.get(url);
     if let Some((k, v)) = header {
-        let mut value = reqwest::header::HeaderValue::from_str(v).map_err(|e| e.to_string())?;
+        let mut value = reqwest::header::HeaderValue::from_str(v)
+            .map_err(|e| CallFailure::refused(e.to_string()))?;
         value.set_sensitive(true);
         req = req.header(k, value);
     }
-    let mut resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+    let mut resp = req.send().await.map_err(CallFailure::of_request)?;
     match resp.status().as_u16() {
         200 => {}
         404 => return Ok(None),
-        s => return Err(format!("HTTP {s}")),
+        s => return Err(CallFailure::of_status(s, resp.headers())),
     }
     read_capped(&mut resp, 4096).await.map(Some)
 }
 
 /// Reads a response body of at most `cap` bytes, trimmed; larger answers are refused unread.
-async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<String, String> {
+async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<String, CallFailure> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| e.without_url().to_string())?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(CallFailure::of_request)? {
         body.extend_from_slice(&chunk);
         if body.len() > cap {
-            return Err(format!("answer larger than {cap} bytes"));
+            return Err(CallFailure::refused(format!(
+                "answer larger than {cap} bytes"
+            )));
         }
     }
     Ok(String::from_utf8_lossy(&body).trim().to_owned())
@@ -180,6 +251,8 @@ pub(crate) enum TokenAnswer {
 pub(crate) struct Session<'a> {
     pub provider: &'static str,
     pub http: reqwest::Client,
+    /// How long a failed call is tried again.
+    pub retry: Duration,
     pub base: &'a str,
     pub header: Option<(&'static str, String)>,
 }
@@ -200,14 +273,45 @@ impl<'a> Session<'a> {
         Ok(Session {
             provider,
             http,
+            retry: limits.retry,
             base,
             header: None,
         })
     }
 
     /// Asks for a session token valid for five minutes; `ttl_header` is the provider's name
-    /// for the lifetime header. The body is read with a 1 KiB cap.
+    /// for the lifetime header. The body is read with a 1 KiB cap. No connection, or a 5xx or
+    /// 429, is asked again for [`Session::retry`].
     pub(crate) async fn request_token(
+        &self,
+        ttl_header: &'static str,
+    ) -> Result<TokenAnswer, reqwest::Error> {
+        let deadline = std::time::Instant::now() + self.retry;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let answer = self.request_token_once(ttl_header).await;
+            let transient = match &answer {
+                Err(e) => e.is_connect() || e.is_timeout(),
+                Ok(TokenAnswer::Refused(s)) => *s == 429 || *s >= 500,
+                Ok(_) => false,
+            };
+            let pause = crate::client::http::jitter(backoff);
+            let now = std::time::Instant::now();
+            if !transient || now + pause >= deadline {
+                return answer;
+            }
+            tracing::warn!(
+                retry_in_ms = pause.as_millis() as u64,
+                "{} instance metadata: no session token yet; asking again for {}s",
+                self.provider,
+                deadline.saturating_duration_since(now).as_secs()
+            );
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(Duration::from_secs(4));
+        }
+    }
+
+    async fn request_token_once(
         &self,
         ttl_header: &'static str,
     ) -> Result<TokenAnswer, reqwest::Error> {
@@ -234,12 +338,29 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// An optional item under `/latest/`.
+    /// An optional item under `/latest/`, tried again for [`Session::retry`] after a failure
+    /// that may heal.
     pub(crate) async fn item(&self, path: &str) -> Result<Option<String>, MetadataError> {
+        use crate::client::http::{retry, RetryError, RetryPolicy};
         let header = self.header.as_ref().map(|(k, v)| (*k, v.as_str()));
-        get_text(&self.http, &format!("{}/latest/{path}", self.base), header)
+        let url = format!("{}/latest/{path}", self.base);
+        let policy = match self.retry.is_zero() {
+            true => RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::until(Duration::ZERO, Duration::ZERO)
+            },
+            false => RetryPolicy::until(self.retry, Duration::from_secs(4)),
+        };
+        let what = format!("reading {} instance metadata {path}", self.provider);
+        retry(policy, &what, |_| get_text(&self.http, &url, header))
             .await
-            .map_err(|d| self.unavailable(d))
+            .map_err(|e| match e {
+                RetryError::Fatal(e) => self.unavailable(e.detail),
+                RetryError::Exhausted { last, attempts, .. } if attempts > 1 => {
+                    self.unavailable(format!("{} (after {attempts} tries)", last.detail))
+                }
+                RetryError::Exhausted { last, .. } => self.unavailable(last.detail),
+            })
     }
 
     /// A required identifier item.
