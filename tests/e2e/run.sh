@@ -878,6 +878,36 @@ PY
   [ -s "$RUN/reset-check.txt" ] || echo "no result" > "$RUN/reset-check.txt"
 }
 
+# cni_check: after reset, the CNI directories hold exactly what join found there (its "found"
+# records: the image's network, here the prelude's conflist when it ran before join), and
+# nothing the node's pods left (host-local's leases).
+cni_check() {
+  python3 - "$RUN/journal.jsonl" "$GROOT" > "$RUN/cni-check.txt" 2>&1 <<'PY' || true
+import json, os, sys
+journal, guest = sys.argv[1:3]
+found = set()
+for line in open(journal):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    c = r.get("change") or {}
+    if r.get("event") == "begin" and c.get("kind") == "found":
+        found.update(c.get("entries", []))
+bad = []
+for top in ("/etc/cni/net.d", "/var/lib/cni"):
+    for d, dirs, files in os.walk(guest + top):
+        for n in dirs + files:
+            p = os.path.join(d, n)[len(guest):]
+            if p not in found and not any(f.startswith(p + "/") for f in found) \
+                    and not any(p.startswith(f + "/") for f in found):
+                bad.append("left behind: " + p)
+bad += ["removed, though there before join: " + p for p in found if not os.path.lexists(guest + p)]
+print("\n".join(bad) or "cni as before join (%d kept)" % len(found))
+sys.exit(1 if bad else 0)
+PY
+}
+
 dump_guest() {
   log "--- cloud-init-output.log (tail)"
   tail -n 40 "$GROOT/var/log/cloud-init-output.log" 2>/dev/null || true
@@ -1128,6 +1158,9 @@ sys.exit(r["state"] != "not-joined" or sys.argv[2] != "0")' "$RUN/doctor-reset.j
   [ "$doctor_rc" = 0 ] || log "doctor after reset: $(head -c 3000 "$RUN/doctor-reset.json")"
   reset_tree_check
   check "every path join touched is back to the image's state" grep -qx 'tree restored' "$RUN/reset-check.txt"
+  cni_check
+  check "the CNI directories hold what was there before join, nothing the pods left" grep -q '^cni as before join' "$RUN/cni-check.txt"
+  log "cni check: $(head -c 2000 "$RUN/cni-check.txt")"
   if [ "$form" = plain ]; then
     check "the installed-package list is back to the image's (containerd and runc removed)" packages_as_before
     check "the kubelet and the CNI plugins are gone" sh -c "[ ! -e '$GROOT/usr/bin/kubelet' ] && [ ! -e '$GROOT/opt/cni' ]"

@@ -40,6 +40,9 @@ pub const BACKUP_DIR: &str = "/var/lib/node-attach/backup";
 /// The status a phase is recorded with when it starts.
 pub const PHASE_STARTED: &str = "started";
 
+/// The most paths a [`Change::Found`] lists under its directory.
+pub const FOUND_LIMIT: usize = 1000;
+
 /// The state a file had before join overwrote it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Prior {
@@ -134,6 +137,16 @@ pub enum Change {
         /// Whether it was active before.
         was_active: bool,
     },
+    /// What a directory reset's cleanup empties (CNI configuration and state) held before
+    /// join first ran: another tool's files (podman's network, a leftover the operator keeps),
+    /// which reset keeps. Changes nothing on the machine.
+    Found {
+        /// The directory.
+        dir: PathBuf,
+        /// Every path under it then (only its entries when there were more than
+        /// [`FOUND_LIMIT`]: each is then kept whole).
+        entries: Vec<PathBuf>,
+    },
     /// A step join did not perform, and why.
     Skipped {
         /// What would have been done.
@@ -181,7 +194,10 @@ pub fn original_in(
 /// and `reset-complete`. Its presence on the disk proves every earlier line reached it too.
 fn synced_when_written(record: &Record) -> bool {
     match record.event {
-        Event::Begin => !matches!(record.change, Some(Change::Skipped { .. })),
+        Event::Begin => !matches!(
+            record.change,
+            Some(Change::Skipped { .. } | Change::Found { .. })
+        ),
         Event::Phase => record.status.as_deref() != Some(PHASE_STARTED),
         Event::Done => false,
         Event::Undone | Event::ResetComplete | Event::Abandoned => true,
@@ -300,6 +316,18 @@ pub enum JournalError {
 /// resolves under the root), and a backup must be one of the numbered files [`Journal::backup`]
 /// writes (never an absolute or relative path of its own).
 fn untrusted(r: &Record) -> Option<String> {
+    if let Some(Change::Found { dir, entries }) = &r.change {
+        return std::iter::once(dir)
+            .chain(entries)
+            .find(|p| !is_clean_absolute(p) || !p.starts_with(dir))
+            .map(|p| {
+                format!(
+                    "the path {} is not a clean path under {}",
+                    p.display(),
+                    dir.display()
+                )
+            });
+    }
     let path = match &r.change {
         Some(Change::Dir { path } | Change::Symlink { path, .. } | Change::Removed { path }) => {
             path
@@ -317,14 +345,19 @@ fn untrusted(r: &Record) -> Option<String> {
         }
         _ => return None,
     };
-    let clean = path.is_absolute()
+    (!is_clean_absolute(path))
+        .then(|| format!("the path {} is not a clean absolute path", path.display()))
+}
+
+/// Absolute, with no `..` or `.` (so it resolves under the root).
+fn is_clean_absolute(path: &Path) -> bool {
+    path.is_absolute()
         && path.components().all(|c| {
             matches!(
                 c,
                 std::path::Component::RootDir | std::path::Component::Normal(_)
             )
-        });
-    (!clean).then(|| format!("the path {} is not a clean absolute path", path.display()))
+        })
 }
 
 fn now() -> u64 {
@@ -514,7 +547,7 @@ impl Journal {
     /// before it returns, unless the change is a step skipped (nothing on the machine changes).
     pub fn begin(&mut self, change: Change) -> Result<u64, JournalError> {
         let durability = match change {
-            Change::Skipped { .. } => Durability::WithNext,
+            Change::Skipped { .. } | Change::Found { .. } => Durability::WithNext,
             _ => Durability::Now,
         };
         Ok(self.begin_all([change], durability)?[0])
@@ -918,6 +951,8 @@ mod tests {
             r#"{"seq":9,"event":"begin","change":{"kind":"dir","path":"relative/dir"}}"#,
             r#"{"seq":9,"event":"begin","change":{"kind":"file","path":"/etc/passwd","prior":{"mode":420,"backup":"/etc/shadow"}}}"#,
             r#"{"seq":9,"event":"begin","change":{"kind":"file","path":"/etc/passwd","prior":{"mode":420,"backup":"../000001"}}}"#,
+            r#"{"seq":9,"event":"begin","change":{"kind":"found","dir":"/etc/cni/net.d","entries":["/etc/shadow"]}}"#,
+            r#"{"seq":9,"event":"begin","change":{"kind":"found","dir":"/etc/cni/net.d","entries":["/etc/cni/net.d/../../shadow"]}}"#,
         ] {
             let tmp = tempfile::tempdir().expect("tmp");
             let root = Root::new(tmp.path());

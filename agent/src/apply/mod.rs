@@ -13,7 +13,7 @@ pub mod lock;
 pub mod records;
 
 use crate::apply::journal::{Change, Journal, JournalError, Prior};
-use crate::effects::fs::{Existing, FsError};
+use crate::effects::fs::{Existing, FsError, Root};
 use crate::effects::{EffectError, Effects};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -86,6 +86,30 @@ pub struct Applier<'a> {
 
 const SKIP_REASON: &str =
     "--root is not /: host services, packages and kernel settings are left alone";
+
+/// Every path under `dir` (not following symlinks, not crossing into another filesystem); only
+/// its entries when there are more than [`journal::FOUND_LIMIT`].
+fn found_under(root: &Root, dir: &Path) -> Result<Vec<PathBuf>, ApplyError> {
+    let Some(dev) = root.dir_device(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if out.len() > journal::FOUND_LIMIT {
+            let top = root.list_dir(dir)?.into_iter().map(|n| dir.join(n));
+            return Ok(top.take(journal::FOUND_LIMIT).collect());
+        }
+        if path != dir {
+            out.push(path.clone());
+        }
+        if root.dir_device(&path) == Some(dev) {
+            stack.extend(root.list_dir(&path)?.into_iter().map(|n| path.join(n)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 /// A unified diff of two texts (two lines of context), in order, as `diff -u` shows it
 /// without the file headers.
@@ -286,6 +310,26 @@ impl<'a> Applier<'a> {
             .unwrap_or_else(|| unreachable!("applying"))
             .done(seq)?;
         Ok(out)
+    }
+
+    /// Records what `dir` holds, the first time join runs on this machine (a rerun, after the
+    /// kubelet and CNI plugins wrote there, records nothing): [`Change::Found`]. Only when
+    /// applying.
+    pub fn record_found(&mut self, dir: &Path) -> Result<(), ApplyError> {
+        let root = self.effects.root.clone();
+        let Some(j) = &mut self.journal else {
+            return Ok(());
+        };
+        if j.knows(|c| matches!(c, Change::Found { dir: d, .. } if d == dir)) {
+            return Ok(());
+        }
+        let entries = found_under(&root, dir)?;
+        let seq = j.begin(Change::Found {
+            dir: dir.to_path_buf(),
+            entries,
+        })?;
+        j.done(seq)?;
+        Ok(())
     }
 
     fn skipped(&mut self, kind: &'static str, target: String) -> Result<Outcome, ApplyError> {

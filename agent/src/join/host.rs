@@ -1,5 +1,6 @@
-//! The host phase: swap off when asked (now and at boot), the kernel modules and sysctls the
-//! kubelet and CNI plugins need, each journaled.
+//! The host phase: what the CNI directories already hold (reset keeps it), swap off when asked
+//! (now and at boot), the kernel modules and sysctls the kubelet and CNI plugins need, each
+//! journaled.
 
 use crate::apply::{Applier, ApplyError};
 use crate::sources::settings::Settings;
@@ -20,6 +21,10 @@ pub const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
 
 /// Applies the host phase.
 pub fn apply(applier: &mut Applier<'_>, settings: &Settings) -> Result<(), ApplyError> {
+    // Before anything a CNI plugin could write: what is there now is another tool's.
+    for dir in crate::model::paths::CNI_DIRS {
+        applier.record_found(Path::new(dir))?;
+    }
     if settings.disable_swap {
         swap_off(applier)?;
     }

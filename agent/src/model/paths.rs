@@ -11,3 +11,6 @@ pub const TMP_KEY: &str = "/var/lib/kubelet/pki/kubelet-client.key.tmp";
 pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 /// kubeadm's bootstrap kubeconfig (only with `--tls-bootstrap=kubelet`).
 pub const BOOTSTRAP_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+/// CNI configuration and state: the CNI plugins' and their daemonsets' files, which reset
+/// empties except for what was there before join ([`crate::apply::journal::Change::Found`]).
+pub const CNI_DIRS: &[&str] = &["/etc/cni/net.d", "/var/lib/cni"];

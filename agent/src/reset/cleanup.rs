@@ -22,8 +22,7 @@ pub const KUBERNETES_FILES: &[&str] = &[
 ];
 /// Directories whose contents are the kubelet's state.
 pub const STATE_DIRS: &[&str] = &["/var/lib/kubelet"];
-/// CNI configuration and state.
-pub const CNI_DIRS: &[&str] = &["/etc/cni/net.d", "/var/lib/cni"];
+pub use crate::model::paths::CNI_DIRS;
 /// Interfaces CNI plugins and kube-proxy create.
 pub const CNI_INTERFACES: &[&str] = &[
     "cni0",
@@ -42,13 +41,17 @@ pub const CNI_INTERFACES: &[&str] = &[
 /// iptables chain prefixes kube-proxy and CNI plugins own.
 pub const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-", "FLANNEL-", "cali-", "CILIUM_"];
 
-/// Paths the cleanup keeps: those the journal restores (their pre-join bytes), and those
-/// the journal records at all for the kubelet's credentials.
+/// Paths the cleanup keeps: those the journal restores (their pre-join bytes), those the
+/// journal records at all for the kubelet's credentials, and what the CNI directories held
+/// before join.
 pub struct Keep {
     /// Real paths of files the journal restores.
     pub restored: Vec<PathBuf>,
     /// Target paths the journal knows.
     pub journaled: Vec<PathBuf>,
+    /// Real paths in the CNI directories that were there before join (the deepest of each
+    /// branch: a directory kept holds only what is kept below it, unless it was kept whole).
+    pub preexisting: Vec<PathBuf>,
 }
 
 /// Every cleanup step, in order.
@@ -75,6 +78,7 @@ pub async fn run(ctx: &mut Ctx<'_>, keep: &Keep) {
         }
     }
     if !ctx.skipped("cni") {
+        ctx.preexisting.extend(keep.preexisting.iter().cloned());
         for dir in CNI_DIRS {
             let why = "CNI configuration and state (a documented Kubernetes path, docs/reset.md)";
             empty_dir(ctx, Path::new(dir), why);
@@ -222,15 +226,22 @@ fn empty_dir(ctx: &mut Ctx<'_>, dir: &Path, why: &str) {
         let shown = target.display().to_string();
         let before = seen_tree(ctx, &target);
         if ctx.opts.dry_run {
-            ctx.step("remove", shown, Outcome::WouldDo, "");
+            if !ctx.preexisting.contains(&real.join(&name)) {
+                ctx.step("remove", shown, Outcome::WouldDo, "");
+            }
             audit_tree(ctx, before, why);
             continue;
         }
         let child = real.join(&name);
-        let keep: Vec<PathBuf> = ctx.pinned.iter().chain(&ctx.restored).cloned().collect();
+        let keep: Vec<PathBuf> = (ctx.pinned.iter())
+            .chain(&ctx.restored)
+            .chain(&ctx.preexisting)
+            .cloned()
+            .collect();
         match crate::effects::fs::remove_tree_on(&child, dev, &keep) {
             Ok(true) => ctx.step("remove", shown, Outcome::Done, ""),
-            // Only what the journal restores is in the way: kept on purpose.
+            // Only what the journal restores, or what was there before join, is in the way:
+            // kept on purpose.
             Ok(false) if !ctx.pinned.iter().any(|m| m.starts_with(&child)) => {}
             Ok(false) => ctx.step(
                 "remove",
@@ -281,11 +292,13 @@ fn audit_tree(ctx: &mut Ctx<'_>, before: Vec<(PathBuf, Seen)>, why: &str) {
             "kept: it holds a mount that would not unmount"
         } else if holds(&ctx.restored) {
             "kept: it holds a file the journal restores"
+        } else if holds(&ctx.preexisting) {
+            "kept: it was there before join (another tool's, docs/reset.md)"
         } else {
             "kept: on another filesystem, or it could not be removed"
         };
         if ctx.opts.dry_run {
-            let (action, after, reason) = if holds(&ctx.restored) {
+            let (action, after, reason) = if holds(&ctx.restored) || holds(&ctx.preexisting) {
                 (Action::Kept, was.clone(), kept_why.to_owned())
             } else {
                 (Action::WouldRemove, Seen::Absent, why.to_owned())

@@ -162,6 +162,8 @@ pub struct Ctx<'a> {
     pinned: Vec<PathBuf>,
     /// Real paths the journal restores, which cleanup keeps.
     restored: Vec<PathBuf>,
+    /// Real paths in the CNI directories that were there before join, which cleanup keeps.
+    preexisting: Vec<PathBuf>,
     /// The paths audited so far.
     audit: Vec<audit::PathEntry>,
     crash_at: Option<usize>,
@@ -176,6 +178,7 @@ impl<'a> Ctx<'a> {
             steps: Vec::new(),
             pinned: Vec::new(),
             restored: Vec::new(),
+            preexisting: Vec::new(),
             audit: Vec::new(),
             crash_at,
         }

@@ -66,7 +66,30 @@ pub fn keep(root: &Root, records: &[Record]) -> Keep {
     Keep {
         restored,
         journaled: firsts.into_keys().collect(),
+        preexisting: preexisting(root, records),
     }
+}
+
+/// The real paths of what the CNI directories held before join: the deepest of each branch
+/// (keeping a path keeps the way to it; a directory listed with nothing below it, empty then
+/// or listed alone, is kept whole).
+fn preexisting(root: &Root, records: &[Record]) -> Vec<PathBuf> {
+    let found: Vec<&PathBuf> = records
+        .iter()
+        .filter(|r| r.event == Event::Begin)
+        .filter_map(|r| match &r.change {
+            Some(Change::Found { entries, .. }) => Some(entries),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let deepest = |p: &PathBuf| !found.iter().any(|q| *q != p && q.starts_with(p));
+    found
+        .iter()
+        .copied()
+        .filter(|p| deepest(p))
+        .filter_map(|p| root.resolve(p).ok())
+        .collect()
 }
 
 fn is_state_path(p: &Path) -> bool {

@@ -42,6 +42,7 @@ async fn pods_go_through_the_cri_sockets_that_are_there() {
     let keep = cleanup::Keep {
         restored: Vec::new(),
         journaled: Vec::new(),
+        preexisting: Vec::new(),
     };
     cleanup::run(&mut ctx, &keep).await;
     let cri: Vec<_> = ctx
@@ -76,6 +77,7 @@ async fn a_cri_that_refuses_is_a_failed_step_and_a_dry_run_asks_nothing() {
         let keep = cleanup::Keep {
             restored: Vec::new(),
             journaled: Vec::new(),
+            preexisting: Vec::new(),
         };
         cleanup::run(&mut ctx, &keep).await;
         let step = ctx
@@ -105,6 +107,7 @@ async fn owned_chains_go_with_the_jumps_into_them_and_nothing_else() {
     let keep = cleanup::Keep {
         restored: Vec::new(),
         journaled: Vec::new(),
+        preexisting: Vec::new(),
     };
     cleanup::run(&mut ctx, &keep).await;
     let calls = calls.lock().expect("calls").clone();
@@ -366,8 +369,69 @@ async fn an_enabled_kubelet_between_two_crashes_is_stopped_first() {
     let keep = cleanup::Keep {
         restored: Vec::new(),
         journaled: Vec::new(),
+        preexisting: Vec::new(),
     };
     cleanup::run(&mut ctx, &keep).await;
     let calls = calls.lock().expect("calls").clone();
     assert_eq!(calls, ["enable kubelet.service", "stop kubelet.service"]);
+}
+
+/// What the CNI directories held before join (another tool's network, podman's here) is kept;
+/// what came after (the cluster's CNI plugin's) goes. A rerun of join records nothing new.
+#[tokio::test]
+async fn cni_files_that_predate_join_are_kept() {
+    use crate::apply::Applier;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let put = |p: &str, text: &str| {
+        let real = tmp.path().join(p);
+        std::fs::create_dir_all(real.parent().expect("parent")).expect("dir");
+        std::fs::write(real, text).expect("file");
+    };
+    put("etc/cni/net.d/87-podman-bridge.conflist", "podman");
+    put("var/lib/cni/networks/podman/10.88.0.2", "ctr");
+    std::fs::create_dir_all(tmp.path().join("var/lib/cni/results")).expect("empty dir");
+    let fx = effects(
+        tmp.path(),
+        RecordingContainers::default(),
+        RecordingNetwork::default(),
+    );
+    for run in 0..2 {
+        let mut a = Applier::apply(&fx, Journal::open(&fx.root).expect("journal"));
+        a.enter("host").expect("enter");
+        for dir in crate::model::paths::CNI_DIRS {
+            a.record_found(Path::new(dir)).expect("found");
+        }
+        a.finish("done").expect("finish");
+        // The cluster's CNI plugin writes, after the first run.
+        if run == 0 {
+            put("etc/cni/net.d/10-flannel.conflist", "flannel");
+            put("var/lib/cni/networks/cbr0/10.244.1.2", "pod");
+            put(
+                "var/lib/cni/networks/podman/last_reserved_ip.0",
+                "10.88.0.2",
+            );
+            put("var/lib/cni/results/cbr0-abc-eth0", "{}");
+        }
+    }
+    let records = Journal::load(&fx.root).expect("load").expect("journal");
+    let found = records
+        .iter()
+        .filter(|r| matches!(r.change, Some(journal::Change::Found { .. })))
+        .count();
+    assert_eq!(
+        found, 2,
+        "one record per directory, from the first run only"
+    );
+    let report = run(&fx, &ResetOptions::default()).await.expect("reset");
+    assert_eq!(report.problems, 0, "{:?}", report.steps);
+    let there = |p: &str| tmp.path().join(p).exists();
+    assert!(there("etc/cni/net.d/87-podman-bridge.conflist"));
+    assert!(there("var/lib/cni/networks/podman/10.88.0.2"));
+    assert!(
+        there("var/lib/cni/results"),
+        "an empty directory that was there"
+    );
+    assert!(!there("etc/cni/net.d/10-flannel.conflist"));
+    assert!(!there("var/lib/cni/networks/cbr0"));
+    assert!(!there("var/lib/cni/networks/podman/last_reserved_ip.0"));
 }
