@@ -337,7 +337,7 @@ mod tests {
             detail: format!(
                 "exit status 2: dpkg: error: {what} / Note: removing the lock file is always \
                  wrong, and can end up damaging the / locked area and the entire system. See \
-                 <https://wiki.debian.org/Teams/Dpkg/FAQ#db-lock>."
+                 the dpkg FAQ (db-lock)."
             ),
         };
         // dpkg 1.20+, and dpkg 1.19's two locks.
