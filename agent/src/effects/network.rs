@@ -4,6 +4,7 @@
 //! `ip link`; the double records.
 
 use super::{run_command, run_command_input, which, EffectError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -141,8 +142,12 @@ impl Network for HostNetwork {
 pub struct RecordingNetwork {
     /// The iptables-save dump to serve (IPv4).
     pub dump_v4: Option<String>,
-    /// Every batch fails, as an iptables-restore without `--noflush` would.
-    pub restore_fails: bool,
+    /// The dumps later saves serve (IPv4), in order, the last one repeating; none: `dump_v4`.
+    pub later_v4: Vec<String>,
+    /// How many IPv4 saves were asked.
+    pub saves_v4: AtomicUsize,
+    /// How many batches fail (the first ones), as an iptables-restore without `--noflush` would.
+    pub failing_restores: AtomicUsize,
     /// Interfaces that exist.
     pub links: Vec<String>,
     /// Commands asked, as `tool args…` (shared, so a test keeps a handle).
@@ -159,9 +164,13 @@ impl RecordingNetwork {
 
 impl Network for RecordingNetwork {
     fn save(&self, family: Family) -> Option<String> {
-        match family {
-            Family::V4 => self.dump_v4.clone(),
-            Family::V6 => None,
+        if family == Family::V6 {
+            return None;
+        }
+        match self.saves_v4.fetch_add(1, Ordering::SeqCst) {
+            0 => self.dump_v4.clone(),
+            n => (self.later_v4.get(n - 1).or(self.later_v4.last()).cloned())
+                .or_else(|| self.dump_v4.clone()),
         }
     }
     fn iptables(&self, family: Family, args: &[&str]) -> Result<(), EffectError> {
@@ -171,7 +180,12 @@ impl Network for RecordingNetwork {
     fn restore(&self, family: Family, batch: &str) -> Result<(), EffectError> {
         let what = format!("{} --noflush", family.restore_tool());
         self.note(format!("{what}\n{batch}"));
-        if self.restore_fails {
+        let fail = |n: usize| n.checked_sub(1);
+        let failing = &self.failing_restores;
+        if failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, fail)
+            .is_ok()
+        {
             let detail = "exit status 2: unrecognized option '--noflush'".to_owned();
             return Err(EffectError { what, detail });
         }

@@ -4,8 +4,10 @@
 //! iptables-save printed it; `-F` then `-X` of each owned chain; `COMMIT`). One `iptables` call
 //! per rule or chain reloads the whole table each time: quadratic, hours on a node of a large
 //! cluster (kube-proxy's iptables mode makes a few chains a Service). If the batch fails (an
-//! iptables-restore without `--noflush`, or a rule changed since the dump), the rules are read
-//! again and removed one command at a time, as before batches.
+//! iptables-restore without `--noflush`, a rule changed since the dump, a rule that does not
+//! read back as it was printed), the rules are read again, the jumps (a handful) removed one
+//! command at a time, and the chains flushed and deleted in a second batch; if that fails too,
+//! one command at a time, as before batches.
 
 use super::{Ctx, Outcome};
 use crate::effects::network::{Family, Network};
@@ -29,6 +31,8 @@ pub struct Jump {
     pub spec: String,
     /// Its arguments, unquoted: what one `iptables -D` takes.
     pub words: Vec<String>,
+    /// The owned chain it jumps to.
+    pub target: String,
 }
 
 /// What reset removes from one family's tables.
@@ -64,13 +68,15 @@ pub fn owned_chains(dump: &str) -> Owned {
                 .position(|w| w == "-j" || w == "-g")
                 .and_then(|i| words.get(i + 1));
             let chain = words.first().map(String::as_str).unwrap_or_default();
-            if !is_owned(chain) && target.is_some_and(|t| is_owned(t)) {
-                owned.jumps.push(Jump {
-                    table: table.clone(),
-                    spec: rule.trim_end().to_owned(),
-                    words,
-                });
-            }
+            let Some(target) = target.filter(|t| is_owned(t) && !is_owned(chain)).cloned() else {
+                continue;
+            };
+            owned.jumps.push(Jump {
+                table: table.clone(),
+                spec: rule.trim_end().to_owned(),
+                words,
+                target,
+            });
         }
     }
     owned
@@ -81,12 +87,15 @@ pub fn owned_chains(dump: &str) -> Owned {
 /// one deleted (flushed all before any is deleted, so no owned chain still refers to another),
 /// then `COMMIT`. Tables with nothing owned are not named, so they stay untouched.
 pub fn restore_batch(owned: &Owned) -> String {
+    batch_text(&owned.jumps, &owned.chains, &owned.chains)
+}
+
+/// A batch deleting `jumps`, flushing `flush`, deleting `delete`, table by table.
+fn batch_text(jumps: &[Jump], flush: &[Chain], delete: &[Chain]) -> String {
     let mut tables: Vec<&str> = Vec::new();
-    let named = owned
-        .chains
-        .iter()
-        .map(|(t, _)| t)
-        .chain(owned.jumps.iter().map(|j| &j.table));
+    // Chains first: a table's chains come before its rules in the dump.
+    let chains = flush.iter().chain(delete).map(|(t, _)| t);
+    let named = chains.chain(jumps.iter().map(|j| &j.table));
     for t in named {
         if !tables.contains(&t.as_str()) {
             tables.push(t);
@@ -94,20 +103,14 @@ pub fn restore_batch(owned: &Owned) -> String {
     }
     let mut batch = String::new();
     for table in tables {
-        let chains: Vec<&str> = owned
-            .chains
-            .iter()
-            .filter(|(t, _)| t == table)
-            .map(|(_, c)| c.as_str())
-            .collect();
         batch.push_str(&format!("*{table}\n"));
-        for jump in owned.jumps.iter().filter(|j| j.table == table) {
+        for jump in jumps.iter().filter(|j| j.table == table) {
             batch.push_str(&format!("-D {}\n", jump.spec));
         }
-        for chain in &chains {
+        for (_, chain) in flush.iter().filter(|(t, _)| t == table) {
             batch.push_str(&format!("-F {chain}\n"));
         }
-        for chain in &chains {
+        for (_, chain) in delete.iter().filter(|(t, _)| t == table) {
             batch.push_str(&format!("-X {chain}\n"));
         }
         batch.push_str("COMMIT\n");
@@ -132,54 +135,74 @@ pub fn clean_family(ctx: &mut Ctx<'_>, family: Family, dump: &str) {
         ctx.step("iptables", summary, Outcome::WouldDo, jumps);
         return;
     }
-    let net = &ctx.fx.network;
+    let net = ctx.fx.network.as_ref();
+    let tool = family.restore_tool();
     let (outcome, detail) = match net.restore(family, &restore_batch(&owned)) {
-        Ok(()) => {
-            let how = format!("and {jumps}, in one {} batch", family.restore_tool());
-            (Outcome::Done, how)
-        }
+        Ok(()) => (Outcome::Done, format!("and {jumps}, in one {tool} batch")),
         Err(e) => {
-            tracing::warn!("iptables cleanup batch failed, going one command at a time: {e}");
-            // Read again: a rule may have changed since, and iptables-legacy commits table
-            // by table, so a batch that failed may have done part of its work.
-            let now = net.save(family).map(|d| owned_chains(&d)).unwrap_or(owned);
-            let failed = one_at_a_time(net.as_ref(), family, &now);
-            let how = format!(
-                "{} batch failed ({e}), so one command at a time",
-                family.restore_tool()
-            );
-            if failed.is_empty() {
+            tracing::warn!("iptables cleanup batch failed, trying another way: {e}");
+            let (left, how) = fall_back(net, family, owned);
+            let how = format!("the {tool} batch failed ({e}), so {how}");
+            if left.is_empty() {
                 (Outcome::Done, format!("and {jumps}; {how}"))
             } else {
-                let names = shown(failed.iter().copied());
-                (Outcome::Failed, format!("{how}: could not delete {names}"))
+                let names = shown(left.iter().map(String::as_str));
+                (Outcome::Failed, format!("{how}; could not delete {names}"))
             }
         }
     };
     ctx.step("iptables", summary, outcome, detail);
 }
 
-/// Removes `owned` with one `iptables` command a rule or chain; returns the chains that could not
-/// be deleted.
-fn one_at_a_time<'a>(net: &dyn Network, family: Family, owned: &'a Owned) -> Vec<&'a str> {
-    for jump in &owned.jumps {
+/// After a failed batch: the rules read again (a rule may have changed, and iptables-legacy
+/// commits table by table, so the batch may have done part of its work); the jumps removed one
+/// command at a time, so one that will not go holds back only the chain it jumps to; the rules
+/// read again, and the chains flushed and deleted in a second batch, or one command at a time
+/// if that fails too. Returns the chains left (each with why, when known) and how it went.
+fn fall_back(net: &dyn Network, family: Family, owned: Owned) -> (Vec<String>, &'static str) {
+    let now = read_again(net, family, owned);
+    for jump in &now.jumps {
         let mut args = vec!["-t", jump.table.as_str(), "-D"];
         args.extend(jump.words.iter().map(String::as_str));
         if let Err(e) = net.iptables(family, &args) {
             tracing::warn!("removing a jump into a kube-proxy/CNI chain: {e}");
         }
     }
-    for (t, c) in &owned.chains {
-        if let Err(e) = net.iptables(family, &["-t", t, "-F", c]) {
-            tracing::warn!("flushing {c}: {e}");
+    let now = read_again(net, family, now);
+    // A jump still there holds the chain it jumps to: flushed, not deleted.
+    let held = |(t, c): &Chain| now.jumps.iter().any(|j| &j.table == t && &j.target == c);
+    let mut left: Vec<String> = (now.chains.iter().filter(|c| held(c)))
+        .map(|(_, c)| format!("{c} (a jump into it would not go)"))
+        .collect();
+    let delete: Vec<Chain> = now.chains.iter().filter(|c| !held(c)).cloned().collect();
+    if now.chains.is_empty() {
+        return (left, "the jumps went one command at a time");
+    }
+    match net.restore(family, &batch_text(&[], &now.chains, &delete)) {
+        Ok(()) => {
+            let how = "the jumps went one command at a time and the chains in a second batch";
+            (left, how)
+        }
+        Err(e) => {
+            tracing::warn!("iptables cleanup batch of the chains alone failed: {e}");
+            for (t, c) in &now.chains {
+                if let Err(e) = net.iptables(family, &["-t", t, "-F", c]) {
+                    tracing::warn!("flushing {c}: {e}");
+                }
+            }
+            let undeleted = (delete.iter())
+                .filter(|(t, c)| net.iptables(family, &["-t", t, "-X", c]).is_err())
+                .map(|(_, c)| c.clone());
+            left.extend(undeleted);
+            let how = "one command at a time (a second batch, of the chains alone, failed too)";
+            (left, how)
         }
     }
-    owned
-        .chains
-        .iter()
-        .filter(|(t, c)| net.iptables(family, &["-t", t, "-X", c]).is_err())
-        .map(|(_, c)| c.as_str())
-        .collect()
+}
+
+/// The owned chains as `iptables-save` shows them now, or `before` if it cannot be read.
+fn read_again(net: &dyn Network, family: Family, before: Owned) -> Owned {
+    net.save(family).map_or(before, |d| owned_chains(&d))
 }
 
 /// The first [`SHOWN_NAMES`] names, and how many more there are.

@@ -142,25 +142,45 @@ async fn owned_chains_go_with_the_jumps_into_them_in_one_batch_and_nothing_else(
     );
 }
 
-/// A batch that fails (an iptables-restore without --noflush) leaves the work to one command
-/// at a time, on the rules read again, and the step says so.
-#[tokio::test]
-async fn a_failed_batch_falls_back_to_one_command_at_a_time() {
-    let network = RecordingNetwork {
+/// [`SMALL_DUMP`] once its jumps are gone.
+const SMALL_DUMP_UNLINKED: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n\
+:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n*filter\n:CNI-FORWARD - [0:0]\nCOMMIT\n";
+
+/// The jumps of [`SMALL_DUMP`] removed one at a time.
+const SMALL_DUMP_JUMPS: [&str; 2] = [
+    "iptables -t nat -D PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES",
+    "iptables -t filter -D FORWARD -j CNI-FORWARD",
+];
+
+/// A network serving [`SMALL_DUMP`], then `later`, whose first `failing` batches fail.
+fn small_network(later: &[&str], failing: usize) -> RecordingNetwork {
+    RecordingNetwork {
         dump_v4: Some(SMALL_DUMP.into()),
-        restore_fails: true,
+        later_v4: later.iter().map(|d| d.to_string()).collect(),
+        failing_restores: failing.into(),
         ..Default::default()
-    };
+    }
+}
+
+/// An iptables-restore without --noflush: every batch fails, and the work is done one command
+/// at a time, on the rules read again; the step says so.
+#[tokio::test]
+async fn failed_batches_fall_back_to_one_command_at_a_time() {
+    let network = small_network(&[SMALL_DUMP, SMALL_DUMP_UNLINKED], usize::MAX);
     let (calls, step) = clean_iptables(network).await;
     assert!(
-        calls[0].starts_with("iptables-restore --noflush\n*nat\n"),
+        calls[0].starts_with("iptables-restore --noflush\n*nat\n-D "),
         "{calls:?}"
     );
+    assert_eq!(calls[1..3], SMALL_DUMP_JUMPS);
     assert_eq!(
-        calls[1..],
+        calls[3],
+        "iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n\
+         *filter\n-F CNI-FORWARD\n-X CNI-FORWARD\nCOMMIT\n"
+    );
+    assert_eq!(
+        calls[4..],
         [
-            "iptables -t nat -D PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES",
-            "iptables -t filter -D FORWARD -j CNI-FORWARD",
             "iptables -t nat -F KUBE-SERVICES",
             "iptables -t filter -F CNI-FORWARD",
             "iptables -t nat -X KUBE-SERVICES",
@@ -168,8 +188,49 @@ async fn a_failed_batch_falls_back_to_one_command_at_a_time() {
         ]
     );
     assert_eq!(step.outcome, Outcome::Done);
+    let why = "the iptables-restore batch failed (iptables-restore --noflush: exit status 2: \
+               unrecognized option '--noflush'), so one command at a time (a second batch, of \
+               the chains alone, failed too)";
+    assert!(step.detail.ends_with(why), "{}", step.detail);
+}
+
+/// A batch that fails once (a rule changed since the dump): the jumps go one at a time, the
+/// chains in a second batch.
+#[tokio::test]
+async fn after_a_failed_batch_the_chains_go_in_a_second_one() {
+    let network = small_network(&[SMALL_DUMP, SMALL_DUMP_UNLINKED], 1);
+    let (calls, step) = clean_iptables(network).await;
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls[1..3], SMALL_DUMP_JUMPS);
+    assert!(calls[3].starts_with("iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n"));
+    assert_eq!(step.outcome, Outcome::Done);
     assert!(
-        step.detail.contains("iptables-restore batch failed (iptables-restore --noflush: exit status 2: unrecognized option '--noflush'), so one command at a time"),
+        step.detail
+            .ends_with("the jumps went one command at a time and the chains in a second batch"),
+        "{}",
+        step.detail
+    );
+}
+
+/// A jump that will not go (its rule does not read back as printed) holds back only the chain
+/// it jumps to: flushed, kept, and named in a failed step.
+#[tokio::test]
+async fn a_jump_that_will_not_go_keeps_only_its_chain() {
+    let forward_stays = SMALL_DUMP_UNLINKED.replace(
+        ":CNI-FORWARD - [0:0]\n",
+        ":CNI-FORWARD - [0:0]\n-A FORWARD -j CNI-FORWARD\n",
+    );
+    let network = small_network(&[SMALL_DUMP, &forward_stays], 1);
+    let (calls, step) = clean_iptables(network).await;
+    assert_eq!(
+        calls[3],
+        "iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n\
+         *filter\n-F CNI-FORWARD\nCOMMIT\n"
+    );
+    assert_eq!(step.outcome, Outcome::Failed);
+    assert!(
+        step.detail
+            .ends_with("could not delete CNI-FORWARD (a jump into it would not go)"),
         "{}",
         step.detail
     );
