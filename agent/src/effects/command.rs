@@ -1,11 +1,13 @@
 //! Running a host program: with a deadline, its output read while it runs (a program that
 //! prints more than a pipe holds, 64 KiB, would otherwise block until killed: `iptables-save`
 //! on a node of a large cluster, `dpkg-query` on a full system), both streams capped, and its
-//! exit noticed within a few milliseconds (polled from 1 ms, doubling to 20 ms).
+//! exit noticed within a few milliseconds (polled from 1 ms, doubling to 20 ms). Standard input,
+//! when given, is written by a thread of its own, so a program that does not read it (or reads
+//! it slowly while its output fills a pipe) blocks neither the caller nor the deadline.
 
 use super::EffectError;
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,27 @@ pub fn run_command_env(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<String, EffectError> {
+    run(program, args, env, None, timeout)
+}
+
+/// [`run_command`], with `input` written to the program's standard input (then closed). A
+/// program that exits without reading it all is not an error of its own: its exit status says.
+pub fn run_command_input(
+    program: &str,
+    args: &[&str],
+    input: Vec<u8>,
+    timeout: Duration,
+) -> Result<String, EffectError> {
+    run(program, args, &[], Some(input), timeout)
+}
+
+fn run(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<String, EffectError> {
     let what = format!("{program} {}", args.join(" "));
     let fail = |detail: String| EffectError {
         what: what.clone(),
@@ -41,11 +64,18 @@ pub fn run_command_env(
     let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
+    if let (Some(pipe), Some(bytes)) = (child.stdin.take(), input) {
+        feed(pipe, bytes);
+    }
     let stdout = Capture::start(child.stdout.take(), MAX_STDOUT, Keep::Head);
     let stderr = Capture::start(child.stderr.take(), MAX_STDERR, Keep::Tail);
     let status = wait(&mut child, timeout).map_err(fail)?;
@@ -60,6 +90,17 @@ pub fn run_command_env(
         return Err(fail(format!("printed more than {} MiB", MAX_STDOUT >> 20)));
     }
     Ok(String::from_utf8_lossy(&out.bytes).into_owned())
+}
+
+/// Writes `bytes` to the program's standard input from a thread of its own, then closes it. The
+/// thread is never waited for: it ends when all is written, or when the program exits or is
+/// killed at the deadline (the write then fails with a broken pipe; Rust ignores SIGPIPE).
+fn feed(mut pipe: ChildStdin, bytes: Vec<u8>) {
+    std::thread::spawn(move || {
+        if let Err(e) = pipe.write_all(&bytes) {
+            tracing::debug!("standard input not read to its end: {e}");
+        }
+    });
 }
 
 /// The end of a failed program's standard error, its non-empty lines joined with ` / `: the
@@ -233,6 +274,48 @@ mod tests {
             Duration::from_secs(5),
         );
         assert_eq!(out.expect("ok"), "noninteractive\n");
+    }
+
+    #[test]
+    fn input_reaches_a_program_that_reads_it() {
+        // More than a pipe holds, echoed back whole: written and read while the program runs.
+        let input: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let out = run_command_input("cat", &[], input.clone(), Duration::from_secs(10));
+        assert_eq!(out.expect("ok").as_bytes(), input.as_slice());
+        let out = run_command_input(
+            "wc",
+            &["-l"],
+            b"one\ntwo\n".to_vec(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(out.expect("ok").trim(), "2");
+    }
+
+    #[test]
+    fn input_a_program_does_not_read_does_not_hold_the_caller() {
+        // It exits at once without reading: its status is the result.
+        let input = vec![b'x'; 1 << 20];
+        let out = run_command_input(
+            "sh",
+            &["-c", "echo done"],
+            input.clone(),
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.expect("ok"), "done\n");
+        let err = run_command_input(
+            "sh",
+            &["-c", "exit 4"],
+            input.clone(),
+            Duration::from_secs(10),
+        )
+        .expect_err("fails");
+        assert!(err.to_string().contains("exit status 4"), "{err}");
+        // It neither reads nor exits: the deadline still holds, the pipe full or not.
+        let started = Instant::now();
+        let err = run_command_input("sleep", &["30"], input, Duration::from_millis(300))
+            .expect_err("slow");
+        assert!(err.to_string().contains("did not finish"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "held");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod packages;
 pub mod probe;
 pub mod seen;
 
-pub use command::{run_command, run_command_env};
+pub use command::{run_command, run_command_env, run_command_input};
 pub use packages::{detect_packages, Packages, RecordingPackages};
 
 use std::path::Path;

@@ -38,8 +38,6 @@ pub const CNI_INTERFACES: &[&str] = &[
     "weave",
     "tunl0",
 ];
-/// iptables chain prefixes kube-proxy and CNI plugins own.
-pub const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-", "FLANNEL-", "cali-", "CILIUM_"];
 
 /// Paths the cleanup keeps: those the journal restores (their pre-join bytes), those the
 /// journal records at all for the kubelet's credentials, and what the CNI directories held
@@ -384,40 +382,7 @@ fn remove_one(ctx: &mut Ctx<'_>, path: &Path, kind: &'static str) -> Outcome {
     outcome
 }
 
-/// A chain, as (table, chain name).
-pub type Chain = (String, String);
-/// A rule, as (table, its words).
-pub type Rule = (String, Vec<String>);
-
-/// The chains kube-proxy and CNI plugins own in an `iptables-save` dump, and the rules in
-/// other chains that jump into them.
-pub fn owned_chains(dump: &str) -> (Vec<Chain>, Vec<Rule>) {
-    let owned = |name: &str| CHAIN_PREFIXES.iter().any(|p| name.starts_with(p));
-    let mut table = String::new();
-    let (mut chains, mut jumps) = (Vec::new(), Vec::new());
-    for line in dump.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_owned();
-        } else if let Some(c) = line.strip_prefix(':') {
-            let name = c.split_whitespace().next().unwrap_or_default();
-            if owned(name) {
-                chains.push((table.clone(), name.to_owned()));
-            }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let words = save_words(rule);
-            let target = words
-                .iter()
-                .position(|w| w == "-j")
-                .and_then(|i| words.get(i + 1));
-            let chain = words.first().map(String::as_str).unwrap_or_default();
-            if !owned(chain) && target.is_some_and(|t| owned(t)) {
-                jumps.push((table.clone(), words));
-            }
-        }
-    }
-    (chains, jumps)
-}
-
+/// kube-proxy's and CNI plugins' chains ([`super::iptables`]) and IPVS virtual servers.
 fn flush_chains(ctx: &mut Ctx<'_>) {
     if !ctx.fx.host {
         ctx.step(
@@ -430,7 +395,7 @@ fn flush_chains(ctx: &mut Ctx<'_>) {
     }
     for family in [Family::V4, Family::V6] {
         if let Some(dump) = ctx.fx.network.save(family) {
-            flush_family(ctx, family, &dump);
+            super::iptables::clean_family(ctx, family, &dump);
         }
     }
     match ctx.fx.network.clear_ipvs() {
@@ -449,87 +414,6 @@ fn flush_chains(ctx: &mut Ctx<'_>) {
             e.to_string(),
         ),
     }
-}
-
-fn flush_family(ctx: &mut Ctx<'_>, family: Family, dump: &str) {
-    let (chains, jumps) = owned_chains(dump);
-    if chains.is_empty() {
-        return;
-    }
-    let names: Vec<&str> = chains.iter().map(|(_, c)| c.as_str()).collect();
-    let summary = format!(
-        "{}: {} chains ({})",
-        family.tool(),
-        chains.len(),
-        names.join(", ")
-    );
-    if ctx.opts.dry_run {
-        ctx.step("iptables", summary, Outcome::WouldDo, "");
-        return;
-    }
-    let net = &ctx.fx.network;
-    for (t, words) in &jumps {
-        let mut args = vec!["-t", t.as_str(), "-D"];
-        args.extend(words.iter().map(String::as_str));
-        if let Err(e) = net.iptables(family, &args) {
-            tracing::warn!("removing a jump into a kube-proxy/CNI chain: {e}");
-        }
-    }
-    for (t, c) in &chains {
-        if let Err(e) = net.iptables(family, &["-t", t, "-F", c]) {
-            tracing::warn!("flushing {c}: {e}");
-        }
-    }
-    let failed: Vec<&str> = chains
-        .iter()
-        .filter(|(t, c)| net.iptables(family, &["-t", t, "-X", c]).is_err())
-        .map(|(_, c)| c.as_str())
-        .collect();
-    if failed.is_empty() {
-        ctx.step("iptables", summary, Outcome::Done, "");
-    } else {
-        let detail = format!("could not delete {}", failed.join(", "));
-        ctx.step("iptables", summary, Outcome::Failed, detail);
-    }
-}
-
-/// The arguments of one `iptables-save` rule line, as iptables quotes them: a word with spaces is
-/// in double quotes (the kubelet's `-m comment --comment "kubernetes postrouting rules"`), with
-/// `\"` and `\\` escaped inside. Splitting on whitespace instead breaks such a rule, its `-D`
-/// matches nothing, and the chain it jumps to cannot be deleted.
-pub fn save_words(rule: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut started = false;
-    let mut quoted = false;
-    let mut chars = rule.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                started = true;
-            }
-            '\\' if quoted => {
-                if let Some(n) = chars.next() {
-                    word.push(n);
-                }
-            }
-            c if c.is_whitespace() && !quoted => {
-                if started {
-                    words.push(std::mem::take(&mut word));
-                    started = false;
-                }
-            }
-            c => {
-                word.push(c);
-                started = true;
-            }
-        }
-    }
-    if started {
-        words.push(word);
-    }
-    words
 }
 
 fn delete_interfaces(ctx: &mut Ctx<'_>) {

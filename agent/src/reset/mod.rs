@@ -3,11 +3,12 @@
 //!
 //! Order: drain (`--drain`, with an admin's kubeconfig), delete this node's Node
 //! (`--delete-node`, [`api`]), then the documented Kubernetes paths ([`cleanup`]: the kubelet
-//! stopped, pods removed through the CRI, mounts, kubelet and CNI state, iptables, interfaces),
-//! then the journal replayed backwards ([`replay`]: files restored byte for byte with mode and
-//! owner, created files and then empty created directories removed, sysctls reverted, swap back
-//! on, units disabled, packages removed only with `--remove-packages`), and last the state
-//! directory removed in one rename ([`replay::finalize`]).
+//! stopped, pods removed through the CRI, mounts, kubelet and CNI state, iptables chains
+//! ([`iptables`]), interfaces), then the journal replayed backwards ([`replay`]: files restored
+//! byte for byte with mode and owner, created files and then empty created directories removed,
+//! sysctls reverted, swap back on, units disabled, packages removed only with
+//! `--remove-packages`), and last the state directory removed in one rename
+//! ([`replay::finalize`]).
 //!
 //! Reset is crash-safe and repeatable: every undo is recorded in the journal (`undone`) as it
 //! is done, so a rerun after `kill -9` undoes only what is left and never touches again what an
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod audit;
 pub mod cleanup;
+pub mod iptables;
 pub mod replay;
 
 use crate::apply::journal::{self, Journal, JournalError, Record};
@@ -31,7 +33,8 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use cleanup::{CHAIN_PREFIXES, CNI_DIRS, CNI_INTERFACES, KUBERNETES_FILES, STATE_DIRS};
+pub use cleanup::{CNI_DIRS, CNI_INTERFACES, KUBERNETES_FILES, STATE_DIRS};
+pub use iptables::CHAIN_PREFIXES;
 pub use records::REMOVAL_MARKER;
 
 /// How much of the audit's path list a report to the callback carries (the values service

@@ -3,7 +3,7 @@
 use super::*;
 use crate::effects::containers::RecordingContainers;
 use crate::effects::fs::Root;
-use crate::effects::network::RecordingNetwork;
+use crate::effects::network::{Family, RecordingNetwork};
 
 fn effects(root: &Path, containers: RecordingContainers, network: RecordingNetwork) -> Effects {
     Effects {
@@ -89,17 +89,9 @@ async fn a_cri_that_refuses_is_a_failed_step_and_a_dry_run_asks_nothing() {
     }
 }
 
-#[tokio::test]
-async fn owned_chains_go_with_the_jumps_into_them_and_nothing_else() {
-    let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:DOCKER - [0:0]\n\
--A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A PREROUTING -j DOCKER\nCOMMIT\n*filter\n:CNI-FORWARD - [0:0]\n-A FORWARD -j CNI-FORWARD\nCOMMIT\n";
+/// Cleanup against a recording network: its calls, and the iptables step.
+async fn clean_iptables(network: RecordingNetwork) -> (Vec<String>, ResetStep) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let network = RecordingNetwork {
-        dump_v4: Some(dump.into()),
-        links: vec!["cni0".into(), "eth0".into()],
-        ..Default::default()
-    };
     let calls = network.calls.clone();
     let fx = effects(tmp.path(), RecordingContainers::default(), network);
     let opts = ResetOptions::default();
@@ -110,24 +102,170 @@ async fn owned_chains_go_with_the_jumps_into_them_and_nothing_else() {
         preexisting: Vec::new(),
     };
     cleanup::run(&mut ctx, &keep).await;
+    let step = ctx
+        .steps
+        .iter()
+        .find(|s| s.kind == "iptables")
+        .expect("step");
     let calls = calls.lock().expect("calls").clone();
+    (calls, step.clone())
+}
+
+const SMALL_DUMP: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:DOCKER - [0:0]\n\
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+-A PREROUTING -j DOCKER\nCOMMIT\n*filter\n:CNI-FORWARD - [0:0]\n-A FORWARD -j CNI-FORWARD\nCOMMIT\n";
+
+#[tokio::test]
+async fn owned_chains_go_with_the_jumps_into_them_in_one_batch_and_nothing_else() {
+    let network = RecordingNetwork {
+        dump_v4: Some(SMALL_DUMP.into()),
+        links: vec!["cni0".into(), "eth0".into()],
+        ..Default::default()
+    };
+    let (calls, step) = clean_iptables(network).await;
     assert_eq!(
         calls,
         [
-            "iptables -t nat -D PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES",
-            "iptables -t filter -D FORWARD -j CNI-FORWARD",
+            "iptables-restore --noflush\n\
+             *nat\n\
+             -D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n\
+             *filter\n-D FORWARD -j CNI-FORWARD\n-F CNI-FORWARD\n-X CNI-FORWARD\nCOMMIT\n",
+            "ip link delete cni0",
+        ]
+    );
+    assert_eq!(step.outcome, Outcome::Done);
+    assert_eq!(
+        step.target,
+        "iptables: 2 chains (KUBE-SERVICES, CNI-FORWARD)"
+    );
+    assert_eq!(
+        step.detail,
+        "and 2 jumps into them from other chains, in one iptables-restore batch"
+    );
+}
+
+/// [`SMALL_DUMP`] once its jumps are gone.
+const SMALL_DUMP_UNLINKED: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n\
+:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n*filter\n:CNI-FORWARD - [0:0]\nCOMMIT\n";
+
+/// The jumps of [`SMALL_DUMP`] removed one at a time.
+const SMALL_DUMP_JUMPS: [&str; 2] = [
+    "iptables -t nat -D PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES",
+    "iptables -t filter -D FORWARD -j CNI-FORWARD",
+];
+
+/// A network serving [`SMALL_DUMP`], then `later`, whose first `failing` batches fail.
+fn small_network(later: &[&str], failing: usize) -> RecordingNetwork {
+    RecordingNetwork {
+        dump_v4: Some(SMALL_DUMP.into()),
+        later_v4: later.iter().map(|d| d.to_string()).collect(),
+        failing_restores: failing.into(),
+        ..Default::default()
+    }
+}
+
+/// An iptables-restore without --noflush: every batch fails, and the work is done one command
+/// at a time, on the rules read again; the step says so.
+#[tokio::test]
+async fn failed_batches_fall_back_to_one_command_at_a_time() {
+    let network = small_network(&[SMALL_DUMP, SMALL_DUMP_UNLINKED], usize::MAX);
+    let (calls, step) = clean_iptables(network).await;
+    assert!(
+        calls[0].starts_with("iptables-restore --noflush\n*nat\n-D "),
+        "{calls:?}"
+    );
+    assert_eq!(calls[1..3], SMALL_DUMP_JUMPS);
+    assert_eq!(
+        calls[3],
+        "iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n\
+         *filter\n-F CNI-FORWARD\n-X CNI-FORWARD\nCOMMIT\n"
+    );
+    assert_eq!(
+        calls[4..],
+        [
             "iptables -t nat -F KUBE-SERVICES",
             "iptables -t filter -F CNI-FORWARD",
             "iptables -t nat -X KUBE-SERVICES",
             "iptables -t filter -X CNI-FORWARD",
-            "ip link delete cni0",
         ]
+    );
+    assert_eq!(step.outcome, Outcome::Done);
+    let why = "the iptables-restore batch failed (iptables-restore --noflush: exit status 2: \
+               unrecognized option '--noflush'), so one command at a time (a second batch, of \
+               the chains alone, failed too)";
+    assert!(step.detail.ends_with(why), "{}", step.detail);
+}
+
+/// A batch that fails once (a rule changed since the dump): the jumps go one at a time, the
+/// chains in a second batch.
+#[tokio::test]
+async fn after_a_failed_batch_the_chains_go_in_a_second_one() {
+    let network = small_network(&[SMALL_DUMP, SMALL_DUMP_UNLINKED], 1);
+    let (calls, step) = clean_iptables(network).await;
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls[1..3], SMALL_DUMP_JUMPS);
+    assert!(calls[3].starts_with("iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n"));
+    assert_eq!(step.outcome, Outcome::Done);
+    assert!(
+        step.detail
+            .ends_with("the jumps went one command at a time and the chains in a second batch"),
+        "{}",
+        step.detail
+    );
+}
+
+/// A jump that will not go (its rule does not read back as printed) holds back only the chain
+/// it jumps to: flushed, kept, and named in a failed step.
+#[tokio::test]
+async fn a_jump_that_will_not_go_keeps_only_its_chain() {
+    let forward_stays = SMALL_DUMP_UNLINKED.replace(
+        ":CNI-FORWARD - [0:0]\n",
+        ":CNI-FORWARD - [0:0]\n-A FORWARD -j CNI-FORWARD\n",
+    );
+    let network = small_network(&[SMALL_DUMP, &forward_stays], 1);
+    let (calls, step) = clean_iptables(network).await;
+    assert_eq!(
+        calls[3],
+        "iptables-restore --noflush\n*nat\n-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n\
+         *filter\n-F CNI-FORWARD\nCOMMIT\n"
+    );
+    assert_eq!(step.outcome, Outcome::Failed);
+    assert!(
+        step.detail
+            .ends_with("could not delete CNI-FORWARD (a jump into it would not go)"),
+        "{}",
+        step.detail
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_names_the_chains_and_runs_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let network = RecordingNetwork {
+        dump_v4: Some(SMALL_DUMP.into()),
+        ..Default::default()
+    };
+    let calls = network.calls.clone();
+    let fx = effects(tmp.path(), RecordingContainers::default(), network);
+    let opts = ResetOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut ctx = Ctx::new(&fx, &opts);
+    crate::reset::iptables::clean_family(&mut ctx, Family::V4, SMALL_DUMP);
+    assert!(calls.lock().expect("calls").is_empty());
+    let step = ctx.steps.last().expect("step");
+    assert_eq!(step.outcome, Outcome::WouldDo);
+    assert_eq!(
+        step.target,
+        "iptables: 2 chains (KUBE-SERVICES, CNI-FORWARD)"
     );
 }
 
 #[test]
 fn iptables_save_rules_split_as_iptables_quotes_them() {
-    use cleanup::save_words;
+    use crate::reset::iptables::save_words;
     assert_eq!(
         save_words(
             r#"POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING"#
