@@ -69,30 +69,78 @@ pub const MAX_REPORT: usize = 64 * 1024;
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
+/// Per-client token buckets: an IPv4 address, or an IPv6 address's /64 ([`client_key`]).
+/// At most `capacity` buckets are kept; beyond, the least recently used goes (a client that
+/// idled long enough has a full bucket, which a new bucket never exceeds).
 struct Limiter {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
     per_minute: f64,
+    capacity: usize,
+}
+
+/// The buckets (tokens, last use, use number) and the keys by use number, oldest first.
+#[derive(Default)]
+struct Buckets {
+    by_key: HashMap<IpAddr, (f64, Instant, u64)>,
+    by_use: std::collections::BTreeMap<u64, IpAddr>,
+    uses: u64,
+}
+
+/// How many client buckets the rate limit keeps.
+const MAX_BUCKETS: usize = 100_000;
+
+/// The key a client is limited by: its IPv4 address (also when it comes IPv4-mapped, on a
+/// dual-stack listener), or its IPv6 address's /64, which one host usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl Limiter {
+    fn new(per_minute: f64, capacity: usize) -> Limiter {
+        Limiter {
+            buckets: Mutex::new(Buckets::default()),
+            per_minute,
+            capacity,
+        }
+    }
+
     fn allow(&self, ip: IpAddr) -> bool {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() > 100_000 {
-            b.clear();
+        self.allow_at(ip, Instant::now())
+    }
+
+    fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = client_key(ip);
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut *guard;
+        b.uses += 1;
+        let fresh = (self.per_minute.clamp(1.0, 10.0), now, b.uses);
+        let (mut tokens, last, previous) = b.by_key.get(&key).copied().unwrap_or(fresh);
+        b.by_use.remove(&previous);
+        while b.by_key.len() >= self.capacity && !b.by_key.contains_key(&key) {
+            let Some((_, oldest)) = b.by_use.pop_first() else {
+                break;
+            };
+            b.by_key.remove(&oldest);
         }
-        let now = Instant::now();
-        let (tokens, last) = b
-            .entry(ip)
-            .or_insert((self.per_minute.clamp(1.0, 10.0), now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0)
+        tokens = (tokens
+            + now.saturating_duration_since(last).as_secs_f64() * self.per_minute / 60.0)
             .min(self.per_minute.max(1.0));
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let allowed = tokens >= 1.0;
+        if allowed {
+            tokens -= 1.0;
         }
+        b.by_key.insert(key, (tokens, now, b.uses));
+        b.by_use.insert(b.uses, key);
+        allowed
     }
 }
 
@@ -851,10 +899,7 @@ pub async fn run(
     let service = Arc::new(Service {
         csr_api,
         cfg,
-        limiter: Limiter {
-            buckets: Mutex::new(HashMap::new()),
-            per_minute,
-        },
+        limiter: Limiter::new(per_minute, MAX_BUCKETS),
         metrics: metrics::Metrics::default(),
         slots: store::Slots::default(),
         answers: Mutex::new(HashMap::new()),
@@ -907,5 +952,52 @@ pub async fn run(
                 .serve_connection(io, svc);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn the_rate_limit_keys_ipv6_by_its_64_and_ipv4_mapped_by_its_address() {
+        let limiter = Limiter::new(2.0, MAX_BUCKETS);
+        let now = Instant::now();
+        assert!(limiter.allow_at(ip("2001:db8:1:2::1"), now));
+        assert!(limiter.allow_at(ip("2001:db8:1:2::2"), now));
+        assert!(
+            !limiter.allow_at(ip("2001:db8:1:2:ffff::3"), now),
+            "a fresh bucket for another address of the same /64"
+        );
+        assert!(limiter.allow_at(ip("2001:db8:1:3::1"), now));
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.1"), now));
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.1"), now));
+        assert!(
+            !limiter.allow_at(ip("10.0.0.1"), now),
+            "mapped and plain IPv4 differ"
+        );
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.2"), now));
+    }
+
+    #[test]
+    fn a_full_rate_limit_forgets_its_least_recently_used_client_only() {
+        let limiter = Limiter::new(1.0, 3);
+        let now = Instant::now();
+        for c in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            assert!(limiter.allow_at(ip(c), now));
+        }
+        // 10.0.0.1 asks again (refused): 10.0.0.2 is now the least recently used.
+        assert!(!limiter.allow_at(ip("10.0.0.1"), now));
+        assert!(limiter.allow_at(ip("10.0.0.4"), now));
+        assert!(!limiter.allow_at(ip("10.0.0.1"), now), "everyone was reset");
+        assert!(!limiter.allow_at(ip("10.0.0.3"), now), "everyone was reset");
+        assert!(!limiter.allow_at(ip("10.0.0.4"), now));
+        assert_eq!(limiter.buckets.lock().expect("lock").by_key.len(), 3);
+        // The evicted client starts again with a fresh bucket (as after a minute idle).
+        assert!(limiter.allow_at(ip("10.0.0.2"), now));
     }
 }
