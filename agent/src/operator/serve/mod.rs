@@ -153,16 +153,47 @@ struct Service {
     /// What this replica knows of the openapi tokens' use slots.
     slots: store::Slots,
     /// Values answers by token and request id ([`Service::values_once`]).
-    answers: Mutex<HashMap<String, Answer>>,
+    answers: Mutex<Answers>,
     /// The token ids cluster-info is signed for ([`signatures`]).
     signatures: signatures::Signatures,
 }
 
-/// A values answer being made or made: when asked first, and the content type and body.
-type Answer = (
-    Instant,
-    Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>,
-);
+/// A values answer being made or made: the content type and body.
+type Answer = Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>;
+
+/// How long a values answer is given again to a retry of its request.
+const ANSWER_TTL: Duration = Duration::from_secs(600);
+
+/// Values answers by token and request id, each with when it was first asked: one older than
+/// [`ANSWER_TTL`] is never given again, and is dropped (all such, at most once a minute).
+#[derive(Default)]
+struct Answers {
+    by_key: HashMap<String, (Instant, Answer)>,
+    swept: Option<Instant>,
+}
+
+impl Answers {
+    /// The answer for `key` as of `now`: the one being made or made, unless expired, else a
+    /// new one.
+    fn get(&mut self, key: String, now: Instant) -> Answer {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < ANSWER_TTL;
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(60))
+        {
+            self.by_key.retain(|_, (at, _)| fresh(at));
+            self.swept = Some(now);
+        }
+        let entry = self
+            .by_key
+            .entry(key)
+            .or_insert_with(|| (now, Answer::default()));
+        if !fresh(&entry.0) {
+            *entry = (now, Answer::default());
+        }
+        entry.1.clone()
+    }
+}
 
 /// A values request: the openapi token, the instance id (ACK's form) and which form.
 struct Ask {
@@ -341,7 +372,8 @@ impl Service {
     /// id (`X-Node-Attach-Request`, with the same token) while the first attempt runs waits for
     /// it, and after it succeeded gets its answer again instead of taking another use. (A
     /// timeout under load would otherwise spend one use per attempt and starve later nodes.)
-    /// Successful answers are kept 10 minutes, in this replica only.
+    /// Successful answers are kept 10 minutes from the first attempt ([`ANSWER_TTL`]), in this
+    /// replica only.
     async fn values_once(
         &self,
         ask: Ask,
@@ -352,17 +384,11 @@ impl Service {
             return self.values(ask.token, ask.instance, ask.ack, peer).await;
         };
         let key = format!("{}:{id}", token_hash(&ask.token));
-        let cell = {
-            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-            if answers.len() > 10_000 {
-                answers.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
-            }
-            answers
-                .entry(key)
-                .or_insert_with(|| (Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
-                .1
-                .clone()
-        };
+        let cell = self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key, Instant::now());
         let answer = cell
             .get_or_try_init(|| async {
                 let r = self
@@ -902,7 +928,7 @@ pub async fn run(
         limiter: Limiter::new(per_minute, MAX_BUCKETS),
         metrics: metrics::Metrics::default(),
         slots: store::Slots::default(),
-        answers: Mutex::new(HashMap::new()),
+        answers: Mutex::new(Answers::default()),
         signatures: signatures::Signatures::default(),
     });
     let follower = service.clone();
@@ -981,6 +1007,27 @@ mod tests {
             "mapped and plain IPv4 differ"
         );
         assert!(limiter.allow_at(ip("::ffff:10.0.0.2"), now));
+    }
+
+    #[test]
+    fn a_values_answer_expires_after_ten_minutes() {
+        let mut answers = Answers::default();
+        let t0 = Instant::now();
+        let first = answers.get("t:a".into(), t0);
+        first
+            .set((None, Bytes::from_static(b"values")))
+            .expect("set");
+        let again = answers.get("t:a".into(), t0 + Duration::from_secs(599));
+        assert!(Arc::ptr_eq(&first, &again), "a retry within 10 minutes");
+        let later = answers.get("t:a".into(), t0 + ANSWER_TTL);
+        assert!(
+            later.get().is_none(),
+            "an answer older than 10 minutes was given"
+        );
+        // Others that old are dropped, not kept until the map is large.
+        answers.get("t:b".into(), t0 + Duration::from_secs(60));
+        answers.get("t:c".into(), t0 + ANSWER_TTL + Duration::from_secs(120));
+        assert_eq!(answers.by_key.len(), 2, "t:b expired and was kept");
     }
 
     #[test]
