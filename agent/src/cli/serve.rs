@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// listing, no symlinks followed): attach.sh, the binary and its .sha256.
     #[arg(long, value_name = "DIR")]
     pub files: Option<PathBuf>,
+    /// Connections served at once (a joining node holds one or two); beyond, a connection waits
+    /// up to 5 s for a free slot, then is closed.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Keep the Node of a node whose reset reports its removal (by default the service deletes
     /// it when the report is authenticated with that node's client certificate).
     #[arg(long)]
@@ -134,6 +138,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
         rate_per_minute: args.rate_per_minute,
         files,
         delete_removed_nodes: !args.keep_removed_nodes,
+        max_connections: args.max_connections as usize,
     };
     serve::run(cfg, args.listen, tls)
         .await

@@ -718,3 +718,47 @@ fn a_minted_token_whose_create_answer_was_lost_is_served() {
     let log = service.stderr.lock().expect("lock").clone();
     assert!(!log.contains("minting a bootstrap token failed"), "{log}");
 }
+
+/// Connections beyond `--max-connections` wait a few seconds for a free slot, then are closed;
+/// a slot freed is taken by the next one.
+#[test]
+fn connections_beyond_the_bound_are_closed_after_a_short_wait() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, _) = service_with_token(&cp, dir.path(), 1, &["--max-connections", "2"]);
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let target = node_attach::client::http::Target::public(
+        url::Url::parse(&format!("{}/v1/values/unknown-token-0000", service.url)).expect("url"),
+    );
+    let ask = || match rt.block_on(http.send(node_attach::client::http::Request::get(&target))) {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    };
+    // Two connections that never say anything hold both slots (until the TLS handshake's
+    // 10 s timeout).
+    let addr = service.url.trim_start_matches("https://").to_owned();
+    let quiet: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    assert_eq!(ask(), None, "a third connection was served");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(quiet);
+    assert_eq!(ask(), Some(404), "a freed slot was not taken");
+    let log = service.stderr.lock().expect("lock").clone();
+    assert!(!log.contains("unknown-token-0000"), "{log}");
+}

@@ -58,6 +58,9 @@ pub struct ServeConfig {
     /// Delete the Node of a node whose reset reports its removal, authenticated with its
     /// client certificate (nodes may not delete their own Node).
     pub delete_removed_nodes: bool,
+    /// Connections served at once; beyond, one waits [`CONNECTION_WAIT`] for a free slot,
+    /// then is closed.
+    pub max_connections: usize,
 }
 
 /// A response body: a small buffer, or a file streamed from disk.
@@ -68,6 +71,15 @@ pub const MAX_REPORT: usize = 64 * 1024;
 
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// How long a request's headers may take to arrive (and a kept-alive connection may idle).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a report's body may take to arrive, once its headers have.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a connection beyond [`ServeConfig::max_connections`] waits for a free slot.
+pub const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// Per-client token buckets: an IPv4 address, or an IPv6 address's /64 ([`client_key`]).
 /// At most `capacity` buckets are kept; beyond, the least recently used goes (a client that
@@ -238,13 +250,27 @@ struct Claims<'a> {
     slot: Option<u32>,
 }
 
-/// A report's body, read up to [`MAX_REPORT`] (None beyond).
-async fn report_body(req: Request<Incoming>) -> Option<Bytes> {
-    http_body_util::Limited::new(req.into_body(), MAX_REPORT)
-        .collect()
-        .await
-        .ok()
-        .map(|b| b.to_bytes())
+/// A report's body, read up to [`MAX_REPORT`] within `within`; else the refusal to answer
+/// (413, or 408 for a body that did not arrive in time: a client sending it slowly would tie
+/// up the connection until its lifetime ends).
+async fn report_body<B>(body: B, within: Duration) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = http_body_util::Limited::new(body, MAX_REPORT).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(error(413, "body too large")),
+        Err(_) => {
+            let mut r = error(408, "the request's body did not arrive in time");
+            r.headers_mut().insert(
+                "connection",
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
 }
 
 /// Whether `name` can be a CSR's name (a path segment: the kubelet's digested names are
@@ -300,8 +326,9 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let Some(body) = report_body(req).await else {
-                    return error(413, "body too large");
+                let body = match report_body(req.into_body(), BODY_READ_TIMEOUT).await {
+                    Ok(b) => b,
+                    Err(refused) => return refused,
                 };
                 self.callback(token, None, &body, peer, caller).await
             }
@@ -310,8 +337,9 @@ impl Service {
                 if slot.is_none() {
                     return error(404, "not found");
                 }
-                let Some(body) = report_body(req).await else {
-                    return error(413, "body too large");
+                let body = match report_body(req.into_body(), BODY_READ_TIMEOUT).await {
+                    Ok(b) => b,
+                    Err(refused) => return refused,
                 };
                 self.callback(token, slot, &body, peer, caller).await
             }
@@ -922,6 +950,7 @@ pub async fn run(
     println!("listening on {addr}");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let per_minute = f64::from(cfg.rate_per_minute.max(1));
+    let connections = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let service = Arc::new(Service {
         csr_api,
         cfg,
@@ -941,44 +970,69 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => return Ok(()),
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
         };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
+        // Taken here, in the order connections came; one beyond the bound waits in its task.
+        let permit = connections.clone().try_acquire_owned().ok();
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        let connections = connections.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let caller: Option<Arc<str>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(identity::node_of)
-                .map(Arc::from);
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let svc = hyper::service::service_fn(move |req| {
-                let (service, caller) = (service.clone(), caller.clone());
-                async move {
-                    // In a task of its own: a caller that stops waiting (a client timeout under
-                    // load) does not cancel work half done, such as a use taken whose answer a
-                    // retry of the same request then gets.
-                    let work = tokio::spawn(async move {
-                        service.serve_counted(req, peer, caller.as_deref()).await
-                    });
-                    let answer = work
-                        .await
-                        .unwrap_or_else(|_| error(500, "the request's handler failed"));
-                    Ok::<_, std::convert::Infallible>(answer)
+            let _permit = match permit {
+                Some(p) => p,
+                None => {
+                    match tokio::time::timeout(CONNECTION_WAIT, connections.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            tracing::warn!(peer = %peer.ip(), "too many connections: closed one");
+                            return;
+                        }
+                    }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, svc);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            };
+            connection(service, &acceptor, tcp, peer).await;
         });
     }
+}
+
+/// Serves one connection: its TLS handshake (10 s at most), then its requests, for at most
+/// [`CONNECTION_LIFETIME`].
+async fn connection(
+    service: Arc<Service>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+    else {
+        return;
+    };
+    let caller: Option<Arc<str>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(identity::node_of)
+        .map(Arc::from);
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let svc = hyper::service::service_fn(move |req| {
+        let (service, caller) = (service.clone(), caller.clone());
+        async move {
+            // In a task of its own: a caller that stops waiting (a client timeout under
+            // load) does not cancel work half done, such as a use taken whose answer a
+            // retry of the same request then gets.
+            let work =
+                tokio::spawn(
+                    async move { service.serve_counted(req, peer, caller.as_deref()).await },
+                );
+            let answer = work
+                .await
+                .unwrap_or_else(|_| error(500, "the request's handler failed"));
+            Ok::<_, std::convert::Infallible>(answer)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, svc);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
 }
 
 #[cfg(test)]
@@ -1007,6 +1061,33 @@ mod tests {
             "mapped and plain IPv4 differ"
         );
         assert!(limiter.allow_at(ip("::ffff:10.0.0.2"), now));
+    }
+
+    /// A body whose next frame never comes (a client that stopped sending).
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_report_body_that_does_not_arrive_in_time_is_refused() {
+        let read = report_body(Stalled, Duration::from_millis(50));
+        let refused = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the body's read has no deadline")
+            .expect_err("no body came");
+        assert_eq!(refused.status(), 408);
+        assert_eq!(refused.headers()["connection"], "close");
+        let whole = report_body(Full::new(Bytes::from_static(b"{}")), BODY_READ_TIMEOUT);
+        assert_eq!(whole.await.expect("read"), Bytes::from_static(b"{}"));
     }
 
     #[test]
