@@ -67,10 +67,13 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
     let admin = crate::client::kube::kubeconfig::load(path.as_deref())
         .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?;
     tracing::info!("admin kubeconfig: {}", admin.describe());
-    // A node waits on each answer: the service retries the cluster briefly, then says so.
+    // A node waits on each answer: the service retries the cluster briefly, then says so. 25 s
+    // in all per call, as long as a call could last when attempts started within 5 s ran their
+    // own timeouts (5 s connect, 15 s request): a call cut shorter under load (a 1000-node
+    // burst, docs/performance.md) may have taken a use whose answer is then lost.
     let kube = Kube::from_admin(&admin, crate::client::http::Limits::default())
         .map_err(|e| Failure::new(Code::Usage, e.to_string()))?
-        .with_retry_deadline(std::time::Duration::from_secs(5));
+        .with_retry_deadline(std::time::Duration::from_secs(25));
     let pin = crate::trust::pin::certificates_from_pem(&admin.ca_pem)
         .ok()
         .and_then(|c| {
