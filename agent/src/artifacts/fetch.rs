@@ -57,6 +57,9 @@ impl Retryable for Attempt {
             _ => None,
         }
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        Attempt::Http(HttpError::out_of_time(what, left))
+    }
 }
 
 /// Checks a mirror's base URL: https, a host, no credentials; made to end with `/`.

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// listing, no symlinks followed): attach.sh, the binary and its .sha256.
     #[arg(long, value_name = "DIR")]
     pub files: Option<PathBuf>,
+    /// Connections served at once (a joining node holds one or two); beyond, a connection waits
+    /// up to 5 s for a free slot, then is closed.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Keep the Node of a node whose reset reports its removal (by default the service deletes
     /// it when the report is authenticated with that node's client certificate).
     #[arg(long)]
@@ -63,10 +67,13 @@ pub fn admin_client(path: &Option<PathBuf>) -> Result<(Kube, String, String), Fa
     let admin = crate::client::kube::kubeconfig::load(path.as_deref())
         .map_err(|e| Failure::new(Code::Usage, crate::error::chain(&e)))?;
     tracing::info!("admin kubeconfig: {}", admin.describe());
-    // A node waits on each answer: the service retries the cluster briefly, then says so.
+    // A node waits on each answer: the service retries the cluster briefly, then says so. 25 s
+    // in all per call, as long as a call could last when attempts started within 5 s ran their
+    // own timeouts (5 s connect, 15 s request): a call cut shorter under load (a 1000-node
+    // burst, docs/performance.md) may have taken a use whose answer is then lost.
     let kube = Kube::from_admin(&admin, crate::client::http::Limits::default())
         .map_err(|e| Failure::new(Code::Usage, e.to_string()))?
-        .with_retry_deadline(std::time::Duration::from_secs(5));
+        .with_retry_deadline(std::time::Duration::from_secs(25));
     let pin = crate::trust::pin::certificates_from_pem(&admin.ca_pem)
         .ok()
         .and_then(|c| {
@@ -134,6 +141,7 @@ pub async fn run(args: ServeArgs, _reporter: &mut Reporter) -> Result<(), Failur
         rate_per_minute: args.rate_per_minute,
         files,
         delete_removed_nodes: !args.keep_removed_nodes,
+        max_connections: args.max_connections as usize,
     };
     serve::run(cfg, args.listen, tls)
         .await

@@ -231,6 +231,9 @@ impl http::Retryable for Attempt {
     fn cause(&self) -> crate::model::cause::Cause {
         self.0.cause()
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        Attempt(http::HttpError::out_of_time(what, left))
+    }
 }
 
 /// RFC 3986 percent-encoding, as Alibaba Cloud's signature wants it: everything but

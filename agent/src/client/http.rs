@@ -78,6 +78,14 @@ pub enum HttpError {
         /// Whether the TCP connect itself timed out.
         connecting: bool,
     },
+    /// An attempt of a retried call was cut short: its deadline came ([`retry`]).
+    #[error("{what}: no answer within the {left:?} left before its deadline")]
+    Deadline {
+        /// The call.
+        what: String,
+        /// The time the attempt was given.
+        left: Duration,
+    },
     /// The TLS handshake failed: an untrusted or mismatched certificate, usually.
     #[error("TLS handshake with {url} failed: {detail}")]
     Tls {
@@ -128,7 +136,9 @@ impl HttpError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            HttpError::Connect { .. } | HttpError::Timeout { .. } => true,
+            HttpError::Connect { .. } | HttpError::Timeout { .. } | HttpError::Deadline { .. } => {
+                true
+            }
             // As kube-rs and client-go: overload and gateway failures heal, 501 and 505 do
             // not; 500 often is etcd timing out (`etcdserver: request timed out`).
             HttpError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504),
@@ -151,7 +161,7 @@ impl HttpError {
             HttpError::Timeout {
                 connecting: true, ..
             } => Cause::TcpTimeout,
-            HttpError::Timeout { .. } => Cause::NoAnswer,
+            HttpError::Timeout { .. } | HttpError::Deadline { .. } => Cause::NoAnswer,
             HttpError::Tls { .. } => Cause::Tls,
             HttpError::Status { status, .. } => Cause::of_status(*status),
             _ => Cause::Other,
@@ -678,6 +688,10 @@ pub trait Retryable {
     fn cause(&self) -> Cause {
         Cause::Other
     }
+    /// The error of an attempt of `what` cut short by the deadline, after `left`.
+    fn out_of_time(what: &str, left: Duration) -> Self
+    where
+        Self: Sized;
 }
 
 impl Retryable for HttpError {
@@ -690,6 +704,12 @@ impl Retryable for HttpError {
     fn cause(&self) -> Cause {
         HttpError::cause(self)
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        HttpError::Deadline {
+            what: what.to_owned(),
+            left,
+        }
+    }
 }
 
 /// Runs `op` until it succeeds, fails fatally, or the policy runs out. Backoff doubles from
@@ -698,6 +718,9 @@ impl Retryable for HttpError {
 /// the least wait, with the jittered backoff on top: a thousand nodes an overloaded API server
 /// told "1 second" (its 429) would otherwise all come back within the same second and most be
 /// refused again (the real 1.20 API server at 1000 joins: 4.5 such answers per join).
+/// Each attempt is given only the time left before the deadline (an attempt started just
+/// before it would otherwise run its connect and request timeouts past it), except under a
+/// zero deadline, which means one attempt bounded by its own timeouts.
 pub async fn retry<T, E, F, Fut>(
     policy: RetryPolicy,
     what: &str,
@@ -713,7 +736,16 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let err = match op(attempt).await {
+        let outcome = match policy.deadline.is_zero() {
+            true => op(attempt).await,
+            false => {
+                let left = policy.deadline.saturating_sub(start.elapsed());
+                tokio::time::timeout(left, op(attempt))
+                    .await
+                    .unwrap_or_else(|_| Err(E::out_of_time(what, left)))
+            }
+        };
+        let err = match outcome {
             Ok(v) => return Ok(v),
             Err(e) if !e.is_transient() => return Err(RetryError::Fatal(e)),
             Err(e) => e,
@@ -811,6 +843,9 @@ pub(crate) mod tests {
         }
         fn retry_after(&self) -> Option<Duration> {
             self.1
+        }
+        fn out_of_time(_: &str, _: Duration) -> Self {
+            E(true, None)
         }
     }
 
@@ -950,6 +985,55 @@ pub(crate) mod tests {
             Err(RetryError::Exhausted { attempts: 1, .. })
         ));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_attempt_is_cut_short_at_the_deadline() {
+        // An attempt that never answers (a server that accepted and went quiet) under a
+        // 300 ms deadline: the call ends near the deadline, not after the attempt's own
+        // timeouts (here: never).
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            ..fast(300)
+        };
+        let start = Instant::now();
+        let calls = AtomicU32::new(0);
+        let out: Result<(), _> = tokio::time::timeout(
+            Duration::from_secs(10),
+            retry(policy, "t", |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<Result<(), HttpError>>()
+            }),
+        )
+        .await
+        .expect("the attempt ran past the deadline");
+        match out {
+            Err(RetryError::Exhausted {
+                last: e @ HttpError::Deadline { .. },
+                ..
+            }) => assert!(e.is_transient() && e.cause() == Cause::NoAnswer, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_zero_deadline_is_one_attempt_bounded_by_its_own_timeouts() {
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..fast(0)
+        };
+        let out = retry(policy, "t", |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, E>(7)
+        })
+        .await;
+        assert_eq!(out.expect("ok"), 7);
     }
 
     #[tokio::test(flavor = "current_thread")]

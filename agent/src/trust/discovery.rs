@@ -263,6 +263,9 @@ impl Retryable for PollError {
             _ => None,
         }
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        PollError::Http(HttpError::out_of_time(what, left))
+    }
     fn cause(&self) -> crate::model::cause::Cause {
         match self {
             PollError::Http(e) => e.cause(),

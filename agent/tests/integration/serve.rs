@@ -718,3 +718,113 @@ fn a_minted_token_whose_create_answer_was_lost_is_served() {
     let log = service.stderr.lock().expect("lock").clone();
     assert!(!log.contains("minting a bootstrap token failed"), "{log}");
 }
+
+/// Connections beyond `--max-connections` wait a few seconds for a free slot, then are closed;
+/// a slot freed is taken by the next one.
+#[test]
+fn connections_beyond_the_bound_are_closed_after_a_short_wait() {
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, _) = service_with_token(&cp, dir.path(), 1, &["--max-connections", "2"]);
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let http = node_attach::client::http::Http::new(
+        node_attach::trust::tls::trusting_only(&roots).expect("tls"),
+        node_attach::client::http::Limits::default(),
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let target = node_attach::client::http::Target::public(
+        url::Url::parse(&format!("{}/v1/values/unknown-token-0000", service.url)).expect("url"),
+    );
+    let ask = || match rt.block_on(http.send(node_attach::client::http::Request::get(&target))) {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    };
+    // Two connections that never say anything hold both slots (until the TLS handshake's
+    // 10 s timeout).
+    let addr = service.url.trim_start_matches("https://").to_owned();
+    let quiet: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    assert_eq!(ask(), None, "a third connection was served");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(quiet);
+    assert_eq!(ask(), Some(404), "a freed slot was not taken");
+    let log = service.stderr.lock().expect("lock").clone();
+    assert!(!log.contains("unknown-token-0000"), "{log}");
+}
+
+/// Headers sent a byte a second (slowloris) are cut off at the 10 s header deadline, and a
+/// report's body sent so gets 408 at the body deadline, 20 s after its headers.
+#[test]
+fn requests_trickling_in_are_cut_off_at_their_read_deadlines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = control_plane();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (service, token) = service_with_token(&cp, dir.path(), 1, &[]);
+    node_attach::trust::tls::install_provider();
+    let roots = node_attach::trust::pin::certificates_from_pem(cp.ca_pem().as_bytes()).expect("ca");
+    let tls = node_attach::trust::tls::trusting_only(&roots).expect("tls");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let addr = service.url.trim_start_matches("https://").to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    // Sends `head`, then a byte a second until the server answers or closes (at most 40 s):
+    // what it answered, and when.
+    let trickle = |head: String| {
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            tls.write_all(head.as_bytes()).await.expect("write");
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while started.elapsed() < Duration::from_secs(40) {
+                tokio::select! {
+                    n = tls.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if tls.write_all(b"x").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            (
+                String::from_utf8_lossy(&answer).into_owned(),
+                started.elapsed(),
+            )
+        })
+    };
+    let (answer, after) = trickle("GET /v1/values/x HTTP/1.1\r\nhost: a\r\nx-slow: ".into());
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        after >= Duration::from_secs(9) && after < Duration::from_secs(20),
+        "headers trickled for {after:?}"
+    );
+    let head = format!(
+        "POST /v1/callback/{token} HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    );
+    let (answer, after) = trickle(head);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        after >= Duration::from_secs(19) && after < Duration::from_secs(35),
+        "a body trickled for {after:?}"
+    );
+}

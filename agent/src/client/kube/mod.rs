@@ -149,6 +149,9 @@ impl Retryable for KubeError {
             _ => None,
         }
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        KubeError::Http(HttpError::out_of_time(what, left))
+    }
 }
 
 impl Kube {

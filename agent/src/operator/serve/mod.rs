@@ -58,6 +58,9 @@ pub struct ServeConfig {
     /// Delete the Node of a node whose reset reports its removal, authenticated with its
     /// client certificate (nodes may not delete their own Node).
     pub delete_removed_nodes: bool,
+    /// Connections served at once; beyond, one waits [`CONNECTION_WAIT`] for a free slot,
+    /// then is closed.
+    pub max_connections: usize,
 }
 
 /// A response body: a small buffer, or a file streamed from disk.
@@ -69,30 +72,87 @@ pub const MAX_REPORT: usize = 64 * 1024;
 /// How long one connection may live, however busy (bounds a slow download too).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
+/// How long a request's headers may take to arrive (and a kept-alive connection may idle).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a report's body may take to arrive, once its headers have.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a connection beyond [`ServeConfig::max_connections`] waits for a free slot.
+pub const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// Per-client token buckets: an IPv4 address, or an IPv6 address's /64 ([`client_key`]).
+/// At most `capacity` buckets are kept; beyond, the least recently used goes (a client that
+/// idled long enough has a full bucket, which a new bucket never exceeds).
 struct Limiter {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
     per_minute: f64,
+    capacity: usize,
+}
+
+/// The buckets (tokens, last use, use number) and the keys by use number, oldest first.
+#[derive(Default)]
+struct Buckets {
+    by_key: HashMap<IpAddr, (f64, Instant, u64)>,
+    by_use: std::collections::BTreeMap<u64, IpAddr>,
+    uses: u64,
+}
+
+/// How many client buckets the rate limit keeps.
+const MAX_BUCKETS: usize = 100_000;
+
+/// The key a client is limited by: its IPv4 address (also when it comes IPv4-mapped, on a
+/// dual-stack listener), or its IPv6 address's /64, which one host usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl Limiter {
+    fn new(per_minute: f64, capacity: usize) -> Limiter {
+        Limiter {
+            buckets: Mutex::new(Buckets::default()),
+            per_minute,
+            capacity,
+        }
+    }
+
     fn allow(&self, ip: IpAddr) -> bool {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() > 100_000 {
-            b.clear();
+        self.allow_at(ip, Instant::now())
+    }
+
+    fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = client_key(ip);
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut *guard;
+        b.uses += 1;
+        let fresh = (self.per_minute.clamp(1.0, 10.0), now, b.uses);
+        let (mut tokens, last, previous) = b.by_key.get(&key).copied().unwrap_or(fresh);
+        b.by_use.remove(&previous);
+        while b.by_key.len() >= self.capacity && !b.by_key.contains_key(&key) {
+            let Some((_, oldest)) = b.by_use.pop_first() else {
+                break;
+            };
+            b.by_key.remove(&oldest);
         }
-        let now = Instant::now();
-        let (tokens, last) = b
-            .entry(ip)
-            .or_insert((self.per_minute.clamp(1.0, 10.0), now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0)
+        tokens = (tokens
+            + now.saturating_duration_since(last).as_secs_f64() * self.per_minute / 60.0)
             .min(self.per_minute.max(1.0));
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let allowed = tokens >= 1.0;
+        if allowed {
+            tokens -= 1.0;
         }
+        b.by_key.insert(key, (tokens, now, b.uses));
+        b.by_use.insert(b.uses, key);
+        allowed
     }
 }
 
@@ -105,16 +165,47 @@ struct Service {
     /// What this replica knows of the openapi tokens' use slots.
     slots: store::Slots,
     /// Values answers by token and request id ([`Service::values_once`]).
-    answers: Mutex<HashMap<String, Answer>>,
+    answers: Mutex<Answers>,
     /// The token ids cluster-info is signed for ([`signatures`]).
     signatures: signatures::Signatures,
 }
 
-/// A values answer being made or made: when asked first, and the content type and body.
-type Answer = (
-    Instant,
-    Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>,
-);
+/// A values answer being made or made: the content type and body.
+type Answer = Arc<tokio::sync::OnceCell<(Option<hyper::header::HeaderValue>, Bytes)>>;
+
+/// How long a values answer is given again to a retry of its request.
+const ANSWER_TTL: Duration = Duration::from_secs(600);
+
+/// Values answers by token and request id, each with when it was first asked: one older than
+/// [`ANSWER_TTL`] is never given again, and is dropped (all such, at most once a minute).
+#[derive(Default)]
+struct Answers {
+    by_key: HashMap<String, (Instant, Answer)>,
+    swept: Option<Instant>,
+}
+
+impl Answers {
+    /// The answer for `key` as of `now`: the one being made or made, unless expired, else a
+    /// new one.
+    fn get(&mut self, key: String, now: Instant) -> Answer {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < ANSWER_TTL;
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(60))
+        {
+            self.by_key.retain(|_, (at, _)| fresh(at));
+            self.swept = Some(now);
+        }
+        let entry = self
+            .by_key
+            .entry(key)
+            .or_insert_with(|| (now, Answer::default()));
+        if !fresh(&entry.0) {
+            *entry = (now, Answer::default());
+        }
+        entry.1.clone()
+    }
+}
 
 /// A values request: the openapi token, the instance id (ACK's form) and which form.
 struct Ask {
@@ -159,13 +250,27 @@ struct Claims<'a> {
     slot: Option<u32>,
 }
 
-/// A report's body, read up to [`MAX_REPORT`] (None beyond).
-async fn report_body(req: Request<Incoming>) -> Option<Bytes> {
-    http_body_util::Limited::new(req.into_body(), MAX_REPORT)
-        .collect()
-        .await
-        .ok()
-        .map(|b| b.to_bytes())
+/// A report's body, read up to [`MAX_REPORT`] within `within`; else the refusal to answer
+/// (413, or 408 for a body that did not arrive in time: a client sending it slowly would tie
+/// up the connection until its lifetime ends).
+async fn report_body<B>(body: B, within: Duration) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = http_body_util::Limited::new(body, MAX_REPORT).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(error(413, "body too large")),
+        Err(_) => {
+            let mut r = error(408, "the request's body did not arrive in time");
+            r.headers_mut().insert(
+                "connection",
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
 }
 
 /// Whether `name` can be a CSR's name (a path segment: the kubelet's digested names are
@@ -221,8 +326,9 @@ impl Service {
             }
             ("POST", ["v1", "callback", token]) => {
                 let token = (*token).to_owned();
-                let Some(body) = report_body(req).await else {
-                    return error(413, "body too large");
+                let body = match report_body(req.into_body(), BODY_READ_TIMEOUT).await {
+                    Ok(b) => b,
+                    Err(refused) => return refused,
                 };
                 self.callback(token, None, &body, peer, caller).await
             }
@@ -231,8 +337,9 @@ impl Service {
                 if slot.is_none() {
                     return error(404, "not found");
                 }
-                let Some(body) = report_body(req).await else {
-                    return error(413, "body too large");
+                let body = match report_body(req.into_body(), BODY_READ_TIMEOUT).await {
+                    Ok(b) => b,
+                    Err(refused) => return refused,
                 };
                 self.callback(token, slot, &body, peer, caller).await
             }
@@ -293,7 +400,8 @@ impl Service {
     /// id (`X-Node-Attach-Request`, with the same token) while the first attempt runs waits for
     /// it, and after it succeeded gets its answer again instead of taking another use. (A
     /// timeout under load would otherwise spend one use per attempt and starve later nodes.)
-    /// Successful answers are kept 10 minutes, in this replica only.
+    /// Successful answers are kept 10 minutes from the first attempt ([`ANSWER_TTL`]), in this
+    /// replica only.
     async fn values_once(
         &self,
         ask: Ask,
@@ -304,17 +412,11 @@ impl Service {
             return self.values(ask.token, ask.instance, ask.ack, peer).await;
         };
         let key = format!("{}:{id}", token_hash(&ask.token));
-        let cell = {
-            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-            if answers.len() > 10_000 {
-                answers.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
-            }
-            answers
-                .entry(key)
-                .or_insert_with(|| (Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
-                .1
-                .clone()
-        };
+        let cell = self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key, Instant::now());
         let answer = cell
             .get_or_try_init(|| async {
                 let r = self
@@ -848,16 +950,14 @@ pub async fn run(
     println!("listening on {addr}");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let per_minute = f64::from(cfg.rate_per_minute.max(1));
+    let connections = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let service = Arc::new(Service {
         csr_api,
         cfg,
-        limiter: Limiter {
-            buckets: Mutex::new(HashMap::new()),
-            per_minute,
-        },
+        limiter: Limiter::new(per_minute, MAX_BUCKETS),
         metrics: metrics::Metrics::default(),
         slots: store::Slots::default(),
-        answers: Mutex::new(HashMap::new()),
+        answers: Mutex::new(Answers::default()),
         signatures: signatures::Signatures::default(),
     });
     let follower = service.clone();
@@ -870,42 +970,162 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => return Ok(()),
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
         };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
+        // Taken here, in the order connections came; one beyond the bound waits in its task.
+        let permit = connections.clone().try_acquire_owned().ok();
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        let connections = connections.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let caller: Option<Arc<str>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(identity::node_of)
-                .map(Arc::from);
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let svc = hyper::service::service_fn(move |req| {
-                let (service, caller) = (service.clone(), caller.clone());
-                async move {
-                    // In a task of its own: a caller that stops waiting (a client timeout under
-                    // load) does not cancel work half done, such as a use taken whose answer a
-                    // retry of the same request then gets.
-                    let work = tokio::spawn(async move {
-                        service.serve_counted(req, peer, caller.as_deref()).await
-                    });
-                    let answer = work
-                        .await
-                        .unwrap_or_else(|_| error(500, "the request's handler failed"));
-                    Ok::<_, std::convert::Infallible>(answer)
+            let _permit = match permit {
+                Some(p) => p,
+                None => {
+                    match tokio::time::timeout(CONNECTION_WAIT, connections.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            tracing::warn!(peer = %peer.ip(), "too many connections: closed one");
+                            return;
+                        }
+                    }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, svc);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            };
+            connection(service, &acceptor, tcp, peer).await;
         });
+    }
+}
+
+/// Serves one connection: its TLS handshake (10 s at most), then its requests, for at most
+/// [`CONNECTION_LIFETIME`].
+async fn connection(
+    service: Arc<Service>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+    else {
+        return;
+    };
+    let caller: Option<Arc<str>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(identity::node_of)
+        .map(Arc::from);
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let svc = hyper::service::service_fn(move |req| {
+        let (service, caller) = (service.clone(), caller.clone());
+        async move {
+            // In a task of its own: a caller that stops waiting (a client timeout under
+            // load) does not cancel work half done, such as a use taken whose answer a
+            // retry of the same request then gets.
+            let work =
+                tokio::spawn(
+                    async move { service.serve_counted(req, peer, caller.as_deref()).await },
+                );
+            let answer = work
+                .await
+                .unwrap_or_else(|_| error(500, "the request's handler failed"));
+            Ok::<_, std::convert::Infallible>(answer)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, svc);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn the_rate_limit_keys_ipv6_by_its_64_and_ipv4_mapped_by_its_address() {
+        let limiter = Limiter::new(2.0, MAX_BUCKETS);
+        let now = Instant::now();
+        assert!(limiter.allow_at(ip("2001:db8:1:2::1"), now));
+        assert!(limiter.allow_at(ip("2001:db8:1:2::2"), now));
+        assert!(
+            !limiter.allow_at(ip("2001:db8:1:2:ffff::3"), now),
+            "a fresh bucket for another address of the same /64"
+        );
+        assert!(limiter.allow_at(ip("2001:db8:1:3::1"), now));
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.1"), now));
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.1"), now));
+        assert!(
+            !limiter.allow_at(ip("10.0.0.1"), now),
+            "mapped and plain IPv4 differ"
+        );
+        assert!(limiter.allow_at(ip("::ffff:10.0.0.2"), now));
+    }
+
+    /// A body whose next frame never comes (a client that stopped sending).
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_report_body_that_does_not_arrive_in_time_is_refused() {
+        let read = report_body(Stalled, Duration::from_millis(50));
+        let refused = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the body's read has no deadline")
+            .expect_err("no body came");
+        assert_eq!(refused.status(), 408);
+        assert_eq!(refused.headers()["connection"], "close");
+        let whole = report_body(Full::new(Bytes::from_static(b"{}")), BODY_READ_TIMEOUT);
+        assert_eq!(whole.await.expect("read"), Bytes::from_static(b"{}"));
+    }
+
+    #[test]
+    fn a_values_answer_expires_after_ten_minutes() {
+        let mut answers = Answers::default();
+        let t0 = Instant::now();
+        let first = answers.get("t:a".into(), t0);
+        first
+            .set((None, Bytes::from_static(b"values")))
+            .expect("set");
+        let again = answers.get("t:a".into(), t0 + Duration::from_secs(599));
+        assert!(Arc::ptr_eq(&first, &again), "a retry within 10 minutes");
+        let later = answers.get("t:a".into(), t0 + ANSWER_TTL);
+        assert!(
+            later.get().is_none(),
+            "an answer older than 10 minutes was given"
+        );
+        // Others that old are dropped, not kept until the map is large.
+        answers.get("t:b".into(), t0 + Duration::from_secs(60));
+        answers.get("t:c".into(), t0 + ANSWER_TTL + Duration::from_secs(120));
+        assert_eq!(answers.by_key.len(), 2, "t:b expired and was kept");
+    }
+
+    #[test]
+    fn a_full_rate_limit_forgets_its_least_recently_used_client_only() {
+        let limiter = Limiter::new(1.0, 3);
+        let now = Instant::now();
+        for c in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            assert!(limiter.allow_at(ip(c), now));
+        }
+        // 10.0.0.1 asks again (refused): 10.0.0.2 is now the least recently used.
+        assert!(!limiter.allow_at(ip("10.0.0.1"), now));
+        assert!(limiter.allow_at(ip("10.0.0.4"), now));
+        assert!(!limiter.allow_at(ip("10.0.0.1"), now), "everyone was reset");
+        assert!(!limiter.allow_at(ip("10.0.0.3"), now), "everyone was reset");
+        assert!(!limiter.allow_at(ip("10.0.0.4"), now));
+        assert_eq!(limiter.buckets.lock().expect("lock").by_key.len(), 3);
+        // The evicted client starts again with a fresh bucket (as after a minute idle).
+        assert!(limiter.allow_at(ip("10.0.0.2"), now));
     }
 }

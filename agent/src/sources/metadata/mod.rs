@@ -198,6 +198,14 @@ impl crate::client::http::Retryable for CallFailure {
     fn cause(&self) -> Cause {
         self.cause
     }
+    fn out_of_time(what: &str, left: Duration) -> Self {
+        CallFailure {
+            detail: format!("{what}: no answer within the {left:?} left before its deadline"),
+            transient: true,
+            retry_after: None,
+            cause: Cause::NoAnswer,
+        }
+    }
 }
 
 /// Reads a small text answer (≤ 4 KiB); `Ok(None)` on 404.
