@@ -968,7 +968,16 @@ pub async fn run(
         let (tcp, peer) = tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
-            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or memory: accepting again at once
+                    // would spin on the same error.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
         };
         // Taken here, in the order connections came; one beyond the bound waits in its task.
         let permit = connections.clone().try_acquire_owned().ok();
@@ -991,6 +1000,9 @@ pub async fn run(
         });
     }
 }
+
+/// The pause after a failed accept (hyper's own server pauses a second on EMFILE).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Serves one connection: its TLS handshake (10 s at most), then its requests, for at most
 /// [`CONNECTION_LIFETIME`].
