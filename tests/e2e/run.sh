@@ -969,7 +969,8 @@ run_form() {
   # The plain guest's userdata is its prelude alone (the harness runs the one-liner itself).
   local check_rc=0 check_allowed=""
   if [ "$form" != plain ]; then
-    "$BIN" check --json "$ud" > "$RUN/check.json" 2>&1 || check_rc=$?
+    # Beside the userdata: no guest (and so no $RUN) exists yet.
+    "$BIN" check --json "$ud" > "$ud.check.json" 2>&1 || check_rc=$?
     case "$form" in autoscaler*) check_allowed=restricted-label ;; esac
     check "node-attach check: one join in the $form userdata, findings: ${check_allowed:-none} (exit $check_rc)" python3 -c '
 import json, sys
@@ -977,8 +978,8 @@ r = json.loads(open(sys.argv[1]).readline())["result"]
 ids = {f["id"] for f in r["findings"]}
 allowed = set(sys.argv[2].split()) if sys.argv[2] else set()
 want_rc = "90" if allowed else "0"
-sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or ids != allowed or sys.argv[3] != want_rc)' "$RUN/check.json" "$check_allowed" "$check_rc"
-    [ "$check_rc" = 0 ] || log "check: $(head -c 2000 "$RUN/check.json")"
+sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or ids != allowed or sys.argv[3] != want_rc)' "$ud.check.json" "$check_allowed" "$check_rc"
+    [ "$check_rc" = 0 ] || log "check: $(head -c 2000 "$ud.check.json")"
   fi
   boot_guest "$name" "$ud"
   stage_done "guest $GUEST_IP (netns $name), PID 1 is host pid $LEADER, pod subnet $subnet"
@@ -1001,8 +1002,11 @@ sys.exit(len(r["invocations"]) != 1 or r["invocations"][0]["plan"] is None or id
   # before that are the distribution's: Debian's docker.io enable reloads through update-rc.d.)
   if [ "$form" != plain ]; then
     local reloads
+    # A restart is "Stopping" then "Starting": counted from the stop (under load systemd may
+    # run the restart job after the reload); a start alone from the start.
     reloads=$(guest journalctl -q --no-pager -o cat _PID=1 | awk -v unit="$runtime" '
-      index($0, "Starting " unit ".service") == 1 { n = 0; on = 1; next }
+      index($0, "Stopping " unit ".service") == 1 { n = 0; on = 1; stopping = 1; next }
+      index($0, "Starting " unit ".service") == 1 { if (!stopping) n = 0; on = 1; stopping = 0; next }
       on && $0 == "Reloading." { n++ }
       on && index($0, "Started kubelet.service") == 1 { print n; exit }')
     check "one systemd reload between the runtime's restart and the kubelet's start (got ${reloads:-none})" [ "$reloads" = 1 ]
